@@ -1,0 +1,118 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+
+	"github.com/ticketd/ticketd/db"
+)
+
+// Config is ticketd's configuration, read from the environment. Every variable is
+// listed in the README and .env.example.
+type Config struct {
+	DatabaseDSN string `env:"DATABASE_DSN" envDefault:"postgres://postgres@127.0.0.1:5432/ticketd?sslmode=disable"`
+	// RedisHost and RedisPort name one Redis node (the source's variables); RedisAddrs,
+	// a comma-separated list of cluster seeds, wins over them when set.
+	RedisHost  string   `env:"REDIS_HOST" envDefault:"127.0.0.1"`
+	RedisPort  int      `env:"REDIS_PORT" envDefault:"6379"`
+	RedisAddrs []string `env:"REDIS_ADDRS" envSeparator:","`
+	// RedisTimeout bounds every Redis call: a slow or hung Redis costs a request at most this.
+	RedisTimeout time.Duration `env:"REDIS_TIMEOUT" envDefault:"150ms"`
+	HTTPAddr     string        `env:"HTTP_ADDR" envDefault:":8000"`
+	LogLevel     string        `env:"LOG_LEVEL" envDefault:"info"`
+	// CursorSecret signs list cursors; instances behind one load balancer must share it.
+	// Empty: a random key per process (cursors then only work on the instance that issued them).
+	CursorSecret string `env:"CURSOR_SECRET"`
+	// BodyLimit is the largest request body accepted, in bytes.
+	BodyLimit int `env:"BODY_LIMIT" envDefault:"65536"`
+	// RequestTimeout bounds one request's work; past it a slow dependency answers 503.
+	RequestTimeout time.Duration `env:"REQUEST_TIMEOUT" envDefault:"5s"`
+	// PGMaxConns is the size of the Postgres pool.
+	PGMaxConns int32 `env:"PG_MAX_CONNS" envDefault:"32"`
+	// ShutdownTimeout bounds the drain of in-flight requests on SIGTERM.
+	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"15s"`
+}
+
+// loadConfig reads the configuration through getenv and validates it.
+func loadConfig(getenv func(string) string) (Config, error) {
+	var cfg Config
+	params, err := env.GetFieldParams(&cfg)
+	if err != nil {
+		return cfg, err
+	}
+	vars := map[string]string{}
+	for _, p := range params {
+		if v := getenv(p.Key); v != "" {
+			vars[p.Key] = v
+		}
+	}
+	if err := env.ParseWithOptions(&cfg, env.Options{Environment: vars}); err != nil {
+		return cfg, fmt.Errorf("config: %w", err)
+	}
+	return cfg, cfg.Validate()
+}
+
+// Validate checks every value and says precisely what is wrong.
+func (c Config) Validate() error {
+	var errs []error
+	if _, err := db.ParseDSN(c.DatabaseDSN); err != nil {
+		errs = append(errs, err)
+	}
+	for _, a := range c.RedisAddresses() {
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			errs = append(errs, fmt.Errorf("redis address %q must be host:port", a))
+		}
+	}
+	if c.RedisPort < 1 || c.RedisPort > 65535 {
+		errs = append(errs, fmt.Errorf("REDIS_PORT must be 1..65535, not %d", c.RedisPort))
+	}
+	if c.RedisTimeout <= 0 {
+		errs = append(errs, errors.New("REDIS_TIMEOUT must be positive"))
+	}
+	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+		errs = append(errs, fmt.Errorf("HTTP_ADDR %q must be [host]:port", c.HTTPAddr))
+	}
+	if _, err := c.SlogLevel(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.BodyLimit < 1024 {
+		errs = append(errs, fmt.Errorf("BODY_LIMIT must be at least 1024 bytes, not %d", c.BodyLimit))
+	}
+	if c.RequestTimeout <= 0 || c.ShutdownTimeout <= 0 {
+		errs = append(errs, errors.New("REQUEST_TIMEOUT and SHUTDOWN_TIMEOUT must be positive"))
+	}
+	if c.PGMaxConns < 2 {
+		errs = append(errs, fmt.Errorf("PG_MAX_CONNS must be at least 2, not %d", c.PGMaxConns))
+	}
+	return errors.Join(errs...)
+}
+
+// RedisAddresses returns REDIS_ADDRS, or REDIS_HOST:REDIS_PORT when it is empty.
+func (c Config) RedisAddresses() []string {
+	var out []string
+	for _, a := range c.RedisAddrs {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	if len(out) == 0 {
+		out = []string{net.JoinHostPort(c.RedisHost, strconv.Itoa(c.RedisPort))}
+	}
+	return out
+}
+
+// SlogLevel parses LOG_LEVEL (debug, info, warn, error).
+func (c Config) SlogLevel() (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return l, fmt.Errorf("LOG_LEVEL must be debug, info, warn or error, not %q", c.LogLevel)
+	}
+	return l, nil
+}

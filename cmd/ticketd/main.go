@@ -1,0 +1,153 @@
+// Command ticketd serves the ticket API, keeps the read models, and runs the operator
+// tasks (migrate). See the README for the environment and flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ticketd/ticketd/db"
+	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/httpapi"
+	"github.com/ticketd/ticketd/projections"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "ticketd:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `Usage: ticketd [flags]
+
+Serves the ticket API on HTTP_ADDR (default :8000), applying migrations first.
+Configuration comes from the environment; see README.md for every variable.
+
+Flags:
+`
+
+// run wires everything; main only calls it. It returns when ctx ends (after a graceful
+// drain) or on a fatal error.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("ticketd", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	migrateOnly := fs.Bool("migrate", false, "apply the database migrations and exit")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	cfg, err := loadConfig(getenv)
+	if err != nil {
+		return err
+	}
+	level, _ := cfg.SlogLevel()
+	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: level}))
+
+	migrateCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := db.Migrate(migrateCtx, cfg.DatabaseDSN, logWriter{log}); err != nil {
+		return err
+	}
+	if *migrateOnly {
+		log.Info("migrations applied")
+		return nil
+	}
+
+	pool, err := db.Open(ctx, cfg.DatabaseDSN, db.PoolConfig{MaxConns: cfg.PGMaxConns})
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	return serve(ctx, cfg, pool, log)
+}
+
+// serve runs the HTTP server and the projectors until ctx ends, then drains.
+func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger) error {
+	rdb, isCluster := connectRedis(ctx, cfg.RedisAddresses(), cfg.RedisTimeout)
+	defer rdb.Close()
+	log.Info("redis", "addrs", cfg.RedisAddresses(), "cluster", isCluster)
+
+	store := eventstore.New(pool)
+	reads := projections.NewReadModel(pool, store)
+	router, err := projections.NewRouter(pool, projections.Config{}, log,
+		projections.Handler{Group: projections.PostgresGroup, Func: projections.Postgres{}.Handle})
+	if err != nil {
+		return err
+	}
+	app := httpapi.New(httpapi.Config{
+		Store: store, Reader: reads, Log: log,
+		CursorKey:      []byte(cfg.CursorSecret),
+		BodyLimit:      cfg.BodyLimit,
+		RequestTimeout: cfg.RequestTimeout,
+		Postgres:       func(ctx context.Context) error { return pool.Ping(ctx) },
+		Redis:          func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
+	})
+
+	projCtx, stopProj := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopProj()
+	projDone := make(chan error, 1)
+	go func() { projDone <- projections.Run(projCtx, router) }()
+
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- app.Listen(cfg.HTTPAddr) }()
+	log.Info("listening", "addr", cfg.HTTPAddr)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-httpDone:
+		runErr = fmt.Errorf("http server: %w", err)
+	case err := <-projDone:
+		runErr = fmt.Errorf("projections stopped: %w", err)
+	}
+	log.Info("shutting down")
+	if err := app.ShutdownWithTimeout(cfg.ShutdownTimeout); err != nil {
+		log.Warn("http drain", "err", err)
+	}
+	stopProj()
+	select {
+	case <-projDone:
+	case <-time.After(cfg.ShutdownTimeout):
+		log.Warn("projectors did not stop in time")
+	}
+	log.Info("stopped")
+	return runErr
+}
+
+// logWriter adapts line output (dbmate's progress) to the structured log.
+type logWriter struct{ log *slog.Logger }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.log.Info("migrate", "line", string(trimNL(p)))
+	return len(p), nil
+}
+
+func trimNL(p []byte) []byte {
+	for len(p) > 0 && (p[len(p)-1] == '\n' || p[len(p)-1] == '\r') {
+		p = p[:len(p)-1]
+	}
+	return p
+}

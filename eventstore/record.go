@@ -1,0 +1,71 @@
+package eventstore
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/ticketd/ticketd/ticket"
+)
+
+// Topic is the Watermill topic every ticket event is published on through the outbox.
+const Topic = "ticket_events"
+
+// Metadata is recorded with every event at append: who did it and through which request.
+type Metadata struct {
+	Actor          string `json:"actor,omitempty"`
+	RequestID      string `json:"request_id,omitempty"`
+	CorrelationID  string `json:"correlation_id,omitempty"`
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
+}
+
+// Record is an event as stored: the domain event plus its global position, metadata and
+// the time the store recorded it.
+type Record struct {
+	ticket.Event
+	Position   int64
+	Metadata   Metadata
+	RecordedAt time.Time
+}
+
+// envelope is the outbox payload: a stored event in a self-contained JSON form.
+type envelope struct {
+	Position   int64           `json:"position"`
+	StreamID   uuid.UUID       `json:"stream_id"`
+	Version    int             `json:"version"`
+	Type       string          `json:"type"`
+	At         time.Time       `json:"at"`
+	Data       json.RawMessage `json:"data"`
+	Metadata   Metadata        `json:"metadata"`
+	RecordedAt time.Time       `json:"recorded_at"`
+}
+
+// EncodeMessage returns the outbox payload of a record.
+func EncodeMessage(r Record) ([]byte, error) {
+	data, err := json.Marshal(r.Data)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", r.Type(), err)
+	}
+	return json.Marshal(envelope{
+		Position: r.Position, StreamID: r.TicketID, Version: r.Version, Type: r.Type(),
+		At: r.At, Data: data, Metadata: r.Metadata, RecordedAt: r.RecordedAt,
+	})
+}
+
+// DecodeMessage turns an outbox payload back into the record it was made from.
+func DecodeMessage(payload []byte) (Record, error) {
+	var m envelope
+	if err := json.Unmarshal(payload, &m); err != nil {
+		return Record{}, fmt.Errorf("decode event message: %w", err)
+	}
+	d, err := ticket.DecodeData(m.Type, m.Data)
+	if err != nil {
+		return Record{}, err
+	}
+	return Record{
+		Event:    ticket.Event{TicketID: m.StreamID, Version: m.Version, At: m.At, Actor: m.Metadata.Actor, Data: d},
+		Position: m.Position, Metadata: m.Metadata, RecordedAt: m.RecordedAt,
+	}, nil
+}

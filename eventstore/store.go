@@ -1,0 +1,273 @@
+// Package eventstore is ticketd's source of truth: an append-only Postgres table of
+// events per ticket stream, with optimistic concurrency on the stream version, and a
+// transactional outbox that publishes every appended event to Watermill in the same
+// transaction.
+package eventstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ticketd/ticketd/ticket"
+)
+
+// Store appends and loads ticket event streams.
+type Store struct {
+	pool *pgxpool.Pool
+	// Now is the clock used for event times; tests may replace it.
+	Now func() time.Time
+	// MaxRetries bounds how often a command is retried from a fresh load after a
+	// concurrency clash when the caller gave no precondition.
+	MaxRetries int
+	schema     wsql.DefaultPostgreSQLSchema
+}
+
+// New returns a store on pool.
+func New(pool *pgxpool.Pool) *Store {
+	return &Store{pool: pool, Now: time.Now, MaxRetries: 20}
+}
+
+// Pool returns the store's connection pool.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+const selectEvents = `SELECT position, version, type, data, metadata, recorded_at
+	FROM events WHERE stream_id = $1 AND version > $2 AND version <= $3 ORDER BY version`
+
+// Load returns the events of a stream with after < version <= upTo, in order. An
+// unknown stream yields no records and no error.
+func (s *Store) Load(ctx context.Context, id uuid.UUID, after, upTo int) ([]Record, error) {
+	rows, err := s.pool.Query(ctx, selectEvents, id, after, upTo)
+	if err != nil {
+		return nil, interpret(err, id, 0)
+	}
+	recs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Record, error) {
+		var r Record
+		var typ string
+		var data []byte
+		var md []byte
+		if err := row.Scan(&r.Position, &r.Version, &typ, &data, &md, &r.RecordedAt); err != nil {
+			return r, err
+		}
+		d, err := ticket.DecodeData(typ, data)
+		if err != nil {
+			return r, err
+		}
+		if err := json.Unmarshal(md, &r.Metadata); err != nil {
+			return r, fmt.Errorf("decode metadata: %w", err)
+		}
+		r.Event = ticket.Event{TicketID: id, Version: r.Version, At: r.RecordedAt, Actor: r.Metadata.Actor, Data: d}
+		return r, nil
+	})
+	if err != nil {
+		return nil, interpret(err, id, 0)
+	}
+	return recs, nil
+}
+
+// LoadTicket replays a stream up to version upTo (0 or less: all of it). It returns
+// ticket.ErrNotFound for a stream with no events.
+func (s *Store) LoadTicket(ctx context.Context, id uuid.UUID, upTo int) (*ticket.Ticket, error) {
+	if upTo <= 0 {
+		upTo = int(^uint32(0) >> 1)
+	}
+	recs, err := s.Load(ctx, id, 0, upTo)
+	if err != nil {
+		return nil, err
+	}
+	if len(recs) == 0 {
+		return nil, fmt.Errorf("ticket %s: %w", id, ticket.ErrNotFound)
+	}
+	t := ticket.New(id)
+	for _, r := range recs {
+		if err := t.Apply(r.Event); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+// Append stores events as the next versions of their stream, which must stand at
+// expected, and publishes them to Topic through the outbox in the same transaction:
+// an event is either stored and published, or neither. A clash with another writer
+// returns a *ConcurrencyError; an unreachable database wraps ticket.ErrUnavailable.
+func (s *Store) Append(ctx context.Context, expected int, events []ticket.Event, md Metadata) ([]Record, error) {
+	if len(events) == 0 {
+		return nil, nil
+	}
+	id := events[0].TicketID
+	recs := make([]Record, len(events))
+	for i, e := range events {
+		if e.TicketID != id || e.Version != expected+1+i {
+			return nil, fmt.Errorf("append: event %d of %s does not follow version %d", e.Version, e.TicketID, expected+i)
+		}
+		m := md
+		m.Actor = e.Actor
+		// The command ran on the store's clock (Handle passes s.Now), so the event's
+		// time is the recording time: one time per event, not two that disagree.
+		recs[i] = Record{Event: e, Metadata: m, RecordedAt: e.At.UTC()}
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := insertEvents(ctx, tx, recs); err != nil {
+			return err
+		}
+		return s.publish(ctx, tx, recs)
+	})
+	if err != nil {
+		return nil, interpret(err, id, expected)
+	}
+	return recs, nil
+}
+
+// insertEvents writes the records in one statement and fills in their positions.
+func insertEvents(ctx context.Context, tx pgx.Tx, recs []Record) error {
+	var q strings.Builder
+	q.WriteString("INSERT INTO events (stream_id, version, type, data, metadata, recorded_at) VALUES ")
+	args := make([]any, 0, len(recs)*6)
+	for i, r := range recs {
+		data, err := json.Marshal(r.Data)
+		if err != nil {
+			return fmt.Errorf("encode %s: %w", r.Type(), err)
+		}
+		md, err := json.Marshal(r.Metadata)
+		if err != nil {
+			return fmt.Errorf("encode metadata: %w", err)
+		}
+		if i > 0 {
+			q.WriteString(",")
+		}
+		n := i * 6
+		fmt.Fprintf(&q, "($%d,$%d,$%d,$%d,$%d,$%d)", n+1, n+2, n+3, n+4, n+5, n+6)
+		args = append(args, r.TicketID, r.Version, r.Type(), data, md, r.RecordedAt)
+	}
+	q.WriteString(" RETURNING position")
+	rows, err := tx.Query(ctx, q.String(), args...)
+	if err != nil {
+		return err
+	}
+	positions, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return err
+	}
+	for i := range recs {
+		recs[i].Position = positions[i]
+	}
+	return nil
+}
+
+// publish runs the watermill-sql publisher on the append's own transaction.
+func (s *Store) publish(ctx context.Context, tx pgx.Tx, recs []Record) error {
+	pub, err := wsql.NewPublisher(wsql.TxFromPgx(tx), wsql.PublisherConfig{SchemaAdapter: s.schema}, watermill.NopLogger{})
+	if err != nil {
+		return fmt.Errorf("outbox publisher: %w", err)
+	}
+	msgs := make([]*message.Message, len(recs))
+	for i, r := range recs {
+		payload, err := EncodeMessage(r)
+		if err != nil {
+			return err
+		}
+		msgs[i] = message.NewMessage(fmt.Sprintf("%s/%d", r.TicketID, r.Version), payload)
+		msgs[i].SetContext(ctx)
+	}
+	if err := pub.Publish(Topic, msgs...); err != nil {
+		return fmt.Errorf("outbox publish: %w", err)
+	}
+	return nil
+}
+
+// Options qualify one command.
+type Options struct {
+	// IfMatch, when set, is the version the client last saw. If the stream is elsewhere,
+	// or moves before the append, the command fails with ticket.ErrPrecondition and is
+	// not retried.
+	IfMatch *int
+	// Create skips loading: the command runs on a new, empty ticket (the id is fresh).
+	Create   bool
+	Metadata Metadata
+}
+
+// Result is what a command produced: the ticket after it and the records it appended
+// (none for a no-op).
+type Result struct {
+	Ticket  *ticket.Ticket
+	Records []Record
+}
+
+// Handle runs one command on ticket id: load -> decide -> append. decide calls a
+// command method on the ticket with the given time. On a concurrency clash without
+// IfMatch the whole cycle is retried from a fresh load, at most MaxRetries times.
+// Errors: whatever decide returns (the ticket kinds), ticket.ErrPrecondition,
+// ticket.ErrUnavailable, or a *ConcurrencyError once the retries are spent.
+func (s *Store) Handle(ctx context.Context, id uuid.UUID, opt Options, decide func(t *ticket.Ticket, now time.Time) error) (Result, error) {
+	for attempt := 0; ; attempt++ {
+		t := ticket.New(id)
+		if !opt.Create {
+			recs, err := s.Load(ctx, id, 0, int(^uint32(0)>>1))
+			if err != nil {
+				return Result{}, err
+			}
+			for _, r := range recs {
+				if err := t.Apply(r.Event); err != nil {
+					return Result{}, err
+				}
+			}
+		}
+		if opt.IfMatch != nil && t.Exists() && *opt.IfMatch != t.Version() {
+			return Result{}, fmt.Errorf("ticket is at version %d, not %d: %w", t.Version(), *opt.IfMatch, ticket.ErrPrecondition)
+		}
+		expected := t.Version()
+		if err := decide(t, s.Now()); err != nil {
+			return Result{}, err
+		}
+		pending := t.Pending()
+		if len(pending) == 0 {
+			return Result{Ticket: t}, nil
+		}
+		recs, err := s.Append(ctx, expected, pending, opt.Metadata)
+		var ce *ConcurrencyError
+		if errors.As(err, &ce) {
+			if opt.IfMatch != nil {
+				return Result{}, fmt.Errorf("ticket changed concurrently: %w", ticket.ErrPrecondition)
+			}
+			if attempt < s.MaxRetries {
+				if err := sleep(ctx, backoff(attempt)); err != nil {
+					return Result{}, err
+				}
+				continue
+			}
+		}
+		if err != nil {
+			return Result{}, err
+		}
+		return Result{Ticket: t, Records: recs}, nil
+	}
+}
+
+// backoff is a short jittered wait so clashing writers spread out.
+func backoff(attempt int) time.Duration {
+	d := time.Millisecond << min(attempt, 6)
+	return d/2 + time.Duration(rand.Int64N(int64(d)))
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

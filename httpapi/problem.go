@@ -1,0 +1,125 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/ticketd/ticketd/ticket"
+)
+
+// Problem is an RFC 9457 problem details body. Code is a stable machine-readable name
+// for the kind of problem; the extensions carry what a client needs to act on it.
+type Problem struct {
+	Type     string `json:"type"`
+	Title    string `json:"title"`
+	Status   int    `json:"status"`
+	Detail   string `json:"detail,omitempty"`
+	Instance string `json:"instance,omitempty"`
+	Code     string `json:"code"`
+	// Errors names the offending fields of a validation problem.
+	Errors []FieldError `json:"errors,omitempty"`
+	// CurrentStatus and AllowedStatuses explain a refused transition (409).
+	CurrentStatus   ticket.Status   `json:"current_status,omitempty"`
+	AllowedStatuses []ticket.Status `json:"allowed_statuses,omitempty"`
+	// CurrentVersion is the ticket's version on a failed If-Match (412).
+	CurrentVersion int `json:"current_version,omitempty"`
+}
+
+// FieldError says which field is wrong and why.
+type FieldError struct {
+	Field  string `json:"field"`
+	Reason string `json:"reason"`
+}
+
+func (p *Problem) Error() string { return p.Code + ": " + p.Detail }
+
+// ProblemTypeBase prefixes every problem code to form the problem's type URI.
+const ProblemTypeBase = "urn:ticketd:problem:"
+
+// problem builds a Problem with the standard title of its status.
+func problem(status int, code, detail string) *Problem {
+	return &Problem{Type: ProblemTypeBase + code, Title: http.StatusText(status), Status: status, Code: code, Detail: detail}
+}
+
+func invalidField(field, reason string) *Problem {
+	p := problem(fiber.StatusUnprocessableEntity, "validation-failed", field+": "+reason)
+	p.Errors = []FieldError{{Field: field, Reason: reason}}
+	return p
+}
+
+// toProblem is the one table from error kinds to HTTP statuses. Errors that are no
+// known kind are logged and answered with a bare 500: their text never reaches a client.
+func toProblem(c *fiber.Ctx, err error, log *slog.Logger) *Problem {
+	var p *Problem
+	var ve *ticket.ValidationError
+	var te *ticket.TransitionError
+	var fe *fiber.Error
+	switch {
+	case errors.As(err, &p):
+		return p
+	case errors.As(err, &ve):
+		return invalidField(ve.Field, ve.Reason)
+	case errors.As(err, &te):
+		code := "transition-refused"
+		if te.Wanted == "" {
+			code = "ticket-closed"
+		}
+		p = problem(fiber.StatusConflict, code, te.Error())
+		p.CurrentStatus = te.Current
+		p.AllowedStatuses = te.Allowed
+		if p.AllowedStatuses == nil {
+			p.AllowedStatuses = []ticket.Status{}
+		}
+		return p
+	case errors.Is(err, ticket.ErrNotFound):
+		return problem(fiber.StatusNotFound, "ticket-not-found", "no ticket with this id (it may have been deleted)")
+	case errors.Is(err, ticket.ErrPrecondition):
+		return problem(fiber.StatusPreconditionFailed, "precondition-failed", "the ticket changed since the version in If-Match; fetch it again")
+	case errors.Is(err, ticket.ErrConflict):
+		return problem(fiber.StatusConflict, "conflict", "the request conflicts with the ticket's state")
+	case errors.Is(err, ticket.ErrUnavailable):
+		log.Warn("dependency unavailable", "err", err, "path", c.Path())
+		return problem(fiber.StatusServiceUnavailable, "unavailable", "the database cannot be reached; retry later")
+	case errors.As(err, &fe):
+		return fiberProblem(fe)
+	}
+	log.Error("unexpected error", "err", err, "method", c.Method(), "path", c.Path())
+	return problem(fiber.StatusInternalServerError, "internal", "an unexpected error occurred; it has been logged")
+}
+
+// fiberProblem turns the errors Fiber and fasthttp raise themselves into problems.
+func fiberProblem(fe *fiber.Error) *Problem {
+	switch fe.Code {
+	case fiber.StatusNotFound:
+		return problem(fe.Code, "route-not-found", "no such route")
+	case fiber.StatusMethodNotAllowed:
+		return problem(fe.Code, "method-not-allowed", "this route does not accept that method")
+	case fiber.StatusRequestEntityTooLarge:
+		return problem(fe.Code, "body-too-large", "the request body is larger than the server accepts")
+	case fiber.StatusRequestHeaderFieldsTooLarge:
+		return problem(fe.Code, "headers-too-large", "the request headers are larger than the server accepts")
+	case fiber.StatusRequestTimeout:
+		return problem(fe.Code, "request-timeout", "the request took too long to arrive")
+	}
+	if fe.Code >= 500 {
+		return problem(fe.Code, "internal", "an unexpected error occurred")
+	}
+	return problem(fe.Code, "bad-request", "the request could not be understood")
+}
+
+// errorHandler is Fiber's ErrorHandler: every error leaves as problem+json.
+func errorHandler(log *slog.Logger) fiber.ErrorHandler {
+	return func(c *fiber.Ctx, err error) error {
+		p := toProblem(c, err, log)
+		if p.Instance == "" {
+			p.Instance = c.Path()
+		}
+		body, _ := json.Marshal(p)
+		c.Set(fiber.HeaderContentType, "application/problem+json")
+		return c.Status(p.Status).Send(body)
+	}
+}

@@ -1,0 +1,408 @@
+// Package httpapi is ticketd's REST interface on Fiber: it decodes requests, hands
+// commands to the event store and queries to the read models, and encodes answers and
+// RFC 9457 problems. It holds no business rules: those live in package ticket.
+package httpapi
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/google/uuid"
+
+	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/ticket"
+)
+
+// Reader serves the read endpoints from the read models.
+type Reader interface {
+	Get(ctx context.Context, id uuid.UUID) (projections.View, error)
+	List(ctx context.Context, q projections.ListQuery) ([]projections.Summary, *projections.ListKey, error)
+	Comments(ctx context.Context, id uuid.UUID, after, limit int) ([]ticket.Comment, bool, error)
+}
+
+// Checker reports whether a dependency is usable, for /readyz.
+type Checker func(ctx context.Context) error
+
+// Config is what the HTTP layer needs.
+type Config struct {
+	Store  *eventstore.Store
+	Reader Reader
+	Log    *slog.Logger
+	// CursorKey signs list cursors. Instances behind one load balancer must share it.
+	CursorKey []byte
+	// BodyLimit is the largest request body accepted, in bytes (413 above).
+	BodyLimit int
+	// RequestTimeout bounds the work of one request (503 when a dependency is too slow).
+	RequestTimeout time.Duration
+	// Postgres and Redis are checked by /readyz; Redis is reported, not required.
+	Postgres Checker
+	Redis    Checker
+}
+
+// Page sizes of the list and comment endpoints.
+const (
+	DefaultLimit = 20
+	MaxLimit     = 100
+)
+
+// Server holds the handlers' dependencies.
+type Server struct {
+	cfg     Config
+	cursors cursors
+}
+
+// New returns the Fiber app serving the whole API.
+func New(cfg Config) *fiber.App {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.BodyLimit <= 0 {
+		cfg.BodyLimit = 64 << 10
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 10 * time.Second
+	}
+	if len(cfg.CursorKey) == 0 {
+		cfg.CursorKey = make([]byte, 32)
+		_, _ = rand.Read(cfg.CursorKey)
+	}
+	s := &Server{cfg: cfg, cursors: cursors{key: cfg.CursorKey}}
+	app := fiber.New(fiber.Config{
+		AppName:               "ticketd",
+		BodyLimit:             cfg.BodyLimit,
+		ReadBufferSize:        16 << 10, // also the header size limit (431 above it)
+		ErrorHandler:          errorHandler(cfg.Log),
+		DisableStartupMessage: true,
+		ReadTimeout:           30 * time.Second,
+		WriteTimeout:          30 * time.Second,
+		IdleTimeout:           120 * time.Second,
+	})
+	app.Use(s.requestContext)
+	app.Get("/healthz", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"status": "ok"}) })
+	app.Get("/readyz", s.ready)
+
+	v1 := app.Group("/v1/ticket")
+	v1.Get("/", s.list)
+	v1.Post("/", s.create)
+	v1.Get("/:id", s.get)
+	v1.Put("/:id", s.changeStatus)
+	v1.Delete("/:id", s.delete)
+	v1.Post("/:id/comments", s.addComment)
+	v1.Get("/:id/comments", s.listComments)
+	return app
+}
+
+type ctxKey int
+
+const requestIDKey ctxKey = 0
+
+// requestContext gives every request an id (X-Request-ID if the client sent a sane
+// one), echoes it, and bounds the request's work with a deadline.
+func (s *Server) requestContext(c *fiber.Ctx) error {
+	rid := c.Get("X-Request-ID")
+	if !validRequestID(rid) {
+		var b [16]byte
+		_, _ = rand.Read(b[:])
+		rid = hex.EncodeToString(b[:])
+	}
+	c.Set("X-Request-ID", rid)
+	ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), requestIDKey, rid), s.cfg.RequestTimeout)
+	defer cancel()
+	c.SetUserContext(ctx)
+	return c.Next()
+}
+
+func validRequestID(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// RequestID returns the request id carried by ctx, if any.
+func RequestID(ctx context.Context) string {
+	s, _ := ctx.Value(requestIDKey).(string)
+	return s
+}
+
+func (s *Server) metadata(c *fiber.Ctx) eventstore.Metadata {
+	return eventstore.Metadata{RequestID: RequestID(c.UserContext()), CorrelationID: c.Get("X-Correlation-ID")}
+}
+
+func (s *Server) ready(c *fiber.Ctx) error {
+	ctx, cancel := context.WithTimeout(c.UserContext(), 2*time.Second)
+	defer cancel()
+	body := fiber.Map{"postgres": "ok", "redis": "ok"}
+	status := fiber.StatusOK
+	if s.cfg.Postgres != nil {
+		if err := s.cfg.Postgres(ctx); err != nil {
+			body["postgres"] = "unavailable"
+			status = fiber.StatusServiceUnavailable
+		}
+	}
+	if s.cfg.Redis == nil {
+		body["redis"] = "not configured"
+	} else if err := s.cfg.Redis(ctx); err != nil {
+		body["redis"] = "unavailable"
+	}
+	return c.Status(status).JSON(body)
+}
+
+// ticketID parses the :id path parameter.
+func ticketID(c *fiber.Ctx) (uuid.UUID, error) {
+	raw := c.Params("id")
+	id, err := uuid.Parse(raw)
+	if err != nil || len(raw) != 36 {
+		return uuid.Nil, invalidQuery("id", "must be a UUID like 01936f1e-7c4a-7000-8000-000000000000")
+	}
+	return id, nil
+}
+
+func invalidQuery(param, reason string) *Problem {
+	return invalidField(param, reason)
+}
+
+func setETag(c *fiber.Ctx, version int) {
+	c.Set(fiber.HeaderETag, `"`+strconv.Itoa(version)+`"`)
+}
+
+// limitParam parses ?limit=, defaulting and refusing (not clamping) out-of-range values.
+func limitParam(c *fiber.Ctx) (int, error) {
+	raw := c.Query("limit")
+	if raw == "" {
+		return DefaultLimit, nil
+	}
+	n, err := strconv.Atoi(raw)
+	if err != nil || n < 1 || n > MaxLimit {
+		return 0, invalidQuery("limit", "must be a whole number from 1 to "+strconv.Itoa(MaxLimit))
+	}
+	return n, nil
+}
+
+type createRequest struct {
+	Title       string `json:"title"`
+	Description string `json:"description"`
+	Email       string `json:"email"`
+	CreatedBy   string `json:"created_by"`
+	Status      string `json:"status"`
+}
+
+func (s *Server) create(c *fiber.Ctx) error {
+	var req createRequest
+	if err := decodeBody(c, &req); err != nil {
+		return err
+	}
+	cmd := ticket.OpenTicket(req)
+	if err := cmd.Validate(); err != nil {
+		return err
+	}
+	id, err := uuid.NewV7()
+	if err != nil {
+		return err
+	}
+	res, err := s.cfg.Store.Handle(c.UserContext(), id, eventstore.Options{Create: true, Metadata: s.metadata(c)},
+		func(t *ticket.Ticket, now time.Time) error { return t.Open(cmd, now) })
+	if err != nil {
+		return err
+	}
+	c.Location("/v1/ticket/" + id.String())
+	setETag(c, res.Ticket.Version())
+	return c.Status(fiber.StatusCreated).JSON(projections.ViewOf(res.Ticket.State()))
+}
+
+func (s *Server) get(c *fiber.Ctx) error {
+	id, err := ticketID(c)
+	if err != nil {
+		return err
+	}
+	v, err := s.cfg.Reader.Get(c.UserContext(), id)
+	if err != nil {
+		return err
+	}
+	setETag(c, v.Version)
+	return c.JSON(v)
+}
+
+type statusRequest struct {
+	Status    string `json:"status"`
+	UpdatedBy string `json:"updated_by"`
+}
+
+type statusResponse struct {
+	ID        uuid.UUID     `json:"id"`
+	Status    ticket.Status `json:"status"`
+	UpdatedBy string        `json:"updated_by"`
+	Version   int           `json:"version"`
+}
+
+func (s *Server) changeStatus(c *fiber.Ctx) error {
+	id, err := ticketID(c)
+	if err != nil {
+		return err
+	}
+	var req statusRequest
+	if err := decodeBody(c, &req); err != nil {
+		return err
+	}
+	cmd := ticket.ChangeStatus(req)
+	if err := cmd.Validate(); err != nil {
+		return err
+	}
+	res, err := s.cfg.Store.Handle(c.UserContext(), id, eventstore.Options{Metadata: s.metadata(c)},
+		func(t *ticket.Ticket, now time.Time) error { return t.ChangeStatus(cmd, now) })
+	if err != nil {
+		return err
+	}
+	st := res.Ticket.State()
+	setETag(c, st.Version)
+	return c.JSON(statusResponse{ID: id, Status: st.Status, UpdatedBy: st.UpdatedBy, Version: st.Version})
+}
+
+func (s *Server) delete(c *fiber.Ctx) error {
+	id, err := ticketID(c)
+	if err != nil {
+		return err
+	}
+	cmd := ticket.DeleteTicket{DeletedBy: c.Get("X-Actor")}
+	if err := cmd.Validate(); err != nil {
+		return err
+	}
+	_, err = s.cfg.Store.Handle(c.UserContext(), id, eventstore.Options{Metadata: s.metadata(c)},
+		func(t *ticket.Ticket, now time.Time) error { return t.Delete(cmd, now) })
+	if err != nil {
+		return err
+	}
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+type commentRequest struct {
+	Body      string `json:"body"`
+	Email     string `json:"email"`
+	CreatedBy string `json:"created_by"`
+}
+
+func (s *Server) addComment(c *fiber.Ctx) error {
+	id, err := ticketID(c)
+	if err != nil {
+		return err
+	}
+	var req commentRequest
+	if err := decodeBody(c, &req); err != nil {
+		return err
+	}
+	cid, err := uuid.NewV7()
+	if err != nil {
+		return err
+	}
+	cmd := ticket.AddComment{ID: cid, Body: req.Body, Email: req.Email, CreatedBy: req.CreatedBy}
+	if err := cmd.Validate(); err != nil {
+		return err
+	}
+	res, err := s.cfg.Store.Handle(c.UserContext(), id, eventstore.Options{Metadata: s.metadata(c)},
+		func(t *ticket.Ticket, now time.Time) error { return t.AddComment(cmd, now) })
+	if err != nil {
+		return err
+	}
+	st := res.Ticket.State()
+	setETag(c, st.Version)
+	return c.Status(fiber.StatusCreated).JSON(st.Comments[len(st.Comments)-1])
+}
+
+func (s *Server) listComments(c *fiber.Ctx) error {
+	id, err := ticketID(c)
+	if err != nil {
+		return err
+	}
+	limit, err := limitParam(c)
+	if err != nil {
+		return err
+	}
+	scope := "comments:" + id.String()
+	after := 0
+	if raw := c.Query("cursor"); raw != "" {
+		cb, err := s.cursors.open(raw, scope)
+		if err != nil {
+			return err
+		}
+		after = cb.After
+	}
+	page, more, err := s.cfg.Reader.Comments(c.UserContext(), id, after, limit)
+	if err != nil {
+		return err
+	}
+	if page == nil {
+		page = []ticket.Comment{}
+	}
+	if more {
+		q := url.Values{"limit": {strconv.Itoa(limit)}, "cursor": {s.cursors.sign(cursorBody{Scope: scope, After: page[len(page)-1].Version})}}
+		c.Set(fiber.HeaderLink, `</v1/ticket/`+id.String()+`/comments?`+q.Encode()+`>; rel="next"`)
+	}
+	return c.JSON(page)
+}
+
+func (s *Server) list(c *fiber.Ctx) error {
+	limit, err := limitParam(c)
+	if err != nil {
+		return err
+	}
+	q := projections.ListQuery{Limit: limit, Email: c.Query("email"), CreatedBy: c.Query("created_by")}
+	if raw := c.Query("status"); raw != "" {
+		st, err := ticket.ParseStatus("status", raw)
+		if err != nil {
+			return err
+		}
+		q.Status = st
+	}
+	if len(q.Email) > ticket.MaxEmail {
+		return invalidQuery("email", "must be at most "+strconv.Itoa(ticket.MaxEmail)+" characters")
+	}
+	if len(q.CreatedBy) > 4*ticket.MaxName || strings.ContainsRune(q.CreatedBy, 0) {
+		return invalidQuery("created_by", "must be at most "+strconv.Itoa(ticket.MaxName)+" characters without NUL")
+	}
+	if strings.ContainsRune(q.Email, 0) {
+		return invalidQuery("email", "must not contain NUL")
+	}
+	scope := "list:" + string(q.Status) + "\x00" + q.Email + "\x00" + q.CreatedBy
+	if raw := c.Query("cursor"); raw != "" {
+		cb, err := s.cursors.open(raw, scope)
+		if err != nil {
+			return err
+		}
+		q.After = &projections.ListKey{CreatedAt: cb.Time, ID: cb.ID}
+	}
+	items, next, err := s.cfg.Reader.List(c.UserContext(), q)
+	if err != nil {
+		return err
+	}
+	if items == nil {
+		items = []projections.Summary{}
+	}
+	if next != nil {
+		v := url.Values{"limit": {strconv.Itoa(limit)}}
+		if q.Status != "" {
+			v.Set("status", string(q.Status))
+		}
+		if q.Email != "" {
+			v.Set("email", q.Email)
+		}
+		if q.CreatedBy != "" {
+			v.Set("created_by", q.CreatedBy)
+		}
+		v.Set("cursor", s.cursors.sign(cursorBody{Scope: scope, Time: next.CreatedAt, ID: next.ID}))
+		c.Set(fiber.HeaderLink, `</v1/ticket/?`+v.Encode()+`>; rel="next"`)
+	}
+	return c.JSON(items)
+}

@@ -1,0 +1,133 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ticketd/ticketd/eventstore"
+)
+
+// PoisonTopic receives events a projector could not handle after its retries. Its
+// table is created by the migrations; rows there are for an operator to inspect.
+const PoisonTopic = eventstore.Topic + "_poison"
+
+// permanentError marks a failure that retrying cannot fix (an undecodable event): it
+// goes to the poison topic. Everything else (Postgres unreachable) is retried.
+type permanentError struct{ error }
+
+func (e permanentError) Unwrap() error { return e.error }
+
+func permanent(err error) error { return permanentError{err} }
+
+// Config tunes the projectors' subscribers.
+type Config struct {
+	// PollInterval is how long a consumer waits before asking again when it found no
+	// new event. Short, so projection lag stays in milliseconds.
+	PollInterval time.Duration
+	// BatchSize is how many events one subscriber transaction takes at most. Smaller
+	// keeps each consumer's transaction (which holds back every consumer's view of new
+	// events) short.
+	BatchSize int
+	// Retries is how often a failing event is retried before it goes to the poison topic.
+	Retries int
+}
+
+func (c Config) withDefaults() Config {
+	if c.PollInterval <= 0 {
+		c.PollInterval = 20 * time.Millisecond
+	}
+	if c.BatchSize <= 0 {
+		c.BatchSize = 50
+	}
+	if c.Retries <= 0 {
+		c.Retries = 5
+	}
+	return c
+}
+
+// Handler is a projector: a consumer group and the function applying one event message.
+type Handler struct {
+	Group string
+	Func  message.NoPublishHandlerFunc
+}
+
+// NewRouter returns a Watermill router with one subscriber (its own consumer group)
+// per handler on the outbox topic. Run it with router.Run(ctx); it stops when ctx ends,
+// after the handlers finish their current message.
+func NewRouter(pool *pgxpool.Pool, cfg Config, log *slog.Logger, handlers ...Handler) (*message.Router, error) {
+	cfg = cfg.withDefaults()
+	wlog := watermill.NewSlogLoggerWithLevelMapping(log, map[slog.Level]slog.Level{
+		slog.LevelInfo: slog.LevelDebug, // Watermill's info lines are chatter at our level
+	})
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, wlog)
+	if err != nil {
+		return nil, fmt.Errorf("projection router: %w", err)
+	}
+	poison, err := middleware.PoisonQueueWithFilter(txPublisher{}, PoisonTopic, func(err error) bool {
+		return errors.As(err, new(permanentError))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("poison queue: %w", err)
+	}
+	router.AddMiddleware(poison, middleware.Retry{
+		MaxRetries:      cfg.Retries,
+		InitialInterval: 10 * time.Millisecond,
+		MaxInterval:     500 * time.Millisecond,
+		Multiplier:      2,
+		Logger:          wlog,
+	}.Middleware)
+	for _, h := range handlers {
+		sub, err := wsql.NewSubscriber(wsql.BeginnerFromPgx(pool), wsql.SubscriberConfig{
+			ConsumerGroup:  h.Group,
+			PollInterval:   cfg.PollInterval,
+			ResendInterval: 100 * time.Millisecond,
+			RetryInterval:  time.Second,
+			SchemaAdapter:  wsql.DefaultPostgreSQLSchema{SubscribeBatchSize: cfg.BatchSize},
+			OffsetsAdapter: wsql.DefaultPostgreSQLOffsetsAdapter{},
+		}, wlog)
+		if err != nil {
+			return nil, fmt.Errorf("subscriber %s: %w", h.Group, err)
+		}
+		router.AddNoPublisherHandler(h.Group, eventstore.Topic, sub, h.Func)
+	}
+	return router, nil
+}
+
+// txPublisher publishes into the transaction of the message being handled, so a
+// poisoned event is recorded together with the offset that skips it.
+type txPublisher struct{}
+
+func (txPublisher) Publish(topic string, msgs ...*message.Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	tx, ok := wsql.TxFromContext(msgs[0].Context())
+	if !ok {
+		return errors.New("poison publish: no transaction in message context")
+	}
+	pub, err := wsql.NewPublisher(tx, wsql.PublisherConfig{SchemaAdapter: wsql.DefaultPostgreSQLSchema{}}, nil)
+	if err != nil {
+		return err
+	}
+	return pub.Publish(topic, msgs...)
+}
+
+func (txPublisher) Close() error { return nil }
+
+// Run runs router until ctx ends and returns once every handler has stopped.
+func Run(ctx context.Context, router *message.Router) error {
+	err := router.Run(ctx)
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,108 @@
+package ticket
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Event is one past-tense fact in a ticket's stream. Version is its place in the
+// stream (1, 2, 3 … without gaps); At and Actor say when and by whom. Data is one of
+// Opened, CommentAdded, StatusChanged or Deleted.
+type Event struct {
+	TicketID uuid.UUID
+	Version  int
+	At       time.Time
+	Actor    string
+	Data     EventData
+}
+
+// Type is the stored name of the event's kind, e.g. "TicketOpened".
+func (e Event) Type() string { return typeName(e.Data) }
+
+// EventData is the payload of an event. The set is closed: only this package implements it.
+type EventData interface {
+	EventType() string
+	sealed()
+}
+
+// Event type names, as stored in the event table and shown in the history.
+const (
+	TypeOpened        = "TicketOpened"
+	TypeCommentAdded  = "CommentAdded"
+	TypeStatusChanged = "StatusChanged"
+	TypeDeleted       = "TicketDeleted"
+)
+
+// Opened records a ticket's creation. A ticket is always opened in StatusOpen.
+type Opened struct {
+	Title       string `json:"title"`
+	Description string `json:"description"`
+	Email       string `json:"email"`
+	CreatedBy   string `json:"created_by"`
+}
+
+// CommentAdded records a comment on the ticket.
+type CommentAdded struct {
+	CommentID uuid.UUID `json:"comment_id"`
+	Body      string    `json:"body"`
+	Email     string    `json:"email,omitempty"`
+	CreatedBy string    `json:"created_by"`
+}
+
+// StatusChanged records a move in the workflow, with both ends so that the history
+// reads on its own.
+type StatusChanged struct {
+	From      Status `json:"from"`
+	To        Status `json:"to"`
+	UpdatedBy string `json:"updated_by"`
+}
+
+// Deleted records the ticket's deletion. The stream stays; the ticket is gone from
+// every read endpoint but its history.
+type Deleted struct {
+	DeletedBy string `json:"deleted_by,omitempty"`
+}
+
+func (Opened) EventType() string        { return TypeOpened }
+func (CommentAdded) EventType() string  { return TypeCommentAdded }
+func (StatusChanged) EventType() string { return TypeStatusChanged }
+func (Deleted) EventType() string       { return TypeDeleted }
+
+func (Opened) sealed()        {}
+func (CommentAdded) sealed()  {}
+func (StatusChanged) sealed() {}
+func (Deleted) sealed()       {}
+
+// DecodeData turns a stored type name and JSON payload back into event data.
+// An unknown type is an error: the store never holds one this binary cannot read.
+func DecodeData(typ string, payload []byte) (EventData, error) {
+	var d EventData
+	var err error
+	switch typ {
+	case TypeOpened:
+		var v Opened
+		err = json.Unmarshal(payload, &v)
+		d = v
+	case TypeCommentAdded:
+		var v CommentAdded
+		err = json.Unmarshal(payload, &v)
+		d = v
+	case TypeStatusChanged:
+		var v StatusChanged
+		err = json.Unmarshal(payload, &v)
+		d = v
+	case TypeDeleted:
+		var v Deleted
+		err = json.Unmarshal(payload, &v)
+		d = v
+	default:
+		return nil, fmt.Errorf("unknown event type %q", typ)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("decode %s: %w", typ, err)
+	}
+	return d, nil
+}

@@ -1,0 +1,297 @@
+// Package ticket is the domain of ticketd: the ticket aggregate, its commands and the
+// events they record. It does no I/O and never reads the clock: the caller passes time
+// and ids in, and stores the events the commands record.
+package ticket
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Comment is a comment as it stands in a ticket's state.
+type Comment struct {
+	ID        uuid.UUID `json:"id"`
+	Body      string    `json:"body"`
+	Email     string    `json:"email,omitempty"`
+	CreatedBy string    `json:"created_by"`
+	CreatedAt time.Time `json:"created_at"`
+	Version   int       `json:"version"` // the version of the event that added it
+}
+
+// State is a ticket as folded from its events: what the read endpoints show.
+type State struct {
+	ID          uuid.UUID `json:"id"`
+	Title       string    `json:"title"`
+	Description string    `json:"description"`
+	Email       string    `json:"email"`
+	CreatedBy   string    `json:"created_by"`
+	UpdatedBy   string    `json:"updated_by"`
+	Status      Status    `json:"status"`
+	Version     int       `json:"version"`
+	CreatedAt   time.Time `json:"created_at"`
+	UpdatedAt   time.Time `json:"updated_at"`
+	Deleted     bool      `json:"-"`
+	Comments    []Comment `json:"comments"`
+}
+
+// Ticket is the aggregate. Its state changes only in apply; commands check their rule
+// against the state and record new events, which are applied at once and kept as
+// pending until the caller has stored them.
+type Ticket struct {
+	s       State
+	pending []Event
+}
+
+// New returns an empty ticket with the given id, ready for Open or for replaying events.
+func New(id uuid.UUID) *Ticket {
+	return &Ticket{s: State{ID: id}}
+}
+
+// Replay folds stored events into a ticket. Events must be the stream in order from
+// version 1; a gap, a repeat or another ticket's event is an error.
+func Replay(id uuid.UUID, events []Event) (*Ticket, error) {
+	t := New(id)
+	for _, e := range events {
+		if err := t.Apply(e); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+// ID returns the ticket's id.
+func (t *Ticket) ID() uuid.UUID { return t.s.ID }
+
+// Version is the number of events in the stream, pending ones included.
+func (t *Ticket) Version() int { return t.s.Version }
+
+// Status returns the current status (empty before the ticket is opened).
+func (t *Ticket) Status() Status { return t.s.Status }
+
+// Exists reports whether the ticket was opened and not deleted.
+func (t *Ticket) Exists() bool { return t.s.Version > 0 && !t.s.Deleted }
+
+// Deleted reports whether the ticket was deleted.
+func (t *Ticket) Deleted() bool { return t.s.Deleted }
+
+// State returns a copy of the ticket's state; the caller may keep and change it.
+func (t *Ticket) State() State {
+	s := t.s
+	s.Comments = slices.Clone(t.s.Comments)
+	return s
+}
+
+// Clone returns an independent copy without pending events, for caches that hand the
+// same replayed ticket to several commands.
+func (t *Ticket) Clone() *Ticket {
+	return &Ticket{s: t.State()}
+}
+
+// Pending returns the events recorded by commands and not yet stored.
+func (t *Ticket) Pending() []Event { return slices.Clone(t.pending) }
+
+// Apply folds one stored event into the state. It is the only place state changes.
+func (t *Ticket) Apply(e Event) error {
+	if e.TicketID != t.s.ID {
+		return fmt.Errorf("event of ticket %s applied to ticket %s", e.TicketID, t.s.ID)
+	}
+	if e.Version != t.s.Version+1 {
+		return fmt.Errorf("ticket %s: event version %d follows version %d", t.s.ID, e.Version, t.s.Version)
+	}
+	// A stream that could not have been recorded by the commands is refused, so a store
+	// bug or a hand-edited row is caught at replay, not served.
+	if _, opened := e.Data.(Opened); opened != (t.s.Version == 0) {
+		return fmt.Errorf("ticket %s: %s at version %d is out of place", t.s.ID, typeName(e.Data), e.Version)
+	}
+	if t.s.Deleted {
+		return fmt.Errorf("ticket %s: event at version %d follows the deletion", t.s.ID, e.Version)
+	}
+	switch d := e.Data.(type) {
+	case Opened:
+		t.s.Title, t.s.Description, t.s.Email, t.s.CreatedBy = d.Title, d.Description, d.Email, d.CreatedBy
+		t.s.UpdatedBy = d.CreatedBy
+		t.s.Status = StatusOpen
+		t.s.CreatedAt = e.At
+	case CommentAdded:
+		if t.s.Status == StatusClosed {
+			return fmt.Errorf("ticket %s: comment at version %d on a closed ticket", t.s.ID, e.Version)
+		}
+		t.s.Comments = append(t.s.Comments, Comment{
+			ID: d.CommentID, Body: d.Body, Email: d.Email, CreatedBy: d.CreatedBy,
+			CreatedAt: e.At, Version: e.Version,
+		})
+	case StatusChanged:
+		if d.From != t.s.Status || !t.s.Status.CanMoveTo(d.To) {
+			return fmt.Errorf("ticket %s: status change %s -> %s at version %d from %s", t.s.ID, d.From, d.To, e.Version, t.s.Status)
+		}
+		t.s.Status = d.To
+		t.s.UpdatedBy = d.UpdatedBy
+	case Deleted:
+		t.s.Deleted = true
+	default:
+		return fmt.Errorf("unknown event data %T", e.Data)
+	}
+	t.s.Version = e.Version
+	t.s.UpdatedAt = e.At
+	return nil
+}
+
+func typeName(d EventData) string {
+	if d == nil {
+		return "event without data"
+	}
+	return d.EventType()
+}
+
+// record applies a new event and keeps it as pending.
+func (t *Ticket) record(now time.Time, actor string, d EventData) {
+	e := Event{TicketID: t.s.ID, Version: t.s.Version + 1, At: now.UTC(), Actor: actor, Data: d}
+	if err := t.Apply(e); err != nil {
+		panic(err) // a recorded event always follows the state: a bug if not
+	}
+	t.pending = append(t.pending, e)
+}
+
+// OpenTicket is the command that creates a ticket. Status may be empty or "open":
+// a ticket is always created open, and naming another status is invalid.
+type OpenTicket struct {
+	Title       string
+	Description string
+	Email       string
+	CreatedBy   string
+	Status      string
+}
+
+// Validate checks the command's fields on their own, returning a *ValidationError.
+func (c OpenTicket) Validate() error {
+	if c.Status != "" && c.Status != string(StatusOpen) {
+		return &ValidationError{Field: "status", Reason: "a ticket is created open; omit status or send \"open\""}
+	}
+	if err := checkText("title", c.Title, 1, MaxTitle, false); err != nil {
+		return err
+	}
+	if err := checkText("description", c.Description, 0, MaxDescription, true); err != nil {
+		return err
+	}
+	if err := checkEmail("email", c.Email, true); err != nil {
+		return err
+	}
+	return checkText("created_by", c.CreatedBy, 1, MaxName, false)
+}
+
+// Open records TicketOpened on a new ticket. It fails with ErrInvalid for bad input and
+// ErrConflict if the ticket already has events.
+func (t *Ticket) Open(c OpenTicket, now time.Time) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	if t.s.Version != 0 {
+		return fmt.Errorf("ticket %s already exists: %w", t.s.ID, ErrConflict)
+	}
+	t.record(now, c.CreatedBy, Opened{Title: c.Title, Description: c.Description, Email: c.Email, CreatedBy: c.CreatedBy})
+	return nil
+}
+
+// AddComment is the command that comments on a ticket. ID is the new comment's id,
+// chosen by the caller (ids are not generated inside the domain).
+type AddComment struct {
+	ID        uuid.UUID
+	Body      string
+	Email     string
+	CreatedBy string
+}
+
+// Validate checks the command's fields on their own, returning a *ValidationError.
+func (c AddComment) Validate() error {
+	if err := checkText("body", c.Body, 1, MaxComment, true); err != nil {
+		return err
+	}
+	if err := checkText("created_by", c.CreatedBy, 1, MaxName, false); err != nil {
+		return err
+	}
+	return checkEmail("email", c.Email, false)
+}
+
+// AddComment records CommentAdded. It fails with ErrInvalid for bad input, ErrNotFound
+// for a missing or deleted ticket and a *TransitionError (ErrConflict) when the ticket
+// is closed.
+func (t *Ticket) AddComment(c AddComment, now time.Time) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	if !t.Exists() {
+		return ErrNotFound
+	}
+	if t.s.Status == StatusClosed {
+		return &TransitionError{Current: t.s.Status, Allowed: t.s.Status.Next()}
+	}
+	t.record(now, c.CreatedBy, CommentAdded{CommentID: c.ID, Body: c.Body, Email: c.Email, CreatedBy: c.CreatedBy})
+	return nil
+}
+
+// ChangeStatus is the command that moves a ticket in the workflow.
+type ChangeStatus struct {
+	Status    string
+	UpdatedBy string
+}
+
+// Validate checks the command's fields on their own, returning a *ValidationError.
+func (c ChangeStatus) Validate() error {
+	if _, err := ParseStatus("status", c.Status); err != nil {
+		return err
+	}
+	return checkText("updated_by", c.UpdatedBy, 1, MaxName, false)
+}
+
+// ChangeStatus records StatusChanged when the table allows it. Asking for the current
+// status is a no-op: no event, no error (PUT is safe to retry). It fails with ErrInvalid
+// for bad input, ErrNotFound for a missing or deleted ticket and a *TransitionError
+// (ErrConflict) for a move the table refuses.
+func (t *Ticket) ChangeStatus(c ChangeStatus, now time.Time) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	if !t.Exists() {
+		return ErrNotFound
+	}
+	to := Status(c.Status)
+	if to == t.s.Status {
+		return nil
+	}
+	if !t.s.Status.CanMoveTo(to) {
+		return &TransitionError{Current: t.s.Status, Wanted: to, Allowed: t.s.Status.Next()}
+	}
+	t.record(now, c.UpdatedBy, StatusChanged{From: t.s.Status, To: to, UpdatedBy: c.UpdatedBy})
+	return nil
+}
+
+// DeleteTicket is the command that deletes a ticket. DeletedBy is optional.
+type DeleteTicket struct {
+	DeletedBy string
+}
+
+// Validate checks the command's fields on their own, returning a *ValidationError.
+func (c DeleteTicket) Validate() error {
+	return checkText("deleted_by", c.DeletedBy, 0, MaxName, false)
+}
+
+// Delete records TicketDeleted. Deleting a missing or already deleted ticket fails with
+// ErrNotFound. Any status may be deleted, closed included: deletion is an
+// administrative act outside the workflow, and the history keeps everything.
+func (t *Ticket) Delete(c DeleteTicket, now time.Time) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	if !t.Exists() {
+		return ErrNotFound
+	}
+	actor := c.DeletedBy
+	if actor == "" {
+		actor = "anonymous"
+	}
+	t.record(now, actor, Deleted{DeletedBy: c.DeletedBy})
+	return nil
+}
