@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/url"
 	"strings"
 	"time"
@@ -129,3 +130,6 @@ func Open(ctx context.Context, dsn string, pc PoolConfig) (*pgxpool.Pool, error)
 	}
 	return pool, nil
 }
+
+// Migrations returns the embedded migration files (for tools and tests).
+func Migrations() fs.FS { return migrations }

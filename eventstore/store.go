@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"time"
 
@@ -178,7 +179,9 @@ func (s *Store) publish(ctx context.Context, tx pgx.Tx, recs []Record) error {
 		if err != nil {
 			return err
 		}
-		msgs[i] = message.NewMessage(fmt.Sprintf("%s/%d", r.TicketID, r.Version), payload)
+		// A deterministic message id per event (stream, version) lets consumers and
+		// operators match a message to its event.
+		msgs[i] = message.NewMessage(uuid.NewSHA1(r.TicketID, []byte(strconv.Itoa(r.Version))).String(), payload)
 		msgs[i].SetContext(ctx)
 	}
 	if err := pub.Publish(Topic, msgs...); err != nil {
@@ -228,7 +231,9 @@ func (s *Store) Handle(ctx context.Context, id uuid.UUID, opt Options, decide fu
 			return Result{}, fmt.Errorf("ticket is at version %d, not %d: %w", t.Version(), *opt.IfMatch, ticket.ErrPrecondition)
 		}
 		expected := t.Version()
-		if err := decide(t, s.Now()); err != nil {
+		// Postgres keeps microseconds: an event's time is cut to them before anything
+		// sees it, so a replayed ticket equals the one answered at write time.
+		if err := decide(t, s.Now().UTC().Truncate(time.Microsecond)); err != nil {
 			return Result{}, err
 		}
 		pending := t.Pending()

@@ -1,0 +1,224 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ticketd/ticketd/db/dbtest"
+)
+
+// testServer is a ticketd started through run, as main starts it, on a free port
+// against a fresh database and the test Redis Cluster.
+type testServer struct {
+	URL  string
+	DSN  string
+	Env  map[string]string
+	stop func() error
+	logs *syncBuffer
+}
+
+// redisAddrs returns the test Redis Cluster's seeds (scripts/test-env.sh sets them).
+func redisAddrs() string {
+	if v := os.Getenv("TEST_REDIS_ADDRS"); v != "" {
+		return v
+	}
+	return "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+}
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startServer runs ticketd with env layered over the test defaults. The server stops
+// (gracefully, as on SIGTERM) when the test ends.
+func startServer(t testing.TB, env map[string]string) *testServer {
+	t.Helper()
+	full := map[string]string{
+		"DATABASE_DSN": dbtest.NewDatabase(t),
+		"REDIS_ADDRS":  redisAddrs(),
+		"HTTP_ADDR":    freeAddr(t),
+		"LOG_LEVEL":    "warn",
+	}
+	for k, v := range env {
+		full[k] = v
+	}
+	s := &testServer{URL: "http://" + full["HTTP_ADDR"], DSN: full["DATABASE_DSN"], Env: full, logs: &syncBuffer{}}
+	s.start(t)
+	t.Cleanup(func() {
+		if err := s.Stop(); err != nil {
+			t.Errorf("server stopped with error: %v\nlogs:\n%s", err, s.logs.String())
+		}
+	})
+	return s
+}
+
+func (s *testServer) start(t testing.TB) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, nil, func(k string) string { return s.Env[k] }, s.logs) }()
+	var once sync.Once
+	var stopErr error
+	s.stop = func() error {
+		once.Do(func() { cancel(); stopErr = <-done })
+		return stopErr
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(s.URL + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("ticketd exited during start: %v\nlogs:\n%s", err, s.logs.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ticketd did not answer /healthz in 30s\nlogs:\n%s", s.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Stop shuts the server down as SIGTERM would and returns run's error.
+func (s *testServer) Stop() error { return s.stop() }
+
+// Restart stops the server and starts it again on the same database and port.
+func (s *testServer) Restart(t testing.TB) {
+	t.Helper()
+	if err := s.Stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	s.start(t)
+}
+
+// response is a finished HTTP exchange.
+type response struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+// JSON decodes the body into v, failing the test if it cannot.
+func (r response) JSON(t testing.TB, v any) {
+	t.Helper()
+	if err := json.Unmarshal(r.Body, v); err != nil {
+		t.Fatalf("decode %q: %v", r.Body, err)
+	}
+}
+
+// problem decodes a problem+json body, checking the content type.
+func (r response) problem(t testing.TB) map[string]any {
+	t.Helper()
+	if ct := r.Header.Get("Content-Type"); ct != "application/problem+json" {
+		t.Fatalf("content type %q, want application/problem+json; body %s", ct, r.Body)
+	}
+	var p map[string]any
+	r.JSON(t, &p)
+	return p
+}
+
+var client = &http.Client{Timeout: 30 * time.Second}
+
+// do sends a request; body may be nil, a string/[]byte (sent as is) or a value (sent
+// as JSON). Headers are "Name", "value" pairs; JSON bodies get a JSON content type
+// unless one is given.
+func (s *testServer) do(t testing.TB, method, path string, body any, headers ...string) response {
+	t.Helper()
+	var rd io.Reader
+	isJSON := false
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+		isJSON = true
+	case []byte:
+		rd = bytes.NewReader(b)
+		isJSON = true
+	default:
+		raw, err := json.Marshal(b)
+		if err != nil {
+			t.Fatalf("encode body: %v", err)
+		}
+		rd = bytes.NewReader(raw)
+		isJSON = true
+	}
+	req, err := http.NewRequest(method, s.URL+path, rd)
+	if err != nil {
+		t.Fatalf("request: %v", err)
+	}
+	if isJSON {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read body: %v", method, path, err)
+	}
+	return response{Status: resp.StatusCode, Header: resp.Header, Body: raw}
+}
+
+// expect fails the test unless the response has the wanted status.
+func (r response) expect(t testing.TB, status int) response {
+	t.Helper()
+	if r.Status != status {
+		t.Fatalf("status %d, want %d; body %s", r.Status, status, r.Body)
+	}
+	return r
+}
+
+// eventually polls cond until it holds or the timeout passes.
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not true within %s", what, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// syncBuffer collects the server's log lines safely across goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
