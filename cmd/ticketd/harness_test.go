@@ -53,6 +53,8 @@ func startServer(t testing.TB, env map[string]string) *testServer {
 		"REDIS_ADDRS":  redisAddrs(),
 		"HTTP_ADDR":    freeAddr(t),
 		"LOG_LEVEL":    "warn",
+		// many test servers share one Postgres (max_connections 100): small pools
+		"PG_MAX_CONNS": "6",
 	}
 	for k, v := range env {
 		full[k] = v
