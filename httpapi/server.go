@@ -42,6 +42,11 @@ type Config struct {
 	BodyLimit int
 	// RequestTimeout bounds the work of one request (503 when a dependency is too slow).
 	RequestTimeout time.Duration
+	// OnCommitted, if set, is called after a command appended events and before the
+	// client is answered, with the ticket's state after them (the Redis read model
+	// writes it through, so a GET never sees an older state than was acknowledged).
+	// It must be bounded in time and must not fail the request.
+	OnCommitted func(ctx context.Context, st ticket.State)
 	// Postgres and Redis are checked by /readyz; Redis is reported, not required.
 	Postgres Checker
 	Redis    Checker
@@ -161,6 +166,13 @@ func (s *Server) ready(c *fiber.Ctx) error {
 	return c.Status(status).JSON(body)
 }
 
+// committed runs the OnCommitted hook for a command that appended events.
+func (s *Server) committed(c *fiber.Ctx, res eventstore.Result) {
+	if s.cfg.OnCommitted != nil && len(res.Records) > 0 {
+		s.cfg.OnCommitted(c.UserContext(), res.Ticket.State())
+	}
+}
+
 // ticketID parses the :id path parameter.
 func ticketID(c *fiber.Ctx) (uuid.UUID, error) {
 	raw := c.Params("id")
@@ -218,6 +230,7 @@ func (s *Server) create(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	s.committed(c, res)
 	c.Location("/v1/ticket/" + id.String())
 	setETag(c, res.Ticket.Version())
 	return c.Status(fiber.StatusCreated).JSON(projections.ViewOf(res.Ticket.State()))
@@ -266,6 +279,7 @@ func (s *Server) changeStatus(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	s.committed(c, res)
 	st := res.Ticket.State()
 	setETag(c, st.Version)
 	return c.JSON(statusResponse{ID: id, Status: st.Status, UpdatedBy: st.UpdatedBy, Version: st.Version})
@@ -280,11 +294,12 @@ func (s *Server) delete(c *fiber.Ctx) error {
 	if err := cmd.Validate(); err != nil {
 		return err
 	}
-	_, err = s.cfg.Store.Handle(c.UserContext(), id, eventstore.Options{Metadata: s.metadata(c)},
+	res, err := s.cfg.Store.Handle(c.UserContext(), id, eventstore.Options{Metadata: s.metadata(c)},
 		func(t *ticket.Ticket, now time.Time) error { return t.Delete(cmd, now) })
 	if err != nil {
 		return err
 	}
+	s.committed(c, res)
 	return c.SendStatus(fiber.StatusNoContent)
 }
 
@@ -316,6 +331,7 @@ func (s *Server) addComment(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	s.committed(c, res)
 	st := res.Ticket.State()
 	setETag(c, st.Version)
 	return c.Status(fiber.StatusCreated).JSON(st.Comments[len(st.Comments)-1])
