@@ -104,6 +104,35 @@ func (s *Store) LoadTicket(ctx context.Context, id uuid.UUID, upTo int) (*ticket
 // an event is either stored and published, or neither. A clash with another writer
 // returns a *ConcurrencyError; an unreachable database wraps ticket.ErrUnavailable.
 func (s *Store) Append(ctx context.Context, expected int, events []ticket.Event, md Metadata) ([]Record, error) {
+	recs, err := records(expected, events, md)
+	if err != nil || len(recs) == 0 {
+		return nil, err
+	}
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error { return s.appendTx(ctx, tx, recs) })
+	if err != nil {
+		return nil, interpret(err, recs[0].TicketID, expected)
+	}
+	return recs, nil
+}
+
+// AppendTx is Append inside the caller's transaction: the events and their outbox
+// messages commit or roll back with tx, and the caller commits. A clash returns a
+// *ConcurrencyError and leaves tx aborted; an unreachable database wraps
+// ticket.ErrUnavailable.
+func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, expected int, events []ticket.Event, md Metadata) ([]Record, error) {
+	recs, err := records(expected, events, md)
+	if err != nil || len(recs) == 0 {
+		return nil, err
+	}
+	if err := s.appendTx(ctx, tx, recs); err != nil {
+		return nil, interpret(err, recs[0].TicketID, expected)
+	}
+	return recs, nil
+}
+
+// records checks that events continue their stream from expected and makes the
+// records to store.
+func records(expected int, events []ticket.Event, md Metadata) ([]Record, error) {
 	if len(events) == 0 {
 		return nil, nil
 	}
@@ -119,16 +148,15 @@ func (s *Store) Append(ctx context.Context, expected int, events []ticket.Event,
 		// time is the recording time: one time per event, not two that disagree.
 		recs[i] = Record{Event: e, Metadata: m, RecordedAt: e.At.UTC()}
 	}
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := insertEvents(ctx, tx, recs); err != nil {
-			return err
-		}
-		return s.publish(ctx, tx, recs)
-	})
-	if err != nil {
-		return nil, interpret(err, id, expected)
-	}
 	return recs, nil
+}
+
+// appendTx inserts the records and publishes them on tx.
+func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, recs []Record) error {
+	if err := insertEvents(ctx, tx, recs); err != nil {
+		return err
+	}
+	return s.publish(ctx, tx, recs)
 }
 
 // insertEvents writes the records in one statement and fills in their positions.
