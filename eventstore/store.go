@@ -33,11 +33,16 @@ type Store struct {
 	// concurrency clash when the caller gave no precondition.
 	MaxRetries int
 	schema     wsql.DefaultPostgreSQLSchema
+	cache      *tickets
 }
+
+// DefaultCacheWeight bounds the aggregate cache: tickets plus comments held in memory
+// (about 20 MB at a few hundred bytes per comment).
+const DefaultCacheWeight = 50_000
 
 // New returns a store on pool.
 func New(pool *pgxpool.Pool) *Store {
-	return &Store{pool: pool, Now: time.Now, MaxRetries: 20}
+	return &Store{pool: pool, Now: time.Now, MaxRetries: 20, cache: newTickets(DefaultCacheWeight)}
 }
 
 // Pool returns the store's connection pool.
@@ -245,14 +250,9 @@ func (s *Store) Handle(ctx context.Context, id uuid.UUID, opt Options, decide fu
 	for attempt := 0; ; attempt++ {
 		t := ticket.New(id)
 		if !opt.Create {
-			recs, err := s.Load(ctx, id, 0, int(^uint32(0)>>1))
-			if err != nil {
+			var err error
+			if t, err = s.current(ctx, id); err != nil {
 				return Result{}, err
-			}
-			for _, r := range recs {
-				if err := t.Apply(r.Event); err != nil {
-					return Result{}, err
-				}
 			}
 		}
 		if opt.IfMatch != nil && t.Exists() && *opt.IfMatch != t.Version() {
@@ -284,8 +284,32 @@ func (s *Store) Handle(ctx context.Context, id uuid.UUID, opt Options, decide fu
 		if err != nil {
 			return Result{}, err
 		}
+		s.cache.put(t)
 		return Result{Ticket: t, Records: recs}, nil
 	}
+}
+
+// current returns the ticket as it stands in the store: the cached aggregate, if any,
+// brought up to date with the events appended since (by any instance), else a full
+// replay. The result is the caller's own copy.
+func (s *Store) current(ctx context.Context, id uuid.UUID) (*ticket.Ticket, error) {
+	t := s.cache.get(id)
+	if t == nil {
+		t = ticket.New(id)
+	}
+	recs, err := s.Load(ctx, id, t.Version(), int(^uint32(0)>>1))
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range recs {
+		if err := t.Apply(r.Event); err != nil {
+			return nil, err
+		}
+	}
+	if len(recs) > 0 {
+		s.cache.put(t)
+	}
+	return t, nil
 }
 
 // backoff is a short jittered wait so clashing writers spread out.

@@ -74,6 +74,9 @@ func (t *Ticket) Status() Status { return t.s.Status }
 // Exists reports whether the ticket was opened and not deleted.
 func (t *Ticket) Exists() bool { return t.s.Version > 0 && !t.s.Deleted }
 
+// CommentCount is the number of comments on the ticket.
+func (t *Ticket) CommentCount() int { return len(t.s.Comments) }
+
 // Deleted reports whether the ticket was deleted.
 func (t *Ticket) Deleted() bool { return t.s.Deleted }
 
