@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -34,6 +35,7 @@ type Store struct {
 	MaxRetries int
 	schema     wsql.DefaultPostgreSQLSchema
 	cache      *tickets
+	lastPurge  atomic.Int64 // unix ns of the last purge of expired idempotency keys
 }
 
 // DefaultCacheWeight bounds the aggregate cache: tickets plus comments held in memory
@@ -232,6 +234,10 @@ type Options struct {
 	// Create skips loading: the command runs on a new, empty ticket (the id is fresh).
 	Create   bool
 	Metadata Metadata
+	// Idempotency, when set, stores the command's response with the client's key in the
+	// append's transaction, and answers a retry with the stored response (see
+	// Idempotency).
+	Idempotency *Idempotency
 }
 
 // Result is what a command produced: the ticket after it and the records it appended
@@ -239,15 +245,24 @@ type Options struct {
 type Result struct {
 	Ticket  *ticket.Ticket
 	Records []Record
+	// Replayed is the response stored under Options.Idempotency's key by an earlier
+	// run; when set, nothing was decided or appended and Ticket is nil.
+	Replayed *Response
 }
 
 // Handle runs one command on ticket id: load -> decide -> append. decide calls a
 // command method on the ticket with the given time. On a concurrency clash without
 // IfMatch the whole cycle is retried from a fresh load, at most MaxRetries times.
+// With opt.Idempotency, a response stored under the key is returned as Result.Replayed
+// without deciding again (also when a racing retry commits first).
 // Errors: whatever decide returns (the ticket kinds), ticket.ErrPrecondition,
-// ticket.ErrUnavailable, or a *ConcurrencyError once the retries are spent.
+// ErrIdempotencyKeyReused, ticket.ErrUnavailable, or a *ConcurrencyError once the
+// retries are spent.
 func (s *Store) Handle(ctx context.Context, id uuid.UUID, opt Options, decide func(t *ticket.Ticket, now time.Time) error) (Result, error) {
 	for attempt := 0; ; attempt++ {
+		if r, err := s.storedResponse(ctx, opt.Idempotency); r != nil || err != nil {
+			return Result{Replayed: r}, err
+		}
 		t := ticket.New(id)
 		if !opt.Create {
 			var err error
@@ -268,9 +283,13 @@ func (s *Store) Handle(ctx context.Context, id uuid.UUID, opt Options, decide fu
 		if len(pending) == 0 {
 			return Result{Ticket: t}, nil
 		}
-		recs, err := s.Append(ctx, expected, pending, opt.Metadata)
+		recs, err := s.appendCommand(ctx, expected, pending, opt, t)
 		var ce *ConcurrencyError
 		if errors.As(err, &ce) {
+			// the clash may be a retry of this very request that committed first
+			if r, err := s.storedResponse(ctx, opt.Idempotency); r != nil || err != nil {
+				return Result{Replayed: r}, err
+			}
 			if opt.IfMatch != nil {
 				return Result{}, fmt.Errorf("ticket changed concurrently: %w", ticket.ErrPrecondition)
 			}
