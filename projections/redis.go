@@ -1,0 +1,333 @@
+package projections
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ticketd/ticketd/ticket"
+)
+
+// RedisGroup is the consumer group of the Redis read model projector.
+const RedisGroup = "redis-readmodel"
+
+// TombstoneTTL is how long the marker of a deleted ticket stays in Redis. Within it a
+// late, older write (a redelivered event, a slow write-through) is refused by version;
+// after it the projector still never resurrects a ticket, because a missing document is
+// rebuilt from the event store, which knows the deletion.
+const TombstoneTTL = 24 * time.Hour
+
+// ErrDeleted is returned by RedisDocs.Get for a ticket whose document is a tombstone.
+// It wraps ticket.ErrNotFound, so the HTTP layer answers 404 for it.
+var ErrDeleted = fmt.Errorf("ticket deleted: %w", ticket.ErrNotFound)
+
+// ErrRedisDown is returned, without a round trip, while the circuit breaker holds Redis
+// to be unreachable. It wraps ticket.ErrUnavailable.
+var ErrRedisDown = fmt.Errorf("redis read model: circuit open: %w", ticket.ErrUnavailable)
+
+// RedisDocs is the Redis (Cluster) read model: one string value per ticket under the key
+// "<prefix>:{<id>}:doc". The hash tag puts every key of one ticket in one slot, so a
+// script may touch several of them. The value is "<version>\n<json>": the decimal
+// version of the ticket, a newline, and the JSON of its View exactly as GET
+// /v1/ticket/{id} sends it, so one GET serves a request without re-encoding. A deleted
+// ticket is a tombstone "<version>\n" (an empty document) that expires after
+// TombstoneTTL.
+//
+// Every call is bounded by the timeout given to NewRedisDocs, and a small circuit
+// breaker fails calls fast (ErrRedisDown) while Redis is known to be down, letting one
+// probe through now and then. RedisDocs is safe for concurrent use.
+type RedisDocs struct {
+	rdb     redis.UniversalClient
+	prefix  string
+	timeout time.Duration
+	br      breaker
+}
+
+// NewRedisDocs returns the Redis read model on rdb under prefix (no '{', '}', '*', '?',
+// '[' or ']': see ValidRedisPrefix), each call bounded by timeout.
+func NewRedisDocs(rdb redis.UniversalClient, prefix string, timeout time.Duration) *RedisDocs {
+	if err := ValidRedisPrefix(prefix); err != nil {
+		panic(err) // configuration is validated before wiring
+	}
+	if timeout <= 0 {
+		timeout = 150 * time.Millisecond
+	}
+	return &RedisDocs{rdb: rdb, prefix: prefix, timeout: timeout}
+}
+
+// ValidRedisPrefix reports whether prefix can start the read model's keys: not empty,
+// and without the characters that would break the per-ticket hash tag or the SCAN
+// pattern of Wipe.
+func ValidRedisPrefix(prefix string) error {
+	if prefix == "" || len(prefix) > 100 {
+		return errors.New("redis key prefix must be 1..100 characters")
+	}
+	if strings.ContainsAny(prefix, "{}*?[]\\ \t\r\n") {
+		return fmt.Errorf("redis key prefix %q must not contain braces, glob characters or spaces", prefix)
+	}
+	return nil
+}
+
+// Key returns the key of ticket id's document.
+func (d *RedisDocs) Key(id uuid.UUID) string {
+	return d.prefix + ":{" + id.String() + "}:doc"
+}
+
+// Prefix returns the key prefix.
+func (d *RedisDocs) Prefix() string { return d.prefix }
+
+// Up reports whether the circuit breaker holds Redis to be reachable. The projector
+// does not even try Redis while it is not, so a dead Redis never lengthens the
+// projector's transaction.
+func (d *RedisDocs) Up() bool { return d.br.up() }
+
+// putScript writes ARGV[2] under KEYS[1] unless the stored value's version (the digits
+// before its first newline) is at least ARGV[1]. ARGV[3] is a TTL in milliseconds, 0
+// for none. It returns 1 when it wrote, 0 when the stored value is as new or newer.
+// GETRANGE reads only the head of the stored value, not the whole document.
+var putScript = redis.NewScript(`
+local head = redis.call('GETRANGE', KEYS[1], 0, 15)
+if head ~= '' then
+	local nl = string.find(head, '\n', 1, true)
+	if nl then
+		local cur = tonumber(string.sub(head, 1, nl - 1))
+		if cur and cur >= tonumber(ARGV[1]) then
+			return 0
+		end
+	end
+end
+if ARGV[3] ~= '0' then
+	redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+else
+	redis.call('SET', KEYS[1], ARGV[2])
+end
+return 1
+`)
+
+// Put stores v as its ticket's document if v.Version is newer than the stored version
+// (or nothing is stored), atomically. An older or equal v changes nothing and is not an
+// error. Errors: ErrRedisDown while the breaker is open, otherwise the Redis error
+// (timeouts included).
+func (d *RedisDocs) Put(ctx context.Context, v View) error {
+	_, err := d.PutIfNewer(ctx, v)
+	return err
+}
+
+// PutIfNewer is Put that also reports whether it wrote.
+func (d *RedisDocs) PutIfNewer(ctx context.Context, v View) (bool, error) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return false, fmt.Errorf("encode ticket %s: %w", v.ID, err)
+	}
+	return d.set(ctx, v.ID, v.Version, body, 0)
+}
+
+// Tombstone marks ticket id deleted at version, if version is newer than the stored
+// one. Later Puts of older versions are refused, so a deleted ticket does not come back.
+func (d *RedisDocs) Tombstone(ctx context.Context, id uuid.UUID, version int) error {
+	_, err := d.set(ctx, id, version, nil, TombstoneTTL)
+	return err
+}
+
+func (d *RedisDocs) set(ctx context.Context, id uuid.UUID, version int, body []byte, ttl time.Duration) (bool, error) {
+	if version < 1 {
+		return false, fmt.Errorf("redis document of %s: version %d: %w", id, version, ticket.ErrInvalid)
+	}
+	if !d.br.allow() {
+		return false, ErrRedisDown
+	}
+	val := make([]byte, 0, len(body)+12)
+	val = strconv.AppendInt(val, int64(version), 10)
+	val = append(val, '\n')
+	val = append(val, body...)
+	cctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	n, err := putScript.Run(cctx, d.rdb, []string{d.Key(id)}, version, val, ttl.Milliseconds()).Int()
+	if err = d.done(ctx, err); err != nil {
+		return false, fmt.Errorf("redis put %s v%d: %w", id, version, err)
+	}
+	return n == 1, nil
+}
+
+// Get returns the stored document of ticket id: the JSON body, ready to send, and its
+// version. found is false when nothing is stored (a miss, not an error). A tombstone is
+// found with its version, a nil body and ErrDeleted. Other errors: ErrRedisDown while
+// the breaker is open, otherwise the Redis error.
+func (d *RedisDocs) Get(ctx context.Context, id uuid.UUID) (body []byte, version int, found bool, err error) {
+	if !d.br.allow() {
+		return nil, 0, false, ErrRedisDown
+	}
+	cctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	raw, err := d.rdb.Get(cctx, d.Key(id)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		d.br.success()
+		return nil, 0, false, nil
+	}
+	if err = d.done(ctx, err); err != nil {
+		return nil, 0, false, fmt.Errorf("redis get %s: %w", id, err)
+	}
+	version, body, err = parseDoc(raw)
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("redis document of %s: %w", id, err)
+	}
+	if len(body) == 0 {
+		return nil, version, true, ErrDeleted
+	}
+	return body, version, true, nil
+}
+
+// parseDoc splits a stored value into its version and body.
+func parseDoc(raw []byte) (int, []byte, error) {
+	nl := bytes.IndexByte(raw, '\n')
+	if nl < 1 {
+		return 0, nil, errors.New("malformed value: no version line")
+	}
+	v, err := strconv.Atoi(string(raw[:nl]))
+	if err != nil || v < 1 {
+		return 0, nil, fmt.Errorf("malformed value: version %q", raw[:nl])
+	}
+	return v, raw[nl+1:], nil
+}
+
+// Versions returns the stored versions of the given tickets in one pipelined round
+// trip per node: 0 for a miss; a tombstone counts with its version. It is bounded by
+// the timeout like every other call.
+func (d *RedisDocs) Versions(ctx context.Context, ids []uuid.UUID) ([]int, error) {
+	if !d.br.allow() {
+		return nil, ErrRedisDown
+	}
+	cctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	cmds := make([]*redis.StringCmd, len(ids))
+	_, err := d.rdb.Pipelined(cctx, func(p redis.Pipeliner) error {
+		for i, id := range ids {
+			cmds[i] = p.GetRange(cctx, d.Key(id), 0, 15)
+		}
+		return nil
+	})
+	if err = d.done(ctx, err); err != nil {
+		return nil, fmt.Errorf("redis versions: %w", err)
+	}
+	out := make([]int, len(ids))
+	for i, c := range cmds {
+		head := c.Val()
+		if nl := strings.IndexByte(head, '\n'); nl > 0 {
+			out[i], _ = strconv.Atoi(head[:nl])
+		}
+	}
+	return out, nil
+}
+
+// Wipe deletes every key under the prefix, on every master of a cluster (SCAN per
+// node), and nothing else. It is for rebuilds and tests; each round trip is bounded by
+// a few seconds, not by the request timeout, and it ignores the circuit breaker.
+func (d *RedisDocs) Wipe(ctx context.Context) error {
+	pattern := d.prefix + ":*"
+	wipe := func(ctx context.Context, c redis.Cmdable) error {
+		var cursor uint64
+		for {
+			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			keys, next, err := c.Scan(sctx, cursor, pattern, 1000).Result()
+			if err == nil && len(keys) > 0 {
+				// One UNLINK per key: keys of different slots may not share a command.
+				_, err = c.Pipelined(sctx, func(p redis.Pipeliner) error {
+					for _, k := range keys {
+						p.Unlink(sctx, k)
+					}
+					return nil
+				})
+			}
+			cancel()
+			if err != nil {
+				return fmt.Errorf("wipe %s: %w", pattern, err)
+			}
+			if cursor = next; cursor == 0 {
+				return nil
+			}
+		}
+	}
+	if cc, ok := d.rdb.(*redis.ClusterClient); ok {
+		return cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+			return wipe(ctx, node)
+		})
+	}
+	return wipe(ctx, d.rdb)
+}
+
+// done records the outcome of a call in the breaker and returns err. A call the caller
+// itself cancelled says nothing about Redis and is not counted.
+func (d *RedisDocs) done(parent context.Context, err error) error {
+	switch {
+	case err == nil:
+		d.br.success()
+	case parent.Err() != nil:
+	default:
+		d.br.failure()
+	}
+	return err
+}
+
+// breaker is a small circuit breaker: after breakerThreshold consecutive failures it
+// opens for a cooldown (doubling up to breakerMaxCooldown while failures go on), during
+// which calls fail without a round trip; after the cooldown one call at a time is let
+// through as a probe, and its success closes the breaker.
+type breaker struct {
+	fails     atomic.Int32
+	openUntil atomic.Int64 // unix nanoseconds
+	mu        sync.Mutex
+	cooldown  time.Duration
+}
+
+const (
+	breakerThreshold   = 3
+	breakerMinCooldown = 200 * time.Millisecond
+	breakerMaxCooldown = 2 * time.Second
+)
+
+// up reports whether the breaker is closed.
+func (b *breaker) up() bool { return b.fails.Load() < breakerThreshold }
+
+// allow reports whether a call may go to Redis now.
+func (b *breaker) allow() bool {
+	if b.up() {
+		return true
+	}
+	until := b.openUntil.Load()
+	now := time.Now().UnixNano()
+	if now < until {
+		return false
+	}
+	// Half open: the caller that wins this swap is the probe; the others keep failing
+	// fast until it reports.
+	return b.openUntil.CompareAndSwap(until, now+int64(breakerMinCooldown))
+}
+
+func (b *breaker) success() {
+	if b.fails.Load() != 0 {
+		b.fails.Store(0)
+		b.mu.Lock()
+		b.cooldown = 0
+		b.mu.Unlock()
+	}
+}
+
+func (b *breaker) failure() {
+	if b.fails.Add(1) < breakerThreshold {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.cooldown = min(max(b.cooldown*2, breakerMinCooldown), breakerMaxCooldown)
+	b.openUntil.Store(time.Now().Add(b.cooldown).UnixNano())
+}
