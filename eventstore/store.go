@@ -75,6 +75,9 @@ func (s *Store) Load(ctx context.Context, id uuid.UUID, after, upTo int) ([]Reco
 		if err := json.Unmarshal(md, &r.Metadata); err != nil {
 			return r, fmt.Errorf("decode metadata: %w", err)
 		}
+		// pgx reads timestamptz in the process's zone; events are recorded in UTC, and
+		// a loaded record must equal the appended one (and render the same in JSON).
+		r.RecordedAt = r.RecordedAt.UTC()
 		r.Event = ticket.Event{TicketID: id, Version: r.Version, At: r.RecordedAt, Actor: r.Metadata.Actor, Data: d}
 		return r, nil
 	})
