@@ -1,0 +1,396 @@
+package projections_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"reflect"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ticketd/ticketd/db"
+	"github.com/ticketd/ticketd/db/dbtest"
+	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/ticket"
+)
+
+// pgContext is bounded so a hung database fails the test instead of the run.
+func pgContext(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// pgDatabase returns a small pool on a fresh migrated database and an event store on it.
+func pgDatabase(t *testing.T) (*pgxpool.Pool, *eventstore.Store) {
+	t.Helper()
+	pool, err := db.Open(pgContext(t), dbtest.NewDatabase(t), db.PoolConfig{MaxConns: 4})
+	if err != nil {
+		t.Fatalf("open pool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return pool, eventstore.New(pool)
+}
+
+// pgCommand runs one command that must succeed and returns the records it appended.
+func pgCommand(t *testing.T, s *eventstore.Store, id uuid.UUID, decide func(*ticket.Ticket, time.Time) error) []eventstore.Record {
+	t.Helper()
+	res, err := s.Handle(pgContext(t), id, eventstore.Options{}, decide)
+	if err != nil {
+		t.Fatalf("command on %s: expected no error, got %v", id, err)
+	}
+	return res.Records
+}
+
+func pgOpen(t *testing.T, s *eventstore.Store, who string) (uuid.UUID, []eventstore.Record) {
+	t.Helper()
+	id := uuid.Must(uuid.NewV7())
+	res, err := s.Handle(pgContext(t), id, eventstore.Options{Create: true}, func(tk *ticket.Ticket, now time.Time) error {
+		return tk.Open(ticket.OpenTicket{Title: "Ticket of " + who, Description: "desc", Email: who + "@example.com", CreatedBy: who}, now)
+	})
+	if err != nil {
+		t.Fatalf("open ticket: expected no error, got %v", err)
+	}
+	return id, res.Records
+}
+
+func pgComment(who string) func(*ticket.Ticket, time.Time) error {
+	id := uuid.Must(uuid.NewV7())
+	return func(tk *ticket.Ticket, now time.Time) error {
+		return tk.AddComment(ticket.AddComment{ID: id, Body: "comment by " + who, Email: who + "@example.com", CreatedBy: who}, now)
+	}
+}
+
+func pgMove(to ticket.Status, who string) func(*ticket.Ticket, time.Time) error {
+	return func(tk *ticket.Ticket, now time.Time) error {
+		return tk.ChangeStatus(ticket.ChangeStatus{Status: string(to), UpdatedBy: who}, now)
+	}
+}
+
+func pgDelete(tk *ticket.Ticket, now time.Time) error {
+	return tk.Delete(ticket.DeleteTicket{DeletedBy: "admin"}, now)
+}
+
+// pgLife opens a ticket and takes it through comments and every status up to closed,
+// returning the records in order.
+func pgLife(t *testing.T, s *eventstore.Store) (uuid.UUID, []eventstore.Record) {
+	t.Helper()
+	id, recs := pgOpen(t, s, "alice")
+	for _, step := range []func(*ticket.Ticket, time.Time) error{
+		pgComment("bob"), pgComment("alice"),
+		pgMove(ticket.StatusAnswered, "carol"), pgComment("bob"),
+		pgMove(ticket.StatusWaitAnswer, "carol"), pgComment("alice"),
+		pgMove(ticket.StatusAnswered, "dave"), pgMove(ticket.StatusClosed, "carol"),
+	} {
+		recs = append(recs, pgCommand(t, s, id, step)...)
+	}
+	return id, recs
+}
+
+// pgApply applies records through the projector in one transaction, in the given order.
+func pgApply(t *testing.T, pool *pgxpool.Pool, recs ...eventstore.Record) {
+	t.Helper()
+	ctx := pgContext(t)
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		for _, r := range recs {
+			if err := (projections.Postgres{}).Apply(ctx, tx, r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("apply %d records: %v", len(recs), err)
+	}
+}
+
+// pgSnapshot returns every row of the read model, tickets and comments, as JSON: the
+// full rows, so any column a redelivery moves shows.
+func pgSnapshot(t *testing.T, pool *pgxpool.Pool) string {
+	t.Helper()
+	var snap string
+	err := pool.QueryRow(pgContext(t), `SELECT json_build_object(
+		'tickets', (SELECT coalesce(json_agg(t ORDER BY t.id), '[]') FROM readmodel.tickets t),
+		'comments', (SELECT coalesce(json_agg(c ORDER BY c.ticket_id, c.version), '[]') FROM readmodel.comments c))::text`).Scan(&snap)
+	if err != nil {
+		t.Fatalf("snapshot read model: %v", err)
+	}
+	return snap
+}
+
+// pgShuffled returns a copy of recs in a random order (seeded, so a failure repeats).
+func pgShuffled(recs []eventstore.Record, seed uint64) []eventstore.Record {
+	out := slices.Clone(recs)
+	r := rand.New(rand.NewPCG(seed, seed))
+	r.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	return out
+}
+
+// pgReplayed is the document the event store gives for ticket id: what every read
+// model must agree with.
+func pgReplayed(t *testing.T, s *eventstore.Store, id uuid.UUID) projections.View {
+	t.Helper()
+	tk, err := s.LoadTicket(pgContext(t), id, 0)
+	if err != nil {
+		t.Fatalf("LoadTicket %s: %v", id, err)
+	}
+	return projections.ViewOf(tk.State())
+}
+
+// pgRowVersion is the version the read model holds for ticket id (0: no row).
+func pgRowVersion(t *testing.T, pool *pgxpool.Pool, id uuid.UUID) int {
+	t.Helper()
+	var v int
+	err := pool.QueryRow(pgContext(t), `SELECT version FROM readmodel.tickets WHERE id = $1`, id).Scan(&v)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0
+	}
+	if err != nil {
+		t.Fatalf("read model version of %s: %v", id, err)
+	}
+	return v
+}
+
+func TestPostgresProjectorIsIdempotentByVersion(t *testing.T) {
+	t.Parallel()
+	pool, s := pgDatabase(t)
+	rm := projections.NewReadModel(pool, s)
+	ctx := pgContext(t)
+	id, recs := pgLife(t, s)
+	otherID, other := pgOpen(t, s, "erin")
+	other = append(other, pgCommand(t, s, otherID, pgComment("frank"))...)
+
+	// given: every event applied once, in order
+	pgApply(t, pool, recs...)
+	pgApply(t, pool, other...)
+	want := pgSnapshot(t, pool)
+	if v := pgRowVersion(t, pool, id); v != len(recs) {
+		t.Fatalf("expected the read model at version %d, got %d", len(recs), v)
+	}
+	got, err := rm.Get(ctx, id)
+	if err != nil {
+		t.Fatalf("Get: %v", err)
+	}
+	if replayed := pgReplayed(t, s, id); !reflect.DeepEqual(got, replayed) {
+		t.Errorf("read model document differs from the replayed one:\nread model %+v\n  replayed %+v", got, replayed)
+	}
+
+	t.Run("redelivery_of_every_event_changes_nothing", func(t *testing.T) {
+		pgApply(t, pool, recs...)
+		pgApply(t, pool, other...)
+		if snap := pgSnapshot(t, pool); snap != want {
+			t.Errorf("read model moved:\nexpected %s\n     got %s", want, snap)
+		}
+	})
+
+	t.Run("older_events_in_random_order_change_nothing", func(t *testing.T) {
+		for seed := range uint64(8) {
+			pgApply(t, pool, pgShuffled(append(slices.Clone(recs), other...), seed)...)
+			if snap := pgSnapshot(t, pool); snap != want {
+				t.Fatalf("seed %d: read model moved:\nexpected %s\n     got %s", seed, want, snap)
+			}
+		}
+	})
+
+	t.Run("deletion_is_final_under_redelivery", func(t *testing.T) {
+		del := pgCommand(t, s, id, pgDelete)
+		pgApply(t, pool, del...)
+		deleted := pgSnapshot(t, pool)
+		var flag bool
+		if err := pool.QueryRow(ctx, `SELECT deleted FROM readmodel.tickets WHERE id = $1`, id).Scan(&flag); err != nil || !flag {
+			t.Fatalf("expected a tombstone row for the deleted ticket, got deleted=%v, %v", flag, err)
+		}
+		if _, err := rm.Get(ctx, id); !errors.Is(err, ticket.ErrNotFound) {
+			t.Errorf("Get of the deleted ticket: expected ErrNotFound, got %v", err)
+		}
+		for seed := range uint64(4) {
+			pgApply(t, pool, pgShuffled(append(slices.Clone(recs), del...), seed)...)
+			if snap := pgSnapshot(t, pool); snap != deleted {
+				t.Fatalf("seed %d: read model moved after deletion:\nexpected %s\n     got %s", seed, deleted, snap)
+			}
+		}
+		if _, err := rm.Get(ctx, id); !errors.Is(err, ticket.ErrNotFound) {
+			t.Errorf("Get after redelivery: expected ErrNotFound, got %v", err)
+		}
+	})
+}
+
+// pgRunProjector runs the Postgres projector through a real router until the test ends.
+func pgRunProjector(t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	router, err := projections.NewRouter(pool, projections.Config{}, slog.New(slog.DiscardHandler),
+		projections.Handler{Group: projections.PostgresGroup, Func: projections.Postgres{}.Handle})
+	if err != nil {
+		t.Fatalf("NewRouter: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- projections.Run(ctx, router) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("router stopped with error: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Errorf("router did not stop within 15s")
+		}
+	})
+	select {
+	case <-router.Running():
+	case <-time.After(15 * time.Second):
+		t.Fatalf("router not running within 15s")
+	}
+}
+
+// pgWaitCaughtUp waits (bounded) until group has acknowledged every outbox message, in
+// the subscriber's own order (transaction id, offset).
+func pgWaitCaughtUp(t *testing.T, pool *pgxpool.Pool, group string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var caughtUp bool
+		err := pool.QueryRow(pgContext(t), `SELECT EXISTS (SELECT 1 FROM watermill_offsets_ticket_events o
+			WHERE o.consumer_group = $1 AND NOT EXISTS (SELECT 1 FROM watermill_ticket_events w
+				WHERE (w.transaction_id, w."offset") > (o.last_processed_transaction_id, o.offset_acked)))`,
+			group).Scan(&caughtUp)
+		if err != nil {
+			t.Fatalf("projector position: %v", err)
+		}
+		if caughtUp {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("projector %s did not catch up within 30s", group)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// pgRepublish publishes the outbox messages with the given offsets again, in that
+// order, through the watermill-sql publisher: as a redelivery or an operator's replay
+// would hand them to the projector.
+func pgRepublish(t *testing.T, pool *pgxpool.Pool, offsets []int64) {
+	t.Helper()
+	ctx := pgContext(t)
+	rows, err := pool.Query(ctx, `SELECT "offset", uuid, payload::text, coalesce(metadata::text, '{}')
+		FROM watermill_ticket_events WHERE "offset" = ANY($1)`, offsets)
+	if err != nil {
+		t.Fatalf("read outbox: %v", err)
+	}
+	defer rows.Close()
+	byOffset := map[int64]*message.Message{}
+	for rows.Next() {
+		var off int64
+		var id, payload, md string
+		if err := rows.Scan(&off, &id, &payload, &md); err != nil {
+			t.Fatalf("read outbox: %v", err)
+		}
+		msg := message.NewMessage(id, []byte(payload))
+		if err := json.Unmarshal([]byte(md), &msg.Metadata); err != nil {
+			t.Fatalf("message metadata: %v", err)
+		}
+		byOffset[off] = msg
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatalf("read outbox: %v", err)
+	}
+	msgs := make([]*message.Message, 0, len(offsets))
+	for _, off := range offsets {
+		msgs = append(msgs, byOffset[off])
+	}
+	pub, err := wsql.NewPublisher(wsql.BeginnerFromPgx(pool), wsql.PublisherConfig{SchemaAdapter: wsql.DefaultPostgreSQLSchema{}}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatalf("publisher: %v", err)
+	}
+	if err := pub.Publish(eventstore.Topic, msgs...); err != nil {
+		t.Fatalf("republish: %v", err)
+	}
+}
+
+func TestPostgresProjectorThroughTheRouter(t *testing.T) {
+	t.Parallel()
+	pool, s := pgDatabase(t)
+	rm := projections.NewReadModel(pool, s)
+	ctx := pgContext(t)
+	pgRunProjector(t, pool)
+
+	// when: events of three tickets are appended while the projector runs
+	a, _ := pgLife(t, s)
+	b, _ := pgOpen(t, s, "erin")
+	pgCommand(t, s, b, pgComment("frank"))
+	c, _ := pgOpen(t, s, "gina")
+	pgCommand(t, s, c, pgDelete)
+	pgWaitCaughtUp(t, pool, projections.PostgresGroup)
+
+	// then: the read model reflects them, and agrees with the event store
+	check := func(t *testing.T) {
+		t.Helper()
+		for _, id := range []uuid.UUID{a, b} {
+			replayed := pgReplayed(t, s, id)
+			if v := pgRowVersion(t, pool, id); v != replayed.Version {
+				t.Errorf("ticket %s: expected the read model at version %d, got %d", id, replayed.Version, v)
+			}
+			got, err := rm.Get(ctx, id)
+			if err != nil {
+				t.Fatalf("Get %s: %v", id, err)
+			}
+			if !reflect.DeepEqual(got, replayed) {
+				t.Errorf("ticket %s:\nread model %+v\n  replayed %+v", id, got, replayed)
+			}
+		}
+		if _, err := rm.Get(ctx, c); !errors.Is(err, ticket.ErrNotFound) {
+			t.Errorf("Get of the deleted ticket: expected ErrNotFound, got %v", err)
+		}
+	}
+	check(t)
+	want := pgSnapshot(t, pool)
+
+	t.Run("republished_old_messages_move_nothing_backwards", func(t *testing.T) {
+		var offsets []int64
+		rows, err := pool.Query(ctx, `SELECT "offset" FROM watermill_ticket_events ORDER BY "offset" DESC`)
+		if err != nil {
+			t.Fatalf("outbox offsets: %v", err)
+		}
+		offsets, err = pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
+			t.Fatalf("outbox offsets: %v", err)
+		}
+		pgRepublish(t, pool, offsets) // newest first: every one is older than the state
+		shuffled := slices.Clone(offsets)
+		rand.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
+		pgRepublish(t, pool, shuffled[:len(shuffled)/2])
+		pgWaitCaughtUp(t, pool, projections.PostgresGroup)
+
+		if snap := pgSnapshot(t, pool); snap != want {
+			t.Errorf("read model moved after redelivery:\nexpected %s\n     got %s", want, snap)
+		}
+		check(t)
+		var poisoned int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM watermill_ticket_events_poison`).Scan(&poisoned); err != nil || poisoned != 0 {
+			t.Errorf("expected no poisoned events, got %d (%v)", poisoned, err)
+		}
+	})
+
+	t.Run("new_events_still_project_after_redelivery", func(t *testing.T) {
+		pgCommand(t, s, b, pgMove(ticket.StatusAnswered, "carol"))
+		pgWaitCaughtUp(t, pool, projections.PostgresGroup)
+		check(t)
+		if v := pgRowVersion(t, pool, b); v != 3 {
+			t.Errorf("expected ticket %s at version 3 in the read model, got %d", b, v)
+		}
+	})
+}
