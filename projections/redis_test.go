@@ -6,14 +6,26 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
+	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ticketd/ticketd/db"
+	"github.com/ticketd/ticketd/db/dbtest"
+	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
 	"github.com/ticketd/ticketd/ticket"
 )
@@ -229,4 +241,585 @@ func TestRedisDocsWipeRemovesOnlyItsPrefixOnEveryMaster(t *testing.T) {
 			t.Fatalf("wipe of one prefix removed %s under another prefix", ids[i])
 		}
 	}
+}
+
+// rdDB returns a small pool on a fresh migrated database and an event store on it.
+func rdDB(t testing.TB) (*pgxpool.Pool, *eventstore.Store) {
+	t.Helper()
+	pool, err := db.Open(context.Background(), dbtest.NewDatabase(t), db.PoolConfig{MaxConns: 4})
+	if err != nil {
+		t.Fatalf("open pool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return pool, eventstore.New(pool)
+}
+
+// rdDo runs one command that must succeed (create when id is uuid.Nil) and returns the
+// ticket's id and the result.
+func rdDo(t testing.TB, store *eventstore.Store, id uuid.UUID, decide func(*ticket.Ticket, time.Time) error) (uuid.UUID, eventstore.Result) {
+	t.Helper()
+	opt := eventstore.Options{}
+	if id == uuid.Nil {
+		id, opt.Create = uuid.Must(uuid.NewV7()), true
+	}
+	res, err := store.Handle(context.Background(), id, opt, decide)
+	if err != nil {
+		t.Fatalf("command on %s: %v", id, err)
+	}
+	return id, res
+}
+
+func rdOpen(who string) func(*ticket.Ticket, time.Time) error {
+	return func(tk *ticket.Ticket, now time.Time) error {
+		return tk.Open(ticket.OpenTicket{Title: "Ticket of " + who, Description: "printer", Email: who + "@example.com", CreatedBy: who}, now)
+	}
+}
+
+func rdComment(n int) func(*ticket.Ticket, time.Time) error {
+	return func(tk *ticket.Ticket, now time.Time) error {
+		email := ""
+		if n%2 == 0 {
+			email = "c@example.com"
+		}
+		return tk.AddComment(ticket.AddComment{ID: uuid.Must(uuid.NewV7()), Body: fmt.Sprintf("comment %d", n), Email: email, CreatedBy: "agent"}, now)
+	}
+}
+
+func rdMove(to ticket.Status) func(*ticket.Ticket, time.Time) error {
+	return func(tk *ticket.Ticket, now time.Time) error {
+		return tk.ChangeStatus(ticket.ChangeStatus{Status: string(to), UpdatedBy: "agent " + string(to)}, now)
+	}
+}
+
+func rdDelete(tk *ticket.Ticket, now time.Time) error {
+	return tk.Delete(ticket.DeleteTicket{DeletedBy: "admin"}, now)
+}
+
+// rdLife records a ticket's whole life: comments (more than a document embeds) and
+// every status, ending closed and, if deleted, deleted. It returns the records in order.
+func rdLife(t testing.TB, store *eventstore.Store, comments int, deleted bool) (uuid.UUID, []eventstore.Record) {
+	t.Helper()
+	id, res := rdDo(t, store, uuid.Nil, rdOpen("ann"))
+	recs := res.Records
+	steps := []func(*ticket.Ticket, time.Time) error{rdMove(ticket.StatusAnswered), rdMove(ticket.StatusWaitAnswer)}
+	for i := range comments {
+		steps = append(steps, rdComment(i))
+		if i == comments/2 {
+			steps = append(steps, rdMove(ticket.StatusAnswered))
+		}
+	}
+	steps = append(steps, rdMove(ticket.StatusClosed))
+	if deleted {
+		steps = append(steps, rdDelete)
+	}
+	for _, s := range steps {
+		_, res := rdDo(t, store, id, s)
+		recs = append(recs, res.Records...)
+	}
+	return id, recs
+}
+
+// rdWant is the stored form the Redis document of id must have: the JSON of the
+// replayed view up to version upTo (0: all), or "" for a deleted ticket.
+func rdWant(t testing.TB, store *eventstore.Store, id uuid.UUID, upTo int) (string, int) {
+	t.Helper()
+	tk, err := store.LoadTicket(context.Background(), id, upTo)
+	if err != nil {
+		t.Fatalf("replay %s: %v", id, err)
+	}
+	if tk.Deleted() {
+		return "", tk.Version()
+	}
+	b, err := json.Marshal(projections.ViewOf(tk.State()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b), tk.Version()
+}
+
+// rdHave is the stored body ("" for a tombstone) and version of id's document.
+func rdHave(t testing.TB, docs *projections.RedisDocs, id uuid.UUID) (string, int, bool) {
+	t.Helper()
+	body, v, found, err := docs.Get(context.Background(), id)
+	if err != nil && !errors.Is(err, projections.ErrDeleted) {
+		t.Fatalf("redis get %s: %v", id, err)
+	}
+	return string(body), v, found
+}
+
+// rdExpectReplay fails the test unless id's document is byte for byte the replay of
+// its stream up to upTo (0: all).
+func rdExpectReplay(t testing.TB, docs *projections.RedisDocs, store *eventstore.Store, id uuid.UUID, upTo int) {
+	t.Helper()
+	want, wv := rdWant(t, store, id, upTo)
+	got, gv, found := rdHave(t, docs, id)
+	if !found || got != want || gv != wv {
+		t.Fatalf("document of %s: found=%v v%d\n%s\nwant v%d\n%s", id, found, gv, got, wv, want)
+	}
+}
+
+func rdShuffled(recs []eventstore.Record, seed uint64) []eventstore.Record {
+	out := slices.Clone(recs)
+	r := mrand.New(mrand.NewPCG(seed, seed))
+	r.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	return out
+}
+
+func TestRedisProjectorBuildsExactlyTheDocumentOfTheReplay(t *testing.T) {
+	t.Parallel()
+	_, store := rdDB(t)
+	docs, _ := newDocs(t)
+	p := &projections.RedisProjector{Docs: docs, Events: store}
+	ctx := context.Background()
+	// more comments than a document embeds, so the cut at EmbeddedComments is exercised
+	id, recs := rdLife(t, store, projections.EmbeddedComments+3, false)
+	for _, r := range recs {
+		if err := p.Project(ctx, r.Event); err != nil {
+			t.Fatalf("project v%d: %v", r.Version, err)
+		}
+		rdExpectReplay(t, docs, store, id, r.Version)
+	}
+	for _, r := range rdShuffled(recs, 1) {
+		if err := p.Project(ctx, r.Event); err != nil {
+			t.Fatalf("project v%d again: %v", r.Version, err)
+		}
+	}
+	rdExpectReplay(t, docs, store, id, 0)
+}
+
+func TestRedisProjectorNeverMovesADocumentBackwards(t *testing.T) {
+	t.Parallel()
+	_, store := rdDB(t)
+	ctx := context.Background()
+	for _, deleted := range []bool{false, true} {
+		name := "live_ticket"
+		if deleted {
+			name = "deleted_ticket"
+		}
+		t.Run(name, func(t *testing.T) {
+			docs, _ := newDocs(t)
+			p := &projections.RedisProjector{Docs: docs, Events: store}
+			id, recs := rdLife(t, store, 6, deleted)
+			for seed := range uint64(5) {
+				if err := docs.Wipe(ctx); err != nil {
+					t.Fatal(err)
+				}
+				// reordered from an empty Redis: an event that does not follow the
+				// stored version rebuilds from the store, an older one is skipped; the
+				// stored version only ever grows
+				last := 0
+				for _, r := range rdShuffled(recs, seed) {
+					if err := p.Project(ctx, r.Event); err != nil {
+						t.Fatalf("project v%d: %v", r.Version, err)
+					}
+					_, v, _ := rdHave(t, docs, id)
+					if v < last || v < r.Version {
+						t.Fatalf("after v%d the document is at v%d, was v%d", r.Version, v, last)
+					}
+					last = v
+				}
+				rdExpectReplay(t, docs, store, id, 0)
+				// redelivered, oldest first
+				for _, r := range recs {
+					if err := p.Project(ctx, r.Event); err != nil {
+						t.Fatalf("project v%d again: %v", r.Version, err)
+					}
+				}
+				rdExpectReplay(t, docs, store, id, 0)
+			}
+			// a stale write-through or refill of an older state changes nothing either
+			tk, _ := store.LoadTicket(ctx, id, 3)
+			if err := docs.Put(ctx, projections.ViewOf(tk.State())); err != nil {
+				t.Fatal(err)
+			}
+			rdExpectReplay(t, docs, store, id, 0)
+		})
+	}
+}
+
+// rdRunRouter runs handlers through a real router (real outbox, real offsets) until
+// the test ends.
+func rdRunRouter(t testing.TB, pool *pgxpool.Pool, handlers ...projections.Handler) {
+	t.Helper()
+	router, err := projections.NewRouter(pool, projections.Config{}, slog.New(slog.DiscardHandler), handlers...)
+	if err != nil {
+		t.Fatalf("router: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- projections.Run(ctx, router) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("router stopped with error: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Errorf("router did not stop within 15s")
+		}
+	})
+	select {
+	case <-router.Running():
+	case <-time.After(15 * time.Second):
+		t.Fatalf("router not running within 15s")
+	}
+}
+
+// rdEventually polls cond (which returns what is still wrong, "" when done) until it
+// holds or timeout passes.
+func rdEventually(t testing.TB, timeout time.Duration, cond func() string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for {
+		wrong := cond()
+		if wrong == "" {
+			return time.Since(start)
+		}
+		if time.Since(start) > timeout {
+			t.Fatalf("not within %s: %s", timeout, wrong)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// rdConverged returns what differs between the Redis documents of ids and their
+// replays, "" when nothing does.
+func rdConverged(t testing.TB, docs *projections.RedisDocs, store *eventstore.Store, ids []uuid.UUID) string {
+	t.Helper()
+	for _, id := range ids {
+		want, wv := rdWant(t, store, id, 0)
+		got, gv, found := rdHave(t, docs, id)
+		if !found || got != want || gv != wv {
+			return fmt.Sprintf("document of %s is v%d (found=%v), replay is v%d", id, gv, found, wv)
+		}
+	}
+	return ""
+}
+
+func TestRedisProjectorThroughTheRouterIgnoresRepublishedEvents(t *testing.T) {
+	t.Parallel()
+	pool, store := rdDB(t)
+	docs, _ := newDocs(t)
+	p := &projections.RedisProjector{Docs: docs, Events: store}
+	rdRunRouter(t, pool, projections.Handler{Group: projections.RedisGroup, Func: p.Handle})
+	var ids []uuid.UUID
+	for i := range 4 {
+		id, _ := rdLife(t, store, 3, i == 3)
+		ids = append(ids, id)
+	}
+	rdEventually(t, 10*time.Second, func() string { return rdConverged(t, docs, store, ids) })
+
+	// Publish every event again, newest first, through the outbox, as a redelivery or
+	// an operator's replay would; then one new ticket, which the projector can only
+	// reach after the old events, since it takes the outbox in order.
+	var old []*message.Message
+	rows, err := pool.Query(context.Background(), `SELECT uuid, payload::text FROM watermill_ticket_events ORDER BY "offset" DESC`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id, payload string
+		if err := rows.Scan(&id, &payload); err != nil {
+			t.Fatal(err)
+		}
+		old = append(old, message.NewMessage(id, []byte(payload)))
+	}
+	if rows.Err() != nil {
+		t.Fatal(rows.Err())
+	}
+	pub, err := wsql.NewPublisher(wsql.BeginnerFromPgx(pool), wsql.PublisherConfig{SchemaAdapter: wsql.DefaultPostgreSQLSchema{}}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Publish(eventstore.Topic, old...); err != nil {
+		t.Fatal(err)
+	}
+	sentinel, _ := rdDo(t, store, uuid.Nil, rdOpen("sentinel"))
+	rdEventually(t, 10*time.Second, func() string {
+		if _, _, found := rdHave(t, docs, sentinel); !found {
+			return "the ticket opened after the republished events has no document"
+		}
+		return ""
+	})
+	if wrong := rdConverged(t, docs, store, ids); wrong != "" {
+		t.Fatalf("after republishing %d old events: %s", len(old), wrong)
+	}
+	if p.Queued() != 0 {
+		t.Fatalf("%d events went to the backlog with Redis up", p.Queued())
+	}
+}
+
+// rdFault injects failures into a real Redis client: commands whose name is in
+// names (all when empty) fail at once ("fail") or hang until their deadline ("hang",
+// as a SIGSTOPped node does). before, if set, runs before each matching command.
+type rdFault struct {
+	mu     sync.Mutex
+	mode   string
+	names  []string
+	before func(cmd redis.Cmder)
+}
+
+func (f *rdFault) set(mode string, names ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.mode, f.names = mode, names
+}
+
+func (f *rdFault) inject(ctx context.Context, cmds ...redis.Cmder) error {
+	f.mu.Lock()
+	mode, names, before := f.mode, f.names, f.before
+	f.mu.Unlock()
+	for _, c := range cmds {
+		if len(names) > 0 && !slices.Contains(names, c.Name()) {
+			continue
+		}
+		if before != nil {
+			before(c)
+		}
+		switch mode {
+		case "fail":
+			return errors.New("injected failure")
+		case "hang":
+			<-ctx.Done()
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+func (f *rdFault) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (f *rdFault) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if err := f.inject(ctx, cmd); err != nil {
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (f *rdFault) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if err := f.inject(ctx, cmds...); err != nil {
+			return err
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// faultyDocs returns RedisDocs (timeout 100ms) on a client of its own with a fault
+// injector, under a fresh prefix wiped at the end.
+func faultyDocs(t testing.TB) (*projections.RedisDocs, *rdFault) {
+	t.Helper()
+	rdb := testRedis(t)
+	f := &rdFault{}
+	rdb.AddHook(f)
+	docs := projections.NewRedisDocs(rdb, testPrefix(t), 100*time.Millisecond)
+	t.Cleanup(func() {
+		f.set("")
+		if err := docs.Wipe(context.Background()); err != nil {
+			t.Errorf("wipe: %v", err)
+		}
+	})
+	return docs, f
+}
+
+func rdBacklog(t testing.TB, pool *pgxpool.Pool) int {
+	t.Helper()
+	n, err := projections.RedisBacklog(context.Background(), pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestRedisProjectorQueuesTicketsWhileRedisHangsAndTheRepairerCatchesUp(t *testing.T) {
+	t.Parallel()
+	pool, store := rdDB(t)
+	docs, fault := faultyDocs(t)
+	p := &projections.RedisProjector{Docs: docs, Events: store}
+	rdRunRouter(t, pool,
+		projections.Handler{Group: projections.PostgresGroup, Func: projections.Postgres{}.Handle},
+		projections.Handler{Group: projections.RedisGroup, Func: p.Handle})
+	rm := projections.NewReadModel(pool, store)
+
+	fault.set("hang")
+	var ids []uuid.UUID
+	for i := range 30 {
+		id, _ := rdDo(t, store, uuid.Nil, rdOpen(fmt.Sprintf("u%d", i)))
+		rdDo(t, store, id, rdComment(i))
+		ids = append(ids, id)
+	}
+	// The Postgres read model keeps up although every Redis call hangs: the breaker
+	// opens after a few timeouts and the projector queues the rest without waiting.
+	took := rdEventually(t, 5*time.Second, func() string {
+		list, _, err := rm.List(context.Background(), projections.ListQuery{Limit: 100})
+		if err != nil {
+			return err.Error()
+		}
+		if len(list) != len(ids) {
+			return fmt.Sprintf("list has %d of %d tickets", len(list), len(ids))
+		}
+		return ""
+	})
+	t.Logf("Postgres read model caught up %s after the writes while Redis hung", took)
+	rdEventually(t, 5*time.Second, func() string {
+		if n := rdBacklog(t, pool); n != len(ids) {
+			return fmt.Sprintf("backlog has %d of %d tickets", n, len(ids))
+		}
+		return ""
+	})
+
+	repairer := &projections.RedisRepairer{Pool: pool, Events: store, Docs: docs, Log: slog.New(slog.DiscardHandler)}
+	if _, err := repairer.RepairOnce(context.Background()); err == nil {
+		t.Fatalf("repair while Redis hangs reported no error")
+	}
+	if n := rdBacklog(t, pool); n != len(ids) {
+		t.Fatalf("a failed repair dropped tickets from the backlog: %d left of %d", n, len(ids))
+	}
+
+	fault.set("")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- repairer.Run(ctx) }()
+	took = rdEventually(t, 15*time.Second, func() string {
+		if n := rdBacklog(t, pool); n != 0 {
+			return fmt.Sprintf("%d tickets still queued", n)
+		}
+		return rdConverged(t, docs, store, ids)
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("repairer: %v", err)
+	}
+	t.Logf("repairer restored %d documents %s after Redis came back", len(ids), took)
+}
+
+func TestRedisRepairerKeepsATicketQueuedAgainDuringItsRepair(t *testing.T) {
+	t.Parallel()
+	pool, store := rdDB(t)
+	docs, fault := faultyDocs(t)
+	ctx := context.Background()
+	id, _ := rdDo(t, store, uuid.Nil, rdOpen("ann"))
+	if err := projections.EnqueueRedisRepair(ctx, pool, id); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	fault.mu.Lock()
+	fault.names = []string{"evalsha", "eval"}
+	fault.before = func(redis.Cmder) {
+		// Another failure of this ticket is recorded while the repairer writes the
+		// state it loaded before: that newer state must be repaired too.
+		once.Do(func() {
+			rdDo(t, store, id, rdComment(1))
+			if err := projections.EnqueueRedisRepair(ctx, pool, id); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	fault.mu.Unlock()
+	repairer := &projections.RedisRepairer{Pool: pool, Events: store, Docs: docs}
+	if n, err := repairer.RepairOnce(ctx); err != nil || n != 1 {
+		t.Fatalf("first pass: repaired %d, %v", n, err)
+	}
+	if n := rdBacklog(t, pool); n != 1 {
+		t.Fatalf("the ticket queued again during its repair left the backlog (%d rows)", n)
+	}
+	if _, v, _ := rdHave(t, docs, id); v != 1 {
+		t.Fatalf("first pass wrote v%d, want the v1 it loaded", v)
+	}
+	if n, err := repairer.RepairOnce(ctx); err != nil || n != 1 {
+		t.Fatalf("second pass: repaired %d, %v", n, err)
+	}
+	if n := rdBacklog(t, pool); n != 0 {
+		t.Fatalf("backlog still has %d rows", n)
+	}
+	rdExpectReplay(t, docs, store, id, 0)
+}
+
+func TestReaderNeverServesAnOlderStateThanItAcknowledged(t *testing.T) {
+	t.Parallel()
+	pool, store := rdDB(t)
+	docs, fault := faultyDocs(t)
+	ctx := context.Background()
+	// No projector runs: the Postgres read model stays empty, so reads that skip Redis
+	// come from the event store, and only the write-through and refills fill Redis.
+	reader := projections.NewReader(docs, projections.NewReadModel(pool, store), pool, nil)
+	id, res := rdDo(t, store, uuid.Nil, rdOpen("ann"))
+	reader.Committed(ctx, res.Ticket.State())
+	rdExpectReplay(t, docs, store, id, 1)
+
+	// The write-through of v2 fails while reads of Redis still work: Redis holds v1.
+	fault.set("fail", "evalsha", "eval")
+	_, res = rdDo(t, store, id, rdComment(1))
+	reader.Committed(ctx, res.Ticket.State())
+	fault.set("")
+	if _, v, _ := rdHave(t, docs, id); v != 1 {
+		t.Fatalf("Redis holds v%d, want the stale v1 for this test", v)
+	}
+	if reader.Pending() != 1 {
+		t.Fatalf("pending marks after the failed write-through: %d, want 1", reader.Pending())
+	}
+	body, v, err := reader.GetRaw(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := rdWant(t, store, id, 0)
+	if v != 2 || string(body) != want {
+		t.Fatalf("GET after a failed write-through answered v%d\n%s\nwant v2\n%s", v, body, want)
+	}
+	if rdBacklog(t, pool) != 1 {
+		t.Fatalf("the failed write-through did not queue the ticket for repair")
+	}
+	// The read refilled Redis with v2 in the background; once there, Redis serves again.
+	rdEventually(t, 5*time.Second, func() string {
+		if _, v, _ := rdHave(t, docs, id); v != 2 {
+			return fmt.Sprintf("Redis still at v%d", v)
+		}
+		return ""
+	})
+	if _, _, err := reader.GetRaw(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if reader.Pending() != 0 {
+		t.Fatalf("pending mark kept after Redis caught up")
+	}
+
+	t.Run("deleted_ticket_is_not_found", func(t *testing.T) {
+		_, res := rdDo(t, store, id, rdDelete)
+		reader.Committed(ctx, res.Ticket.State())
+		if _, _, err := reader.GetRaw(ctx, id); !errors.Is(err, ticket.ErrNotFound) {
+			t.Fatalf("GET of a deleted ticket: %v, want ErrNotFound", err)
+		}
+	})
+}
+
+func TestReaderAnswersWithinItsTimeoutWhileRedisHangs(t *testing.T) {
+	t.Parallel()
+	pool, store := rdDB(t)
+	docs, fault := faultyDocs(t)
+	ctx := context.Background()
+	reader := projections.NewReader(docs, projections.NewReadModel(pool, store), pool, nil)
+	id, res := rdDo(t, store, uuid.Nil, rdOpen("ann"))
+	fault.set("hang")
+	reader.Committed(ctx, res.Ticket.State())
+	var slowest time.Duration
+	for range 20 {
+		start := time.Now()
+		_, v, err := reader.GetRaw(ctx, id)
+		if err != nil || v != 1 {
+			t.Fatalf("GET while Redis hangs: v%d %v", v, err)
+		}
+		slowest = max(slowest, time.Since(start))
+	}
+	// 100ms Redis timeout plus a Postgres read; the breaker makes most reads skip Redis.
+	if slowest > time.Second {
+		t.Fatalf("slowest GET took %s while Redis hung", slowest)
+	}
+	if docs.Up() {
+		t.Fatalf("breaker still closed after repeated timeouts")
+	}
+	t.Logf("slowest GET while Redis hung: %s", slowest)
 }

@@ -1,0 +1,211 @@
+package projections
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ticketd/ticketd/ticket"
+)
+
+// Reader serves the read endpoints: a ticket from Redis first, then from the Postgres
+// read model (which itself falls back to the event store when it is behind); the list
+// and comment pages from the Postgres read model.
+//
+// It also writes every acknowledged command through to Redis (Committed), and it keeps
+// the promise that GET never answers an older state than one acknowledged by this
+// instance: when a write-through fails, the ticket is marked pending with the version
+// Redis must reach, and Redis is not used for it until a read, a later write, the
+// repairer or a sweep sees Redis at that version. Across instances the promise rests on
+// the write-through succeeding; see the README for the remaining window.
+type Reader struct {
+	docs *RedisDocs
+	rm   *ReadModel
+	pool *pgxpool.Pool
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	pending map[uuid.UUID]int // ticket -> version Redis must reach before it answers for it
+	npend   atomic.Int64      // len(pending), read without the lock on the hot path
+	refills chan struct{}     // bounds the refills in flight
+}
+
+// NewReader returns a Reader on the Redis documents docs and the Postgres read model rm;
+// pool records failed write-throughs in the repair backlog.
+func NewReader(docs *RedisDocs, rm *ReadModel, pool *pgxpool.Pool, log *slog.Logger) *Reader {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Reader{docs: docs, rm: rm, pool: pool, log: log,
+		pending: map[uuid.UUID]int{}, refills: make(chan struct{}, 32)}
+}
+
+// GetRaw returns the document of ticket id as JSON ready to send (what json.Marshal of
+// its View gives) and its version. A Redis hit costs one round trip and no decoding.
+// Errors: ticket.ErrNotFound for an unknown or deleted ticket, ticket.ErrUnavailable
+// when Postgres is needed and unreachable. A failing Redis is skipped, never an error.
+func (r *Reader) GetRaw(ctx context.Context, id uuid.UUID) ([]byte, int, error) {
+	need := r.need(id)
+	body, version, found, err := r.docs.Get(ctx, id)
+	switch {
+	case err == nil && found && version >= need:
+		if need > 0 {
+			r.clean(id, version)
+		}
+		return body, version, nil
+	case errors.Is(err, ErrDeleted) && version >= need:
+		return nil, 0, fmt.Errorf("ticket %s: %w", id, ErrDeleted)
+	}
+	redisAnswered := err == nil
+	v, err := r.rm.Get(ctx, id)
+	if err != nil {
+		return nil, 0, err
+	}
+	out, err := json.Marshal(v)
+	if err != nil {
+		return nil, 0, fmt.Errorf("encode ticket %s: %w", id, err)
+	}
+	if redisAnswered && v.Version > version {
+		r.refill(v)
+	}
+	return out, v.Version, nil
+}
+
+// Get is GetRaw decoded, for callers that want the View.
+func (r *Reader) Get(ctx context.Context, id uuid.UUID) (View, error) {
+	body, _, err := r.GetRaw(ctx, id)
+	if err != nil {
+		return View{}, err
+	}
+	var v View
+	if err := json.Unmarshal(body, &v); err != nil {
+		return View{}, fmt.Errorf("decode ticket %s: %w", id, err)
+	}
+	return v, nil
+}
+
+// List serves the list from the Postgres read model.
+func (r *Reader) List(ctx context.Context, q ListQuery) ([]Summary, *ListKey, error) {
+	return r.rm.List(ctx, q)
+}
+
+// Comments serves a page of comments from the Postgres read model.
+func (r *Reader) Comments(ctx context.Context, id uuid.UUID, after, limit int) ([]ticket.Comment, bool, error) {
+	return r.rm.Comments(ctx, id, after, limit)
+}
+
+// Committed writes the state a command just acknowledged through to Redis (the
+// httpapi OnCommitted hook). It is bounded by the Redis timeout and never fails: when
+// Redis fails, the ticket is marked pending here (so this instance reads it from
+// Postgres until Redis has caught up) and queued for the repairer. The projector
+// would bring Redis up to date anyway; the write-through makes that immediate.
+func (r *Reader) Committed(ctx context.Context, st ticket.State) {
+	ctx = context.WithoutCancel(ctx)
+	var err error
+	if st.Deleted {
+		err = r.docs.Tombstone(ctx, st.ID, st.Version)
+	} else {
+		err = r.docs.Put(ctx, ViewOf(st))
+	}
+	if err == nil {
+		r.clean(st.ID, st.Version)
+		return
+	}
+	r.mark(st.ID, st.Version)
+	if r.pool == nil {
+		return
+	}
+	bctx, cancel := context.WithTimeout(ctx, backlogTimeout)
+	defer cancel()
+	if err := EnqueueRedisRepair(bctx, r.pool, st.ID); err != nil {
+		r.log.Debug("write-through backlog", "ticket", st.ID, "err", err)
+	}
+}
+
+// backlogTimeout bounds the write-through's backlog insert: the projector queues the
+// ticket as well, so this one is an early start, not the only record.
+const backlogTimeout = 250 * time.Millisecond
+
+// Pending returns how many tickets this instance currently reads past Redis because a
+// write-through failed.
+func (r *Reader) Pending() int { return int(r.npend.Load()) }
+
+// need returns the version Redis must have for id before it may answer, 0 if any.
+func (r *Reader) need(id uuid.UUID) int {
+	if r.npend.Load() == 0 {
+		return 0
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.pending[id]
+}
+
+func (r *Reader) mark(id uuid.UUID, version int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if version > r.pending[id] {
+		r.pending[id] = version
+		r.npend.Store(int64(len(r.pending)))
+	}
+}
+
+// clean drops the pending mark of id if Redis is known to hold version or newer.
+func (r *Reader) clean(id uuid.UUID, version int) {
+	if r.npend.Load() == 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if need, ok := r.pending[id]; ok && need <= version {
+		delete(r.pending, id)
+		r.npend.Store(int64(len(r.pending)))
+	}
+}
+
+// sweep drops the pending marks of tickets Redis has caught up with, a few hundred at
+// a time, so marks of tickets nobody reads do not pile up.
+func (r *Reader) sweep(ctx context.Context) {
+	if r.npend.Load() == 0 || !r.docs.Up() {
+		return
+	}
+	r.mu.Lock()
+	ids := make([]uuid.UUID, 0, min(len(r.pending), 500))
+	for id := range r.pending {
+		if len(ids) == cap(ids) {
+			break
+		}
+		ids = append(ids, id)
+	}
+	r.mu.Unlock()
+	versions, err := r.docs.Versions(ctx, ids)
+	if err != nil {
+		return
+	}
+	for i, id := range ids {
+		r.clean(id, versions[i])
+	}
+}
+
+// refill writes v to Redis in the background after a miss (only if newer than what is
+// stored by then); skipped when enough refills are already in flight.
+func (r *Reader) refill(v View) {
+	select {
+	case r.refills <- struct{}{}:
+	default:
+		return
+	}
+	go func() {
+		defer func() { <-r.refills }()
+		if err := r.docs.Put(context.Background(), v); err == nil {
+			r.clean(v.ID, v.Version)
+		}
+	}()
+}
