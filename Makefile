@@ -2,7 +2,7 @@
 # Cluster bring them up first through scripts/ (idempotent, fast when already running).
 
 GO ?= go
-# Handed to the ticketbench tool (placeholder until cmd/ticketbench exists).
+# Flags for cmd/ticketbench, e.g. make bench BENCH_ARGS='-duration 4s -only get,list' (-h lists them).
 BENCH_ARGS ?=
 
 SHELL := bash

@@ -1,0 +1,516 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ticketd/ticketd/db"
+	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/ticket"
+)
+
+// bench holds one run: the services, the seeded data and the rows measured so far.
+type bench struct {
+	o      options
+	out    io.Writer
+	runID  string
+	client *http.Client
+
+	// ticketd under test
+	base      string
+	ownServer bool
+	bin       string
+	tmp       string
+	env       map[string]string
+	proc      *ticketdProc
+	pprofURL  string
+
+	// Postgres: the bench database (ticketd's when we started it, a scratch one with
+	// -url), a small pool on it, and the event store for direct seeding.
+	serverDSN string
+	dbName    string
+	dsn       string
+	pool      *pgxpool.Pool
+	store     *eventstore.Store
+
+	// Redis Cluster
+	rdb            *redis.ClusterClient
+	redisAddrs     []string
+	redisPrefix    string
+	redisKey       func(uuid.UUID) string
+	redisKeyFormat string
+	redisNA        string
+
+	// seeded data
+	ids     []uuid.UUID // every seeded ticket (hot GET set)
+	toggle  *toggler    // PUT targets
+	fresh   *roundRobin // comment targets with few events
+	longIDs []uuid.UUID // tickets with -long-events events
+	markers atomic.Int64
+
+	report Report
+}
+
+// newBench prepares the services: the bench database, the Redis client, and ticketd
+// (built and started, unless -url).
+func newBench(ctx context.Context, o options, getenv func(string) string, out io.Writer) (_ *bench, err error) {
+	now := time.Now().UTC()
+	b := &bench{
+		o: o, out: out, runID: strings.ToLower(now.Format("20060102t150405")),
+		client: &http.Client{
+			Timeout:   15 * time.Second,
+			Transport: &http.Transport{MaxIdleConns: 512, MaxIdleConnsPerHost: 256, IdleConnTimeout: time.Minute},
+		},
+		serverDSN: getenv("TEST_DATABASE_DSN"),
+		ownServer: o.url == "",
+	}
+	defer func() {
+		if err != nil {
+			b.close()
+		}
+	}()
+	b.report = newReport(b.runID, now, o)
+	if b.serverDSN == "" {
+		b.serverDSN = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+	}
+	addrs := getenv("TEST_REDIS_ADDRS")
+	if addrs == "" {
+		addrs = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+	}
+	b.redisPrefix = "ticketbench-" + b.runID
+	b.redisAddrs = strings.Split(addrs, ",")
+	b.rdb = redis.NewClusterClient(&redis.ClusterOptions{Addrs: b.redisAddrs, ReadTimeout: 2 * time.Second})
+	if err := b.rdb.Ping(ctx).Err(); err != nil {
+		return nil, fmt.Errorf("redis cluster at %s: %w", addrs, err)
+	}
+
+	b.dbName = "ticketbench_" + b.runID
+	if b.dsn, err = withDatabase(b.serverDSN, b.dbName); err != nil {
+		return nil, err
+	}
+	if err := createDatabase(ctx, b.serverDSN, b.dbName); err != nil {
+		return nil, fmt.Errorf("create the bench database: %w", err)
+	}
+	b.logf("database %s on %s, redis prefix %s", b.dbName, redactDSN(b.serverDSN), b.redisPrefix)
+
+	if b.tmp, err = os.MkdirTemp("", "ticketbench-"); err != nil {
+		return nil, err
+	}
+	if b.ownServer {
+		if err := b.startServer(ctx, addrs); err != nil {
+			return nil, err
+		}
+	} else {
+		b.base = strings.TrimRight(o.url, "/")
+		b.pprofURL = o.pprofURL
+		// A scratch database for the pgx baselines, with ticketd's schema.
+		if err := db.Migrate(ctx, b.dsn, io.Discard); err != nil {
+			return nil, err
+		}
+	}
+	cfg, err := pgxpool.ParseConfig(b.dsn)
+	if err != nil {
+		return nil, err
+	}
+	cfg.MaxConns = 6
+	if b.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
+		return nil, err
+	}
+	b.store = eventstore.New(b.pool)
+	b.report.Machine = machine(ctx, b.pool)
+	return b, nil
+}
+
+// startServer builds ticketd (unless -ticketd-bin) and starts it on a free port.
+func (b *bench) startServer(ctx context.Context, redisAddrs string) error {
+	b.bin = b.o.ticketdBin
+	if b.bin == "" {
+		root, err := repoRoot()
+		if err != nil {
+			return err
+		}
+		t0 := time.Now()
+		if b.bin, err = buildTicketd(ctx, root, b.tmp); err != nil {
+			return err
+		}
+		b.logf("built ticketd in %.1fs", time.Since(t0).Seconds())
+	}
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	b.base = "http://127.0.0.1:" + strconv.Itoa(port)
+	b.env = map[string]string{
+		"DATABASE_DSN": b.dsn,
+		"REDIS_ADDRS":  redisAddrs,
+		"REDIS_PREFIX": b.redisPrefix,
+		"HTTP_ADDR":    "127.0.0.1:" + strconv.Itoa(port),
+		"PG_MAX_CONNS": strconv.Itoa(b.o.pgConns),
+		"LOG_LEVEL":    b.o.logLevel,
+	}
+	b.pprofURL = b.o.pprofURL
+	if b.o.pprofScenario != "" && b.pprofURL == "" {
+		pp, err := freePort()
+		if err != nil {
+			return err
+		}
+		b.env["PPROF_ADDR"] = "127.0.0.1:" + strconv.Itoa(pp)
+		b.pprofURL = "http://127.0.0.1:" + strconv.Itoa(pp)
+	}
+	t0 := time.Now()
+	b.proc, err = startTicketd(ctx, b.bin, ticketdEnv(b.env), b.base, filepath.Join(b.tmp, "ticketd.log"))
+	if err != nil {
+		return err
+	}
+	b.logf("ticketd pid %d on %s, ready in %.1fs (log: %s)", b.proc.pid(), b.base, time.Since(t0).Seconds(), b.proc.logPath)
+	return nil
+}
+
+// close stops ticketd and removes everything the run created, unless -keep.
+func (b *bench) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	b.proc.stop()
+	if b.pool != nil {
+		b.pool.Close()
+	}
+	if b.o.keep {
+		b.logf("kept database %s, redis keys %s*, files in %s", b.dbName, b.redisPrefix, b.tmp)
+	} else {
+		if b.dbName != "" {
+			if err := dropDatabase(ctx, b.serverDSN, b.dbName); err != nil {
+				b.logf("drop database %s: %v", b.dbName, err)
+			}
+		}
+		if b.rdb != nil && b.redisPrefix != "" {
+			if _, err := deletePrefix(ctx, b.rdb, b.redisPrefix); err != nil {
+				b.logf("delete redis keys %s*: %v", b.redisPrefix, err)
+			}
+		}
+		if b.tmp != "" {
+			os.RemoveAll(b.tmp)
+		}
+	}
+	if b.rdb != nil {
+		b.rdb.Close()
+	}
+}
+
+// logf prints a progress line (to stderr, so stdout keeps the table).
+func (b *bench) logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s ticketbench: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+// runAll seeds and runs the selected scenarios in order, each baseline right before
+// the scenario it is the floor of, so both see the same machine.
+func (b *bench) runAll(ctx context.Context) error {
+	if err := b.seed(ctx); err != nil {
+		return err
+	}
+	steps := []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{"get", b.runGet}, {"list", b.runList}, {"create", b.runCreate}, {"lag", b.runLag},
+		{"put", b.runPut}, {"comment", b.runComment}, {"mixed", b.runMixed}, {"overload", b.runOverload},
+	}
+	for _, s := range steps {
+		if !b.o.runs(s.name) {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := s.fn(ctx); err != nil {
+			return fmt.Errorf("scenario %s: %w", s.name, err)
+		}
+		b.sampleRSS(s.name)
+	}
+	b.rssRow()
+	if b.ownServer {
+		b.proc.stop()
+		b.proc = nil
+	}
+	if b.o.runs("rebuild") {
+		if err := b.runRebuild(ctx); err != nil {
+			return fmt.Errorf("scenario rebuild: %w", err)
+		}
+	}
+	b.tenX()
+	return nil
+}
+
+// seed creates the tickets through the API, the long tickets directly (or through the
+// API with -url), and waits until the read model has caught up.
+func (b *bench) seed(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, b.o.seedTimeout)
+	defer cancel()
+	t0 := time.Now()
+	ids, err := b.seedTickets(ctx, b.o.tickets, b.o.conns)
+	if err != nil {
+		return fmt.Errorf("seeding (bounded by -seed-timeout %v): %w", b.o.seedTimeout, err)
+	}
+	b.report.Seed.Tickets = len(ids)
+	b.report.Seed.TicketsSeconds = time.Since(t0).Seconds()
+	b.logf("seeded %d tickets through the API in %.1fs (%.0f/s)", len(ids), time.Since(t0).Seconds(), float64(len(ids))/time.Since(t0).Seconds())
+	b.ids = shuffled(ids)
+	half := len(ids) / 2
+	b.toggle = &toggler{ids: ids[:half]}
+	b.fresh = &roundRobin{ids: shuffled(ids[half:])}
+
+	if b.o.runs("comment") {
+		t0 = time.Now()
+		long := b.o.longTickets
+		if b.ownServer {
+			if long == 0 {
+				long = b.o.conns
+			}
+			b.longIDs, err = b.copyStreams(ctx, long, b.o.longEvents)
+			b.report.Seed.LongHow = "COPY straight into the events table (not through the outbox)"
+		} else {
+			long = 1
+			var id uuid.UUID
+			id, err = b.seedLongThroughAPI(ctx, b.o.longEvents)
+			b.longIDs = []uuid.UUID{id}
+			b.report.Seed.LongHow = "one ticket, commented on through the API"
+		}
+		if err != nil {
+			return fmt.Errorf("seeding long tickets: %w", err)
+		}
+		b.report.Seed.LongTickets, b.report.Seed.LongEvents = long, b.o.longEvents
+		b.report.Seed.LongSeconds = time.Since(t0).Seconds()
+		b.logf("seeded %d tickets of %d events in %.1fs", long, b.o.longEvents, time.Since(t0).Seconds())
+	}
+	d, err := b.waitDrained(ctx, 2*time.Minute)
+	if err != nil {
+		return fmt.Errorf("after seeding: %w", err)
+	}
+	b.report.Seed.DrainSeconds = d.Seconds()
+	b.logf("read model caught up %.1fs after seeding", d.Seconds())
+
+	// A fresh ticket shows where ticketd keeps its Redis documents, if it does.
+	probe, err := b.createTicket(ctx, createBody)
+	if err != nil {
+		return err
+	}
+	b.discoverRedis(ctx, probe, 3*time.Second)
+	if b.redisKey != nil {
+		b.logf("redis read model found: keys %s", b.redisKeyFormat)
+	} else {
+		b.logf("redis read model: %s", b.redisNA)
+	}
+	b.report.RedisKeyFormat = b.redisKeyFormat
+	return nil
+}
+
+// settle waits for the read model between scenarios, so one scenario's backlog does
+// not load the next.
+func (b *bench) settle(ctx context.Context, after string) {
+	d, err := b.waitDrained(ctx, time.Minute)
+	if err != nil {
+		b.logf("after %s: %v", after, err)
+		b.report.Notes = append(b.report.Notes, "after "+after+": "+err.Error())
+		return
+	}
+	if d > time.Second {
+		b.logf("after %s the read model caught up in %.1fs", after, d.Seconds())
+	}
+}
+
+func (b *bench) runGet(ctx context.Context) error {
+	code, doc, err := b.get(ctx, b.ticketURL(b.ids[0]))
+	if err != nil || code != http.StatusOK {
+		return fmt.Errorf("GET a seeded ticket: %d %v", code, err)
+	}
+	base, err := b.fiberRedisBaseline(ctx, doc)
+	if err != nil {
+		return err
+	}
+	b.add(base)
+	m := b.attack(ctx, "get", b.o.conns, b.o.duration, b.getTarget(b.ids))
+	r := m.row("get", fmt.Sprintf("GET /v1/ticket/{id} (hot, %d tickets)", len(b.ids)), b.o.conns)
+	r.vs(base, "≥0.9 of baseline, p99 <10ms")
+	r.judge(r.Ratio >= 0.9 && r.P99ms < 10)
+	r.Note = fmt.Sprintf("document %d bytes", len(doc))
+	b.add(r)
+	return nil
+}
+
+func (b *bench) runList(ctx context.Context) error {
+	m := b.attack(ctx, "list", b.o.conns, b.o.duration, b.listTarget())
+	r := m.row("list", "GET /v1/ticket/?status=open (first page)", b.o.conns)
+	r.Target = "≥4510/s (10x original)"
+	r.judge(r.Value >= 4510)
+	b.add(r)
+	return nil
+}
+
+func (b *bench) runCreate(ctx context.Context) error {
+	base, err := b.pgxInsertBaseline(ctx, b.dsn)
+	if err != nil {
+		return err
+	}
+	b.add(base)
+	m := b.attack(ctx, "create", b.o.conns, b.o.duration, b.createTarget())
+	r := m.row("create", "POST /v1/ticket/", b.o.conns)
+	r.vs(base, "≥0.5 of baseline (stretch 0.7)")
+	r.judge(r.Ratio >= 0.5)
+	b.add(r)
+	b.settle(ctx, "create")
+	return nil
+}
+
+func (b *bench) runLag(ctx context.Context) error {
+	res := b.lagScenario(ctx)
+	load := res.load.row("lag-load", "POST /v1/ticket/ during lag sampling", b.o.conns)
+	load.Note = fmt.Sprintf("%d samplers create probe tickets alongside and poll the list every %v, Redis every %v",
+		lagSamplers, listPollInterval, redisPollEvery)
+	b.add(load)
+
+	drained := "drained"
+	if res.drainErr != nil {
+		drained = "NOT drained: " + res.drainErr.Error()
+	}
+	l := res.list.row("lag-list", "projection lag: list (Postgres read model)", b.o.conns)
+	l.Unit, l.Value = "samples", float64(res.list.m.Requests)
+	l.Target = "p99 <100ms, backlog drains"
+	l.judge(l.Requests > 0 && l.Errors == 0 && l.P99ms < 100 && res.drainErr == nil)
+	l.Note = fmt.Sprintf("2xx -> visible in ?created_by= list; after the load: %s in %.0fms (marker write + visible)",
+		drained, ms(res.drainedIn))
+	b.add(l)
+
+	rr := Row{Key: "lag-redis", Scenario: "projection lag: Redis document", Conns: b.o.conns, Target: "p99 <100ms"}
+	if b.redisKey == nil {
+		rr.NA, rr.Note = true, res.redisNA
+	} else {
+		rr = res.redis.row(rr.Key, rr.Scenario, b.o.conns)
+		rr.Unit, rr.Value, rr.Target = "samples", float64(res.redis.m.Requests), "p99 <100ms"
+		rr.judge(rr.Requests > 0 && rr.Errors == 0 && rr.P99ms < 100)
+		rr.Note = "2xx -> key " + b.redisKeyFormat + " exists (polled directly with go-redis)"
+	}
+	b.add(rr)
+	b.report.Lag = LagReport{Drained: res.drainErr == nil, DrainMs: ms(res.drainedIn)}
+	return nil
+}
+
+func (b *bench) runPut(ctx context.Context) error {
+	before := b.countEvents(ctx, ticket.TypeStatusChanged)
+	m := b.attack(ctx, "put", b.o.conns, b.o.duration, b.putTarget())
+	r := m.row("put", "PUT /v1/ticket/{id} (status toggle)", b.o.conns)
+	if after := b.countEvents(ctx, ticket.TypeStatusChanged); before >= 0 && after >= 0 {
+		r.Note = fmt.Sprintf("%d StatusChanged events appended for %d successful PUTs (answered<->wait_answer over %d tickets)",
+			after-before, m.m.Requests-m.errors, len(b.toggle.ids))
+	}
+	b.add(r)
+	b.settle(ctx, "put")
+	return nil
+}
+
+func (b *bench) runComment(ctx context.Context) error {
+	m := b.attack(ctx, "comment-fresh", b.o.conns, b.o.duration, b.commentTarget(b.fresh))
+	fresh := m.row("comment-fresh", "POST comment, fresh tickets", b.o.conns)
+	fresh.Note = fmt.Sprintf("round robin over %d tickets with ~1-2 events", len(b.fresh.ids))
+	b.add(fresh)
+	b.settle(ctx, "comment-fresh")
+
+	m = b.attack(ctx, "comment-long", b.o.conns, b.o.duration, b.commentTarget(&roundRobin{ids: b.longIDs}))
+	long := m.row("comment-long", fmt.Sprintf("POST comment, %d-event tickets", b.o.longEvents), b.o.conns)
+	long.vs(fresh, "≥0.8 of fresh")
+	long.Baseline = "POST comment, fresh tickets"
+	long.judge(long.Ratio >= 0.8)
+	long.Note = fmt.Sprintf("round robin over %d tickets that start with %d events", len(b.longIDs), b.o.longEvents)
+	if len(b.longIDs) < b.o.conns {
+		long.Note += fmt.Sprintf(" (%d connections share them: concurrency clashes and retries included)", b.o.conns)
+	}
+	b.add(long)
+	b.settle(ctx, "comment-long")
+	return nil
+}
+
+func (b *bench) runMixed(ctx context.Context) error {
+	m := b.attack(ctx, "mixed", b.o.conns, b.o.duration, b.mixedTarget())
+	r := m.row("mixed", "mixed 80% read / 20% write", b.o.conns)
+	r.Note = "70% GET id, 10% list, 10% create, 5% PUT, 5% comment"
+	b.add(r)
+	b.settle(ctx, "mixed")
+	return nil
+}
+
+func (b *bench) runOverload(ctx context.Context) error {
+	m := b.attack(ctx, "overload", b.o.overloadConns, b.o.duration, b.mixedTarget())
+	r := m.row("overload", fmt.Sprintf("overload: mixed at %d connections", b.o.overloadConns), b.o.overloadConns)
+	r.Target = "0 errors, p99 <1s"
+	r.judge(r.Requests > 0 && r.Errors == 0 && r.P99ms < 1000)
+	if r.Errors > 0 {
+		r.Note = fmt.Sprintf("status codes %v; errors %v", r.StatusCodes, r.ErrorSamples)
+	}
+	b.add(r)
+	b.settle(ctx, "overload")
+	// never wedge: a plain request still answers promptly after the overload
+	t0 := time.Now()
+	code, _, err := b.get(ctx, b.ticketURL(b.ids[0]))
+	b.report.Notes = append(b.report.Notes, fmt.Sprintf("after the overload a GET answered %d in %.1fms (err %v)", code, ms(time.Since(t0)), err))
+	return nil
+}
+
+// countEvents counts events of a type in the bench database, -1 when it cannot.
+func (b *bench) countEvents(ctx context.Context, typ string) int64 {
+	if !b.ownServer {
+		return -1
+	}
+	var n int64
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE type = $1`, typ).Scan(&n); err != nil {
+		return -1
+	}
+	return n
+}
+
+// sampleRSS records ticketd's resident and peak memory after a scenario.
+func (b *bench) sampleRSS(after string) {
+	if b.proc == nil {
+		return
+	}
+	rss, err1 := procStatusKB(b.proc.pid(), "VmRSS")
+	hwm, err2 := procStatusKB(b.proc.pid(), "VmHWM")
+	if errors.Join(err1, err2) == nil {
+		b.report.RSS = append(b.report.RSS, RSSSample{After: after, RSSMB: float64(rss) / 1024, PeakMB: float64(hwm) / 1024})
+	}
+}
+
+// rssRow adds ticketd's peak RSS over every served scenario.
+func (b *bench) rssRow() {
+	r := Row{Key: "rss", Scenario: "peak RSS of ticketd (VmHWM)", Unit: "MB", Target: "<200 MB"}
+	if b.proc == nil {
+		r.NA, r.Note = true, "n/a (-url: not our process)"
+		b.add(r)
+		return
+	}
+	hwm, err := procStatusKB(b.proc.pid(), "VmHWM")
+	if err != nil {
+		r.NA, r.Note = true, "n/a ("+err.Error()+")"
+		b.add(r)
+		return
+	}
+	r.Value = float64(hwm) / 1024
+	r.judge(r.Value < 200)
+	r.Note = "over seeding and every scenario above"
+	b.add(r)
+}
+
+func (b *bench) add(r Row) {
+	b.report.Rows = append(b.report.Rows, r)
+	b.logf("%s", r.short())
+}

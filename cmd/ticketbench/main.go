@@ -1,0 +1,181 @@
+// Command ticketbench is ticketd's load benchmark (`make bench`). It starts ticketd on a
+// fresh database (or targets a running one with -url), seeds data, runs each scenario
+// for a bounded time at a fixed number of connections with vegeta, measures the floor
+// cost of ticketd's own stack in the same run (a bare Fiber + Redis Cluster handler, a
+// bare pgx insert loop, a bare pgx read of the event table), and prints one table of
+// requests/s, p50, p99, errors, baseline and ratio against the targets of issue 7. The
+// table is also written as JSON so runs can be compared.
+//
+// Only ratios measured side by side mean much on a small, shared machine: absolute
+// numbers move with whatever else runs there.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "ticketbench:", err)
+		os.Exit(1)
+	}
+}
+
+// options are the command-line flags.
+type options struct {
+	url           string
+	duration      time.Duration
+	conns         int
+	overloadConns int
+	tickets       int
+	longTickets   int
+	longEvents    int
+	rebuildEvents int
+	pgConns       int
+	timeout       time.Duration
+	seedTimeout   time.Duration
+	outDir        string
+	ticketdBin    string
+	logLevel      string
+	keep          bool
+	// baselineInProcess runs the Fiber + Redis baseline inside the bench process.
+	baselineInProcess bool
+	only              map[string]bool
+	pprofScenario     string
+	pprofURL          string
+	pprofDir          string
+}
+
+// scenarios in the order they run; -only picks some of them.
+var scenarioNames = []string{
+	"get", "list", "create", "lag", "put", "comment", "mixed", "overload", "rebuild",
+}
+
+const usage = `Usage: ticketbench [flags]
+
+Starts ticketd (built from ./cmd/ticketd) on a fresh database on TEST_DATABASE_DSN's
+server and the Redis Cluster at TEST_REDIS_ADDRS (scripts/test-env.sh sets both), seeds
+it, runs every scenario for -duration at -c connections, and prints the table. With
+-url it targets a running ticketd instead (no rebuild, RSS or direct seeding then).
+
+Flags:
+`
+
+func parseOptions(args []string, stdout io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("ticketbench", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	fs.StringVar(&o.url, "url", "", "target a running ticketd at this base URL instead of starting one")
+	fs.DurationVar(&o.duration, "duration", 8*time.Second, "how long each scenario runs")
+	fs.IntVar(&o.conns, "c", 64, "connections (concurrent requests) per scenario")
+	fs.IntVar(&o.overloadConns, "overload-c", 256, "connections of the overload scenario")
+	fs.IntVar(&o.tickets, "tickets", 10000, "tickets to seed")
+	fs.IntVar(&o.longTickets, "long-tickets", 0, "tickets with -long-events events each for the long-comment scenario (0: one per connection when seeding directly, 1 through the API)")
+	fs.IntVar(&o.longEvents, "long-events", 1000, "events in each long ticket")
+	fs.IntVar(&o.rebuildEvents, "rebuild-events", 200000, "events in the store when the rebuild runs (topped up directly)")
+	fs.IntVar(&o.pgConns, "pg-conns", 16, "PG_MAX_CONNS for ticketd and the pool size of the pgx baselines")
+	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "per-request timeout of the load generator")
+	fs.DurationVar(&o.seedTimeout, "seed-timeout", 90*time.Second, "bound on seeding")
+	fs.StringVar(&o.outDir, "out", "bench", "directory for results-<time>.json, latest.json and README-table.md (empty: none)")
+	fs.StringVar(&o.ticketdBin, "ticketd-bin", "", "use this ticketd binary instead of building ./cmd/ticketd")
+	fs.StringVar(&o.logLevel, "log-level", "info", "LOG_LEVEL of the started ticketd")
+	fs.BoolVar(&o.baselineInProcess, "baseline-in-process", false, "serve the Fiber + Redis baseline from the bench process instead of a process of its own")
+	fs.BoolVar(&o.keep, "keep", false, "keep the bench database and Redis keys at the end")
+	only := fs.String("only", "", "comma-separated scenarios to run (default all): "+strings.Join(scenarioNames, ","))
+	fs.StringVar(&o.pprofScenario, "pprof", "", "take a CPU profile of ticketd during this scenario")
+	fs.StringVar(&o.pprofURL, "pprof-url", "", "base URL of ticketd's net/http/pprof (default: PPROF_ADDR given to the started ticketd)")
+	fs.StringVar(&o.pprofDir, "pprof-dir", os.TempDir(), "directory for CPU profiles")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return o, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	var errs []error
+	if o.duration < time.Second {
+		errs = append(errs, errors.New("-duration must be at least 1s"))
+	}
+	if o.conns < 1 || o.overloadConns < 1 {
+		errs = append(errs, errors.New("-c and -overload-c must be positive"))
+	}
+	if o.tickets < 100 {
+		errs = append(errs, errors.New("-tickets must be at least 100"))
+	}
+	if o.longEvents < 2 || o.longTickets < 0 {
+		errs = append(errs, errors.New("-long-events must be at least 2 and -long-tickets not negative"))
+	}
+	if o.pgConns < 2 {
+		errs = append(errs, errors.New("-pg-conns must be at least 2"))
+	}
+	if *only != "" {
+		o.only = map[string]bool{}
+		known := map[string]bool{}
+		for _, n := range scenarioNames {
+			known[n] = true
+		}
+		for _, n := range strings.Split(*only, ",") {
+			n = strings.TrimSpace(n)
+			if !known[n] {
+				errs = append(errs, fmt.Errorf("-only: unknown scenario %q (known: %s)", n, strings.Join(scenarioNames, ",")))
+			}
+			o.only[n] = true
+		}
+	}
+	if o.pprofScenario != "" && !contains(scenarioNames, o.pprofScenario) {
+		errs = append(errs, fmt.Errorf("-pprof: unknown scenario %q", o.pprofScenario))
+	}
+	return o, errors.Join(errs...)
+}
+
+// runs reports whether scenario name is selected.
+func (o options) runs(name string) bool { return o.only == nil || o.only[name] }
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// run parses the flags, runs the benchmark and writes the report.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	if addr := getenv(envServe); addr != "" {
+		return serveBaseline(ctx, addr, getenv)
+	}
+	o, err := parseOptions(args, stdout)
+	if err != nil {
+		return err
+	}
+	started := time.Now()
+	b, err := newBench(ctx, o, getenv, stdout)
+	if err != nil {
+		return err
+	}
+	defer b.close()
+	if err := b.runAll(ctx); err != nil {
+		return err
+	}
+	b.report.TotalSeconds = time.Since(started).Seconds()
+	return b.writeReport(stdout)
+}

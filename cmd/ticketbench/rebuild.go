@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// rebuildStream is the length of the streams appended to top the store up.
+const rebuildStream = 100
+
+// runRebuild tops the event store up to -rebuild-events, reads it all with a bare pgx
+// loop (the baseline), then times `ticketd -rebuild-projections` on it. ticketd is
+// stopped by then. Without the flag (not built yet) the row says so, and the baseline
+// is still measured.
+func (b *bench) runRebuild(ctx context.Context) error {
+	r := Row{Key: "rebuild", Scenario: fmt.Sprintf("rebuild projections (%dk events)", b.o.rebuildEvents/1000), Unit: "events/s",
+		Target: "≥50000 ev/s and ≥0.3 of baseline"}
+	if !b.ownServer {
+		r.NA, r.Note = true, "n/a (-url: no access to the database)"
+		b.add(r)
+		return nil
+	}
+
+	var have int64
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM events`).Scan(&have); err != nil {
+		return err
+	}
+	if need := int64(b.o.rebuildEvents) - have; need > 0 {
+		t0 := time.Now()
+		streams := int((need + rebuildStream - 1) / rebuildStream)
+		if _, err := b.copyStreams(ctx, streams, rebuildStream); err != nil {
+			return fmt.Errorf("top up the event store: %w", err)
+		}
+		b.logf("copied %d streams of %d events in %.1fs", streams, rebuildStream, time.Since(t0).Seconds())
+	}
+	var events int64
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM events`).Scan(&events); err != nil {
+		return err
+	}
+	if _, err := b.pool.Exec(ctx, `VACUUM ANALYZE events`); err != nil {
+		b.logf("vacuum events: %v", err)
+	}
+
+	base, err := b.pgxReadBaseline(ctx)
+	if err != nil {
+		return err
+	}
+	b.add(base)
+	if !hasFlag(ctx, b.bin, "rebuild-projections") {
+		r.NA, r.Note = true, "n/a (flag missing: ticketd has no -rebuild-projections yet)"
+		b.add(r)
+		return nil
+	}
+
+	out, wall, maxRSS, err := b.rebuild(ctx)
+	if err != nil {
+		r.Errors = 1
+		r.Note = err.Error()
+		r.judge(false)
+		b.add(r)
+		return nil
+	}
+	wallRate := float64(events) / wall.Seconds()
+	r.Requests = uint64(events)
+	if rate, ok := parseRebuildRate(out); ok {
+		r.Value = rate
+		r.Note = fmt.Sprintf("rate from ticketd's summary line; wall %.2fs for %d events = %.0f ev/s incl. start-up", wall.Seconds(), events, wallRate)
+	} else {
+		r.Value = wallRate
+		r.Note = fmt.Sprintf("no rate in ticketd's output: %d events / wall %.2fs incl. start-up", events, wall.Seconds())
+	}
+	r.Note += fmt.Sprintf("; peak RSS of the rebuild %.0f MB", float64(maxRSS)/1024)
+	r.vs(base, r.Target)
+	r.judge(r.Value >= 50000 && r.Ratio >= 0.3)
+	b.add(r)
+	b.report.RebuildRSSMB = float64(maxRSS) / 1024
+	return nil
+}
+
+// rebuild runs `ticketd -rebuild-projections` and returns its output, wall time and
+// peak RSS in kB.
+func (b *bench) rebuild(ctx context.Context) (string, time.Duration, int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, b.bin, "-rebuild-projections")
+	cmd.Env = ticketdEnv(b.env)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	t0 := time.Now()
+	err := cmd.Run()
+	wall := time.Since(t0)
+	logPath := filepath.Join(b.tmp, "rebuild.log")
+	_ = os.WriteFile(logPath, out.Bytes(), 0o644)
+	var maxRSS int64
+	if cmd.ProcessState != nil {
+		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			maxRSS = ru.Maxrss
+		}
+	}
+	if err != nil {
+		return out.String(), wall, maxRSS, fmt.Errorf("ticketd -rebuild-projections: %v; last lines: %s", err, lastLines(out.String(), 3))
+	}
+	b.logf("rebuild finished in %.2fs: %s", wall.Seconds(), lastLines(out.String(), 1))
+	return out.String(), wall, maxRSS, nil
+}
+
+var (
+	rateText = regexp.MustCompile(`([0-9][0-9,_]*(?:\.[0-9]+)?)\s*(?:events|ev)/s`)
+	rateJSON = regexp.MustCompile(`"(?:events_per_s(?:ec(?:ond)?)?|rate|events_per_sec)"\s*:\s*([0-9]+(?:\.[0-9]+)?)`)
+)
+
+// parseRebuildRate finds the events/s of the rebuild's summary: the last line that
+// states one, either as text ("123456 events/s") or as a JSON log field
+// (events_per_second, events_per_sec or rate).
+func parseRebuildRate(out string) (float64, bool) {
+	lines := strings.Split(out, "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		for _, re := range []*regexp.Regexp{rateJSON, rateText} {
+			if m := re.FindStringSubmatch(lines[i]); m != nil {
+				v, err := strconv.ParseFloat(strings.NewReplacer(",", "", "_", "").Replace(m[1]), 64)
+				if err == nil && v > 0 {
+					return v, true
+				}
+			}
+		}
+	}
+	return 0, false
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
