@@ -39,6 +39,16 @@ type Config struct {
 	BatchSize int
 	// Retries is how often a failing event is retried before it goes to the poison topic.
 	Retries int
+	// AckDeadline bounds the handling of one event, retries included: the handler's
+	// context ends then, and an event not acknowledged by then is redelivered. It keeps
+	// a slow or hung handler from holding its subscriber transaction (which holds back
+	// every consumer) open for long.
+	AckDeadline time.Duration
+	// Metrics receives what the projectors do; nil reports nowhere.
+	Metrics Metrics
+	// BacklogInterval is how often each group's backlog (events behind the head) is
+	// sampled for Metrics.
+	BacklogInterval time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -50,6 +60,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Retries <= 0 {
 		c.Retries = 5
+	}
+	if c.AckDeadline <= 0 {
+		c.AckDeadline = 15 * time.Second
+	}
+	if c.Metrics == nil {
+		c.Metrics = NopMetrics{}
+	}
+	if c.BacklogInterval <= 0 {
+		c.BacklogInterval = 5 * time.Second
 	}
 	return c
 }
@@ -72,7 +91,7 @@ func NewRouter(pool *pgxpool.Pool, cfg Config, log *slog.Logger, handlers ...Han
 	if err != nil {
 		return nil, fmt.Errorf("projection router: %w", err)
 	}
-	poison, err := middleware.PoisonQueueWithFilter(txPublisher{}, PoisonTopic, func(err error) bool {
+	poison, err := middleware.PoisonQueueWithFilter(txPublisher{metrics: cfg.Metrics, log: log}, PoisonTopic, func(err error) bool {
 		return errors.As(err, new(permanentError))
 	})
 	if err != nil {
@@ -85,9 +104,11 @@ func NewRouter(pool *pgxpool.Pool, cfg Config, log *slog.Logger, handlers ...Han
 		Multiplier:      2,
 		Logger:          wlog,
 	}.Middleware)
+	var groups []string
 	for _, h := range handlers {
 		sub, err := wsql.NewSubscriber(wsql.BeginnerFromPgx(pool), wsql.SubscriberConfig{
 			ConsumerGroup:  h.Group,
+			AckDeadline:    &cfg.AckDeadline,
 			PollInterval:   cfg.PollInterval,
 			ResendInterval: 100 * time.Millisecond,
 			RetryInterval:  time.Second,
@@ -97,16 +118,24 @@ func NewRouter(pool *pgxpool.Pool, cfg Config, log *slog.Logger, handlers ...Han
 		if err != nil {
 			return nil, fmt.Errorf("subscriber %s: %w", h.Group, err)
 		}
-		router.AddNoPublisherHandler(h.Group, eventstore.Topic, sub, h.Func)
+		router.AddNoPublisherHandler(h.Group, eventstore.Topic, sub, instrument(h.Group, cfg.Metrics, time.Now, h.Func))
+		groups = append(groups, h.Group)
+	}
+	if _, nop := cfg.Metrics.(NopMetrics); !nop && len(groups) > 0 {
+		router.AddPlugin(sampleBacklogPlugin(pool, cfg.Metrics, cfg.BacklogInterval, log, groups))
 	}
 	return router, nil
 }
 
 // txPublisher publishes into the transaction of the message being handled, so a
-// poisoned event is recorded together with the offset that skips it.
-type txPublisher struct{}
+// poisoned event is recorded together with the offset that skips it. Only the poison
+// middleware uses it: every message it publishes is a poisoned one, logged and counted.
+type txPublisher struct {
+	metrics Metrics
+	log     *slog.Logger
+}
 
-func (txPublisher) Publish(topic string, msgs ...*message.Message) error {
+func (p txPublisher) Publish(topic string, msgs ...*message.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
@@ -118,7 +147,16 @@ func (txPublisher) Publish(topic string, msgs ...*message.Message) error {
 	if err != nil {
 		return err
 	}
-	return pub.Publish(topic, msgs...)
+	if err := pub.Publish(topic, msgs...); err != nil {
+		return err
+	}
+	for _, m := range msgs {
+		group := message.HandlerNameFromCtx(m.Context())
+		p.metrics.Poisoned(group)
+		p.log.Error("projection: event sent to the poison topic", "group", group, "topic", topic,
+			"message_uuid", m.UUID, "reason", m.Metadata.Get(middleware.ReasonForPoisonedKey))
+	}
+	return nil
 }
 
 func (txPublisher) Close() error { return nil }

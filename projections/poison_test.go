@@ -1,0 +1,270 @@
+package projections_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/ticket"
+)
+
+// lockedBuffer collects log output across goroutines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// metricValue returns the value of a metric of group in reg: a counter's or gauge's
+// value, a histogram's sample count; 0 when it has no sample.
+func metricValue(t testing.TB, reg *prometheus.Registry, name, group string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "group" && l.GetValue() == group {
+					switch {
+					case m.Counter != nil:
+						return m.Counter.GetValue()
+					case m.Gauge != nil:
+						return m.Gauge.GetValue()
+					case m.Histogram != nil:
+						return float64(m.Histogram.GetSampleCount())
+					}
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// publishRaw puts a message with the given payload on the outbox topic, as a broken
+// or foreign writer could.
+func publishRaw(t testing.TB, pool *pgxpool.Pool, id string, payload []byte) {
+	t.Helper()
+	ctx := context.Background()
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		pub, err := wsql.NewPublisher(wsql.TxFromPgx(tx), wsql.PublisherConfig{SchemaAdapter: wsql.DefaultPostgreSQLSchema{}}, nil)
+		if err != nil {
+			return err
+		}
+		return pub.Publish(eventstore.Topic, message.NewMessage(id, payload))
+	})
+	if err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+}
+
+func openTicketNow(t testing.TB, store *eventstore.Store, title string) uuid.UUID {
+	t.Helper()
+	id := uuid.Must(uuid.NewV7())
+	_, err := store.Handle(context.Background(), id, eventstore.Options{Create: true}, func(tk *ticket.Ticket, now time.Time) error {
+		return tk.Open(ticket.OpenTicket{Title: title, Email: "a@example.com", CreatedBy: "ann"}, now)
+	})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	return id
+}
+
+func commentNow(t testing.TB, store *eventstore.Store, id uuid.UUID, body string) {
+	t.Helper()
+	_, err := store.Handle(context.Background(), id, eventstore.Options{}, func(tk *ticket.Ticket, now time.Time) error {
+		return tk.AddComment(ticket.AddComment{ID: uuid.Must(uuid.NewV7()), Body: body, CreatedBy: "bob"}, now)
+	})
+	if err != nil {
+		t.Fatalf("comment: %v", err)
+	}
+}
+
+func TestPoisonEventIsRetriedThenDeadLetteredAndProjectionMovesOn(t *testing.T) {
+	t.Parallel()
+	pool, store := projectionDB(t)
+	reg := prometheus.NewRegistry()
+	metrics, err := projections.NewPrometheusMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs lockedBuffer
+	log := slog.New(slog.NewJSONHandler(&logs, nil))
+
+	a := openTicketNow(t, store, "before the poison")
+	commentNow(t, store, a, "first")
+	poisonID := uuid.NewString()
+	publishRaw(t, pool, poisonID, []byte(`{"type":"TicketExploded","stream_id":"`+a.String()+`","version":3}`))
+	b := openTicketNow(t, store, "after the poison")
+	commentNow(t, store, a, "second")
+	commentNow(t, store, b, "third")
+
+	const retries = 3
+	runProjectors(t, pool, projections.Config{Metrics: metrics, Retries: retries, BacklogInterval: 20 * time.Millisecond}, log, pgProjector)
+	waitCaughtUp(t, pool, projections.PostgresGroup, 20*time.Second)
+
+	// dead-lettered, with the reason and the projector that gave up
+	var uuids []string
+	var metadata []byte
+	rows, err := pool.Query(context.Background(), `SELECT uuid, metadata::text FROM watermill_ticket_events_poison`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id, &metadata); err != nil {
+			t.Fatal(err)
+		}
+		uuids = append(uuids, id)
+	}
+	if len(uuids) != 1 || uuids[0] != poisonID {
+		t.Fatalf("poison table holds %v, want just %s", uuids, poisonID)
+	}
+	var md map[string]string
+	if err := json.Unmarshal(metadata, &md); err != nil {
+		t.Fatal(err)
+	}
+	if md["handler_poisoned"] != projections.PostgresGroup || !strings.Contains(md["reason_poisoned"], "TicketExploded") {
+		t.Fatalf("poison metadata %v: want the handler and the reason", md)
+	}
+
+	// retried a bounded number of times, counted and logged
+	if got := metricValue(t, reg, "ticketd_projection_failures_total", projections.PostgresGroup); got != retries+1 {
+		t.Fatalf("failures_total %v, want %d (the first attempt and %d retries)", got, retries+1, retries)
+	}
+	if got := metricValue(t, reg, "ticketd_projection_poisoned_total", projections.PostgresGroup); got != 1 {
+		t.Fatalf("poisoned_total %v, want 1", got)
+	}
+	if !strings.Contains(logs.String(), poisonID) || !strings.Contains(logs.String(), "poison") {
+		t.Fatalf("no log line names the poisoned message %s:\n%s", poisonID, logs.String())
+	}
+
+	// every real event was projected, before and after the poison, and the read model
+	// is what the events say
+	var events int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM events`).Scan(&events); err != nil {
+		t.Fatal(err)
+	}
+	if got := metricValue(t, reg, "ticketd_projection_events_total", projections.PostgresGroup); int(got) != events {
+		t.Fatalf("events_total %v, want %d", got, events)
+	}
+	if got := metricValue(t, reg, "ticketd_projection_lag_seconds", projections.PostgresGroup); int(got) != events {
+		t.Fatalf("lag_seconds has %v samples, want %d", got, events)
+	}
+	tickets, comments := readModel(t, pool, "readmodel")
+	wantTickets, wantComments := expectedReadModel(replayAll(t, pool, store))
+	sameLines(t, "tickets", tickets, wantTickets)
+	sameLines(t, "comments", comments, wantComments)
+
+	// the backlog gauge is sampled and reaches zero
+	deadline := time.Now().Add(5 * time.Second)
+	for metricValue(t, reg, "ticketd_projection_lag_events", projections.PostgresGroup) != 0 ||
+		!strings.Contains(gatherText(t, reg), "ticketd_projection_lag_events") {
+		if time.Now().After(deadline) {
+			t.Fatalf("lag_events not sampled down to 0:\n%s", gatherText(t, reg))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func gatherText(t testing.TB, reg *prometheus.Registry) string {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range families {
+		names = append(names, f.GetName())
+	}
+	return strings.Join(names, "\n")
+}
+
+func TestBacklogCountsEventsNotYetAcknowledged(t *testing.T) {
+	t.Parallel()
+	pool, store := projectionDB(t)
+	a := openTicketNow(t, store, "one")
+	commentNow(t, store, a, "two")
+	openTicketNow(t, store, "three")
+	var b backlog
+	if err := projections.SampleBacklog(context.Background(), pool, &b, projections.PostgresGroup, "never-subscribed"); err != nil {
+		t.Fatal(err)
+	}
+	if b.n[projections.PostgresGroup] != 3 || b.n["never-subscribed"] != 3 {
+		t.Fatalf("backlog %v, want 3 for both groups", b.n)
+	}
+	runProjectors(t, pool, projections.Config{}, nil, pgProjector)
+	waitCaughtUp(t, pool, projections.PostgresGroup, 10*time.Second)
+	commentNow(t, store, a, "four")
+	waitCaughtUp(t, pool, projections.PostgresGroup, 10*time.Second)
+}
+
+func TestHungProjectorIsCutOffByTheAckDeadlineAndRedelivered(t *testing.T) {
+	t.Parallel()
+	pool, store := projectionDB(t)
+	const deadline = 700 * time.Millisecond
+	var deliveries atomic.Int32
+	var hung atomic.Int64 // how long the first delivery was let hang, in ns
+	var handlerDeadline atomic.Int64
+	slow := projections.Handler{Group: "hangs-once", Func: func(msg *message.Message) error {
+		if deliveries.Add(1) == 1 {
+			if d, ok := msg.Context().Deadline(); ok {
+				handlerDeadline.Store(int64(time.Until(d)))
+			}
+			start := time.Now()
+			<-msg.Context().Done() // a handler stuck on a dependency that honours its context
+			hung.Store(int64(time.Since(start)))
+			return msg.Context().Err()
+		}
+		return nil
+	}}
+	openTicketNow(t, store, "one")
+	start := time.Now()
+	runProjectors(t, pool, projections.Config{AckDeadline: deadline}, nil, slow, pgProjector)
+	waitCaughtUp(t, pool, "hangs-once", 10*time.Second)
+	waitCaughtUp(t, pool, projections.PostgresGroup, 10*time.Second)
+	took := time.Since(start)
+
+	if d := time.Duration(handlerDeadline.Load()); d <= 0 || d > deadline {
+		t.Fatalf("the handler's context ends in %s, want within the ack deadline %s", d, deadline)
+	}
+	if h := time.Duration(hung.Load()); h < deadline/2 || h > 3*deadline {
+		t.Fatalf("the hung delivery was cut off after %s, want about the ack deadline %s", h, deadline)
+	}
+	if n := deliveries.Load(); n < 2 {
+		t.Fatalf("%d deliveries: the event was not redelivered after the cut-off", n)
+	}
+	if took > 5*time.Second {
+		t.Fatalf("projection took %s to get past a hung handler with a %s ack deadline", took, deadline)
+	}
+}

@@ -1,0 +1,563 @@
+package projections_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ticketd/ticketd/db"
+	"github.com/ticketd/ticketd/db/dbtest"
+	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/ticket"
+)
+
+// projectionDB returns a pool on a fresh migrated database and a store on it.
+func projectionDB(t testing.TB) (*pgxpool.Pool, *eventstore.Store) {
+	t.Helper()
+	pool, err := db.Open(context.Background(), dbtest.NewDatabase(t), db.PoolConfig{MaxConns: 8})
+	if err != nil {
+		t.Fatalf("open pool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return pool, eventstore.New(pool)
+}
+
+// runProjectors runs a router with the given handlers until the test ends.
+func runProjectors(t testing.TB, pool *pgxpool.Pool, cfg projections.Config, log *slog.Logger, handlers ...projections.Handler) {
+	t.Helper()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	router, err := projections.NewRouter(pool, cfg, log, handlers...)
+	if err != nil {
+		t.Fatalf("router: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- projections.Run(ctx, router) }()
+	<-router.Running()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("projectors stopped with error: %v", err)
+		}
+	})
+}
+
+var pgProjector = projections.Handler{Group: projections.PostgresGroup, Func: projections.Postgres{}.Handle}
+
+// backlog is a Metrics that remembers the last sampled backlog per group.
+type backlog struct {
+	projections.NopMetrics
+	mu sync.Mutex
+	n  map[string]int64
+}
+
+func (b *backlog) Backlog(group string, events int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.n == nil {
+		b.n = map[string]int64{}
+	}
+	b.n[group] = events
+}
+
+// waitCaughtUp waits until group has acknowledged every outbox row.
+func waitCaughtUp(t testing.TB, pool *pgxpool.Pool, group string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var b backlog
+	for {
+		if err := projections.SampleBacklog(context.Background(), pool, &b, group); err != nil {
+			t.Fatalf("backlog: %v", err)
+		}
+		if b.n[group] == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still %d events behind after %s", group, b.n[group], timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// writeLoad records n random commands on a pool of tickets (opens, comments, status
+// changes, deletions) and returns the ids of every ticket opened.
+func writeLoad(t testing.TB, store *eventstore.Store, n int, seed uint64) []uuid.UUID {
+	t.Helper()
+	ctx := context.Background()
+	rnd := rand.New(rand.NewPCG(seed, 1))
+	var ids []uuid.UUID
+	for i := 0; i < n; i++ {
+		if len(ids) == 0 || rnd.IntN(5) == 0 {
+			id := uuid.Must(uuid.NewV7())
+			_, err := store.Handle(ctx, id, eventstore.Options{Create: true}, func(tk *ticket.Ticket, now time.Time) error {
+				return tk.Open(ticket.OpenTicket{Title: fmt.Sprintf("ticket %d", i), Description: "printer on fire",
+					Email: fmt.Sprintf("u%d@example.com", rnd.IntN(3)), CreatedBy: fmt.Sprintf("user%d", rnd.IntN(4))}, now)
+			})
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			ids = append(ids, id)
+			continue
+		}
+		id := ids[rnd.IntN(len(ids))]
+		k := rnd.IntN(20)
+		_, err := store.Handle(ctx, id, eventstore.Options{}, func(tk *ticket.Ticket, now time.Time) error {
+			switch {
+			case k == 0:
+				return tk.Delete(ticket.DeleteTicket{DeletedBy: "admin"}, now)
+			case k < 6:
+				next := tk.Status().Next()
+				if len(next) == 0 {
+					return nil
+				}
+				return tk.ChangeStatus(ticket.ChangeStatus{Status: string(next[rnd.IntN(len(next))]), UpdatedBy: "agent"}, now)
+			default:
+				email := ""
+				if k%2 == 0 {
+					email = "c@example.com"
+				}
+				return tk.AddComment(ticket.AddComment{ID: uuid.Must(uuid.NewV7()), Body: fmt.Sprintf("comment %d", i),
+					Email: email, CreatedBy: "agent"}, now)
+			}
+		})
+		if err != nil && !errors.Is(err, ticket.ErrNotFound) && !errors.Is(err, ticket.ErrConflict) {
+			t.Fatalf("command: %v", err)
+		}
+	}
+	return ids
+}
+
+// readModel returns the rows of the Postgres read model in schema, one line per row,
+// sorted: equal read models give equal slices.
+func readModel(t testing.TB, pool *pgxpool.Pool, schema string) (tickets, comments []string) {
+	t.Helper()
+	ctx := context.Background()
+	s := pgx.Identifier{schema}.Sanitize()
+	rows, err := pool.Query(ctx, `SELECT id, title, description, email, created_by, updated_by, status, version,
+		comment_count, created_at, updated_at, deleted FROM `+s+`.tickets`)
+	if err != nil {
+		t.Fatalf("read tickets: %v", err)
+	}
+	tickets, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (string, error) {
+		var id uuid.UUID
+		var title, desc, email, by, upd, status string
+		var version, count int
+		var created, updated time.Time
+		var deleted bool
+		err := r.Scan(&id, &title, &desc, &email, &by, &upd, &status, &version, &count, &created, &updated, &deleted)
+		return fmt.Sprintf("%s|%s|%s|%s|%s|%s|%s|v%d|c%d|%s|%s|deleted=%t", id, title, desc, email, by, upd, status,
+			version, count, created.UTC().Format(time.RFC3339Nano), updated.UTC().Format(time.RFC3339Nano), deleted), err
+	})
+	if err != nil {
+		t.Fatalf("read tickets: %v", err)
+	}
+	rows, err = pool.Query(ctx, `SELECT id, ticket_id, version, body, email, created_by, created_at FROM `+s+`.comments`)
+	if err != nil {
+		t.Fatalf("read comments: %v", err)
+	}
+	comments, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (string, error) {
+		var id, tid uuid.UUID
+		var version int
+		var body, email, by string
+		var at time.Time
+		err := r.Scan(&id, &tid, &version, &body, &email, &by, &at)
+		return fmt.Sprintf("%s|%s|v%d|%s|%s|%s|%s", id, tid, version, body, email, by, at.UTC().Format(time.RFC3339Nano)), err
+	})
+	if err != nil {
+		t.Fatalf("read comments: %v", err)
+	}
+	slices.Sort(tickets)
+	slices.Sort(comments)
+	return tickets, comments
+}
+
+// replayAll replays every stream of the event store.
+func replayAll(t testing.TB, pool *pgxpool.Pool, store *eventstore.Store) map[uuid.UUID]*ticket.Ticket {
+	t.Helper()
+	ctx := context.Background()
+	rows, err := pool.Query(ctx, `SELECT DISTINCT stream_id FROM events`)
+	if err != nil {
+		t.Fatalf("streams: %v", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		t.Fatalf("streams: %v", err)
+	}
+	out := map[uuid.UUID]*ticket.Ticket{}
+	for _, id := range ids {
+		tk, err := store.LoadTicket(ctx, id, 0)
+		if err != nil {
+			t.Fatalf("replay %s: %v", id, err)
+		}
+		out[id] = tk
+	}
+	return out
+}
+
+// sameLines fails the test, naming the first differences, unless got equals want.
+func sameLines(t testing.TB, what string, got, want []string) {
+	t.Helper()
+	if slices.Equal(got, want) {
+		return
+	}
+	var diff []string
+	for _, g := range got {
+		if !slices.Contains(want, g) {
+			diff = append(diff, "  unexpected "+g)
+		}
+	}
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			diff = append(diff, "  missing    "+w)
+		}
+	}
+	if len(diff) > 10 {
+		diff = append(diff[:10], "  …")
+	}
+	t.Fatalf("%s: %d rows, want %d:\n%s", what, len(got), len(want), strings.Join(diff, "\n"))
+}
+
+// checkRedisDocs fails the test unless every ticket's Redis document is what GET
+// answers for its replayed state: its view, or a tombstone once deleted.
+func checkRedisDocs(t testing.TB, docs *projections.RedisDocs, tickets map[uuid.UUID]*ticket.Ticket) {
+	t.Helper()
+	for id, tk := range tickets {
+		doc, version, found, deleted := storedDoc(t, docs, id)
+		switch {
+		case !found:
+			t.Fatalf("ticket %s (v%d): no Redis document", id, tk.Version())
+		case tk.Deleted():
+			if !deleted || version != tk.Version() {
+				t.Fatalf("deleted ticket %s (v%d): Redis has v%d deleted=%t", id, tk.Version(), version, deleted)
+			}
+		default:
+			want := projections.ViewOf(tk.State())
+			if deleted || fmt.Sprintf("%+v", doc) != fmt.Sprintf("%+v", want) {
+				t.Fatalf("ticket %s: Redis document\n%+v\nwant\n%+v", id, doc, want)
+			}
+		}
+	}
+}
+
+// offsets returns a consumer group's position in the outbox.
+func offsets(t testing.TB, pool *pgxpool.Pool, group string) projections.OutboxPosition {
+	t.Helper()
+	var p projections.OutboxPosition
+	err := pool.QueryRow(context.Background(), `SELECT last_processed_transaction_id::text, offset_acked
+		FROM watermill_offsets_ticket_events WHERE consumer_group = $1`, group).Scan(&p.TransactionID, &p.Offset)
+	if err != nil {
+		t.Fatalf("offsets of %s: %v", group, err)
+	}
+	return p
+}
+
+func TestReadModelCreateMakesExactlyTheMigratedReadModel(t *testing.T) {
+	t.Parallel()
+	pool, _ := projectionDB(t)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `SELECT readmodel_create('readmodel_copy')`); err != nil {
+		t.Fatalf("readmodel_create: %v", err)
+	}
+	structure := func(schema string) []string {
+		t.Helper()
+		rows, err := pool.Query(ctx, `
+			SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type || ' null=' || is_nullable ||
+				' default=' || coalesce(column_default, '') || ' #' || ordinal_position
+			FROM information_schema.columns WHERE table_schema = $1
+			UNION ALL
+			SELECT 'index ' || indexname || ' ' || replace(indexdef, $1 || '.', '')
+			FROM pg_indexes WHERE schemaname = $1
+			UNION ALL
+			SELECT 'constraint ' || c.conrelid::regclass::text || ' ' || c.conname || ' ' || pg_get_constraintdef(c.oid)
+			FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = $1
+			UNION ALL
+			SELECT 'relation ' || c.relname || ' ' || c.relkind::text
+			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1`, schema)
+		if err != nil {
+			t.Fatalf("structure of %s: %v", schema, err)
+		}
+		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatalf("structure of %s: %v", schema, err)
+		}
+		for i := range lines {
+			lines[i] = strings.ReplaceAll(lines[i], schema+".", "")
+		}
+		slices.Sort(lines)
+		return lines
+	}
+	want := structure("readmodel")
+	if len(want) < 20 {
+		t.Fatalf("the migrated read model looks empty: %v", want)
+	}
+	sameLines(t, "readmodel_create vs migration", structure("readmodel_copy"), want)
+}
+
+func TestRebuildEqualsIncrementalProjection(t *testing.T) {
+	t.Parallel()
+	pool, store := projectionDB(t)
+	docs, _ := newDocs(t)
+	writeLoad(t, store, 400, 1)
+	runProjectors(t, pool, projections.Config{}, nil, pgProjector)
+	waitCaughtUp(t, pool, projections.PostgresGroup, 20*time.Second)
+	incTickets, incComments := readModel(t, pool, "readmodel")
+
+	res, err := projections.Rebuild(context.Background(), pool, projections.RebuildOptions{Redis: docs, BatchSize: 37})
+	if err != nil {
+		t.Fatalf("rebuild: %v", err)
+	}
+	tickets, comments := readModel(t, pool, "readmodel")
+	sameLines(t, "rebuilt tickets vs incremental", tickets, incTickets)
+	sameLines(t, "rebuilt comments vs incremental", comments, incComments)
+	replayed := replayAll(t, pool, store)
+	if int(res.Tickets) != len(replayed) {
+		t.Fatalf("rebuild folded %d tickets, the store has %d", res.Tickets, len(replayed))
+	}
+	checkRedisDocs(t, docs, replayed)
+	var events int64
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM events`).Scan(&events); err != nil {
+		t.Fatal(err)
+	}
+	if res.Events != events {
+		t.Fatalf("rebuild replayed %d events, the store has %d", res.Events, events)
+	}
+}
+
+func TestRebuildResumesProjectionRightAfterTheReplayedPoint(t *testing.T) {
+	t.Parallel()
+	pool, store := projectionDB(t)
+	docs, _ := newDocs(t)
+	writeLoad(t, store, 150, 2)
+	// No projector ran: the groups stand at the start (or have no row at all).
+	res, err := projections.Rebuild(context.Background(), pool, projections.RebuildOptions{Redis: docs})
+	if err != nil {
+		t.Fatalf("rebuild: %v", err)
+	}
+	var last projections.OutboxPosition
+	err = pool.QueryRow(context.Background(), `SELECT transaction_id::text, "offset" FROM watermill_ticket_events
+		ORDER BY transaction_id DESC, "offset" DESC LIMIT 1`).Scan(&last.TransactionID, &last.Offset)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Position != last {
+		t.Fatalf("rebuild resumes after %+v, want the last outbox row %+v", res.Position, last)
+	}
+	for _, g := range []string{projections.PostgresGroup, projections.RedisGroup} {
+		if got := offsets(t, pool, g); got != last {
+			t.Fatalf("%s stands at %+v, want %+v", g, got, last)
+		}
+	}
+
+	// A projector started now applies only what comes next, and applies all of it.
+	var seen sync.Map
+	counting := projections.Handler{Group: projections.PostgresGroup, Func: func(msg *message.Message) error {
+		seen.Store(msg.UUID, true)
+		return projections.Postgres{}.Handle(msg)
+	}}
+	runProjectors(t, pool, projections.Config{}, nil, counting)
+	writeLoad(t, store, 100, 3)
+	waitCaughtUp(t, pool, projections.PostgresGroup, 20*time.Second)
+	var after int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM watermill_ticket_events
+		WHERE (transaction_id, "offset") > ($1::xid8, $2)`, last.TransactionID, last.Offset).Scan(&after); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	seen.Range(func(any, any) bool { n++; return true })
+	if n != after {
+		t.Fatalf("projector handled %d events after the rebuild, want the %d written after it", n, after)
+	}
+	replayed := replayAll(t, pool, store)
+	tickets, comments := readModel(t, pool, "readmodel")
+	wantTickets, wantComments := expectedReadModel(replayed)
+	sameLines(t, "tickets", tickets, wantTickets)
+	sameLines(t, "comments", comments, wantComments)
+}
+
+// expectedReadModel is the read model's rows as the replayed tickets give them.
+func expectedReadModel(tickets map[uuid.UUID]*ticket.Ticket) (rows, comments []string) {
+	ts := func(at time.Time) string { return at.UTC().Format(time.RFC3339Nano) }
+	for _, tk := range tickets {
+		s := tk.State()
+		rows = append(rows, fmt.Sprintf("%s|%s|%s|%s|%s|%s|%s|v%d|c%d|%s|%s|deleted=%t", s.ID, s.Title, s.Description,
+			s.Email, s.CreatedBy, s.UpdatedBy, s.Status, s.Version, len(s.Comments), ts(s.CreatedAt), ts(s.UpdatedAt), s.Deleted))
+		for _, c := range s.Comments {
+			comments = append(comments, fmt.Sprintf("%s|%s|v%d|%s|%s|%s|%s", c.ID, s.ID, c.Version, c.Body, c.Email, c.CreatedBy, ts(c.CreatedAt)))
+		}
+	}
+	slices.Sort(rows)
+	slices.Sort(comments)
+	return rows, comments
+}
+
+func TestRebuildRestoresWipedRedisAndRunsTwice(t *testing.T) {
+	t.Parallel()
+	pool, store := projectionDB(t)
+	docs, _ := newDocs(t)
+	writeLoad(t, store, 200, 4)
+	ctx := context.Background()
+	if _, err := projections.Rebuild(ctx, pool, projections.RebuildOptions{Redis: docs}); err != nil {
+		t.Fatalf("first rebuild: %v", err)
+	}
+	first, firstComments := readModel(t, pool, "readmodel")
+	if err := docs.Wipe(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := projections.Rebuild(ctx, pool, projections.RebuildOptions{Redis: docs}); err != nil {
+		t.Fatalf("second rebuild: %v", err)
+	}
+	replayed := replayAll(t, pool, store)
+	checkRedisDocs(t, docs, replayed)
+	second, secondComments := readModel(t, pool, "readmodel")
+	sameLines(t, "tickets after the second rebuild", second, first)
+	sameLines(t, "comments after the second rebuild", secondComments, firstComments)
+	var schemas []string
+	rows, _ := pool.Query(ctx, `SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'readmodel%' ORDER BY 1`)
+	schemas, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || !slices.Equal(schemas, []string{"readmodel"}) {
+		t.Fatalf("schemas left after rebuilds: %v (%v), want only readmodel", schemas, err)
+	}
+}
+
+func TestSecondConcurrentRebuildIsRefused(t *testing.T) {
+	t.Parallel()
+	pool, _ := projectionDB(t)
+	ctx := context.Background()
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	// what a running rebuild holds
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(x'72656275696c64'::bigint)`); err != nil {
+		t.Fatal(err)
+	}
+	_, err = projections.Rebuild(ctx, pool, projections.RebuildOptions{})
+	if !errors.Is(err, ticket.ErrConflict) {
+		t.Fatalf("rebuild during another: %v, want ticket.ErrConflict", err)
+	}
+}
+
+// seedEvents stores n events (tickets of ten events each: opened, seven or eight
+// comments, a status change, every tenth ticket deleted at the end) through the store's AppendTx, so
+// events and outbox rows agree, many streams per transaction and several transactions
+// at once.
+func seedEvents(tb testing.TB, pool *pgxpool.Pool, store *eventstore.Store, n int) {
+	tb.Helper()
+	ctx := context.Background()
+	const perTicket, perTx, workers = 10, 200, 4
+	tickets := n / perTicket
+	start := time.Now().UTC().Truncate(time.Microsecond)
+	streams := make(chan int)
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for first := range streams {
+				err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+					for i := first; i < min(first+perTx, tickets); i++ {
+						id := uuid.Must(uuid.NewV7())
+						at := start.Add(time.Duration(i) * time.Millisecond)
+						tk := ticket.New(id)
+						if err := tk.Open(ticket.OpenTicket{Title: fmt.Sprintf("ticket %d", i), Description: "printer on fire",
+							Email: "user@example.com", CreatedBy: fmt.Sprintf("user%d", i%7)}, at); err != nil {
+							return err
+						}
+						for c := 1; c < perTicket; c++ {
+							now := at.Add(time.Duration(c) * time.Microsecond)
+							var err error
+							switch {
+							case c == 4:
+								err = tk.ChangeStatus(ticket.ChangeStatus{Status: "answered", UpdatedBy: "agent"}, now)
+							case c == perTicket-1 && i%10 == 0:
+								err = tk.Delete(ticket.DeleteTicket{DeletedBy: "admin"}, now)
+							default:
+								err = tk.AddComment(ticket.AddComment{ID: uuid.Must(uuid.NewV7()), Body: fmt.Sprintf("comment %d on ticket %d", c, i),
+									Email: "user@example.com", CreatedBy: "user"}, now)
+							}
+							if err != nil {
+								return err
+							}
+						}
+						if _, err := store.AppendTx(ctx, tx, 0, tk.Pending(), eventstore.Metadata{}); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	for first := 0; first < tickets; first += perTx {
+		select {
+		case streams <- first:
+		case err := <-errs:
+			tb.Fatalf("seed: %v", err)
+		}
+	}
+	close(streams)
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		tb.Fatalf("seed: %v", err)
+	}
+}
+
+// BenchmarkRebuild100k rebuilds the read models from 100,000 events (10,000 tickets)
+// and reports the throughput in events/s, for Postgres and Redis together and for
+// Postgres alone:
+//
+//	scripts/test-env.sh go test -run '^$' -bench Rebuild100k -benchtime 3x ./projections/
+func BenchmarkRebuild100k(b *testing.B) {
+	pool, store := projectionDB(b)
+	docs, _ := newDocs(b)
+	const n = 100_000
+	t0 := time.Now()
+	seedEvents(b, pool, store, n)
+	b.Logf("seeded %d events in %s", n, time.Since(t0).Round(time.Millisecond))
+	if _, err := pool.Exec(context.Background(), `VACUUM ANALYZE events`); err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range []struct {
+		name  string
+		redis *projections.RedisDocs
+	}{{"postgres+redis", docs}, {"postgres", nil}} {
+		b.Run(c.name, func(b *testing.B) {
+			var events int64
+			var took time.Duration
+			for b.Loop() {
+				res, err := projections.Rebuild(context.Background(), pool, projections.RebuildOptions{Redis: c.redis})
+				if err != nil {
+					b.Fatalf("rebuild: %v", err)
+				}
+				if res.Events != n {
+					b.Fatalf("rebuild replayed %d events, want %d", res.Events, n)
+				}
+				events += res.Events
+				took += res.Duration
+			}
+			b.ReportMetric(float64(events)/took.Seconds(), "events/s")
+		})
+	}
+}
