@@ -102,6 +102,7 @@ func New(cfg Config) *fiber.App {
 	v1.Delete("/:id", s.delete)
 	v1.Post("/:id/comments", s.addComment)
 	v1.Get("/:id/comments", s.listComments)
+	v1.Get("/:id/history", s.history)
 	return app
 }
 
@@ -240,6 +241,9 @@ func (s *Server) get(c *fiber.Ctx) error {
 	id, err := ticketID(c)
 	if err != nil {
 		return err
+	}
+	if wantsVersion(c) {
+		return s.getAtVersion(c, id)
 	}
 	v, err := s.cfg.Reader.Get(c.UserContext(), id)
 	if err != nil {

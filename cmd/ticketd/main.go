@@ -48,6 +48,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	fs := flag.NewFlagSet("ticketd", flag.ContinueOnError)
 	fs.SetOutput(stdout)
 	migrateOnly := fs.Bool("migrate", false, "apply the database migrations and exit")
+	historyOf := fs.String("history", "", "print the event history of the ticket with this id and exit (reads only)")
+	historyJSON := fs.Bool("json", false, "with -history: print JSON lines instead of a table")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
@@ -62,6 +64,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	cfg, err := loadConfig(getenv)
 	if err != nil {
 		return err
+	}
+	if *historyOf != "" || *historyJSON {
+		return printHistory(ctx, cfg, *historyOf, *historyJSON, stdout)
 	}
 	level, _ := cfg.SlogLevel()
 	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: level}))

@@ -1,0 +1,161 @@
+package httpapi
+
+import (
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/google/uuid"
+
+	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/ticket"
+)
+
+// The auditors' endpoints: a ticket's history and its state at a version. Both are
+// answered from the event store, never from a read model, and both work after the
+// ticket was deleted.
+
+// Page sizes of the history. Events are small and auditors read whole streams, so the
+// pages are larger than the list's.
+const (
+	DefaultHistoryLimit = 100
+	MaxHistoryLimit     = 1000
+)
+
+// HistoryEntry is one event as the history shows it, over HTTP and in `ticketd
+// -history -json` alike.
+type HistoryEntry struct {
+	Version  int             `json:"version"`
+	Type     string          `json:"type"`
+	Time     time.Time       `json:"time"`
+	Actor    string          `json:"actor"`
+	Metadata HistoryMetadata `json:"metadata,omitzero"`
+	// Data is the event's payload: TicketOpened {title, description, email,
+	// created_by}; CommentAdded the comment {id, body, email, created_by};
+	// StatusChanged {from, to, updated_by}; TicketDeleted {deleted_by}.
+	Data any `json:"data"`
+}
+
+// HistoryMetadata is what the event's request left on it; empty fields are omitted.
+type HistoryMetadata struct {
+	RequestID      string `json:"request_id,omitempty"`
+	CorrelationID  string `json:"correlation_id,omitempty"`
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
+}
+
+// HistoryComment is the data of a CommentAdded entry: the comment as the API shows it
+// (its time and version are the entry's).
+type HistoryComment struct {
+	ID        uuid.UUID `json:"id"`
+	Body      string    `json:"body"`
+	Email     string    `json:"email,omitempty"`
+	CreatedBy string    `json:"created_by"`
+}
+
+// NewHistoryEntry renders a stored event for the history.
+func NewHistoryEntry(r eventstore.Record) HistoryEntry {
+	e := HistoryEntry{
+		Version: r.Version, Type: r.Type(), Time: r.RecordedAt.UTC(), Actor: r.Actor,
+		Metadata: HistoryMetadata{
+			RequestID: r.Metadata.RequestID, CorrelationID: r.Metadata.CorrelationID,
+			IdempotencyKey: r.Metadata.IdempotencyKey,
+		},
+		Data: r.Data,
+	}
+	if c, ok := r.Data.(ticket.CommentAdded); ok {
+		e.Data = HistoryComment{ID: c.CommentID, Body: c.Body, Email: c.Email, CreatedBy: c.CreatedBy}
+	}
+	return e
+}
+
+// history answers GET /v1/ticket/{id}/history: the stream's events oldest first, a page
+// of `limit` (default 100, at most 1000) at a time, the next page in a Link header whose
+// signed cursor holds the last version shown. 404 for an id that never had an event.
+func (s *Server) history(c *fiber.Ctx) error {
+	id, err := ticketID(c)
+	if err != nil {
+		return err
+	}
+	limit := DefaultHistoryLimit
+	if raw := c.Query("limit"); raw != "" {
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 1 || n > MaxHistoryLimit {
+			return invalidQuery("limit", "must be a whole number from 1 to "+strconv.Itoa(MaxHistoryLimit))
+		}
+		limit = n
+	}
+	scope := "history:" + id.String()
+	after := 0
+	if raw := c.Query("cursor"); raw != "" {
+		cb, err := s.cursors.open(raw, scope)
+		if err != nil {
+			return err
+		}
+		after = cb.After
+	}
+	recs, more, err := s.cfg.Store.History(c.UserContext(), id, after, limit)
+	if err != nil {
+		return err
+	}
+	page := make([]HistoryEntry, len(recs))
+	for i, r := range recs {
+		page[i] = NewHistoryEntry(r)
+	}
+	if more {
+		q := url.Values{"limit": {strconv.Itoa(limit)}, "cursor": {s.cursors.sign(cursorBody{Scope: scope, After: recs[len(recs)-1].Version})}}
+		c.Set(fiber.HeaderLink, `</v1/ticket/`+id.String()+`/history?`+q.Encode()+`>; rel="next"`)
+	}
+	return c.JSON(page)
+}
+
+// wantsVersion reports whether a GET of a ticket asks for a past version (?version=,
+// even empty, which is then refused rather than ignored).
+func wantsVersion(c *fiber.Ctx) bool {
+	return c.Context().QueryArgs().Has("version")
+}
+
+// getAtVersion answers GET /v1/ticket/{id}?version=N: the ticket as it stood right after
+// event N, replayed from the event store, with ETag N. A version that is not a whole
+// number of at least 1, or lies beyond the stream's last event, is a 422 naming
+// `version` (the detail gives the last one); the version of the deletion is a 404 that
+// says so (there is no ticket to show then; earlier versions stay readable).
+func (s *Server) getAtVersion(c *fiber.Ctx, id uuid.UUID) error {
+	n, err := strconv.Atoi(c.Query("version"))
+	if err != nil || n < 1 {
+		return invalidQuery("version", "must be a whole number of at least 1 (the version of an event of this ticket)")
+	}
+	t, head, err := s.cfg.Store.TicketAt(c.UserContext(), id, n)
+	if err != nil {
+		return err
+	}
+	if n > head {
+		p := invalidQuery("version", "is beyond the ticket's last event; its history has versions 1 to "+strconv.Itoa(head))
+		p.CurrentVersion = head
+		return p
+	}
+	if t.Deleted() {
+		return problem(fiber.StatusNotFound, "ticket-deleted",
+			"the ticket was deleted at version "+strconv.Itoa(n)+"; version "+strconv.Itoa(n-1)+
+				" is its last state, and /v1/ticket/"+id.String()+"/history lists every event")
+	}
+	setETag(c, n)
+	if inm := c.Get(fiber.HeaderIfNoneMatch); inm != "" && etagListHas(inm, n) {
+		return c.SendStatus(fiber.StatusNotModified)
+	}
+	return c.JSON(projections.ViewOf(t.State()))
+}
+
+// etagListHas reports whether an If-None-Match value names version v ("*" names any).
+func etagListHas(header string, v int) bool {
+	want := strconv.Itoa(v)
+	for _, tag := range strings.Split(header, ",") {
+		tag = strings.TrimPrefix(strings.TrimSpace(tag), "W/")
+		if tag == "*" || strings.Trim(tag, `"`) == want {
+			return true
+		}
+	}
+	return false
+}
