@@ -2,12 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
-	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -15,85 +13,138 @@ import (
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 )
 
-// Projection lag sampling: while the POST load runs, lagSamplers goroutines each create
-// a ticket with a unique created_by, take the time of its 2xx, and poll until the
-// ticket shows in the list (?created_by=) and its document is in Redis.
+// Projection lag sampling: while the POST load runs, a prober writes a probe ticket
+// every probeEvery (created_by "lag-<run>", shared by all probes) and takes the time
+// of each 2xx; one poller reads the list filtered on that created_by every
+// listPollInterval and records, for each probe it sees for the first time, the time
+// since its 2xx; each probe's Redis document is polled directly every redisPollEvery.
+// Probes still unseen when the load ends are followed up to lagGiveUp: they were
+// written under the load.
 const (
-	lagSamplers      = 4
+	probeEvery       = 25 * time.Millisecond
 	listPollInterval = 5 * time.Millisecond
 	redisPollEvery   = time.Millisecond
-	lagGiveUp        = 10 * time.Second
+	lagGiveUp        = 15 * time.Second
 )
 
 // lagResult is what the lag scenario measured.
 type lagResult struct {
 	load        measured
 	list, redis measured
-	redisNA     string
+	probes      int
 	drainedIn   time.Duration
 	drainErr    error
 }
 
-// lagScenario runs the POST load and samples the projection lag under it, then checks
+// lagScenario runs the POST load, samples the projection lag under it, then checks
 // that the backlog drains once the load stops.
 func (b *bench) lagScenario(ctx context.Context) lagResult {
 	var res lagResult
 	var listC, redisC collector
-	var n atomic.Int64
-	loadCtx, stopSamplers := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	for range lagSamplers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for loadCtx.Err() == nil {
-				creator := "lag-" + b.runID + "-" + strconv.FormatInt(n.Add(1), 10)
-				b.sampleLag(loadCtx, creator, &listC, &redisC)
+	creator := "lag-" + b.runID
+	var mu sync.Mutex
+	pending := map[uuid.UUID]time.Time{} // probe -> its 2xx, until the list shows it
+	var probes, redisWG sync.WaitGroup
+
+	loadCtx, stopProbes := context.WithCancel(ctx)
+	probes.Add(1)
+	go func() { // the prober
+		defer probes.Done()
+		tick := time.NewTicker(probeEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case <-loadCtx.Done():
+				return
+			case <-tick.C:
 			}
-		}()
-	}
+			probes.Add(1)
+			go func() {
+				defer probes.Done()
+				id, err := b.createTicket(loadCtx, []byte(`{"title":"lag probe","email":"probe@example.com","created_by":"`+creator+`"}`))
+				if err != nil {
+					return // the load run counts errors; a failed probe measures nothing
+				}
+				acked := time.Now()
+				mu.Lock()
+				pending[id] = acked
+				res.probes++
+				mu.Unlock()
+				if b.redisKey != nil {
+					redisWG.Add(1)
+					go func() {
+						defer redisWG.Done()
+						redisC.add(b.pollRedis(ctx, id, acked))
+					}()
+				}
+			}()
+		}
+	}()
+	probesDone, polled := make(chan struct{}), make(chan struct{})
+	go func() { // the list poller
+		defer close(polled)
+		b.pollProbes(ctx, probesDone, creator, &mu, pending, &listC)
+	}()
+
 	res.load = b.attack(ctx, "lag", b.o.conns, b.o.duration, b.createTarget())
-	stopSamplers()
-	wg.Wait()
+	// The drain is timed from the end of the load: a marker written now shows in the
+	// list once the projector has worked off everything written before it.
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		res.drainedIn, res.drainErr = b.waitDrained(ctx, 30*time.Second)
+	}()
+	stopProbes()
+	probes.Wait()
+	close(probesDone)
+	<-polled
+	redisWG.Wait()
+	<-drained
 	res.list, res.redis = listC.close(), redisC.close()
-	if b.redisKey == nil {
-		res.redisNA = b.redisNA
-	}
-	res.drainedIn, res.drainErr = b.waitDrained(ctx, 30*time.Second)
 	return res
 }
 
-// sampleLag creates one ticket and measures how long after its 2xx it shows in the
-// list and in Redis.
-func (b *bench) sampleLag(ctx context.Context, creator string, listC, redisC *collector) {
-	body := []byte(`{"title":"lag probe","email":"probe@example.com","created_by":"` + creator + `"}`)
-	id, err := b.createTicket(ctx, body)
-	if err != nil {
-		return // the load run counts errors; a probe that could not write measures nothing
+// pollProbes reads the probes' list page every listPollInterval and records each newly
+// visible probe's lag, until probesDone is closed and every pending probe was seen (or
+// waited for lagGiveUp after its 2xx).
+func (b *bench) pollProbes(ctx context.Context, probesDone <-chan struct{}, creator string, mu *sync.Mutex, pending map[uuid.UUID]time.Time, c *collector) {
+	u := b.base + "/v1/ticket/?limit=100&created_by=" + creator
+	for {
+		code, body, err := b.get(ctx, u)
+		now := time.Now()
+		var page []struct {
+			ID uuid.UUID `json:"id"`
+		}
+		if err == nil && code == http.StatusOK {
+			_ = json.Unmarshal(body, &page)
+		}
+		mu.Lock()
+		for _, p := range page {
+			if acked, ok := pending[p.ID]; ok {
+				c.add(&vegeta.Result{Timestamp: acked, Latency: now.Sub(acked), Code: http.StatusOK})
+				delete(pending, p.ID)
+			}
+		}
+		for id, acked := range pending {
+			if now.Sub(acked) > lagGiveUp {
+				c.add(&vegeta.Result{Timestamp: acked, Latency: now.Sub(acked), Error: "not in the list after " + lagGiveUp.String()})
+				delete(pending, id)
+			}
+		}
+		left := len(pending)
+		mu.Unlock()
+		select {
+		case <-probesDone:
+			if left == 0 {
+				return
+			}
+		default:
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		time.Sleep(listPollInterval)
 	}
-	acked := time.Now()
-	var wg sync.WaitGroup
-	if b.redisKey != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			redisC.add(b.pollRedis(ctx, id, acked))
-		}()
-	}
-	seen, err := b.pollList(ctx, creator, lagGiveUp, listPollInterval)
-	r := &vegeta.Result{Timestamp: acked, Latency: time.Since(acked), Code: http.StatusOK}
-	switch {
-	case errors.Is(err, context.Canceled):
-		// the load ended while this probe waited: measured by the drain check instead
-		wg.Wait()
-		return
-	case err != nil:
-		r.Code, r.Error = 0, err.Error()
-	case !seen:
-		r.Code, r.Error = 0, fmt.Sprintf("not in the list after %v", lagGiveUp)
-	}
-	listC.add(r)
-	wg.Wait()
 }
 
 // pollRedis polls the ticket's Redis document until it exists.

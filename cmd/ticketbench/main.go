@@ -18,6 +18,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -48,6 +49,7 @@ type options struct {
 	pgConns       int
 	timeout       time.Duration
 	seedTimeout   time.Duration
+	rebuildLimit  time.Duration
 	outDir        string
 	ticketdBin    string
 	logLevel      string
@@ -55,7 +57,7 @@ type options struct {
 	// baselineInProcess runs the Fiber + Redis baseline inside the bench process.
 	baselineInProcess bool
 	only              map[string]bool
-	pprofScenario     string
+	pprofScenarios    map[string]bool
 	pprofURL          string
 	pprofDir          string
 }
@@ -90,13 +92,14 @@ func parseOptions(args []string, stdout io.Writer) (options, error) {
 	fs.IntVar(&o.pgConns, "pg-conns", 16, "PG_MAX_CONNS for ticketd and the pool size of the pgx baselines")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "per-request timeout of the load generator")
 	fs.DurationVar(&o.seedTimeout, "seed-timeout", 90*time.Second, "bound on seeding")
+	fs.DurationVar(&o.rebuildLimit, "rebuild-timeout", 60*time.Second, "bound on ticketd -rebuild-projections (killed after it)")
 	fs.StringVar(&o.outDir, "out", "bench", "directory for results-<time>.json, latest.json and README-table.md (empty: none)")
 	fs.StringVar(&o.ticketdBin, "ticketd-bin", "", "use this ticketd binary instead of building ./cmd/ticketd")
 	fs.StringVar(&o.logLevel, "log-level", "info", "LOG_LEVEL of the started ticketd")
 	fs.BoolVar(&o.baselineInProcess, "baseline-in-process", false, "serve the Fiber + Redis baseline from the bench process instead of a process of its own")
 	fs.BoolVar(&o.keep, "keep", false, "keep the bench database and Redis keys at the end")
 	only := fs.String("only", "", "comma-separated scenarios to run (default all): "+strings.Join(scenarioNames, ","))
-	fs.StringVar(&o.pprofScenario, "pprof", "", "take a CPU profile of ticketd during this scenario")
+	pprof := fs.String("pprof", "", "comma-separated scenarios during which to take a CPU profile of ticketd")
 	fs.StringVar(&o.pprofURL, "pprof-url", "", "base URL of ticketd's net/http/pprof (default: PPROF_ADDR given to the started ticketd)")
 	fs.StringVar(&o.pprofDir, "pprof-dir", os.TempDir(), "directory for CPU profiles")
 	fs.Usage = func() {
@@ -126,37 +129,34 @@ func parseOptions(args []string, stdout io.Writer) (options, error) {
 	if o.pgConns < 2 {
 		errs = append(errs, errors.New("-pg-conns must be at least 2"))
 	}
-	if *only != "" {
-		o.only = map[string]bool{}
-		known := map[string]bool{}
-		for _, n := range scenarioNames {
-			known[n] = true
-		}
-		for _, n := range strings.Split(*only, ",") {
-			n = strings.TrimSpace(n)
-			if !known[n] {
-				errs = append(errs, fmt.Errorf("-only: unknown scenario %q (known: %s)", n, strings.Join(scenarioNames, ",")))
-			}
-			o.only[n] = true
-		}
+	var err error
+	if o.only, err = scenarioSet("-only", *only); err != nil {
+		errs = append(errs, err)
 	}
-	if o.pprofScenario != "" && !contains(scenarioNames, o.pprofScenario) {
-		errs = append(errs, fmt.Errorf("-pprof: unknown scenario %q", o.pprofScenario))
+	if o.pprofScenarios, err = scenarioSet("-pprof", *pprof); err != nil {
+		errs = append(errs, err)
 	}
 	return o, errors.Join(errs...)
 }
 
+// scenarioSet parses a comma-separated list of scenario names; empty gives nil.
+func scenarioSet(flagName, list string) (map[string]bool, error) {
+	if list == "" {
+		return nil, nil
+	}
+	set := map[string]bool{}
+	for _, n := range strings.Split(list, ",") {
+		n = strings.TrimSpace(n)
+		if !slices.Contains(scenarioNames, n) {
+			return nil, fmt.Errorf("%s: unknown scenario %q (known: %s)", flagName, n, strings.Join(scenarioNames, ","))
+		}
+		set[n] = true
+	}
+	return set, nil
+}
+
 // runs reports whether scenario name is selected.
 func (o options) runs(name string) bool { return o.only == nil || o.only[name] }
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
 
 // run parses the flags, runs the benchmark and writes the report.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {

@@ -12,13 +12,12 @@ import (
 )
 
 // maybeProfile takes a CPU profile of ticketd during the load run named name when
-// -pprof selects it (the scenario itself or one of its parts: -pprof comment covers
-// comment-fresh and comment-long). ticketd must serve net/http/pprof at -pprof-url, or
+// -pprof selects its scenario (-pprof comment covers comment-fresh and comment-long). ticketd must serve net/http/pprof at -pprof-url, or
 // at PPROF_ADDR, which the bench sets for a ticketd it starts; a ticketd that does not
 // serve it yields a note instead of a profile. The returned func waits for the profile.
 func (b *bench) maybeProfile(ctx context.Context, name string, d time.Duration) func() {
-	s := b.o.pprofScenario
-	if s == "" || b.pprofURL == "" || (name != s && !strings.HasPrefix(name, s+"-")) {
+	scenario, _, _ := strings.Cut(name, "-") // comment-long is part of comment
+	if b.pprofURL == "" || !b.o.pprofScenarios[scenario] || strings.HasPrefix(name, "baseline-") {
 		return func() {}
 	}
 	secs := max(1, int(d.Seconds())-1)

@@ -89,9 +89,11 @@ func (b *bench) runRebuild(ctx context.Context) error {
 // rebuild runs `ticketd -rebuild-projections` and returns its output, wall time and
 // peak RSS in kB.
 func (b *bench) rebuild(ctx context.Context) (string, time.Duration, int64, error) {
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, b.o.rebuildLimit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, b.bin, "-rebuild-projections")
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 10 * time.Second
 	cmd.Env = ticketdEnv(b.env)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -105,6 +107,10 @@ func (b *bench) rebuild(ctx context.Context) (string, time.Duration, int64, erro
 		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 			maxRSS = ru.Maxrss
 		}
+	}
+	if ctx.Err() != nil {
+		return out.String(), wall, maxRSS, fmt.Errorf("ticketd -rebuild-projections did not finish within -rebuild-timeout %v (so < %.0f events/s); last lines: %s",
+			b.o.rebuildLimit, float64(b.o.rebuildEvents)/b.o.rebuildLimit.Seconds(), lastLines(out.String(), 2))
 	}
 	if err != nil {
 		return out.String(), wall, maxRSS, fmt.Errorf("ticketd -rebuild-projections: %v; last lines: %s", err, lastLines(out.String(), 3))

@@ -1,0 +1,52 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+)
+
+// readyTimeout bounds each dependency check of /readyz.
+const readyTimeout = 2 * time.Second
+
+// ready answers /readyz: 200 when Postgres answers, else a 503 problem. Redis is
+// reported (ok or unavailable, cluster or single) but does not decide readiness: every
+// read falls back to Postgres without it.
+func (s *Server) ready(c *fiber.Ctx) error {
+	ctx, cancel := context.WithTimeout(c.UserContext(), readyTimeout)
+	defer cancel()
+	pg := "ok"
+	if s.cfg.Postgres != nil {
+		if err := s.cfg.Postgres(ctx); err != nil {
+			pg = "unavailable"
+		}
+	}
+	rd, mode := "not configured", "none"
+	if s.cfg.Redis != nil {
+		rd, mode = "ok", s.cfg.RedisMode
+		if mode == "" {
+			mode = "single"
+		}
+		rctx, rcancel := context.WithTimeout(c.UserContext(), readyTimeout)
+		defer rcancel()
+		if err := s.cfg.Redis(rctx); err != nil {
+			rd = "unavailable"
+		}
+	}
+	if pg == "ok" {
+		return c.JSON(fiber.Map{"status": "ok", "postgres": pg, "redis": rd, "redis_mode": mode})
+	}
+	p := problem(fiber.StatusServiceUnavailable, "not-ready", "postgres: unavailable")
+	p.Instance = c.Path()
+	body, _ := json.Marshal(struct {
+		*Problem
+		Postgres  string `json:"postgres"`
+		Redis     string `json:"redis"`
+		RedisMode string `json:"redis_mode"`
+	}{p, pg, rd, mode})
+	c.Set(fiber.HeaderContentType, "application/problem+json")
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.Status(fiber.StatusServiceUnavailable).Send(body)
+}
