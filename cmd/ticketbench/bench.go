@@ -335,7 +335,7 @@ func (b *bench) quiesce(ctx context.Context) {
 // settle waits for the read model between scenarios, so one scenario's backlog does
 // not load the next.
 func (b *bench) settle(ctx context.Context, after string) {
-	d, err := b.waitDrained(ctx, time.Minute)
+	d, err := b.waitDrained(ctx, 20*time.Second)
 	if err != nil {
 		b.logf("after %s: %v", after, err)
 		b.report.Notes = append(b.report.Notes, "after "+after+": "+err.Error())

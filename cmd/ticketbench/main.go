@@ -177,5 +177,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return err
 	}
 	b.report.TotalSeconds = time.Since(started).Seconds()
+	b.report.Machine.LoadEnd = loadAvg()
 	return b.writeReport(stdout)
 }

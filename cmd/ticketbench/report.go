@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -152,6 +153,10 @@ type Machine struct {
 	Kernel   string `json:"kernel"`
 	Go       string `json:"go"`
 	Postgres string `json:"postgres"`
+	// LoadStart and LoadEnd are /proc/loadavg at the start and the end of the run: on a
+	// shared machine they say how much else was running.
+	LoadStart string `json:"loadavg_start"`
+	LoadEnd   string `json:"loadavg_end"`
 }
 
 // Report is the JSON written by a run.
@@ -253,7 +258,8 @@ func (rep Report) printTable(w io.Writer) {
 		fmt.Fprintf(w, "  %s\n", n)
 	}
 	m := rep.Machine
-	fmt.Fprintf(w, "\nMachine: %s, %d cores, %d MB; %s; %s; Postgres %s\n", m.CPU, m.Cores, m.MemoryMB, m.Kernel, m.Go, m.Postgres)
+	fmt.Fprintf(w, "\nMachine: %s, %d cores, %d MB; %s; %s; Postgres %s; load average %s at the start, %s at the end\n",
+		m.CPU, m.Cores, m.MemoryMB, m.Kernel, m.Go, m.Postgres, m.LoadStart, m.LoadEnd)
 }
 
 // markdown is the table as a Markdown table, for the README.
@@ -290,8 +296,8 @@ func (rep Report) markdown() string {
 		fmt.Fprintf(&sb, "| %s | %.0f/s | %.0f/s | %.1fx | %s |\n", t.Endpoint, t.Original, t.Ticketd, t.Factor, met)
 	}
 	m := rep.Machine
-	fmt.Fprintf(&sb, "\nMachine: %s, %d cores, %d MB RAM, %s, %s, Postgres %s. `make bench` took %.0fs.\n",
-		m.CPU, m.Cores, m.MemoryMB, m.Kernel, m.Go, m.Postgres, rep.TotalSeconds)
+	fmt.Fprintf(&sb, "\nMachine: %s, %d cores, %d MB RAM, %s, %s, Postgres %s; load average %s at the start, %s at the end. ticketbench ran %.0fs (plus the build).\n",
+		m.CPU, m.Cores, m.MemoryMB, m.Kernel, m.Go, m.Postgres, m.LoadStart, m.LoadEnd, rep.TotalSeconds)
 	return sb.String()
 }
 
@@ -306,11 +312,14 @@ func (b *bench) writeReport(w io.Writer) error {
 	if err := os.MkdirAll(b.o.outDir, 0o755); err != nil {
 		return err
 	}
-	js, err := json.MarshalIndent(b.report, "", "  ")
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(b.report); err != nil {
 		return err
 	}
-	js = append(js, '\n')
+	js := buf.Bytes()
 	path := filepath.Join(b.o.outDir, "results-"+b.runID+".json")
 	for _, p := range []string{path, filepath.Join(b.o.outDir, "latest.json")} {
 		if err := os.WriteFile(p, js, 0o644); err != nil {
@@ -345,7 +354,21 @@ func machine(ctx context.Context, pool *pgxpool.Pool) Machine {
 		m.Kernel = "Linux " + strings.TrimSpace(string(b))
 	}
 	_ = pool.QueryRow(ctx, `SHOW server_version`).Scan(&m.Postgres)
+	m.LoadStart = loadAvg()
 	return m
+}
+
+// loadAvg returns the 1, 5 and 15 minute load averages.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func procMemTotalKB() (int64, error) {
