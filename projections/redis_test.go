@@ -609,14 +609,14 @@ func (f *rdFault) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Proc
 	}
 }
 
-// faultyDocs returns RedisDocs (timeout 100ms) on a client of its own with a fault
-// injector, under a fresh prefix wiped at the end.
-func faultyDocs(t testing.TB) (*projections.RedisDocs, *rdFault) {
+// faultyDocs returns RedisDocs (each call bounded by timeout) on a client of its own
+// with a fault injector, under a fresh prefix wiped at the end.
+func faultyDocs(t testing.TB, timeout time.Duration) (*projections.RedisDocs, *rdFault) {
 	t.Helper()
 	rdb := testRedis(t)
 	f := &rdFault{}
 	rdb.AddHook(f)
-	docs := projections.NewRedisDocs(rdb, testPrefix(t), 100*time.Millisecond)
+	docs := projections.NewRedisDocs(rdb, testPrefix(t), timeout)
 	t.Cleanup(func() {
 		f.set("")
 		if err := docs.Wipe(context.Background()); err != nil {
@@ -638,7 +638,7 @@ func rdBacklog(t testing.TB, pool *pgxpool.Pool) int {
 func TestRedisProjectorQueuesTicketsWhileRedisHangsAndTheRepairerCatchesUp(t *testing.T) {
 	t.Parallel()
 	pool, store := rdDB(t)
-	docs, fault := faultyDocs(t)
+	docs, fault := faultyDocs(t, 100*time.Millisecond)
 	p := &projections.RedisProjector{Docs: docs, Events: store}
 	rdRunRouter(t, pool,
 		projections.Handler{Group: projections.PostgresGroup, Func: projections.Postgres{}.Handle},
@@ -700,7 +700,8 @@ func TestRedisProjectorQueuesTicketsWhileRedisHangsAndTheRepairerCatchesUp(t *te
 func TestRedisRepairerKeepsATicketQueuedAgainDuringItsRepair(t *testing.T) {
 	t.Parallel()
 	pool, store := rdDB(t)
-	docs, fault := faultyDocs(t)
+	// the injected step writes to Postgres inside the Redis call: a generous timeout
+	docs, fault := faultyDocs(t, 10*time.Second)
 	ctx := context.Background()
 	id, _ := rdDo(t, store, uuid.Nil, rdOpen("ann"))
 	if err := projections.EnqueueRedisRepair(ctx, pool, id); err != nil {
@@ -742,7 +743,7 @@ func TestRedisRepairerKeepsATicketQueuedAgainDuringItsRepair(t *testing.T) {
 func TestReaderNeverServesAnOlderStateThanItAcknowledged(t *testing.T) {
 	t.Parallel()
 	pool, store := rdDB(t)
-	docs, fault := faultyDocs(t)
+	docs, fault := faultyDocs(t, 2*time.Second)
 	ctx := context.Background()
 	// No projector runs: the Postgres read model stays empty, so reads that skip Redis
 	// come from the event store, and only the write-through and refills fill Redis.
@@ -799,7 +800,7 @@ func TestReaderNeverServesAnOlderStateThanItAcknowledged(t *testing.T) {
 func TestReaderAnswersWithinItsTimeoutWhileRedisHangs(t *testing.T) {
 	t.Parallel()
 	pool, store := rdDB(t)
-	docs, fault := faultyDocs(t)
+	docs, fault := faultyDocs(t, 100*time.Millisecond)
 	ctx := context.Background()
 	reader := projections.NewReader(docs, projections.NewReadModel(pool, store), pool, nil)
 	id, res := rdDo(t, store, uuid.Nil, rdOpen("ann"))
@@ -814,8 +815,9 @@ func TestReaderAnswersWithinItsTimeoutWhileRedisHangs(t *testing.T) {
 		}
 		slowest = max(slowest, time.Since(start))
 	}
-	// 100ms Redis timeout plus a Postgres read; the breaker makes most reads skip Redis.
-	if slowest > time.Second {
+	// 100ms Redis timeout plus a Postgres read (the breaker makes most reads skip Redis);
+	// 3 s is what the API promises while Redis is down.
+	if slowest > 3*time.Second {
 		t.Fatalf("slowest GET took %s while Redis hung", slowest)
 	}
 	if docs.Up() {

@@ -12,6 +12,7 @@ import (
 	"github.com/caarlos0/env/v11"
 
 	"github.com/ticketd/ticketd/db"
+	"github.com/ticketd/ticketd/projections"
 )
 
 // Config is ticketd's configuration, read from the environment. Every variable is
@@ -38,6 +39,9 @@ type Config struct {
 	PGMaxConns int32 `env:"PG_MAX_CONNS" envDefault:"32"`
 	// ShutdownTimeout bounds the drain of in-flight requests on SIGTERM.
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"15s"`
+	// RedisPrefix starts every key of the Redis read model ("<prefix>:{<id>}:doc"), so
+	// several deployments (or tests) can share one Redis Cluster.
+	RedisPrefix string `env:"REDIS_PREFIX" envDefault:"ticketd"`
 }
 
 // loadConfig reads the configuration through getenv and validates it.
@@ -75,6 +79,9 @@ func (c Config) Validate() error {
 	}
 	if c.RedisTimeout <= 0 {
 		errs = append(errs, errors.New("REDIS_TIMEOUT must be positive"))
+	}
+	if err := projections.ValidRedisPrefix(c.RedisPrefix); err != nil {
+		errs = append(errs, fmt.Errorf("REDIS_PREFIX: %w", err))
 	}
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 		errs = append(errs, fmt.Errorf("HTTP_ADDR %q must be [host]:port", c.HTTPAddr))

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/ticketd/ticketd/db/dbtest"
 )
 
@@ -55,6 +57,8 @@ func startServer(t testing.TB, env map[string]string) *testServer {
 		"LOG_LEVEL":    "warn",
 		// many test servers share one Postgres (max_connections 100): small pools
 		"PG_MAX_CONNS": "6",
+		// each server its own Redis keys, so parallel tests never see each other's documents
+		"REDIS_PREFIX": "test-" + strings.ReplaceAll(uuid.NewString(), "-", ""),
 	}
 	for k, v := range env {
 		full[k] = v

@@ -97,13 +97,21 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 
 	store := eventstore.New(pool)
 	reads := projections.NewReadModel(pool, store)
+	// The Redis read model: documents, the reader that serves GET from them (falling
+	// back to Postgres), its projector, and the repairer of documents Redis missed.
+	docs := projections.NewRedisDocs(rdb, cfg.RedisPrefix, cfg.RedisTimeout)
+	reader := projections.NewReader(docs, reads, pool, log)
+	redisProj := &projections.RedisProjector{Docs: docs, Events: store, Log: log}
+	repairer := &projections.RedisRepairer{Pool: pool, Events: store, Docs: docs, Log: log, Reader: reader}
 	router, err := projections.NewRouter(pool, projections.Config{}, log,
-		projections.Handler{Group: projections.PostgresGroup, Func: projections.Postgres{}.Handle})
+		projections.Handler{Group: projections.PostgresGroup, Func: projections.Postgres{}.Handle},
+		projections.Handler{Group: projections.RedisGroup, Func: redisProj.Handle})
 	if err != nil {
 		return err
 	}
 	app := httpapi.New(httpapi.Config{
-		Store: store, Reader: reads, Log: log,
+		Store: store, Reader: reader, Log: log,
+		OnCommitted:    reader.Committed,
 		CursorKey:      []byte(cfg.CursorSecret),
 		BodyLimit:      cfg.BodyLimit,
 		RequestTimeout: cfg.RequestTimeout,
@@ -115,6 +123,8 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	defer stopProj()
 	projDone := make(chan error, 1)
 	go func() { projDone <- projections.Run(projCtx, router) }()
+	repairDone := make(chan error, 1)
+	go func() { repairDone <- repairer.Run(projCtx) }()
 
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- app.Listen(cfg.HTTPAddr) }()
@@ -137,6 +147,11 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	case <-projDone:
 	case <-time.After(cfg.ShutdownTimeout):
 		log.Warn("projectors did not stop in time")
+	}
+	select {
+	case <-repairDone:
+	case <-time.After(cfg.ShutdownTimeout):
+		log.Warn("redis repairer did not stop in time")
 	}
 	log.Info("stopped")
 	return runErr
