@@ -57,6 +57,11 @@ type Config struct {
 	// Postgres and Redis are checked by /readyz; Redis is reported, not required.
 	Postgres Checker
 	Redis    Checker
+	// RedisMode is "cluster" or "single", reported by /readyz.
+	RedisMode string
+	// Metrics receives the HTTP metrics and is served at /metrics; nil: a fresh
+	// NewRegistry.
+	Metrics Registry
 }
 
 // Page sizes of the list and comment endpoints.
@@ -69,6 +74,7 @@ const (
 type Server struct {
 	cfg     Config
 	cursors cursors
+	metrics *httpMetrics
 }
 
 // New returns the Fiber app serving the whole API.
@@ -86,7 +92,10 @@ func New(cfg Config) *fiber.App {
 		cfg.CursorKey = make([]byte, 32)
 		_, _ = rand.Read(cfg.CursorKey)
 	}
-	s := &Server{cfg: cfg, cursors: cursors{key: cfg.CursorKey}}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewRegistry()
+	}
+	s := &Server{cfg: cfg, cursors: cursors{key: cfg.CursorKey}, metrics: newHTTPMetrics(cfg.Metrics)}
 	app := fiber.New(fiber.Config{
 		AppName:               "ticketd",
 		BodyLimit:             cfg.BodyLimit,
@@ -98,8 +107,11 @@ func New(cfg Config) *fiber.App {
 		IdleTimeout:           120 * time.Second,
 	})
 	app.Use(s.requestContext)
+	app.Use(s.observe)
 	app.Get("/healthz", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"status": "ok"}) })
 	app.Get("/readyz", s.ready)
+	app.Get("/metrics", metricsHandler(cfg.Metrics))
+	registerDocs(app)
 
 	v1 := app.Group("/v1/ticket")
 	v1.Get("/", s.list)
@@ -153,25 +165,6 @@ func RequestID(ctx context.Context) string {
 
 func (s *Server) metadata(c *fiber.Ctx) eventstore.Metadata {
 	return eventstore.Metadata{RequestID: RequestID(c.UserContext()), CorrelationID: c.Get("X-Correlation-ID")}
-}
-
-func (s *Server) ready(c *fiber.Ctx) error {
-	ctx, cancel := context.WithTimeout(c.UserContext(), 2*time.Second)
-	defer cancel()
-	body := fiber.Map{"postgres": "ok", "redis": "ok"}
-	status := fiber.StatusOK
-	if s.cfg.Postgres != nil {
-		if err := s.cfg.Postgres(ctx); err != nil {
-			body["postgres"] = "unavailable"
-			status = fiber.StatusServiceUnavailable
-		}
-	}
-	if s.cfg.Redis == nil {
-		body["redis"] = "not configured"
-	} else if err := s.cfg.Redis(ctx); err != nil {
-		body["redis"] = "unavailable"
-	}
-	return c.Status(status).JSON(body)
 }
 
 // committed runs the OnCommitted hook for a command that appended events.
