@@ -335,7 +335,7 @@ func (b *bench) quiesce(ctx context.Context) {
 // settle waits for the read model between scenarios, so one scenario's backlog does
 // not load the next.
 func (b *bench) settle(ctx context.Context, after string) {
-	d, err := b.waitDrained(ctx, 20*time.Second)
+	d, err := b.waitDrained(ctx, 15*time.Second)
 	if err != nil {
 		b.logf("after %s: %v", after, err)
 		b.report.Notes = append(b.report.Notes, "after "+after+": "+err.Error())
@@ -527,6 +527,9 @@ func (b *bench) rssRow() {
 }
 
 func (b *bench) add(r Row) {
+	if r.Errors > 0 && r.Key != "overload" && r.Key != "rebuild" {
+		r.Note = strings.TrimPrefix(r.Note+fmt.Sprintf("; errors: status codes %v, %v", r.StatusCodes, r.ErrorSamples), "; ")
+	}
 	b.report.Rows = append(b.report.Rows, r)
 	b.logf("%s", r.short())
 }

@@ -82,7 +82,7 @@ func parseOptions(args []string, stdout io.Writer) (options, error) {
 	fs := flag.NewFlagSet("ticketbench", flag.ContinueOnError)
 	fs.SetOutput(stdout)
 	fs.StringVar(&o.url, "url", "", "target a running ticketd at this base URL instead of starting one")
-	fs.DurationVar(&o.duration, "duration", 8*time.Second, "how long each scenario runs")
+	fs.DurationVar(&o.duration, "duration", 6*time.Second, "how long each scenario runs")
 	fs.IntVar(&o.conns, "c", 64, "connections (concurrent requests) per scenario")
 	fs.IntVar(&o.overloadConns, "overload-c", 256, "connections of the overload scenario")
 	fs.IntVar(&o.tickets, "tickets", 10000, "tickets to seed")

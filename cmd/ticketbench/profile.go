@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -24,7 +26,16 @@ func (b *bench) maybeProfile(ctx context.Context, name string, d time.Duration) 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		path, err := fetchProfile(ctx, b.pprofURL, secs, filepath.Join(b.o.pprofDir, "ticketd-"+name+"-"+b.runID+".pprof"))
+		var path string
+		var err error
+		// A process that is just starting (the rebuild) may not listen yet: retry briefly.
+		for try := 0; try < 20; try++ {
+			path, err = fetchProfile(ctx, b.pprofURL, secs, filepath.Join(b.o.pprofDir, "ticketd-"+name+"-"+b.runID+".pprof"))
+			if err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 		if err != nil {
 			msg := fmt.Sprintf("pprof of %s: %v (ticketd needs to serve net/http/pprof on PPROF_ADDR)", name, err)
 			b.logf("%s", msg)

@@ -98,8 +98,13 @@ func (b *bench) rebuild(ctx context.Context) (string, time.Duration, int64, erro
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	t0 := time.Now()
-	err := cmd.Run()
+	if err := cmd.Start(); err != nil {
+		return "", 0, 0, fmt.Errorf("start ticketd -rebuild-projections: %w", err)
+	}
+	stopProfile := b.maybeProfile(ctx, "rebuild", 11*time.Second)
+	err := cmd.Wait()
 	wall := time.Since(t0)
+	stopProfile()
 	logPath := filepath.Join(b.tmp, "rebuild.log")
 	_ = os.WriteFile(logPath, out.Bytes(), 0o644)
 	var maxRSS int64
