@@ -456,6 +456,21 @@ func TestDisruptiveRedisOutageKeepsTheAPIAnswering(t *testing.T) {
 				return slices.ContainsFunc(listAll(t, s), func(e string) bool { return strings.Contains(e, created.ID) })
 			})
 		})
+		// Keep writing and reading for a few seconds more: longer than the cluster's
+		// node timeout, so the nodes come back through their failure detection.
+		var slowest time.Duration
+		n := 0
+		for time.Since(stopped) < 4*time.Second {
+			start := time.Now()
+			d := createTicket(t, s, sourceTicket)
+			s.do(t, "POST", "/v1/ticket/"+d.ID+"/comments", map[string]any{"body": "during the outage", "created_by": "u"}).expect(t, 201)
+			if got := getTicket(t, s, d.ID); got.Version != 2 {
+				t.Fatalf("GET during the outage answered v%d, want 2", got.Version)
+			}
+			slowest = max(slowest, time.Since(start))
+			n++
+		}
+		t.Logf("%d create+comment+GET rounds during the outage, slowest %s", n, slowest.Round(time.Millisecond))
 	}()
 	t.Logf("Redis was stopped for %s", time.Since(stopped).Round(time.Millisecond))
 
