@@ -579,4 +579,14 @@ func TestKilledServerLosesNoAcknowledgedWrite(t *testing.T) {
 	took := m.converge(t, s, 10*time.Second)
 	t.Logf("%d writes acknowledged before SIGKILL; after restart all present, and list and Redis equal the replay %s later",
 		len(acks), took.Round(time.Millisecond))
+
+	// What the projectors built after the crash is what a rebuild builds.
+	want := m.replay(t)
+	res, err := projections.Rebuild(context.Background(), m.pool, projections.RebuildOptions{Redis: m.docs})
+	if err != nil {
+		t.Fatalf("rebuild: %v", err)
+	}
+	if wrong := m.divergence(t, s, want); wrong != "" {
+		t.Fatalf("after a rebuild of %d events the read models differ from what the projectors built: %s", res.Events, wrong)
+	}
 }
