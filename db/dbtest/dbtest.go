@@ -72,7 +72,7 @@ func template(ctx context.Context) (string, error) {
 // returns its DSN.
 func NewDatabase(t testing.TB) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	tmpl, err := template(ctx)
 	if err != nil {
