@@ -187,14 +187,21 @@ func (d *RedisDocs) Get(ctx context.Context, id uuid.UUID) (body []byte, version
 	return body, version, true, nil
 }
 
-// parseDoc splits a stored value into its version and body.
+// parseDoc splits a stored value into its version and body (on the hot path: no
+// allocation).
 func parseDoc(raw []byte) (int, []byte, error) {
 	nl := bytes.IndexByte(raw, '\n')
-	if nl < 1 {
+	if nl < 1 || nl > 10 {
 		return 0, nil, errors.New("malformed value: no version line")
 	}
-	v, err := strconv.Atoi(string(raw[:nl]))
-	if err != nil || v < 1 {
+	v := 0
+	for _, c := range raw[:nl] {
+		if c < '0' || c > '9' {
+			return 0, nil, fmt.Errorf("malformed value: version %q", raw[:nl])
+		}
+		v = v*10 + int(c-'0')
+	}
+	if v < 1 {
 		return 0, nil, fmt.Errorf("malformed value: version %q", raw[:nl])
 	}
 	return v, raw[nl+1:], nil
