@@ -15,8 +15,13 @@ import (
 // tail from Postgres and appends with an expected version, so a stale entry (another
 // instance wrote since) costs a few rows, not correctness.
 //
-// It is bounded by weight (one per ticket plus one per comment), evicting the least
-// recently used, so memory stays flat whatever the size of the streams.
+// Entries are trimmed to their first CachedComments comments (the count stays exact),
+// so a ticket costs at most 1+CachedComments of weight whatever its length; the cache
+// is bounded by weight, evicting the least recently used.
+// CachedComments is how many comments a cached ticket keeps: enough for the documents
+// built from a command's result (projections.EmbeddedComments must not exceed it).
+const CachedComments = 100
+
 type tickets struct {
 	mu        sync.Mutex
 	maxWeight int
@@ -55,11 +60,8 @@ func (c *tickets) put(t *ticket.Ticket) {
 	if c == nil || c.maxWeight <= 0 {
 		return
 	}
-	w := 1 + t.CommentCount()
-	if w > c.maxWeight {
-		return
-	}
-	cp := t.Clone()
+	cp := t.Trimmed(CachedComments)
+	w := 1 + len(cp.State().Comments)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.byID[t.ID()]; ok {

@@ -7,10 +7,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -49,6 +49,9 @@ type Config struct {
 	BodyLimit int
 	// RequestTimeout bounds the work of one request (503 when a dependency is too slow).
 	RequestTimeout time.Duration
+	// IdempotencyTTL is how long a response stored under an Idempotency-Key answers
+	// retries (DefaultIdempotencyTTL when 0).
+	IdempotencyTTL time.Duration
 	// OnCommitted, if set, is called after a command appended events and before the
 	// client is answered, with the ticket's state after them (the Redis read model
 	// writes it through, so a GET never sees an older state than was acknowledged).
@@ -88,6 +91,9 @@ func New(cfg Config) *fiber.App {
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = 10 * time.Second
 	}
+	if cfg.IdempotencyTTL <= 0 {
+		cfg.IdempotencyTTL = DefaultIdempotencyTTL
+	}
 	if len(cfg.CursorKey) == 0 {
 		cfg.CursorKey = make([]byte, 32)
 		_, _ = rand.Read(cfg.CursorKey)
@@ -122,6 +128,7 @@ func New(cfg Config) *fiber.App {
 	v1.Post("/:id/comments", s.addComment)
 	v1.Get("/:id/comments", s.listComments)
 	v1.Get("/:id/history", s.history)
+	guardMethods(app)
 	return app
 }
 
@@ -164,7 +171,11 @@ func RequestID(ctx context.Context) string {
 }
 
 func (s *Server) metadata(c *fiber.Ctx) eventstore.Metadata {
-	return eventstore.Metadata{RequestID: RequestID(c.UserContext()), CorrelationID: c.Get("X-Correlation-ID")}
+	corr := c.Get("X-Correlation-ID")
+	if !validRequestID(corr) {
+		corr = "" // like a bad X-Request-ID: junk is not recorded
+	}
+	return eventstore.Metadata{RequestID: RequestID(c.UserContext()), CorrelationID: corr}
 }
 
 // committed runs the OnCommitted hook for a command that appended events.
@@ -214,27 +225,42 @@ type createRequest struct {
 }
 
 func (s *Server) create(c *fiber.Ctx) error {
-	var req createRequest
-	if err := decodeBody(c, &req); err != nil {
+	body, err := requestBody(c)
+	if err != nil {
 		return err
 	}
-	cmd := ticket.OpenTicket(req)
-	if err := cmd.Validate(); err != nil {
+	cmd, err := parseCreate(body)
+	if err != nil {
 		return err
 	}
 	id, err := uuid.NewV7()
 	if err != nil {
 		return err
 	}
-	res, err := s.cfg.Store.Handle(c.UserContext(), id, eventstore.Options{Create: true, Metadata: s.metadata(c)},
+	render := func(res eventstore.Result) (eventstore.Response, error) {
+		return jsonResponse(fiber.StatusCreated, projections.ViewOf(res.Ticket.State()), map[string]string{
+			fiber.HeaderLocation: "/v1/ticket/" + id.String(),
+			fiber.HeaderETag:     `"` + strconv.Itoa(res.Ticket.Version()) + `"`,
+		})
+	}
+	idem, err := s.idempotency(c, "POST /v1/ticket/", cmd, render)
+	if err != nil {
+		return err
+	}
+	res, err := s.cfg.Store.Handle(c.UserContext(), id, eventstore.Options{Create: true, Metadata: s.metadata(c), Idempotency: idem},
 		func(t *ticket.Ticket, now time.Time) error { return t.Open(cmd, now) })
 	if err != nil {
 		return err
 	}
+	if res.Replayed != nil {
+		return send(c, *res.Replayed, true)
+	}
 	s.committed(c, res)
-	c.Location("/v1/ticket/" + id.String())
-	setETag(c, res.Ticket.Version())
-	return c.Status(fiber.StatusCreated).JSON(projections.ViewOf(res.Ticket.State()))
+	resp, err := render(res)
+	if err != nil {
+		return err
+	}
+	return send(c, resp, false)
 }
 
 func (s *Server) get(c *fiber.Ctx) error {
@@ -250,6 +276,9 @@ func (s *Server) get(c *fiber.Ctx) error {
 		if err != nil {
 			return err
 		}
+		if notModified(c, version) {
+			return nil
+		}
 		setETag(c, version)
 		c.Response().Header.SetContentType(fiber.MIMEApplicationJSON)
 		c.Response().SetBodyRaw(body)
@@ -258,6 +287,9 @@ func (s *Server) get(c *fiber.Ctx) error {
 	v, err := s.cfg.Reader.Get(c.UserContext(), id)
 	if err != nil {
 		return err
+	}
+	if notModified(c, v.Version) {
+		return nil
 	}
 	setETag(c, v.Version)
 	return c.JSON(v)
@@ -280,18 +312,22 @@ func (s *Server) changeStatus(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	var req statusRequest
-	if err := decodeBody(c, &req); err != nil {
-		return err
-	}
-	cmd := ticket.ChangeStatus(req)
-	if err := cmd.Validate(); err != nil {
-		return err
-	}
-	res, err := s.cfg.Store.Handle(c.UserContext(), id, eventstore.Options{Metadata: s.metadata(c)},
-		func(t *ticket.Ticket, now time.Time) error { return t.ChangeStatus(cmd, now) })
+	body, err := requestBody(c)
 	if err != nil {
 		return err
+	}
+	cmd, err := parseStatus(body)
+	if err != nil {
+		return err
+	}
+	im, err := ifMatch(c)
+	if err != nil {
+		return err
+	}
+	res, err := s.cfg.Store.Handle(c.UserContext(), id, eventstore.Options{IfMatch: im, Metadata: s.metadata(c)},
+		func(t *ticket.Ticket, now time.Time) error { return t.ChangeStatus(cmd, now) })
+	if err != nil {
+		return s.preconditionFailed(c, id, err)
 	}
 	s.committed(c, res)
 	st := res.Ticket.State()
@@ -308,10 +344,14 @@ func (s *Server) delete(c *fiber.Ctx) error {
 	if err := cmd.Validate(); err != nil {
 		return err
 	}
-	res, err := s.cfg.Store.Handle(c.UserContext(), id, eventstore.Options{Metadata: s.metadata(c)},
-		func(t *ticket.Ticket, now time.Time) error { return t.Delete(cmd, now) })
+	im, err := ifMatch(c)
 	if err != nil {
 		return err
+	}
+	res, err := s.cfg.Store.Handle(c.UserContext(), id, eventstore.Options{IfMatch: im, Metadata: s.metadata(c)},
+		func(t *ticket.Ticket, now time.Time) error { return t.Delete(cmd, now) })
+	if err != nil {
+		return s.preconditionFailed(c, id, err)
 	}
 	s.committed(c, res)
 	return c.SendStatus(fiber.StatusNoContent)
@@ -328,27 +368,53 @@ func (s *Server) addComment(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	var req commentRequest
-	if err := decodeBody(c, &req); err != nil {
-		return err
-	}
-	cid, err := uuid.NewV7()
+	body, err := requestBody(c)
 	if err != nil {
 		return err
 	}
-	cmd := ticket.AddComment{ID: cid, Body: req.Body, Email: req.Email, CreatedBy: req.CreatedBy}
-	if err := cmd.Validate(); err != nil {
+	cmd, err := parseComment(body)
+	if err != nil {
 		return err
 	}
-	res, err := s.cfg.Store.Handle(c.UserContext(), id, eventstore.Options{Metadata: s.metadata(c)},
+	im, err := ifMatch(c)
+	if err != nil {
+		return err
+	}
+	render := func(res eventstore.Result) (eventstore.Response, error) {
+		// the comment is the recorded event: the ticket in the result may hold only
+		// its first comments (eventstore caches trimmed aggregates)
+		r := res.Records[len(res.Records)-1]
+		d, ok := r.Data.(ticket.CommentAdded)
+		if !ok {
+			return eventstore.Response{}, fmt.Errorf("comment command recorded %s", r.Type())
+		}
+		cm := ticket.Comment{ID: d.CommentID, Body: d.Body, Email: d.Email, CreatedBy: d.CreatedBy, CreatedAt: r.At.UTC(), Version: r.Version}
+		return jsonResponse(fiber.StatusCreated, cm, map[string]string{
+			fiber.HeaderETag: `"` + strconv.Itoa(r.Version) + `"`,
+		})
+	}
+	// the request is hashed before the comment gets its id: a retry gets another id
+	idem, err := s.idempotency(c, "POST /v1/ticket/"+id.String()+"/comments", cmd, render)
+	if err != nil {
+		return err
+	}
+	if cmd.ID, err = uuid.NewV7(); err != nil {
+		return err
+	}
+	res, err := s.cfg.Store.Handle(c.UserContext(), id, eventstore.Options{IfMatch: im, Metadata: s.metadata(c), Idempotency: idem},
 		func(t *ticket.Ticket, now time.Time) error { return t.AddComment(cmd, now) })
 	if err != nil {
-		return err
+		return s.preconditionFailed(c, id, err)
+	}
+	if res.Replayed != nil {
+		return send(c, *res.Replayed, true)
 	}
 	s.committed(c, res)
-	st := res.Ticket.State()
-	setETag(c, st.Version)
-	return c.Status(fiber.StatusCreated).JSON(st.Comments[len(st.Comments)-1])
+	resp, err := render(res)
+	if err != nil {
+		return err
+	}
+	return send(c, resp, false)
 }
 
 func (s *Server) listComments(c *fiber.Ctx) error {
@@ -396,14 +462,11 @@ func (s *Server) list(c *fiber.Ctx) error {
 		}
 		q.Status = st
 	}
-	if len(q.Email) > ticket.MaxEmail {
-		return invalidQuery("email", "must be at most "+strconv.Itoa(ticket.MaxEmail)+" characters")
+	if err := queryText("email", q.Email, ticket.MaxEmail); err != nil {
+		return err
 	}
-	if len(q.CreatedBy) > 4*ticket.MaxName || strings.ContainsRune(q.CreatedBy, 0) {
-		return invalidQuery("created_by", "must be at most "+strconv.Itoa(ticket.MaxName)+" characters without NUL")
-	}
-	if strings.ContainsRune(q.Email, 0) {
-		return invalidQuery("email", "must not contain NUL")
+	if err := queryText("created_by", q.CreatedBy, ticket.MaxName); err != nil {
+		return err
 	}
 	scope := "list:" + string(q.Status) + "\x00" + q.Email + "\x00" + q.CreatedBy
 	if raw := c.Query("cursor"); raw != "" {

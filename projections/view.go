@@ -8,12 +8,15 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/ticket"
 )
 
 // EmbeddedComments is how many comments (oldest first) a ticket document carries;
 // longer threads are paged through /comments.
-const EmbeddedComments = 100
+// It equals eventstore.CachedComments: a command's result carries that many, and the
+// write-through document is built from it.
+const EmbeddedComments = eventstore.CachedComments
 
 // Summary is a ticket as the list shows it.
 type Summary struct {
@@ -43,7 +46,7 @@ func ViewOf(s ticket.State) View {
 	v := View{Summary: Summary{
 		ID: s.ID, Title: s.Title, Description: s.Description, Email: s.Email,
 		CreatedBy: s.CreatedBy, UpdatedBy: s.UpdatedBy, Status: s.Status, Version: s.Version,
-		CommentCount: len(s.Comments), CreatedAt: s.CreatedAt.UTC(), UpdatedAt: s.UpdatedAt.UTC(),
+		CommentCount: s.CommentCount, CreatedAt: s.CreatedAt.UTC(), UpdatedAt: s.UpdatedAt.UTC(),
 	}}
 	n := min(len(s.Comments), EmbeddedComments)
 	v.Comments = make([]ticket.Comment, n)

@@ -34,7 +34,10 @@ type State struct {
 	CreatedAt   time.Time `json:"created_at"`
 	UpdatedAt   time.Time `json:"updated_at"`
 	Deleted     bool      `json:"-"`
-	Comments    []Comment `json:"comments"`
+	// CommentCount counts every comment, also when Comments holds only the first
+	// ones (see Ticket.Trimmed).
+	CommentCount int       `json:"comment_count"`
+	Comments     []Comment `json:"comments"`
 }
 
 // Ticket is the aggregate. Its state changes only in apply; commands check their rule
@@ -43,6 +46,8 @@ type State struct {
 type Ticket struct {
 	s       State
 	pending []Event
+	// trimmedAt > 0 means Comments holds at most that many (the first) comments.
+	trimmedAt int
 }
 
 // New returns an empty ticket with the given id, ready for Open or for replaying events.
@@ -75,7 +80,17 @@ func (t *Ticket) Status() Status { return t.s.Status }
 func (t *Ticket) Exists() bool { return t.s.Version > 0 && !t.s.Deleted }
 
 // CommentCount is the number of comments on the ticket.
-func (t *Ticket) CommentCount() int { return len(t.s.Comments) }
+func (t *Ticket) CommentCount() int { return t.s.CommentCount }
+
+// Trimmed returns an independent copy without pending events that keeps only the
+// first keep comments (CommentCount still counts them all), and keeps only the first
+// keep when more are applied. Commands decide the same on it as on the full ticket:
+// no rule looks at older comments. Caches use it to bound their memory.
+func (t *Ticket) Trimmed(keep int) *Ticket {
+	s := t.s
+	s.Comments = slices.Clone(t.s.Comments[:min(keep, len(t.s.Comments))])
+	return &Ticket{s: s, trimmedAt: keep}
+}
 
 // Deleted reports whether the ticket was deleted.
 func (t *Ticket) Deleted() bool { return t.s.Deleted }
@@ -90,7 +105,7 @@ func (t *Ticket) State() State {
 // Clone returns an independent copy without pending events, for caches that hand the
 // same replayed ticket to several commands.
 func (t *Ticket) Clone() *Ticket {
-	return &Ticket{s: t.State()}
+	return &Ticket{s: t.State(), trimmedAt: t.trimmedAt}
 }
 
 // Pending returns the events recorded by commands and not yet stored.
@@ -121,6 +136,10 @@ func (t *Ticket) Apply(e Event) error {
 	case CommentAdded:
 		if t.s.Status == StatusClosed {
 			return fmt.Errorf("ticket %s: comment at version %d on a closed ticket", t.s.ID, e.Version)
+		}
+		t.s.CommentCount++
+		if t.trimmedAt > 0 && len(t.s.Comments) >= t.trimmedAt {
+			break // a trimmed ticket keeps only its first comments
 		}
 		t.s.Comments = append(t.s.Comments, Comment{
 			ID: d.CommentID, Body: d.Body, Email: d.Email, CreatedBy: d.CreatedBy,
