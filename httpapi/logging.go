@@ -42,7 +42,7 @@ func (s *Server) observe(c *fiber.Ctx) error {
 		route = r.Path
 	}
 	status := c.Response().StatusCode()
-	method := c.Method()
+	method := methodLabel(c.Method())
 	s.metrics.requests.WithLabelValues(method, route, strconv.Itoa(status)).Inc()
 	s.metrics.duration.WithLabelValues(method, route).Observe(elapsed.Seconds())
 
@@ -81,4 +81,17 @@ func (s *Server) nextRecovering(c *fiber.Ctx) (err error) {
 		}
 	}()
 	return c.Next()
+}
+
+// methodLabel returns the method as a constant string. c.Method() points into
+// fasthttp's reused request buffer; a label (kept by Prometheus for the life of the
+// process) must not, or it changes under the counter when the buffer is reused.
+func methodLabel(m string) string {
+	for _, known := range []string{fiber.MethodGet, fiber.MethodHead, fiber.MethodPost, fiber.MethodPut,
+		fiber.MethodDelete, fiber.MethodPatch, fiber.MethodOptions, fiber.MethodConnect, fiber.MethodTrace} {
+		if m == known {
+			return known
+		}
+	}
+	return "other"
 }

@@ -48,6 +48,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	fs := flag.NewFlagSet("ticketd", flag.ContinueOnError)
 	fs.SetOutput(stdout)
 	migrateOnly := fs.Bool("migrate", false, "apply the database migrations and exit")
+	healthOnly := fs.Bool("healthcheck", false, "ask the ticketd on HTTP_ADDR for /healthz; exit 0 if it answers 200, else 1 (the container HEALTHCHECK)")
 	historyOf := fs.String("history", "", "print the event history of the ticket with this id and exit (reads only)")
 	historyJSON := fs.Bool("json", false, "with -history: print JSON lines instead of a table")
 	fs.Usage = func() {
@@ -64,6 +65,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	cfg, err := loadConfig(getenv)
 	if err != nil {
 		return err
+	}
+	if *healthOnly {
+		return healthcheck(ctx, cfg, stdout)
 	}
 	if *historyOf != "" || *historyJSON {
 		return printHistory(ctx, cfg, *historyOf, *historyJSON, stdout)
@@ -103,9 +107,16 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	reader := projections.NewReader(docs, reads, pool, log)
 	redisProj := &projections.RedisProjector{Docs: docs, Events: store, Log: log}
 	repairer := &projections.RedisRepairer{Pool: pool, Events: store, Docs: docs, Log: log, Reader: reader}
-	router, err := projections.NewRouter(pool, projections.Config{}, log,
+	// One registry for /metrics: Go runtime, process, HTTP and projection metrics.
+	reg := httpapi.NewRegistry()
+	projMetrics, err := projections.NewPrometheusMetrics(reg)
+	if err != nil {
+		return err
+	}
+	newRouter := routerFactory(pool, projections.Config{Metrics: projMetrics}, log,
 		projections.Handler{Group: projections.PostgresGroup, Func: projections.Postgres{}.Handle},
 		projections.Handler{Group: projections.RedisGroup, Func: redisProj.Handle})
+	router, err := newRouter()
 	if err != nil {
 		return err
 	}
@@ -117,12 +128,14 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 		RequestTimeout: cfg.RequestTimeout,
 		Postgres:       func(ctx context.Context) error { return pool.Ping(ctx) },
 		Redis:          func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
+		RedisMode:      redisMode(isCluster),
+		Metrics:        reg,
 	})
 
 	projCtx, stopProj := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopProj()
 	projDone := make(chan error, 1)
-	go func() { projDone <- projections.Run(projCtx, router) }()
+	go func() { projDone <- keepProjecting(projCtx, log, router, newRouter) }()
 	repairDone := make(chan error, 1)
 	go func() { repairDone <- repairer.Run(projCtx) }()
 
@@ -155,6 +168,14 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	}
 	log.Info("stopped")
 	return runErr
+}
+
+// redisMode names the Redis deployment for /readyz.
+func redisMode(cluster bool) string {
+	if cluster {
+		return "cluster"
+	}
+	return "single"
 }
 
 // logWriter adapts line output (dbmate's progress) to the structured log.
