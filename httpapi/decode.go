@@ -7,37 +7,40 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"reflect"
+	"strconv"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/gofiber/fiber/v2"
+
+	"github.com/ticketd/ticketd/ticket"
 )
 
 // maxJSONDepth bounds nesting; ticketd's bodies are flat objects.
 const maxJSONDepth = 32
 
-// decodeBody reads a JSON object body into dst, strictly: the content type must be JSON,
-// the body valid UTF-8 and well-formed JSON with no unknown or duplicate fields, no
-// trailing data and no deep nesting. Each failure is a problem naming what is wrong.
-func decodeBody(c *fiber.Ctx, dst any) error {
-	if err := checkContentType(c.Get(fiber.HeaderContentType)); err != nil {
-		return err
-	}
-	return decodeJSON(c.Body(), dst)
-}
-
+// checkContentType accepts application/json and application/*+json, in UTF-8 when a
+// charset is named; anything else, a missing type included, is a 415 problem.
 func checkContentType(ct string) error {
 	if ct == "" {
 		return problem(fiber.StatusUnsupportedMediaType, "unsupported-media-type", "send the body as application/json")
 	}
-	mt, _, err := mime.ParseMediaType(ct)
+	mt, params, err := mime.ParseMediaType(ct)
 	if err != nil || !(mt == "application/json" || (strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))) {
-		return problem(fiber.StatusUnsupportedMediaType, "unsupported-media-type", "send the body as application/json, not "+ct)
+		return problem(fiber.StatusUnsupportedMediaType, "unsupported-media-type", "send the body as application/json, not "+clip(ct))
+	}
+	if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") && !strings.EqualFold(cs, "utf8") {
+		return problem(fiber.StatusUnsupportedMediaType, "unsupported-media-type", "send the body as UTF-8 JSON, not charset "+clip(cs))
 	}
 	return nil
 }
 
 // decodeJSON is the body decoder without the HTTP request, so it can be fuzzed alone.
+// Field names are matched exactly (encoding/json alone would also take "TITLE" for
+// "title", and a second spelling would silently win): every top-level key must be a
+// field of dst, spelled as its json tag.
 func decodeJSON(body []byte, dst any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return problem(fiber.StatusBadRequest, "malformed-json", "the request body is empty; send a JSON object")
@@ -45,8 +48,19 @@ func decodeJSON(body []byte, dst any) error {
 	if !utf8.Valid(body) {
 		return problem(fiber.StatusBadRequest, "invalid-utf8", "the request body is not valid UTF-8")
 	}
-	if err := checkShape(body); err != nil {
+	sh, err := checkShape(body)
+	if err != nil {
 		return err
+	}
+	known := jsonFields(dst)
+	for _, k := range sh.keys {
+		if _, ok := known[k]; !ok {
+			return invalidField(clip(k), "is not a known field (names are case-sensitive)")
+		}
+	}
+	if len(sh.nulls) > 0 {
+		// every field ticketd reads is a string: null is never a value it accepts
+		return invalidField(sh.nulls[0], "must be a string, not null")
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
@@ -59,10 +73,18 @@ func decodeJSON(body []byte, dst any) error {
 	return nil
 }
 
-// checkShape walks the tokens once: the top level must be an object, nesting bounded,
+// shape is what checkShape learnt about the top-level object.
+type shape struct {
+	keys  []string // in order of appearance
+	nulls []string // keys whose value is null
+}
+
+// checkShape walks the tokens once: the top level must be one object, nesting bounded,
 // and no object may repeat a key (encoding/json would silently keep the last).
-func checkShape(body []byte) error {
+func checkShape(body []byte) (shape, error) {
+	var sh shape
 	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber() // numbers stay text: 1e999 is a value of the wrong type, not an error here
 	type frame struct {
 		object bool
 		keys   map[string]struct{}
@@ -74,16 +96,18 @@ func checkShape(body []byte) error {
 	for {
 		tok, err := dec.Token()
 		if errors.Is(err, io.EOF) {
-			return nil
+			return sh, nil
 		}
 		if err != nil {
-			return jsonProblem(err)
+			return sh, jsonProblem(err)
 		}
 		if first {
 			if d, ok := tok.(json.Delim); !ok || d != '{' {
-				return problem(fiber.StatusBadRequest, "malformed-json", "the body must be a JSON object")
+				return sh, problem(fiber.StatusBadRequest, "malformed-json", "the body must be a JSON object")
 			}
 			first = false
+		} else if len(stack) == 0 {
+			return sh, problem(fiber.StatusBadRequest, "malformed-json", "the body has data after the JSON object")
 		}
 		var top *frame
 		if len(stack) > 0 {
@@ -97,7 +121,7 @@ func checkShape(body []byte) error {
 					top.expect = true
 				}
 				if len(stack) >= maxJSONDepth {
-					return problem(fiber.StatusBadRequest, "malformed-json", fmt.Sprintf("the JSON nests deeper than %d levels", maxJSONDepth))
+					return sh, problem(fiber.StatusBadRequest, "malformed-json", fmt.Sprintf("the JSON nests deeper than %d levels", maxJSONDepth))
 				}
 				stack = append(stack, &frame{object: t == '{', keys: map[string]struct{}{}, expect: t == '{'})
 			default:
@@ -109,20 +133,22 @@ func checkShape(body []byte) error {
 		case string:
 			if top != nil && top.object && top.expect {
 				if _, dup := top.keys[t]; dup {
-					return problem(fiber.StatusBadRequest, "duplicate-key", "the JSON object repeats the key "+strconvQuote(t))
+					return sh, problem(fiber.StatusBadRequest, "duplicate-key", "the JSON object repeats the key "+strconvQuote(clip(t)))
 				}
 				top.keys[t] = struct{}{}
 				top.expect = false
 				top.key = t
+				if len(stack) == 1 {
+					sh.keys = append(sh.keys, t)
+				}
 				continue
 			}
 			if top != nil && top.object {
 				top.expect = true
 			}
 		case nil:
-			// every field ticketd reads is a string: null is never a value it accepts
 			if top != nil && top.object && len(stack) == 1 {
-				return invalidField(top.key, "must be a string, not null")
+				sh.nulls = append(sh.nulls, top.key)
 			}
 			if top != nil && top.object {
 				top.expect = true
@@ -133,6 +159,49 @@ func checkShape(body []byte) error {
 			}
 		}
 	}
+}
+
+// fieldSets caches the json names of the request structs, by type.
+var fieldSets sync.Map // reflect.Type -> map[string]struct{}
+
+// jsonFields returns the json names of the fields of the struct dst points to.
+func jsonFields(dst any) map[string]struct{} {
+	t := reflect.TypeOf(dst)
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if m, ok := fieldSets.Load(t); ok {
+		return m.(map[string]struct{})
+	}
+	m := map[string]struct{}{}
+	if t.Kind() == reflect.Struct {
+		for i := range t.NumField() {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if name == "-" || !f.IsExported() {
+				continue
+			}
+			if name == "" {
+				name = f.Name
+			}
+			m[name] = struct{}{}
+		}
+	}
+	fieldSets.Store(t, m)
+	return m
+}
+
+// clip shortens client text echoed in a problem to at most 64 bytes, on a rune boundary.
+func clip(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return s
+	}
+	i := max
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + "…"
 }
 
 func strconvQuote(s string) string {
@@ -154,10 +223,11 @@ func jsonProblem(err error) error {
 		if field == "" {
 			return problem(fiber.StatusBadRequest, "malformed-json", "the body must be a JSON object")
 		}
-		return invalidField(field, "must be a "+jsonKind(te.Type.Kind().String())+", not "+te.Value)
+		got, _, _ := strings.Cut(te.Value, " ") // "number 1e999" -> "number": no echo of the value
+		return invalidField(clip(field), "must be a "+jsonKind(te.Type.Kind().String())+", not "+got)
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		field := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return invalidField(field, "is not a known field")
+		return invalidField(clip(field), "is not a known field")
 	}
 	return problem(fiber.StatusBadRequest, "malformed-json", "the body is not valid JSON")
 }
@@ -174,4 +244,74 @@ func jsonKind(goKind string) string {
 		return "array"
 	}
 	return "object"
+}
+
+// requestBody returns the body of a command request whose content type is JSON.
+func requestBody(c *fiber.Ctx) ([]byte, error) {
+	if err := checkContentType(c.Get(fiber.HeaderContentType)); err != nil {
+		return nil, err
+	}
+	return c.Body(), nil
+}
+
+// The parse functions are the whole decoding and validation path of a command body,
+// without the HTTP request, so the fuzz tests cover exactly what the handlers run.
+// Every error they return is a *Problem with a 4xx status.
+
+// parseCreate reads and validates a create body.
+func parseCreate(body []byte) (ticket.OpenTicket, error) {
+	var req createRequest
+	if err := decodeJSON(body, &req); err != nil {
+		return ticket.OpenTicket{}, err
+	}
+	cmd := ticket.OpenTicket(req)
+	return cmd, validated(cmd.Validate())
+}
+
+// parseComment reads and validates a comment body. The command's ID is left zero: the
+// handler gives the comment its id.
+func parseComment(body []byte) (ticket.AddComment, error) {
+	var req commentRequest
+	if err := decodeJSON(body, &req); err != nil {
+		return ticket.AddComment{}, err
+	}
+	cmd := ticket.AddComment{Body: req.Body, Email: req.Email, CreatedBy: req.CreatedBy}
+	return cmd, validated(cmd.Validate())
+}
+
+// parseStatus reads and validates a status change body.
+func parseStatus(body []byte) (ticket.ChangeStatus, error) {
+	var req statusRequest
+	if err := decodeJSON(body, &req); err != nil {
+		return ticket.ChangeStatus{}, err
+	}
+	cmd := ticket.ChangeStatus(req)
+	return cmd, validated(cmd.Validate())
+}
+
+// validated turns a command's *ticket.ValidationError into its 422 problem.
+func validated(err error) error {
+	var ve *ticket.ValidationError
+	if errors.As(err, &ve) {
+		return invalidField(ve.Field, ve.Reason)
+	}
+	return err
+}
+
+// queryText checks a text query value (a filter): valid UTF-8 (Postgres refuses
+// anything else, and the refusal must not become a 500), no control characters (NUL
+// above all), at most max characters.
+func queryText(param, v string, max int) error {
+	if !utf8.ValidString(v) {
+		return invalidQuery(param, "must be valid UTF-8")
+	}
+	for _, r := range v {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return invalidQuery(param, "must not contain control characters")
+		}
+	}
+	if utf8.RuneCountInString(v) > max {
+		return invalidQuery(param, "must be at most "+strconv.Itoa(max)+" characters")
+	}
+	return nil
 }

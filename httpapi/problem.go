@@ -5,9 +5,12 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strings"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/valyala/fasthttp"
 
+	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/ticket"
 )
 
@@ -75,6 +78,11 @@ func toProblem(c *fiber.Ctx, err error, log *slog.Logger) *Problem {
 			p.AllowedStatuses = []ticket.Status{}
 		}
 		return p
+	case errors.Is(err, eventstore.ErrIdempotencyKeyReused):
+		p = problem(fiber.StatusUnprocessableEntity, "idempotency-key-reused",
+			"this Idempotency-Key was already used for a different request; send a new key with a new request")
+		p.Errors = []FieldError{{Field: HeaderIdempotencyKey, Reason: "was already used for a different request"}}
+		return p
 	case errors.Is(err, ticket.ErrNotFound):
 		return problem(fiber.StatusNotFound, "ticket-not-found", "no ticket with this id (it may have been deleted)")
 	case errors.Is(err, ticket.ErrPrecondition):
@@ -122,4 +130,67 @@ func errorHandler(log *slog.Logger) fiber.ErrorHandler {
 		c.Set(fiber.HeaderContentType, "application/problem+json")
 		return c.Status(p.Status).Send(body)
 	}
+}
+
+// guardMethods answers a request whose method Fiber does not know (it would answer a
+// plain-text 400 before any handler runs) as it answers a known method a route does not
+// take: 405 problem+json with an Allow header, or 404 for a path that is no route.
+func guardMethods(app *fiber.App) {
+	known := map[string]bool{}
+	for _, m := range app.Config().RequestMethods {
+		known[m] = true
+	}
+	srv := app.Server()
+	next := srv.Handler
+	srv.Handler = func(fc *fasthttp.RequestCtx) {
+		if known[string(fc.Method())] {
+			next(fc)
+			return
+		}
+		c := app.AcquireCtx(fc)
+		defer app.ReleaseCtx(c)
+		err := fiber.ErrNotFound
+		if allow := allowedMethods(app, c.Path()); len(allow) > 0 {
+			c.Set(fiber.HeaderAllow, strings.Join(allow, ", "))
+			err = fiber.ErrMethodNotAllowed
+		}
+		_ = app.Config().ErrorHandler(c, err)
+	}
+}
+
+// allowedMethods lists the methods of the routes matching path (":param" matches one
+// segment, "*" the rest; case and a trailing slash do not matter, as in the router).
+func allowedMethods(app *fiber.App, path string) []string {
+	segs := strings.Split(strings.Trim(strings.ToLower(path), "/"), "/")
+	var out []string
+	seen := map[string]bool{}
+	for _, r := range app.GetRoutes(true) {
+		if seen[r.Method] || !routeMatches(strings.Split(strings.Trim(strings.ToLower(r.Path), "/"), "/"), segs) {
+			continue
+		}
+		seen[r.Method] = true
+		out = append(out, r.Method)
+	}
+	return out
+}
+
+func routeMatches(pattern, segs []string) bool {
+	for i, p := range pattern {
+		if p == "*" || strings.HasPrefix(p, "*") || strings.HasPrefix(p, "+") {
+			return true
+		}
+		if i >= len(segs) {
+			return false
+		}
+		if strings.HasPrefix(p, ":") {
+			if segs[i] == "" {
+				return false
+			}
+			continue
+		}
+		if p != segs[i] {
+			return false
+		}
+	}
+	return len(segs) == len(pattern)
 }

@@ -35,6 +35,9 @@ type Config struct {
 	BodyLimit int `env:"BODY_LIMIT" envDefault:"65536"`
 	// RequestTimeout bounds one request's work; past it a slow dependency answers 503.
 	RequestTimeout time.Duration `env:"REQUEST_TIMEOUT" envDefault:"5s"`
+	// IdempotencyTTL is how long a response stored under an Idempotency-Key answers
+	// retries; older keys are ignored and purged.
+	IdempotencyTTL time.Duration `env:"IDEMPOTENCY_TTL" envDefault:"24h"`
 	// PGMaxConns is the size of the Postgres pool.
 	PGMaxConns int32 `env:"PG_MAX_CONNS" envDefault:"32"`
 	// ShutdownTimeout bounds the drain of in-flight requests on SIGTERM.
@@ -91,6 +94,9 @@ func (c Config) Validate() error {
 	}
 	if c.BodyLimit < 1024 {
 		errs = append(errs, fmt.Errorf("BODY_LIMIT must be at least 1024 bytes, not %d", c.BodyLimit))
+	}
+	if c.IdempotencyTTL <= 0 {
+		errs = append(errs, fmt.Errorf("IDEMPOTENCY_TTL must be positive, not %s", c.IdempotencyTTL))
 	}
 	if c.RequestTimeout <= 0 || c.ShutdownTimeout <= 0 {
 		errs = append(errs, errors.New("REQUEST_TIMEOUT and SHUTDOWN_TIMEOUT must be positive"))

@@ -126,6 +126,7 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 		CursorKey:      []byte(cfg.CursorSecret),
 		BodyLimit:      cfg.BodyLimit,
 		RequestTimeout: cfg.RequestTimeout,
+		IdempotencyTTL: cfg.IdempotencyTTL,
 		Postgres:       func(ctx context.Context) error { return pool.Ping(ctx) },
 		Redis:          func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 		RedisMode:      redisMode(isCluster),

@@ -1,0 +1,166 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// raw sends one request exactly as written (bytes the Go client would refuse to
+// send), on its own connection, and reads the answer.
+func (s *testServer) raw(t testing.TB, req string) response {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(s.URL, "http://"), 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(15 * time.Second))
+	// the server may answer and close before reading everything (413, 431): a failed
+	// write is fine as long as an answer comes
+	_, _ = io.WriteString(conn, req)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("read the answer to %.60q: %v", req, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return response{Status: resp.StatusCode, Header: resp.Header, Body: body}
+}
+
+// rawRequest writes an HTTP/1.1 request with the given head lines and body.
+func rawRequest(method, target, body string, headers ...string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: ticketd.test\r\nConnection: close\r\n", method, target)
+	for _, h := range headers {
+		b.WriteString(h + "\r\n")
+	}
+	if body != "" {
+		b.WriteString("Content-Length: " + strconv.Itoa(len(body)) + "\r\n")
+	}
+	b.WriteString("\r\n" + body)
+	return b.String()
+}
+
+// TestHostileInput throws malformed, oversized and nonsensical requests at the server:
+// each is a 4xx problem+json naming the problem, without internals; nothing is
+// stored; and the server serves normal requests afterwards.
+func TestHostileInput(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, map[string]string{"BODY_LIMIT": "4096"})
+	d := createTicket(t, s, sourceTicket)
+	tk := "/v1/ticket/" + d.ID
+	before := s.eventCount(t)
+
+	const json = "Content-Type: application/json"
+	valid := `{"title":"a","email":"u@example.com","created_by":"u"}`
+	nested := strings.Repeat(`{"a":`, 100) + "1" + strings.Repeat("}", 100)
+	cases := []struct {
+		name   string
+		req    string
+		status int
+		code   string
+		field  string
+	}{
+		// bodies
+		{"malformed_json", rawRequest("POST", "/v1/ticket/", `{"title": "a" "email"}`, json), 400, "malformed-json", ""},
+		{"truncated_json", rawRequest("POST", "/v1/ticket/", `{"title": "a", "email": "u@exa`, json), 400, "malformed-json", ""},
+		{"empty_body", rawRequest("POST", "/v1/ticket/", "", json), 400, "malformed-json", ""},
+		{"array_body", rawRequest("POST", "/v1/ticket/", `[1,2,3]`, json), 400, "malformed-json", ""},
+		{"wrong_type", rawRequest("POST", "/v1/ticket/", `{"title":["a"],"email":"u@example.com","created_by":"u"}`, json), 422, "validation-failed", "title"},
+		{"null_string", rawRequest("POST", "/v1/ticket/", `{"title":"a","email":"u@example.com","created_by":null}`, json), 422, "validation-failed", "created_by"},
+		{"duplicate_keys", rawRequest("POST", "/v1/ticket/", `{"title":"a","title":"b","email":"u@example.com","created_by":"u"}`, json), 400, "duplicate-key", ""},
+		{"case_twin_keys", rawRequest("POST", "/v1/ticket/", `{"title":"a","Title":"b","email":"u@example.com","created_by":"u"}`, json), 422, "validation-failed", "Title"},
+		{"invalid_utf8", rawRequest("POST", "/v1/ticket/", "{\"title\":\"\xc3\x28\",\"email\":\"u@example.com\",\"created_by\":\"u\"}", json), 400, "invalid-utf8", ""},
+		{"nul_escape", rawRequest("POST", "/v1/ticket/", `{"title":"a\u0000b","email":"u@example.com","created_by":"u"}`, json), 422, "validation-failed", "title"},
+		{"nul_in_comment", rawRequest("POST", tk+"/comments", `{"body":"x\u0000","created_by":"u"}`, json), 422, "validation-failed", "body"},
+		{"raw_nul_byte", rawRequest("POST", "/v1/ticket/", "{\"title\":\"a\x00\",\"email\":\"u@example.com\",\"created_by\":\"u\"}", json), 400, "malformed-json", ""},
+		{"deep_nesting", rawRequest("POST", "/v1/ticket/", nested, json), 400, "malformed-json", ""},
+		{"over_long_field", rawRequest("POST", "/v1/ticket/", `{"title":"`+strings.Repeat("x", 201)+`","email":"u@example.com","created_by":"u"}`, json), 422, "validation-failed", "title"},
+		{"over_long_name", rawRequest("PUT", tk, `{"status":"answered","updated_by":"`+strings.Repeat("x", 201)+`"}`, json), 422, "validation-failed", "updated_by"},
+		{"body_over_limit", rawRequest("POST", "/v1/ticket/", `{"title":"`+strings.Repeat("x", 5000)+`"}`, json), 413, "body-too-large", ""},
+		{"chunked_body_over_limit", "POST /v1/ticket/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + json + "\r\nTransfer-Encoding: chunked\r\n\r\n" + fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", 5000, strings.Repeat("x", 5000)), 413, "body-too-large", ""},
+		{"no_content_type", rawRequest("POST", "/v1/ticket/", valid), 415, "unsupported-media-type", ""},
+		{"form_content_type", rawRequest("POST", "/v1/ticket/", valid, "Content-Type: application/x-www-form-urlencoded"), 415, "unsupported-media-type", ""},
+		{"text_content_type_on_put", rawRequest("PUT", tk, `{"status":"answered","updated_by":"u"}`, "Content-Type: text/plain"), 415, "unsupported-media-type", ""},
+		{"latin1_charset", rawRequest("POST", tk+"/comments", `{"body":"x","created_by":"u"}`, "Content-Type: application/json; charset=iso-8859-1"), 415, "unsupported-media-type", ""},
+		// headers
+		{"headers_too_large", rawRequest("GET", tk, "", "X-Junk: "+strings.Repeat("a", 20<<10)), 431, "headers-too-large", ""},
+		{"many_headers", rawRequest("GET", tk, "", strings.Repeat("X-A: b\r\n", 3000)+"X-Z: z"), 431, "headers-too-large", ""},
+		{"over_long_actor", rawRequest("DELETE", tk, "", "X-Actor: "+strings.Repeat("a", 300)), 422, "validation-failed", "deleted_by"},
+		{"control_in_actor", rawRequest("DELETE", tk, "", "X-Actor: a\x01b"), 422, "validation-failed", "deleted_by"},
+		{"bad_if_match", rawRequest("DELETE", tk, "", "If-Match: 1"), 422, "validation-failed", "If-Match"},
+		{"bad_idempotency_key", rawRequest("POST", "/v1/ticket/", valid, json, "Idempotency-Key: "+strings.Repeat("k", 300)), 422, "validation-failed", "Idempotency-Key"},
+		// paths and queries
+		{"bad_uuid", rawRequest("GET", "/v1/ticket/not-a-uuid", ""), 422, "validation-failed", "id"},
+		{"short_uuid", rawRequest("PUT", "/v1/ticket/01936f1e-7c4a-7000-8000", `{"status":"closed","updated_by":"u"}`, json), 422, "validation-failed", "id"},
+		{"urn_uuid", rawRequest("GET", "/v1/ticket/urn:uuid:01936f1e-7c4a-7000-8000-000000000000", ""), 422, "validation-failed", "id"},
+		{"braced_uuid", rawRequest("DELETE", "/v1/ticket/%7B01936f1e-7c4a-7000-8000-000000000000%7D", ""), 422, "validation-failed", "id"},
+		{"percent_garbage", rawRequest("GET", "/v1/ticket/%ZZ%", ""), 422, "validation-failed", "id"},
+		{"percent_nul", rawRequest("GET", "/v1/ticket/%00", ""), 422, "validation-failed", "id"},
+		{"percent_invalid_utf8", rawRequest("GET", "/v1/ticket/%ff%fe/comments", ""), 422, "validation-failed", "id"},
+		{"percent_traversal", rawRequest("GET", "/v1/ticket/..%2f..%2fetc%2fpasswd", ""), 422, "validation-failed", "id"},
+		{"unknown_route", rawRequest("GET", "/v1/tickets/x/y/z", ""), 404, "route-not-found", ""},
+		{"bad_limit", rawRequest("GET", "/v1/ticket/?limit=1%00", ""), 422, "validation-failed", "limit"},
+		{"bad_status_filter", rawRequest("GET", "/v1/ticket/?status=%27%20OR%201=1--", ""), 422, "validation-failed", "status"},
+		{"bad_email_filter", rawRequest("GET", "/v1/ticket/?email=%c3%28", ""), 422, "validation-failed", "email"},
+		{"bad_comment_limit", rawRequest("GET", tk+"/comments?limit=1000", ""), 422, "validation-failed", "limit"},
+		// methods
+		{"patch_ticket", rawRequest("PATCH", tk, `{"status":"closed"}`, json), 405, "method-not-allowed", ""},
+		{"post_to_ticket", rawRequest("POST", tk, valid, json), 405, "method-not-allowed", ""},
+		{"delete_collection", rawRequest("DELETE", "/v1/ticket/", ""), 405, "method-not-allowed", ""},
+		{"unknown_method", rawRequest("FROB", tk, ""), 405, "method-not-allowed", ""},
+		{"lowercase_method", rawRequest("get", tk, ""), 405, "method-not-allowed", ""},
+		{"unknown_method_unknown_path", rawRequest("FROB", "/nowhere", ""), 404, "route-not-found", ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := s.raw(t, c.req)
+			p := problemCode(t, r, c.status, c.code)
+			if c.field != "" {
+				assertField(t, p, c.field)
+			}
+			if c.status == 405 && r.Header.Get("Allow") == "" {
+				t.Fatalf("405 without an Allow header: %v", r.Header)
+			}
+		})
+	}
+
+	t.Run("405_lists_the_allowed_methods", func(t *testing.T) {
+		for _, m := range []string{"PATCH", "FROB"} {
+			allow := s.raw(t, rawRequest(m, tk, "")).Header.Get("Allow")
+			for _, want := range []string{"GET", "PUT", "DELETE"} {
+				if !strings.Contains(allow, want) {
+					t.Fatalf("%s: Allow %q lacks %s", m, allow, want)
+				}
+			}
+		}
+	})
+
+	t.Run("nothing_was_stored_and_the_server_still_serves", func(t *testing.T) {
+		if n := s.eventCount(t); n != before {
+			t.Fatalf("the hostile requests stored %d events", n-before)
+		}
+		var keys int
+		s.dbQuery(t, "SELECT count(*) FROM idempotency_keys", nil, &keys)
+		if keys != 0 {
+			t.Fatalf("the hostile requests stored %d idempotency keys", keys)
+		}
+		got := getTicket(t, s, d.ID)
+		if got.Version != 1 || got.Status != "open" {
+			t.Fatalf("the ticket changed: %+v", got)
+		}
+		e := createTicket(t, s, sourceTicket)
+		s.do(t, "POST", "/v1/ticket/"+e.ID+"/comments", map[string]any{"body": "still fine", "created_by": "u"}).expect(t, 201)
+		s.do(t, "GET", "/v1/ticket/?limit=5", nil).expect(t, 200)
+		if logs := s.logs.String(); strings.Contains(logs, "unexpected error") || strings.Contains(logs, "panic") {
+			t.Fatalf("the server logged unexpected errors:\n%s", logs)
+		}
+	})
+}
