@@ -59,6 +59,12 @@ func (p *RedisProjector) Handle(msg *message.Message) error {
 	if perr == nil {
 		return nil
 	}
+	if err := ctx.Err(); err != nil {
+		// The subscriber gave up on this message (shutdown, ack deadline): it rolls its
+		// transaction back and redelivers the event later. Touching the transaction now
+		// would race with that rollback on the same connection.
+		return err
+	}
 	p.queued.Add(1)
 	if p.Log != nil && !errors.Is(perr, ErrRedisDown) {
 		p.Log.Debug("redis projection queued for repair", "ticket", rec.TicketID, "version", rec.Version, "err", perr)
