@@ -44,7 +44,8 @@ var ErrRedisDown = fmt.Errorf("redis read model: circuit open: %w", ticket.ErrUn
 // TombstoneTTL.
 //
 // Every call is bounded by the timeout given to NewRedisDocs, and a small circuit
-// breaker fails calls fast (ErrRedisDown) while Redis is known to be down, letting one
+// breaker fails calls fast (ErrRedisDown) while Redis is known to be down or slow
+// (several calls in a row failed or took more than half the timeout), letting one
 // probe through now and then. RedisDocs is safe for concurrent use.
 type RedisDocs struct {
 	rdb     redis.UniversalClient
@@ -129,31 +130,50 @@ func (d *RedisDocs) PutIfNewer(ctx context.Context, v View) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("encode ticket %s: %w", v.ID, err)
 	}
-	return d.set(ctx, v.ID, v.Version, body, 0)
+	return d.set(ctx, v.ID, v.Version, body, 0, false)
 }
 
 // Tombstone marks ticket id deleted at version, if version is newer than the stored
 // one. Later Puts of older versions are refused, so a deleted ticket does not come back.
 func (d *RedisDocs) Tombstone(ctx context.Context, id uuid.UUID, version int) error {
-	_, err := d.set(ctx, id, version, nil, TombstoneTTL)
+	_, err := d.set(ctx, id, version, nil, TombstoneTTL, false)
 	return err
 }
 
-func (d *RedisDocs) set(ctx context.Context, id uuid.UUID, version int, body []byte, ttl time.Duration) (bool, error) {
+// putForced and tombstoneForced are Put and Tombstone that go to Redis even while the
+// breaker is open (still bounded by the timeout, and still reporting to the breaker):
+// for the repairer, which works outside any transaction and is what finds out that
+// Redis is back, or still merely slow.
+func (d *RedisDocs) putForced(ctx context.Context, v View) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode ticket %s: %w", v.ID, err)
+	}
+	_, err = d.set(ctx, v.ID, v.Version, body, 0, true)
+	return err
+}
+
+func (d *RedisDocs) tombstoneForced(ctx context.Context, id uuid.UUID, version int) error {
+	_, err := d.set(ctx, id, version, nil, TombstoneTTL, true)
+	return err
+}
+
+func (d *RedisDocs) set(ctx context.Context, id uuid.UUID, version int, body []byte, ttl time.Duration, force bool) (bool, error) {
 	if version < 1 {
 		return false, fmt.Errorf("redis document of %s: version %d: %w", id, version, ticket.ErrInvalid)
 	}
-	if !d.br.allow() {
+	if !force && !d.br.allow() {
 		return false, ErrRedisDown
 	}
 	val := make([]byte, 0, len(body)+12)
 	val = strconv.AppendInt(val, int64(version), 10)
 	val = append(val, '\n')
 	val = append(val, body...)
+	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
 	n, err := putScript.Run(cctx, d.rdb, []string{d.Key(id)}, version, val, ttl.Milliseconds()).Int()
-	if err = d.done(ctx, err); err != nil {
+	if err = d.done(ctx, err, start); err != nil {
 		return false, fmt.Errorf("redis put %s v%d: %w", id, version, err)
 	}
 	return n == 1, nil
@@ -167,14 +187,15 @@ func (d *RedisDocs) Get(ctx context.Context, id uuid.UUID) (body []byte, version
 	if !d.br.allow() {
 		return nil, 0, false, ErrRedisDown
 	}
+	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
 	raw, err := d.rdb.Get(cctx, d.Key(id)).Bytes()
 	if errors.Is(err, redis.Nil) {
-		d.br.success()
+		_ = d.done(ctx, nil, start)
 		return nil, 0, false, nil
 	}
-	if err = d.done(ctx, err); err != nil {
+	if err = d.done(ctx, err, start); err != nil {
 		return nil, 0, false, fmt.Errorf("redis get %s: %w", id, err)
 	}
 	version, body, err = parseDoc(raw)
@@ -223,7 +244,8 @@ func (d *RedisDocs) Versions(ctx context.Context, ids []uuid.UUID) ([]int, error
 		}
 		return nil
 	})
-	if err = d.done(ctx, err); err != nil {
+	// a batch may take longer than one call: its speed is not judged
+	if err = d.done(ctx, err, time.Time{}); err != nil {
 		return nil, fmt.Errorf("redis versions: %w", err)
 	}
 	out := make([]int, len(ids))
@@ -272,10 +294,15 @@ func (d *RedisDocs) Wipe(ctx context.Context) error {
 	return wipe(ctx, d.rdb)
 }
 
-// done records the outcome of a call in the breaker and returns err. A call the caller
-// itself cancelled says nothing about Redis and is not counted.
-func (d *RedisDocs) done(parent context.Context, err error) error {
+// done records the outcome of a call that started at start in the breaker and returns
+// err. A call the caller itself cancelled says nothing about Redis and is not counted.
+// A call that succeeded but took more than half the timeout counts as a failure: a
+// slow Redis must open the breaker too, or the projector would spend its (every
+// consumer's) transaction time waiting for it call after call.
+func (d *RedisDocs) done(parent context.Context, err error, start time.Time) error {
 	switch {
+	case err == nil && !start.IsZero() && time.Since(start) > d.timeout/2:
+		d.br.failure()
 	case err == nil:
 		d.br.success()
 	case parent.Err() != nil:

@@ -106,19 +106,25 @@ func (p *RedisProjector) Project(ctx context.Context, e ticket.Event) error {
 
 // rebuild writes the ticket's document as the event store has it now.
 func (p *RedisProjector) rebuild(ctx context.Context, id uuid.UUID) error {
-	_, err := rebuildDoc(ctx, p.Events, p.Docs, id)
+	_, err := rebuildDoc(ctx, p.Events, p.Docs, id, false)
 	return err
 }
 
 // rebuildDoc replays ticket id from the event store and writes its document (or its
-// tombstone), if newer than the stored one. It returns the version written.
-func rebuildDoc(ctx context.Context, events *eventstore.Store, docs *RedisDocs, id uuid.UUID) (int, error) {
+// tombstone), if newer than the stored one. It returns the version written. force
+// writes even while the breaker is open (see RedisDocs.putForced).
+func rebuildDoc(ctx context.Context, events *eventstore.Store, docs *RedisDocs, id uuid.UUID, force bool) (int, error) {
 	t, err := events.LoadTicket(ctx, id, 0)
 	if err != nil {
 		return 0, fmt.Errorf("rebuild redis document: %w", err)
 	}
-	if t.Deleted() {
+	switch {
+	case t.Deleted() && force:
+		return t.Version(), docs.tombstoneForced(ctx, id, t.Version())
+	case t.Deleted():
 		return t.Version(), docs.Tombstone(ctx, id, t.Version())
+	case force:
+		return t.Version(), docs.putForced(ctx, ViewOf(t.State()))
 	}
 	return t.Version(), docs.Put(ctx, ViewOf(t.State()))
 }
@@ -311,7 +317,7 @@ func (r *RedisRepairer) RepairOnce(ctx context.Context) (int, error) {
 	var doneGens []int64
 	var failed error
 	for i, b := range claimed {
-		version, err := rebuildDoc(ctx, r.Events, r.Docs, b.id)
+		version, err := rebuildDoc(ctx, r.Events, r.Docs, b.id, true)
 		if errors.Is(err, ticket.ErrNotFound) {
 			err = nil // no such stream: nothing to repair
 		}

@@ -20,6 +20,7 @@ import (
 	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
@@ -551,8 +552,9 @@ func TestRedisProjectorThroughTheRouterIgnoresRepublishedEvents(t *testing.T) {
 }
 
 // rdFault injects failures into a real Redis client: commands whose name is in
-// names (all when empty) fail at once ("fail") or hang until their deadline ("hang",
-// as a SIGSTOPped node does). before, if set, runs before each matching command.
+// names (all when empty) fail at once ("fail"), hang until their deadline ("hang", as
+// a SIGSTOPped node does) or succeed after 80ms ("slow"). before, if set, runs before
+// each matching command.
 type rdFault struct {
 	mu     sync.Mutex
 	mode   string
@@ -583,6 +585,12 @@ func (f *rdFault) inject(ctx context.Context, cmds ...redis.Cmder) error {
 		case "hang":
 			<-ctx.Done()
 			return ctx.Err()
+		case "slow":
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(80 * time.Millisecond):
+			}
 		}
 	}
 	return nil
@@ -610,20 +618,22 @@ func (f *rdFault) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Proc
 }
 
 // faultyDocs returns RedisDocs (each call bounded by timeout) on a client of its own
-// with a fault injector, under a fresh prefix wiped at the end.
-func faultyDocs(t testing.TB, timeout time.Duration) (*projections.RedisDocs, *rdFault) {
+// with a fault injector, under a fresh prefix wiped at the end; and RedisDocs on the
+// same keys without faults (and with a breaker of their own), for the test's checks.
+func faultyDocs(t testing.TB, timeout time.Duration) (*projections.RedisDocs, *rdFault, *projections.RedisDocs) {
 	t.Helper()
 	rdb := testRedis(t)
 	f := &rdFault{}
 	rdb.AddHook(f)
-	docs := projections.NewRedisDocs(rdb, testPrefix(t), timeout)
+	prefix := testPrefix(t)
+	docs := projections.NewRedisDocs(rdb, prefix, timeout)
+	clean := projections.NewRedisDocs(testRedis(t), prefix, 5*time.Second)
 	t.Cleanup(func() {
-		f.set("")
-		if err := docs.Wipe(context.Background()); err != nil {
+		if err := clean.Wipe(context.Background()); err != nil {
 			t.Errorf("wipe: %v", err)
 		}
 	})
-	return docs, f
+	return docs, f, clean
 }
 
 func rdBacklog(t testing.TB, pool *pgxpool.Pool) int {
@@ -635,73 +645,107 @@ func rdBacklog(t testing.TB, pool *pgxpool.Pool) int {
 	return n
 }
 
-func TestRedisProjectorQueuesTicketsWhileRedisHangsAndTheRepairerCatchesUp(t *testing.T) {
+// rdQueuedOrCurrent returns a ticket of ids that is neither in the backlog nor current
+// in Redis (so would be lost), "" when there is none.
+func rdQueuedOrCurrent(t testing.TB, pool *pgxpool.Pool, docs *projections.RedisDocs, store *eventstore.Store, ids []uuid.UUID) string {
+	t.Helper()
+	rows, err := pool.Query(context.Background(), `SELECT ticket_id FROM redis_backlog`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	queued, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if slices.Contains(queued, id) {
+			continue
+		}
+		want, wv := rdWant(t, store, id, 0)
+		body, v, found, err := docs.Get(context.Background(), id)
+		if err != nil || !found || v != wv || string(body) != want {
+			return fmt.Sprintf("ticket %s is neither queued nor current in Redis (v%d, found %v, err %v)", id, v, found, err)
+		}
+	}
+	return ""
+}
+
+func TestRedisProjectorQueuesTicketsWhileRedisFailsAndTheRepairerCatchesUp(t *testing.T) {
 	t.Parallel()
-	pool, store := rdDB(t)
-	docs, fault := faultyDocs(t, 100*time.Millisecond)
-	p := &projections.RedisProjector{Docs: docs, Events: store}
-	rdRunRouter(t, pool,
-		projections.Handler{Group: projections.PostgresGroup, Func: projections.Postgres{}.Handle},
-		projections.Handler{Group: projections.RedisGroup, Func: p.Handle})
-	rm := projections.NewReadModel(pool, store)
+	for _, mode := range []string{"hang", "slow"} {
+		t.Run("redis_"+mode+"s", func(t *testing.T) {
+			t.Parallel()
+			pool, store := rdDB(t)
+			docs, fault, clean := faultyDocs(t, 100*time.Millisecond)
+			p := &projections.RedisProjector{Docs: docs, Events: store}
+			rdRunRouter(t, pool,
+				projections.Handler{Group: projections.PostgresGroup, Func: projections.Postgres{}.Handle},
+				projections.Handler{Group: projections.RedisGroup, Func: p.Handle})
+			rm := projections.NewReadModel(pool, store)
 
-	fault.set("hang")
-	var ids []uuid.UUID
-	for i := range 30 {
-		id, _ := rdDo(t, store, uuid.Nil, rdOpen(fmt.Sprintf("u%d", i)))
-		rdDo(t, store, id, rdComment(i))
-		ids = append(ids, id)
-	}
-	// The Postgres read model keeps up although every Redis call hangs: the breaker
-	// opens after a few timeouts and the projector queues the rest without waiting.
-	took := rdEventually(t, 5*time.Second, func() string {
-		list, _, err := rm.List(context.Background(), projections.ListQuery{Limit: 100})
-		if err != nil {
-			return err.Error()
-		}
-		if len(list) != len(ids) {
-			return fmt.Sprintf("list has %d of %d tickets", len(list), len(ids))
-		}
-		return ""
-	})
-	t.Logf("Postgres read model caught up %s after the writes while Redis hung", took)
-	rdEventually(t, 5*time.Second, func() string {
-		if n := rdBacklog(t, pool); n != len(ids) {
-			return fmt.Sprintf("backlog has %d of %d tickets", n, len(ids))
-		}
-		return ""
-	})
+			fault.set(mode)
+			var ids []uuid.UUID
+			for i := range 30 {
+				id, _ := rdDo(t, store, uuid.Nil, rdOpen(fmt.Sprintf("u%d", i)))
+				rdDo(t, store, id, rdComment(i))
+				ids = append(ids, id)
+			}
+			// The Postgres read model keeps up although every Redis call hangs or
+			// crawls: the breaker opens after a few such calls and the projector queues
+			// the rest without waiting for Redis in its transaction.
+			took := rdEventually(t, 5*time.Second, func() string {
+				list, _, err := rm.List(context.Background(), projections.ListQuery{Limit: 100})
+				if err != nil {
+					return err.Error()
+				}
+				if len(list) != len(ids) {
+					return fmt.Sprintf("list has %d of %d tickets", len(list), len(ids))
+				}
+				return ""
+			})
+			t.Logf("Postgres read model caught up %s after the writes while Redis %ss", took, mode)
+			rdEventually(t, 5*time.Second, func() string {
+				return rdQueuedOrCurrent(t, pool, clean, store, ids)
+			})
+			if p.Queued() == 0 {
+				t.Fatalf("nothing went to the backlog while Redis %ss", mode)
+			}
 
-	repairer := &projections.RedisRepairer{Pool: pool, Events: store, Docs: docs, Log: slog.New(slog.DiscardHandler)}
-	if _, err := repairer.RepairOnce(context.Background()); err == nil {
-		t.Fatalf("repair while Redis hangs reported no error")
+			repairer := &projections.RedisRepairer{Pool: pool, Events: store, Docs: docs, Log: slog.New(slog.DiscardHandler)}
+			if mode == "hang" {
+				before := rdBacklog(t, pool)
+				if _, err := repairer.RepairOnce(context.Background()); err == nil {
+					t.Fatalf("repair while Redis hangs reported no error")
+				}
+				if n := rdBacklog(t, pool); n != before {
+					t.Fatalf("a failed repair dropped tickets from the backlog: %d left of %d", n, before)
+				}
+				fault.set("")
+			}
+			// A slow Redis is still repaired, outside the projector's transaction.
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- repairer.Run(ctx) }()
+			took = rdEventually(t, 15*time.Second, func() string {
+				if n := rdBacklog(t, pool); n != 0 {
+					return fmt.Sprintf("%d tickets still queued", n)
+				}
+				return rdConverged(t, clean, store, ids)
+			})
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatalf("repairer: %v", err)
+			}
+			t.Logf("repairer restored %d documents in %s", repairer.Repaired(), took)
+		})
 	}
-	if n := rdBacklog(t, pool); n != len(ids) {
-		t.Fatalf("a failed repair dropped tickets from the backlog: %d left of %d", n, len(ids))
-	}
-
-	fault.set("")
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- repairer.Run(ctx) }()
-	took = rdEventually(t, 15*time.Second, func() string {
-		if n := rdBacklog(t, pool); n != 0 {
-			return fmt.Sprintf("%d tickets still queued", n)
-		}
-		return rdConverged(t, docs, store, ids)
-	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("repairer: %v", err)
-	}
-	t.Logf("repairer restored %d documents %s after Redis came back", len(ids), took)
 }
 
 func TestRedisRepairerKeepsATicketQueuedAgainDuringItsRepair(t *testing.T) {
 	t.Parallel()
 	pool, store := rdDB(t)
 	// the injected step writes to Postgres inside the Redis call: a generous timeout
-	docs, fault := faultyDocs(t, 10*time.Second)
+	docs, fault, _ := faultyDocs(t, 10*time.Second)
 	ctx := context.Background()
 	id, _ := rdDo(t, store, uuid.Nil, rdOpen("ann"))
 	if err := projections.EnqueueRedisRepair(ctx, pool, id); err != nil {
@@ -743,7 +787,7 @@ func TestRedisRepairerKeepsATicketQueuedAgainDuringItsRepair(t *testing.T) {
 func TestReaderNeverServesAnOlderStateThanItAcknowledged(t *testing.T) {
 	t.Parallel()
 	pool, store := rdDB(t)
-	docs, fault := faultyDocs(t, 2*time.Second)
+	docs, fault, _ := faultyDocs(t, 2*time.Second)
 	ctx := context.Background()
 	// No projector runs: the Postgres read model stays empty, so reads that skip Redis
 	// come from the event store, and only the write-through and refills fill Redis.
@@ -800,7 +844,7 @@ func TestReaderNeverServesAnOlderStateThanItAcknowledged(t *testing.T) {
 func TestReaderAnswersWithinItsTimeoutWhileRedisHangs(t *testing.T) {
 	t.Parallel()
 	pool, store := rdDB(t)
-	docs, fault := faultyDocs(t, 100*time.Millisecond)
+	docs, fault, _ := faultyDocs(t, 100*time.Millisecond)
 	ctx := context.Background()
 	reader := projections.NewReader(docs, projections.NewReadModel(pool, store), pool, nil)
 	id, res := rdDo(t, store, uuid.Nil, rdOpen("ann"))
