@@ -484,20 +484,18 @@ func TestDisruptiveRedisOutageKeepsTheAPIAnswering(t *testing.T) {
 	m.converge(t, s, 15*time.Second)
 }
 
-// buildTicketd compiles the server once per test binary, for tests that must kill it
-// like a crash would (SIGKILL), which run() inside the test process cannot show.
-var buildTicketd = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "ticketd-bin-")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "ticketd")
+// buildTicketd compiles the server into the test's temporary directory, for tests
+// that must kill it like a crash would (SIGKILL), which run() inside the test process
+// cannot show.
+func buildTicketd(t testing.TB) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "ticketd")
 	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("go build: %v\n%s", err, out)
+		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	return bin, nil
-})
+	return bin
+}
 
 // process is ticketd running as a child process.
 type process struct {
@@ -545,10 +543,7 @@ func startProcess(t testing.TB, bin string, env map[string]string) *process {
 
 func TestKilledServerLosesNoAcknowledgedWrite(t *testing.T) {
 	t.Parallel()
-	bin, err := buildTicketd()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := buildTicketd(t)
 	env := map[string]string{
 		"DATABASE_DSN": dbtest.NewDatabase(t),
 		"REDIS_ADDRS":  redisAddrs(),
