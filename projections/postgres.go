@@ -41,6 +41,11 @@ func (p Postgres) Handle(msg *message.Message) error {
 		return permanent(err)
 	}
 	ctx := msg.Context()
+	// Once the message's context has ended (shutdown, ack deadline) watermill-sql stops
+	// waiting and ends the transaction itself: the connection is no longer ours to use.
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	b := &pgx.Batch{}
 	b.Queue("SAVEPOINT projection")
 	if err := p.queue(b, rec); err != nil {
@@ -49,8 +54,10 @@ func (p Postgres) Handle(msg *message.Message) error {
 	b.Queue("RELEASE SAVEPOINT projection")
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		// undo this event's part so a retry (or the poison queue) can use the transaction
-		if _, rbErr := tx.Exec(context.WithoutCancel(ctx), "ROLLBACK TO SAVEPOINT projection"); rbErr != nil {
-			err = errors.Join(err, rbErr)
+		if ctx.Err() == nil {
+			if _, rbErr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT projection"); rbErr != nil {
+				err = errors.Join(err, rbErr)
+			}
 		}
 		return fmt.Errorf("project %s v%d of %s: %w", rec.Type(), rec.Version, rec.TicketID, err)
 	}
