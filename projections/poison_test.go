@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -266,5 +268,35 @@ func TestHungProjectorIsCutOffByTheAckDeadlineAndRedelivered(t *testing.T) {
 	}
 	if took > 5*time.Second {
 		t.Fatalf("projection took %s to get past a hung handler with a %s ack deadline", took, deadline)
+	}
+}
+
+func TestHandlerStillUsingTheTransactionAfterTheAckDeadlineIsWaitedFor(t *testing.T) {
+	t.Parallel()
+	pool, store := projectionDB(t)
+	var deliveries atomic.Int32
+	var lateExec atomic.Value
+	lingers := projections.Handler{Group: "lingers-once", Func: func(msg *message.Message) error {
+		if deliveries.Add(1) > 1 {
+			return nil
+		}
+		<-msg.Context().Done()
+		// Still busy with the subscriber's transaction after the deadline (the
+		// context, derived from the message's, outlives it): watermill-sql has given
+		// up on this message by now and wants to commit the same transaction.
+		tx, ok := wsql.TxFromContext(msg.Context())
+		if !ok {
+			return errors.New("no transaction")
+		}
+		_, err := tx.ExecContext(context.WithoutCancel(msg.Context()), `SELECT pg_sleep(0.3)`)
+		lateExec.Store(fmt.Sprint(err))
+		return msg.Context().Err()
+	}}
+	openTicketNow(t, store, "one")
+	openTicketNow(t, store, "two")
+	runProjectors(t, pool, projections.Config{AckDeadline: 300 * time.Millisecond}, nil, lingers)
+	waitCaughtUp(t, pool, "lingers-once", 10*time.Second)
+	if got := lateExec.Load(); got != "<nil>" {
+		t.Fatalf("the late statement in the handler failed: %v", got)
 	}
 }

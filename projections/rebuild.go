@@ -234,7 +234,8 @@ func (rb *rebuild) run(ctx context.Context) (RebuildResult, error) {
 
 	// Catch up with what was committed meanwhile until the rest fits the final step.
 	small := int64(rb.opt.BatchSize / 5)
-	waitUntil := time.Now().Add(rb.opt.WaitOpen)
+	waitFrom := time.Now()
+	waitUntil := waitFrom.Add(rb.opt.WaitOpen)
 	for round := 0; round < 20; {
 		next, err := rb.xmin(ctx)
 		if err != nil {
@@ -247,6 +248,7 @@ func (rb *rebuild) run(ctx context.Context) (RebuildResult, error) {
 		}
 		if n <= small {
 			if x, _ := strconv.ParseUint(next, 10, 64); x >= head {
+				log.Debug("rebuild: ready to swap", "catch_up", time.Since(waitFrom), "rounds", round)
 				break
 			}
 			if time.Now().After(waitUntil) {

@@ -2,15 +2,19 @@ package projections
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ticketd/ticketd/eventstore"
@@ -97,7 +101,7 @@ func NewRouter(pool *pgxpool.Pool, cfg Config, log *slog.Logger, handlers ...Han
 	if err != nil {
 		return nil, fmt.Errorf("poison queue: %w", err)
 	}
-	router.AddMiddleware(poison, middleware.Retry{
+	router.AddMiddleware(guardTx, poison, middleware.Retry{
 		MaxRetries:      cfg.Retries,
 		InitialInterval: 10 * time.Millisecond,
 		MaxInterval:     500 * time.Millisecond,
@@ -106,7 +110,7 @@ func NewRouter(pool *pgxpool.Pool, cfg Config, log *slog.Logger, handlers ...Han
 	}.Middleware)
 	var groups []string
 	for _, h := range handlers {
-		sub, err := wsql.NewSubscriber(wsql.BeginnerFromPgx(pool), wsql.SubscriberConfig{
+		sub, err := wsql.NewSubscriber(guardedBeginner{wsql.BeginnerFromPgx(pool)}, wsql.SubscriberConfig{
 			ConsumerGroup:  h.Group,
 			AckDeadline:    &cfg.AckDeadline,
 			PollInterval:   cfg.PollInterval,
@@ -168,4 +172,87 @@ func Run(ctx context.Context, router *message.Router) error {
 		return err
 	}
 	return nil
+}
+
+// The subscriber's transaction is shared by two goroutines: the subscriber, which
+// selects the messages, acknowledges them and commits, and the router's handler
+// goroutine, which projects through it. watermill-sql gives up waiting for a handler
+// when the ack deadline passes or the subscriber closes, and then acknowledges the
+// rows before it and commits or rolls back at once, while the handler may still be
+// using the transaction (a data race on the pgx connection; pgx may panic). The guard
+// below makes the subscriber's own use of the transaction wait until the handler chain
+// (poison publishing included) has returned. The handler's context ends at the same
+// moment, so the wait is short unless a handler ignores its context.
+
+// guardedBeginner begins subscriber transactions whose pgx transaction is a guardedPgxTx.
+type guardedBeginner struct{ wsql.Beginner }
+
+func (b guardedBeginner) BeginTx(ctx context.Context, opts *sql.TxOptions) (wsql.Tx, error) {
+	tx, err := b.Beginner.BeginTx(ctx, opts)
+	if err != nil {
+		return tx, err
+	}
+	if p, ok := tx.(*wsql.PgxTx); ok && p.Tx != nil {
+		p.Tx = &guardedPgxTx{Tx: p.Tx}
+	}
+	return tx, nil
+}
+
+// guardedPgxTx is a pgx transaction whose use by the subscriber waits for the guard,
+// which guardTx holds while a handler chain runs. Calls made by a handler (their
+// context carries the transaction, as every message context does) pass straight
+// through; the subscriber's own calls (its context does not) take the guard.
+type guardedPgxTx struct {
+	pgx.Tx
+	mu sync.Mutex
+}
+
+// wait takes the guard for a call made outside a handler and returns its release.
+func (t *guardedPgxTx) wait(ctx context.Context) func() {
+	if _, inHandler := wsql.TxFromContext(ctx); inHandler {
+		return func() {}
+	}
+	t.mu.Lock()
+	return t.mu.Unlock
+}
+
+func (t *guardedPgxTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	defer t.wait(ctx)()
+	return t.Tx.Exec(ctx, sql, args...)
+}
+
+func (t *guardedPgxTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	defer t.wait(ctx)()
+	return t.Tx.Query(ctx, sql, args...)
+}
+
+func (t *guardedPgxTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	defer t.wait(ctx)()
+	return t.Tx.QueryRow(ctx, sql, args...)
+}
+
+func (t *guardedPgxTx) Commit(ctx context.Context) error {
+	defer t.wait(ctx)()
+	return t.Tx.Commit(ctx)
+}
+
+func (t *guardedPgxTx) Rollback(ctx context.Context) error {
+	defer t.wait(ctx)()
+	return t.Tx.Rollback(ctx)
+}
+
+// guardTx is the outermost router middleware: it holds the guard of the message's
+// transaction while the rest of the chain runs.
+func guardTx(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		if tx, ok := wsql.TxFromContext(msg.Context()); ok {
+			if p, ok := tx.(*wsql.PgxTx); ok {
+				if g, ok := p.Tx.(*guardedPgxTx); ok {
+					g.mu.Lock()
+					defer g.mu.Unlock()
+				}
+			}
+		}
+		return h(msg)
+	}
 }
