@@ -3,7 +3,6 @@ package httpapi
 import (
 	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -141,21 +140,9 @@ func (s *Server) getAtVersion(c *fiber.Ctx, id uuid.UUID) error {
 			"the ticket was deleted at version "+strconv.Itoa(n)+"; version "+strconv.Itoa(n-1)+
 				" is its last state, and /v1/ticket/"+id.String()+"/history lists every event")
 	}
+	if notModified(c, n) {
+		return nil
+	}
 	setETag(c, n)
-	if inm := c.Get(fiber.HeaderIfNoneMatch); inm != "" && etagListHas(inm, n) {
-		return c.SendStatus(fiber.StatusNotModified)
-	}
 	return c.JSON(projections.ViewOf(t.State()))
-}
-
-// etagListHas reports whether an If-None-Match value names version v ("*" names any).
-func etagListHas(header string, v int) bool {
-	want := strconv.Itoa(v)
-	for _, tag := range strings.Split(header, ",") {
-		tag = strings.TrimPrefix(strings.TrimSpace(tag), "W/")
-		if tag == "*" || strings.Trim(tag, `"`) == want {
-			return true
-		}
-	}
-	return false
 }
