@@ -59,8 +59,10 @@ const selectUpTo = `SELECT version, type, data, coalesce(metadata->>'actor', '')
 // is the caller's decision. It returns ticket.ErrNotFound for a stream with no events
 // and wraps ticket.ErrUnavailable for an unreachable database.
 //
-// Replay starts at event 1 every time: it takes ~10-20 ms for a 10,000-event stream,
-// so there are no snapshots (see the README's auditors section for the measurement).
+// Replay starts at event 1 every time, without snapshots: a 10,000-event stream
+// replays in 60-100 ms on a busy 2-core machine, most of it decoding each event's
+// JSON; a snapshot of a comment-heavy ticket would hold those comments and cost
+// about as much to decode.
 func (s *Store) TicketAt(ctx context.Context, id uuid.UUID, version int) (t *ticket.Ticket, head int, err error) {
 	if version < 1 {
 		return nil, 0, &ticket.ValidationError{Field: "version", Reason: "must be a whole number of at least 1"}
