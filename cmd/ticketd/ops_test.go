@@ -20,11 +20,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caarlos0/env/v11"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/pb33f/libopenapi"
 	validator "github.com/pb33f/libopenapi-validator"
 	"golang.org/x/net/html"
+	"gopkg.in/yaml.v3"
 
 	"github.com/ticketd/ticketd/db/dbtest"
 )
@@ -662,4 +664,84 @@ func sortedKeys(m map[string]bool) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// --- configuration files ------------------------------------------------------------
+
+func TestEnvExampleListsEveryVariable(t *testing.T) {
+	t.Parallel()
+	raw, err := os.ReadFile("../../.env.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := map[string]bool{}
+	for _, l := range strings.Split(string(raw), "\n") {
+		if k, _, ok := strings.Cut(l, "="); ok && !strings.HasPrefix(l, "#") {
+			listed[strings.TrimSpace(k)] = true
+		}
+	}
+	params, err := env.GetFieldParams(&Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	known := map[string]bool{"POSTGRES_PASSWORD": true, "TICKETD_PORT": true} // compose's own
+	for _, p := range params {
+		known[p.Key] = true
+		if !listed[p.Key] {
+			t.Errorf(".env.example lacks %s", p.Key)
+		}
+	}
+	for k := range listed {
+		if !known[k] {
+			t.Errorf(".env.example lists %s, which nothing reads", k)
+		}
+	}
+	// the defaults it shows are valid: loading them is what an unchanged copy does
+	vals := map[string]string{}
+	for _, l := range strings.Split(string(raw), "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok && !strings.HasPrefix(l, "#") {
+			vals[k] = v
+		}
+	}
+	if _, err := loadConfig(func(k string) string { return vals[k] }); err != nil {
+		t.Errorf(".env.example does not load: %v", err)
+	}
+}
+
+func TestComposeSetsOnlyRealVariables(t *testing.T) {
+	t.Parallel()
+	raw, err := os.ReadFile("../../compose.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var compose struct {
+		Services map[string]struct {
+			Environment map[string]string `yaml:"environment"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(raw, &compose); err != nil {
+		t.Fatalf("compose.yaml: %v", err)
+	}
+	svc, ok := compose.Services["ticketd"]
+	if !ok {
+		t.Fatal("compose.yaml has no ticketd service")
+	}
+	params, _ := env.GetFieldParams(&Config{})
+	known := map[string]bool{}
+	for _, p := range params {
+		known[p.Key] = true
+	}
+	for _, k := range []string{"DATABASE_DSN", "REDIS_ADDRS", "HTTP_ADDR"} {
+		if svc.Environment[k] == "" {
+			t.Errorf("compose.yaml does not set %s for ticketd", k)
+		}
+	}
+	for k := range svc.Environment {
+		if !known[k] {
+			t.Errorf("compose.yaml sets %s, which ticketd does not read", k)
+		}
+	}
+	if got := svc.Environment["HTTP_ADDR"]; got != ":8000" {
+		t.Errorf("HTTP_ADDR %q: the Dockerfile EXPOSEs 8000", got)
+	}
 }
