@@ -51,6 +51,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	healthOnly := fs.Bool("healthcheck", false, "ask the ticketd on HTTP_ADDR for /healthz; exit 0 if it answers 200, else 1 (the container HEALTHCHECK)")
 	historyOf := fs.String("history", "", "print the event history of the ticket with this id and exit (reads only)")
 	historyJSON := fs.Bool("json", false, "with -history: print JSON lines instead of a table")
+	rebuild := fs.Bool("rebuild-projections", false,
+		"replay the event store into fresh read models (Postgres and Redis), move the projectors to the replayed point and exit; safe while other instances serve")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
@@ -90,6 +92,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return err
 	}
 	defer pool.Close()
+	if *rebuild {
+		return rebuildProjections(ctx, cfg, pool, log, stdout)
+	}
 	return serve(ctx, cfg, pool, log)
 }
 
