@@ -92,6 +92,7 @@ func TestHostileInput(t *testing.T) {
 		{"latin1_charset", rawRequest("POST", tk+"/comments", `{"body":"x","created_by":"u"}`, "Content-Type: application/json; charset=iso-8859-1"), 415, "unsupported-media-type", ""},
 		// headers
 		{"headers_too_large", rawRequest("GET", tk, "", "X-Junk: "+strings.Repeat("a", 20<<10)), 431, "headers-too-large", ""},
+		{"request_line_too_large", rawRequest("GET", "/v1/ticket/?email="+strings.Repeat("a", 20<<10), ""), 431, "headers-too-large", ""},
 		{"many_headers", rawRequest("GET", tk, "", strings.Repeat("X-A: b\r\n", 3000)+"X-Z: z"), 431, "headers-too-large", ""},
 		{"over_long_actor", rawRequest("DELETE", tk, "", "X-Actor: "+strings.Repeat("a", 300)), 422, "validation-failed", "deleted_by"},
 		{"control_in_actor", rawRequest("DELETE", tk, "", "X-Actor: a\x01b"), 422, "validation-failed", "deleted_by"},
