@@ -35,6 +35,7 @@ type Store struct {
 	MaxRetries int
 	schema     wsql.DefaultPostgreSQLSchema
 	cache      *tickets
+	locks      *streamLocks
 	lastPurge  atomic.Int64 // unix ns of the last purge of expired idempotency keys
 }
 
@@ -44,7 +45,7 @@ const DefaultCacheWeight = 50_000
 
 // New returns a store on pool.
 func New(pool *pgxpool.Pool) *Store {
-	return &Store{pool: pool, Now: time.Now, MaxRetries: 20, cache: newTickets(DefaultCacheWeight)}
+	return &Store{pool: pool, Now: time.Now, MaxRetries: 20, cache: newTickets(DefaultCacheWeight), locks: newStreamLocks()}
 }
 
 // Pool returns the store's connection pool.
@@ -262,6 +263,13 @@ type Result struct {
 // ErrIdempotencyKeyReused, ticket.ErrUnavailable, or a *ConcurrencyError once the
 // retries are spent.
 func (s *Store) Handle(ctx context.Context, id uuid.UUID, opt Options, decide func(t *ticket.Ticket, now time.Time) error) (Result, error) {
+	if !opt.Create && s.locks != nil {
+		unlock, err := s.locks.lock(ctx, id)
+		if err != nil {
+			return Result{}, err
+		}
+		defer unlock()
+	}
 	for attempt := 0; ; attempt++ {
 		if r, err := s.storedResponse(ctx, opt.Idempotency); r != nil || err != nil {
 			return Result{Replayed: r}, err
