@@ -41,8 +41,7 @@ func interpret(err error, stream uuid.UUID, expected int) error {
 		switch {
 		case pe.Code == "23505" && pe.ConstraintName == "events_stream_version":
 			return &ConcurrencyError{StreamID: stream, Expected: expected}
-		case len(pe.Code) == 5 && (pe.Code[:2] == "08" || pe.Code[:2] == "53" || pe.Code[:3] == "57P"):
-			// connection exception, insufficient resources, operator intervention
+		case Unreachable(pe):
 			return fmt.Errorf("%w: %w", ticket.ErrUnavailable, err)
 		}
 		return err
@@ -56,6 +55,11 @@ func interpret(err error, stream uuid.UUID, expected int) error {
 // Unreachable reports whether err means Postgres could not be reached in time (dial
 // failure, broken connection, pool acquire timing out), as opposed to a query error.
 func Unreachable(err error) bool {
+	if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) {
+		// connection exception, insufficient resources, operator intervention (the
+		// server shutting down: 57P01 admin_shutdown and friends)
+		return len(pe.Code) == 5 && (pe.Code[:2] == "08" || pe.Code[:2] == "53" || pe.Code[:3] == "57P")
+	}
 	var ce *pgconn.ConnectError
 	var ne net.Error
 	return errors.As(err, &ce) || errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) ||
