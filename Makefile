@@ -17,9 +17,10 @@ help: ## List the targets
 
 .PHONY: test
 test: ## Run all tests (race detector, fuzz seed corpora) against real Postgres and Redis Cluster
+	@# Tests named TestDisruptive* stop the shared Redis Cluster (SIGSTOP): they run first,
+	@# alone (only cmd/ticketd has them), then everything else in parallel.
+	TICKETD_DISRUPTIVE_TESTS=1 scripts/test-env.sh $(GO) test -race -count=1 -timeout 5m -p 1 -run 'Disruptive' ./cmd/ticketd/
 	scripts/test-env.sh $(GO) test -race -count=1 -timeout 12m -skip 'Disruptive' ./...
-	@# Tests named TestDisruptive* stop the shared Redis Cluster (SIGSTOP): alone, one package at a time.
-	TICKETD_DISRUPTIVE_TESTS=1 scripts/test-env.sh $(GO) test -race -count=1 -timeout 5m -p 1 -run 'Disruptive' ./...
 
 .PHONY: run
 run: ## Run ticketd locally against Postgres and the Redis Cluster
