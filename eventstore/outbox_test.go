@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"strconv"
 	"sync"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/projections/projectionstest"
 	"github.com/ticketd/ticketd/ticket"
 )
 
@@ -168,30 +168,8 @@ func waitFor(d time.Duration, cond func() bool) bool {
 func runRecorder(t *testing.T, pool *pgxpool.Pool) *recorder {
 	t.Helper()
 	rec := &recorder{}
-	router, err := projections.NewRouter(pool, projections.Config{}, slog.New(slog.DiscardHandler),
+	projectionstest.RunRouter(t, pool, projections.Config{},
 		projections.Handler{Group: "test-recorder", Func: rec.handle})
-	if err != nil {
-		t.Fatalf("NewRouter: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- projections.Run(ctx, router) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("router stopped with error: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Errorf("router did not stop within 15s")
-		}
-	})
-	select {
-	case <-router.Running():
-	case <-time.After(15 * time.Second):
-		t.Fatalf("router not running within 15s")
-	}
 	return rec
 }
 

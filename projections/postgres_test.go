@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"log/slog"
 	"math/rand/v2"
 	"reflect"
 	"slices"
@@ -22,6 +21,7 @@ import (
 	"github.com/ticketd/ticketd/db/dbtest"
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/projections/projectionstest"
 	"github.com/ticketd/ticketd/ticket"
 )
 
@@ -230,30 +230,8 @@ func TestPostgresProjectorIsIdempotentByVersion(t *testing.T) {
 // pgRunProjector runs the Postgres projector through a real router until the test ends.
 func pgRunProjector(t *testing.T, pool *pgxpool.Pool) {
 	t.Helper()
-	router, err := projections.NewRouter(pool, projections.Config{}, slog.New(slog.DiscardHandler),
+	projectionstest.RunRouter(t, pool, projections.Config{},
 		projections.Handler{Group: projections.PostgresGroup, Func: projections.Postgres{}.Handle})
-	if err != nil {
-		t.Fatalf("NewRouter: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- projections.Run(ctx, router) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("router stopped with error: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Errorf("router did not stop within 15s")
-		}
-	})
-	select {
-	case <-router.Running():
-	case <-time.After(15 * time.Second):
-		t.Fatalf("router not running within 15s")
-	}
 }
 
 // pgWaitCaughtUp waits (bounded) until group has acknowledged every outbox message, in

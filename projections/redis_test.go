@@ -28,6 +28,7 @@ import (
 	"github.com/ticketd/ticketd/db/dbtest"
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/projections/projectionstest"
 	"github.com/ticketd/ticketd/ticket"
 )
 
@@ -442,29 +443,7 @@ func TestRedisProjectorNeverMovesADocumentBackwards(t *testing.T) {
 // the test ends.
 func rdRunRouter(t testing.TB, pool *pgxpool.Pool, handlers ...projections.Handler) {
 	t.Helper()
-	router, err := projections.NewRouter(pool, projections.Config{}, slog.New(slog.DiscardHandler), handlers...)
-	if err != nil {
-		t.Fatalf("router: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- projections.Run(ctx, router) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("router stopped with error: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Errorf("router did not stop within 15s")
-		}
-	})
-	select {
-	case <-router.Running():
-	case <-time.After(15 * time.Second):
-		t.Fatalf("router not running within 15s")
-	}
+	projectionstest.RunRouter(t, pool, projections.Config{}, handlers...)
 }
 
 // rdEventually polls cond (which returns what is still wrong, "" when done) until it
