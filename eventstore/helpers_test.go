@@ -11,7 +11,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/ticketd/ticketd/db"
 	"github.com/ticketd/ticketd/db/dbtest"
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/ticket"
@@ -21,22 +20,13 @@ import (
 const maxVersion = int(^uint32(0) >> 1)
 
 // testContext is bounded so a hung database fails the test instead of the run.
-func testContext(t *testing.T) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
+func testContext(t *testing.T) context.Context { return dbtest.Context(t) }
 
 // newStore returns a store on a fresh migrated database of its own, with a small pool:
 // many parallel tests share one Postgres.
 func newStore(t *testing.T) (*eventstore.Store, *pgxpool.Pool) {
 	t.Helper()
-	pool, err := db.Open(testContext(t), dbtest.NewDatabase(t), db.PoolConfig{MaxConns: 4})
-	if err != nil {
-		t.Fatalf("open pool: %v", err)
-	}
-	t.Cleanup(pool.Close)
+	pool := dbtest.NewPool(t)
 	return eventstore.New(pool), pool
 }
 

@@ -17,7 +17,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/ticketd/ticketd/db"
 	"github.com/ticketd/ticketd/db/dbtest"
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
@@ -26,21 +25,12 @@ import (
 )
 
 // pgContext is bounded so a hung database fails the test instead of the run.
-func pgContext(t *testing.T) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
+func pgContext(t *testing.T) context.Context { return dbtest.Context(t) }
 
 // pgDatabase returns a small pool on a fresh migrated database and an event store on it.
 func pgDatabase(t *testing.T) (*pgxpool.Pool, *eventstore.Store) {
 	t.Helper()
-	pool, err := db.Open(pgContext(t), dbtest.NewDatabase(t), db.PoolConfig{MaxConns: 4})
-	if err != nil {
-		t.Fatalf("open pool: %v", err)
-	}
-	t.Cleanup(pool.Close)
+	pool := dbtest.NewPool(t)
 	return pool, eventstore.New(pool)
 }
 

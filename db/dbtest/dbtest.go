@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ticketd/ticketd/db"
 )
@@ -107,4 +108,25 @@ func NewDatabase(t testing.TB) string {
 		_, _ = c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
 	})
 	return WithDatabase(ServerDSN(), name)
+}
+
+// Context returns a context that ends with t or after two minutes, so a hung database
+// fails the test instead of the whole run.
+func Context(t testing.TB) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// NewPool opens a small pool (many parallel tests share one Postgres) on a fresh
+// migrated database of t's own, closed when t ends.
+func NewPool(t testing.TB) *pgxpool.Pool {
+	t.Helper()
+	pool, err := db.Open(Context(t), NewDatabase(t), db.PoolConfig{MaxConns: 4})
+	if err != nil {
+		t.Fatalf("open pool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }
