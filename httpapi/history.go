@@ -78,22 +78,14 @@ func (s *Server) history(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	limit := DefaultHistoryLimit
-	if raw := c.Query("limit"); raw != "" {
-		n, err := strconv.Atoi(raw)
-		if err != nil || n < 1 || n > MaxHistoryLimit {
-			return invalidQuery("limit", "must be a whole number from 1 to "+strconv.Itoa(MaxHistoryLimit))
-		}
-		limit = n
+	limit, err := limitParam(c, DefaultHistoryLimit, MaxHistoryLimit)
+	if err != nil {
+		return err
 	}
 	scope := "history:" + id.String()
-	after := 0
-	if raw := c.Query("cursor"); raw != "" {
-		cb, err := s.cursors.open(raw, scope)
-		if err != nil {
-			return err
-		}
-		after = cb.After
+	after, err := s.afterParam(c, scope)
+	if err != nil {
+		return err
 	}
 	recs, more, err := s.cfg.Store.History(c.UserContext(), id, after, limit)
 	if err != nil {

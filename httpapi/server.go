@@ -203,17 +203,32 @@ func setETag(c *fiber.Ctx, version int) {
 	c.Set(fiber.HeaderETag, `"`+strconv.Itoa(version)+`"`)
 }
 
-// limitParam parses ?limit=, defaulting and refusing (not clamping) out-of-range values.
-func limitParam(c *fiber.Ctx) (int, error) {
+// limitParam parses ?limit=, defaulting to def and refusing (not clamping) values
+// outside 1..max.
+func limitParam(c *fiber.Ctx, def, max int) (int, error) {
 	raw := c.Query("limit")
 	if raw == "" {
-		return DefaultLimit, nil
+		return def, nil
 	}
 	n, err := strconv.Atoi(raw)
-	if err != nil || n < 1 || n > MaxLimit {
-		return 0, invalidQuery("limit", "must be a whole number from 1 to "+strconv.Itoa(MaxLimit))
+	if err != nil || n < 1 || n > max {
+		return 0, invalidQuery("limit", "must be a whole number from 1 to "+strconv.Itoa(max))
 	}
 	return n, nil
+}
+
+// afterParam returns the version a ?cursor= of the given scope continues after (0
+// without a cursor), or a 422 problem for a cursor this listing did not issue.
+func (s *Server) afterParam(c *fiber.Ctx, scope string) (int, error) {
+	raw := c.Query("cursor")
+	if raw == "" {
+		return 0, nil
+	}
+	cb, err := s.cursors.open(raw, scope)
+	if err != nil {
+		return 0, err
+	}
+	return cb.After, nil
 }
 
 type createRequest struct {
@@ -422,18 +437,14 @@ func (s *Server) listComments(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	limit, err := limitParam(c)
+	limit, err := limitParam(c, DefaultLimit, MaxLimit)
 	if err != nil {
 		return err
 	}
 	scope := "comments:" + id.String()
-	after := 0
-	if raw := c.Query("cursor"); raw != "" {
-		cb, err := s.cursors.open(raw, scope)
-		if err != nil {
-			return err
-		}
-		after = cb.After
+	after, err := s.afterParam(c, scope)
+	if err != nil {
+		return err
 	}
 	page, more, err := s.cfg.Reader.Comments(c.UserContext(), id, after, limit)
 	if err != nil {
@@ -450,7 +461,7 @@ func (s *Server) listComments(c *fiber.Ctx) error {
 }
 
 func (s *Server) list(c *fiber.Ctx) error {
-	limit, err := limitParam(c)
+	limit, err := limitParam(c, DefaultLimit, MaxLimit)
 	if err != nil {
 		return err
 	}
