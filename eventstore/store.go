@@ -33,10 +33,14 @@ type Store struct {
 	// MaxRetries bounds how often a command is retried from a fresh load after a
 	// concurrency clash when the caller gave no precondition.
 	MaxRetries int
-	schema     wsql.DefaultPostgreSQLSchema
-	cache      *tickets
-	locks      *streamLocks
-	lastPurge  atomic.Int64 // unix ns of the last purge of expired idempotency keys
+	// OnAppend, if set, is called after every append that committed (it must not
+	// block): this instance's projectors are woken by it instead of waiting for their
+	// next poll.
+	OnAppend  func()
+	schema    wsql.DefaultPostgreSQLSchema
+	cache     *tickets
+	locks     *streamLocks
+	lastPurge atomic.Int64 // unix ns of the last purge of expired idempotency keys
 }
 
 // DefaultCacheWeight bounds the aggregate cache: tickets plus comments held in memory
@@ -51,37 +55,15 @@ func New(pool *pgxpool.Pool) *Store {
 // Pool returns the store's connection pool.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
-const selectEvents = `SELECT position, version, type, data, metadata, recorded_at
-	FROM events WHERE stream_id = $1 AND version > $2 AND version <= $3 ORDER BY version`
-
 // Load returns the events of a stream with after < version <= upTo, in order. An
 // unknown stream yields no records and no error.
 func (s *Store) Load(ctx context.Context, id uuid.UUID, after, upTo int) ([]Record, error) {
-	rows, err := s.pool.Query(ctx, selectEvents, id, after, upTo)
+	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+`
+		FROM events WHERE stream_id = $1 AND version > $2 AND version <= $3 ORDER BY version`, id, after, upTo)
 	if err != nil {
 		return nil, interpret(err, id, 0)
 	}
-	recs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Record, error) {
-		var r Record
-		var typ string
-		var data []byte
-		var md []byte
-		if err := row.Scan(&r.Position, &r.Version, &typ, &data, &md, &r.RecordedAt); err != nil {
-			return r, err
-		}
-		d, err := ticket.DecodeData(typ, data)
-		if err != nil {
-			return r, err
-		}
-		if err := json.Unmarshal(md, &r.Metadata); err != nil {
-			return r, fmt.Errorf("decode metadata: %w", err)
-		}
-		// pgx reads timestamptz in the process's zone; events are recorded in UTC, and
-		// a loaded record must equal the appended one (and render the same in JSON).
-		r.RecordedAt = r.RecordedAt.UTC()
-		r.Event = ticket.Event{TicketID: id, Version: r.Version, At: r.RecordedAt, Actor: r.Metadata.Actor, Data: d}
-		return r, nil
-	})
+	recs, err := collect(rows)
 	if err != nil {
 		return nil, interpret(err, id, 0)
 	}
@@ -315,6 +297,7 @@ func (s *Store) Handle(ctx context.Context, id uuid.UUID, opt Options, decide fu
 			return Result{}, err
 		}
 		s.cache.put(t)
+		s.appended()
 		return Result{Ticket: t, Records: recs}, nil
 	}
 }
@@ -340,6 +323,13 @@ func (s *Store) current(ctx context.Context, id uuid.UUID) (*ticket.Ticket, erro
 		s.cache.put(t)
 	}
 	return t, nil
+}
+
+// appended runs the OnAppend hook.
+func (s *Store) appended() {
+	if s.OnAppend != nil {
+		s.OnAppend()
+	}
 }
 
 // backoff is a short jittered wait so clashing writers spread out.

@@ -106,3 +106,14 @@ func TestApplyAcceptsEveryPossibleStream(t *testing.T) {
 		})
 	}
 }
+
+// TestEveryEventKindDecodes proves that DecodeData has a case for every kind in
+// EventKinds: a kind added without one fails here.
+func TestEveryEventKindDecodes(t *testing.T) {
+	for _, kind := range ticket.EventKinds() {
+		got, err := ticket.DecodeData(kind.EventType(), []byte(`{}`))
+		if err != nil || reflect.TypeOf(got) != reflect.TypeOf(kind) {
+			t.Errorf("DecodeData(%s): %T, %v; want a %T", kind.EventType(), got, err, kind)
+		}
+	}
+}

@@ -76,6 +76,14 @@ func (CommentAdded) sealed()  {}
 func (StatusChanged) sealed() {}
 func (Deleted) sealed()       {}
 
+// EventKinds returns one zero value of every kind of event data, in a fixed order. The
+// set is closed, so tests use it to prove that every reader of events (decoding, the
+// read models' fold) has a case for every kind: adding a kind here without one fails
+// a test, not production.
+func EventKinds() []EventData {
+	return []EventData{Opened{}, CommentAdded{}, StatusChanged{}, Deleted{}}
+}
+
 // DecodeData turns a stored type name and JSON payload back into event data.
 // An unknown type is an error: the store never holds one this binary cannot read.
 func DecodeData(typ string, payload []byte) (EventData, error) {

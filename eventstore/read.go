@@ -1,0 +1,153 @@
+package eventstore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/ticketd/ticketd/ticket"
+)
+
+// The reads of the events table. Every query of it lives in this package and every row
+// goes through scanEvent, so the decoding of a stored event is written once.
+
+// eventColumns are the columns scanEvent reads, in its order. A query that does not
+// need the metadata selects NULL in its place (the record's Actor is then empty).
+const eventColumns = `position, stream_id, version, type, data, metadata, recorded_at`
+
+// leanColumns are eventColumns without the metadata: folds need neither the actor nor
+// the request ids, and decoding a JSON document per event is a third of a replay.
+const leanColumns = `position, stream_id, version, type, data, NULL::jsonb, recorded_at`
+
+// Querier runs a query: a pool, a connection or a transaction.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// scanEvent reads one row of eventColumns (then into extra any columns after them).
+func scanEvent(row pgx.Row, extra ...any) (Record, error) {
+	var r Record
+	var typ string
+	var data, md []byte
+	dest := append([]any{&r.Position, &r.TicketID, &r.Version, &typ, &data, &md, &r.RecordedAt}, extra...)
+	if err := row.Scan(dest...); err != nil {
+		return r, err
+	}
+	d, err := ticket.DecodeData(typ, data)
+	if err != nil {
+		return r, fmt.Errorf("event %d of %s: %w", r.Version, r.TicketID, err)
+	}
+	if len(md) > 0 {
+		if err := json.Unmarshal(md, &r.Metadata); err != nil {
+			return r, fmt.Errorf("decode metadata of %s version %d: %w", r.TicketID, r.Version, err)
+		}
+	}
+	// pgx reads timestamptz in the process's zone; events are recorded in UTC, and a
+	// loaded record must equal the appended one (and render the same in JSON).
+	r.RecordedAt = r.RecordedAt.UTC()
+	r.Event = ticket.Event{TicketID: r.TicketID, Version: r.Version, At: r.RecordedAt, Actor: r.Metadata.Actor, Data: d}
+	return r, nil
+}
+
+func collect(rows pgx.Rows) ([]Record, error) {
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Record, error) { return scanEvent(row) })
+}
+
+// Range returns, through q, the events written by transactions with from <=
+// transaction_id < to (xid8 values in decimal), in commit order as the outbox has them
+// (transaction, then position), with their metadata. With to at or below the
+// snapshot's xmin the set can no longer change: every transaction below it has ended.
+func Range(ctx context.Context, q Querier, from, to string) ([]Record, error) {
+	rows, err := q.Query(ctx, `SELECT `+eventColumns+` FROM events
+		WHERE transaction_id >= $1::xid8 AND transaction_id < $2::xid8 ORDER BY transaction_id, position`, from, to)
+	if err != nil {
+		return nil, interpret(err, uuid.Nil, 0)
+	}
+	recs, err := collect(rows)
+	if err != nil {
+		return nil, interpret(err, uuid.Nil, 0)
+	}
+	return recs, nil
+}
+
+// CountRange returns, through q, how many events transactions with from <=
+// transaction_id < to wrote.
+func CountRange(ctx context.Context, q Querier, from, to string) (int64, error) {
+	rows, err := q.Query(ctx, `SELECT count(*) FROM events WHERE transaction_id >= $1::xid8 AND transaction_id < $2::xid8`, from, to)
+	if err != nil {
+		return 0, interpret(err, uuid.Nil, 0)
+	}
+	n, err := pgx.CollectExactlyOneRow(rows, pgx.RowTo[int64])
+	if err != nil {
+		return 0, interpret(err, uuid.Nil, 0)
+	}
+	return n, nil
+}
+
+// ScanCommitted calls fn for every event written by a transaction with transaction_id
+// < below, stream by stream, each in version order, without metadata (Actor empty). It
+// reads in one statement outside any transaction (a read-only statement holds no
+// transaction id, so it holds back no consumer) and stops at fn's first error.
+func (s *Store) ScanCommitted(ctx context.Context, below string, fn func(ticket.Event) error) error {
+	rows, err := s.pool.Query(ctx, `SELECT `+leanColumns+` FROM events
+		WHERE transaction_id < $1::xid8 ORDER BY stream_id, version`, below)
+	if err != nil {
+		return interpret(err, uuid.Nil, 0)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		r, err := scanEvent(rows)
+		if err != nil {
+			return interpret(err, uuid.Nil, 0)
+		}
+		if err := fn(r.Event); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return interpret(err, uuid.Nil, 0)
+	}
+	return nil
+}
+
+// Head returns the version of stream id's last event, 0 for an unknown stream.
+func (s *Store) Head(ctx context.Context, id uuid.UUID) (int, error) {
+	var head int
+	if err := s.pool.QueryRow(ctx, HeadQuery, id).Scan(&head); err != nil {
+		return 0, interpret(err, id, 0)
+	}
+	return head, nil
+}
+
+// HeadQuery selects the version of stream $1's last event (0 for an unknown stream),
+// for a read model that checks in the same round trip whether it is behind the store.
+const HeadQuery = `SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1`
+
+// StreamAt returns stream id's events up to and including version (clamped to the
+// stream's head), without metadata, and the head version read in the same statement,
+// so the caller can tell a version beyond the stream from one inside it. It returns
+// ticket.ErrNotFound for a stream with no events, a *ticket.ValidationError for a
+// version below 1, and wraps ticket.ErrUnavailable for an unreachable database.
+func (s *Store) StreamAt(ctx context.Context, id uuid.UUID, version int) ([]Record, int, error) {
+	if version < 1 {
+		return nil, 0, &ticket.ValidationError{Field: "version", Reason: "must be a whole number of at least 1"}
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+leanColumns+`, (`+HeadQuery+`)
+		FROM events WHERE stream_id = $1 AND version <= $2 ORDER BY version`, id, version)
+	if err != nil {
+		return nil, 0, interpret(err, id, 0)
+	}
+	var head int
+	recs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Record, error) { return scanEvent(row, &head) })
+	if err != nil {
+		return nil, 0, interpret(err, id, 0)
+	}
+	if len(recs) == 0 {
+		// No event at or below version means no stream at all: versions start at 1.
+		return nil, 0, fmt.Errorf("ticket %s has no events: %w", id, ticket.ErrNotFound)
+	}
+	return recs, head, nil
+}
