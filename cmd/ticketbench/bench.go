@@ -61,7 +61,16 @@ type bench struct {
 	longIDs []uuid.UUID // tickets with -long-events events
 	markers atomic.Int64
 
+	// rssPeaks are the peak RSS of each ticketd process the bench ran.
+	rssPeaks []rssPeak
+
 	report Report
+}
+
+// rssPeak is the peak RSS (VmHWM) of one ticketd process, by what it ran.
+type rssPeak struct {
+	what string
+	kb   int64
 }
 
 // newBench prepares the services: the bench database, the Redis client, and ticketd
@@ -239,16 +248,26 @@ func (b *bench) runAll(ctx context.Context) error {
 		}
 		b.sampleRSS(s.name)
 	}
-	b.rssRow()
 	if b.ownServer {
+		if kb, err := procStatusKB(b.proc.pid(), "VmHWM"); err == nil {
+			b.rssPeaks = append(b.rssPeaks, rssPeak{what: "serving ticketd (seeding and the load scenarios)", kb: kb})
+		}
 		b.proc.stop()
 		b.proc = nil
 	}
+	// The rebuild and the backlog run on a stopped ticketd; the backlog, which starts a
+	// fresh one, comes last so that its events do not change what the rebuild replays.
 	if b.o.runs("rebuild") {
 		if err := b.runRebuild(ctx); err != nil {
 			return fmt.Errorf("scenario rebuild: %w", err)
 		}
 	}
+	if b.o.runs("backlog") {
+		if err := b.runBacklog(ctx); err != nil {
+			return fmt.Errorf("scenario backlog: %w", err)
+		}
+	}
+	b.rssRow()
 	b.tenX()
 	return nil
 }
@@ -408,6 +427,17 @@ func (b *bench) runLag(ctx context.Context) error {
 		drained, ms(res.drainedIn))
 	b.add(l)
 
+	// How long the list takes to catch up once the load stops, as a row of its own so
+	// the table shows it.
+	d := Row{Key: "lag-drain", Scenario: "projection lag: list caught up after the load", Unit: "ms", Value: ms(res.drainedIn), Target: "<1s"}
+	d.judge(res.drainErr == nil && res.drainedIn < time.Second)
+	d.Note = "from the end of the POST load until a marker ticket written then shows in the ?created_by= list (write + visible, polled every 10ms); the projector works in order, so everything written before the marker is projected by then"
+	if res.drainErr != nil {
+		d.Errors = 1
+		d.Note = "NOT drained: " + res.drainErr.Error() + "; " + d.Note
+	}
+	b.add(d)
+
 	rr := Row{Key: "lag-redis", Scenario: "projection lag: Redis document", Conns: b.o.conns, Target: "p99 <100ms"}
 	if b.redisKey == nil {
 		rr.NA, rr.Note = true, b.redisNA
@@ -506,28 +536,33 @@ func (b *bench) sampleRSS(after string) {
 	}
 }
 
-// rssRow adds ticketd's peak RSS over every served scenario.
+// rssRow adds ticketd's peak RSS: the highest VmHWM of the ticketd processes the bench
+// ran (the one serving the seeding and the load scenarios, and the one that worked off
+// the backlog). The rebuild's own process is reported in its row.
 func (b *bench) rssRow() {
 	r := Row{Key: "rss", Scenario: "peak RSS of ticketd (VmHWM)", Unit: "MB", Target: "<200 MB"}
-	if b.proc == nil {
+	if !b.ownServer {
 		r.NA, r.Note = true, "n/a (-url: not our process)"
 		b.add(r)
 		return
 	}
-	hwm, err := procStatusKB(b.proc.pid(), "VmHWM")
-	if err != nil {
-		r.NA, r.Note = true, "n/a ("+err.Error()+")"
+	if len(b.rssPeaks) == 0 {
+		r.NA, r.Note = true, "n/a (no VmHWM read)"
 		b.add(r)
 		return
 	}
-	r.Value = float64(hwm) / 1024
+	var parts []string
+	for _, p := range b.rssPeaks {
+		r.Value = max(r.Value, float64(p.kb)/1024)
+		parts = append(parts, fmt.Sprintf("%s %.0f MB", p.what, float64(p.kb)/1024))
+	}
 	r.judge(r.Value < 200)
-	r.Note = "over seeding and every scenario above"
+	r.Note = strings.Join(parts, "; ")
 	b.add(r)
 }
 
 func (b *bench) add(r Row) {
-	if r.Errors > 0 && r.Key != "overload" && r.Key != "rebuild" {
+	if r.Errors > 0 && r.Key != "overload" && r.Key != "rebuild" && (len(r.StatusCodes) > 0 || len(r.ErrorSamples) > 0) {
 		r.Note = strings.TrimPrefix(r.Note+fmt.Sprintf("; errors: status codes %v, %v", r.StatusCodes, r.ErrorSamples), "; ")
 	}
 	b.report.Rows = append(b.report.Rows, r)

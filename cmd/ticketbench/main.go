@@ -46,10 +46,12 @@ type options struct {
 	longTickets   int
 	longEvents    int
 	rebuildEvents int
+	backlogEvents int
 	pgConns       int
 	timeout       time.Duration
 	seedTimeout   time.Duration
 	rebuildLimit  time.Duration
+	backlogLimit  time.Duration
 	outDir        string
 	ticketdBin    string
 	logLevel      string
@@ -64,7 +66,7 @@ type options struct {
 
 // scenarios in the order they run; -only picks some of them.
 var scenarioNames = []string{
-	"get", "list", "create", "lag", "put", "comment", "mixed", "overload", "rebuild",
+	"get", "list", "create", "lag", "put", "comment", "mixed", "overload", "rebuild", "backlog",
 }
 
 const usage = `Usage: ticketbench [flags]
@@ -72,7 +74,7 @@ const usage = `Usage: ticketbench [flags]
 Starts ticketd (built from ./cmd/ticketd) on a fresh database on TEST_DATABASE_DSN's
 server and the Redis Cluster at TEST_REDIS_ADDRS (scripts/test-env.sh sets both), seeds
 it, runs every scenario for -duration at -c connections, and prints the table. With
--url it targets a running ticketd instead (no rebuild, RSS or direct seeding then).
+-url it targets a running ticketd instead (no rebuild, backlog, RSS or direct seeding then).
 
 Flags:
 `
@@ -89,10 +91,12 @@ func parseOptions(args []string, stdout io.Writer) (options, error) {
 	fs.IntVar(&o.longTickets, "long-tickets", 0, "tickets with -long-events events each for the long-comment scenario (0: one per connection when seeding directly, 1 through the API)")
 	fs.IntVar(&o.longEvents, "long-events", 1000, "events in each long ticket")
 	fs.IntVar(&o.rebuildEvents, "rebuild-events", 200000, "events in the store when the rebuild runs (topped up directly)")
+	fs.IntVar(&o.backlogEvents, "backlog-events", 200000, "events appended (with their outbox rows) for the projectors to work off in the backlog scenario")
 	fs.IntVar(&o.pgConns, "pg-conns", 16, "PG_MAX_CONNS for ticketd and the pool size of the pgx baselines")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "per-request timeout of the load generator")
 	fs.DurationVar(&o.seedTimeout, "seed-timeout", 90*time.Second, "bound on seeding")
 	fs.DurationVar(&o.rebuildLimit, "rebuild-timeout", 60*time.Second, "bound on ticketd -rebuild-projections (killed after it)")
+	fs.DurationVar(&o.backlogLimit, "backlog-timeout", 5*time.Minute, "bound on the projectors working off the backlog (the row fails after it)")
 	fs.StringVar(&o.outDir, "out", "bench", "directory for results-<time>.json, latest.json and README-table.md (empty: none)")
 	fs.StringVar(&o.ticketdBin, "ticketd-bin", "", "use this ticketd binary instead of building ./cmd/ticketd")
 	fs.StringVar(&o.logLevel, "log-level", "info", "LOG_LEVEL of the started ticketd")
@@ -125,6 +129,9 @@ func parseOptions(args []string, stdout io.Writer) (options, error) {
 	}
 	if o.longEvents < 2 || o.longTickets < 0 {
 		errs = append(errs, errors.New("-long-events must be at least 2 and -long-tickets not negative"))
+	}
+	if o.backlogEvents < 1 || o.backlogLimit <= 0 {
+		errs = append(errs, errors.New("-backlog-events and -backlog-timeout must be positive"))
 	}
 	if o.pgConns < 2 {
 		errs = append(errs, errors.New("-pg-conns must be at least 2"))

@@ -182,6 +182,7 @@ func newReport(runID string, started time.Time, o options) Report {
 		"duration": o.duration.String(), "c": fmt.Sprint(o.conns), "overload-c": fmt.Sprint(o.overloadConns),
 		"tickets": fmt.Sprint(o.tickets), "long-events": fmt.Sprint(o.longEvents),
 		"rebuild-events": fmt.Sprint(o.rebuildEvents), "pg-conns": fmt.Sprint(o.pgConns),
+		"backlog-events": fmt.Sprint(o.backlogEvents),
 	}
 	if o.url != "" {
 		opts["url"] = o.url

@@ -149,8 +149,7 @@ func (b *bench) copyStreams(ctx context.Context, count, perStream int) ([]uuid.U
 		if len(rows) == 0 {
 			return nil
 		}
-		_, err := b.pool.CopyFrom(ctx, pgx.Identifier{"events"},
-			[]string{"stream_id", "version", "type", "data", "metadata", "recorded_at"}, pgx.CopyFromRows(rows))
+		_, err := b.pool.CopyFrom(ctx, pgx.Identifier{"events"}, eventColumns, pgx.CopyFromRows(rows))
 		rows = rows[:0]
 		return err
 	}
@@ -164,15 +163,11 @@ func (b *bench) copyStreams(ctx context.Context, count, perStream int) ([]uuid.U
 			return nil, err
 		}
 		for _, e := range events {
-			data, err := json.Marshal(e.Data)
+			row, err := eventCopyRow(e, "ticketbench-seed")
 			if err != nil {
 				return nil, err
 			}
-			md, err := json.Marshal(eventstore.Metadata{Actor: e.Actor, RequestID: "ticketbench-seed"})
-			if err != nil {
-				return nil, err
-			}
-			rows = append(rows, []any{e.TicketID, e.Version, e.Type(), data, md, e.At})
+			rows = append(rows, row)
 		}
 		ids[i] = id
 		if len(rows) >= rowsPerCopy {
@@ -185,6 +180,24 @@ func (b *bench) copyStreams(ctx context.Context, count, perStream int) ([]uuid.U
 		return nil, fmt.Errorf("copy events: %w", err)
 	}
 	return ids, nil
+}
+
+// eventColumns are the columns of the events table the bench copies into; position and
+// transaction_id take their defaults.
+var eventColumns = []string{"stream_id", "version", "type", "data", "metadata", "recorded_at"}
+
+// eventCopyRow is an event as a row of eventColumns, encoded as the event store encodes
+// it, with requestID in its metadata.
+func eventCopyRow(e ticket.Event, requestID string) ([]any, error) {
+	data, err := json.Marshal(e.Data)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", e.Type(), err)
+	}
+	md, err := json.Marshal(eventstore.Metadata{Actor: e.Actor, RequestID: requestID})
+	if err != nil {
+		return nil, fmt.Errorf("encode metadata: %w", err)
+	}
+	return []any{e.TicketID, e.Version, e.Type(), data, md, e.At}, nil
 }
 
 // seedLongThroughAPI creates one ticket and comments on it until it has n events.
