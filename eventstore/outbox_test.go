@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -132,14 +131,10 @@ type recorder struct {
 	seen []eventstore.Record
 }
 
-func (r *recorder) handle(msg *message.Message) error {
-	rec, err := eventstore.DecodeMessage(msg.Payload)
-	if err != nil {
-		return err
-	}
+func (r *recorder) apply(_ context.Context, _ pgx.Tx, recs []eventstore.Record) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.seen = append(r.seen, rec)
+	r.seen = append(r.seen, recs...)
 	return nil
 }
 
@@ -163,13 +158,13 @@ func waitFor(d time.Duration, cond func() bool) bool {
 	}
 }
 
-// runRecorder runs a real watermill-sql subscriber (through projections.NewRouter) in
+// runRecorder runs a real outbox consumer (through projections.NewRouter) in
 // its own consumer group, recording what it is handed, until the test ends.
 func runRecorder(t *testing.T, pool *pgxpool.Pool) *recorder {
 	t.Helper()
 	rec := &recorder{}
 	projectionstest.RunRouter(t, pool, projections.Config{},
-		projections.Handler{Group: "test-recorder", Func: rec.handle})
+		projections.Handler{Group: "test-recorder", Apply: rec.apply})
 	return rec
 }
 

@@ -118,7 +118,11 @@ func (s *Server) getAtVersion(c *fiber.Ctx, id uuid.UUID) error {
 	if err != nil || n < 1 {
 		return invalidQuery("version", "must be a whole number of at least 1 (the version of an event of this ticket)")
 	}
-	t, head, err := s.cfg.Store.TicketAt(c.UserContext(), id, n)
+	recs, head, err := s.cfg.Store.StreamAt(c.UserContext(), id, n)
+	if err != nil {
+		return err
+	}
+	v, err := projections.FoldAll(projections.View{}, recordedEvents(recs)...)
 	if err != nil {
 		return err
 	}
@@ -127,7 +131,7 @@ func (s *Server) getAtVersion(c *fiber.Ctx, id uuid.UUID) error {
 		p.CurrentVersion = head
 		return p
 	}
-	if t.Deleted() {
+	if v.Deleted {
 		return problem(fiber.StatusNotFound, "ticket-deleted",
 			"the ticket was deleted at version "+strconv.Itoa(n)+"; version "+strconv.Itoa(n-1)+
 				" is its last state, and /v1/ticket/"+id.String()+"/history lists every event")
@@ -136,5 +140,5 @@ func (s *Server) getAtVersion(c *fiber.Ctx, id uuid.UUID) error {
 		return nil
 	}
 	setETag(c, n)
-	return c.JSON(projections.ViewOf(t.State()))
+	return c.JSON(v)
 }

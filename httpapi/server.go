@@ -25,7 +25,7 @@ import (
 type Reader interface {
 	Get(ctx context.Context, id uuid.UUID) (projections.View, error)
 	List(ctx context.Context, q projections.ListQuery) ([]projections.Summary, *projections.ListKey, error)
-	Comments(ctx context.Context, id uuid.UUID, after, limit int) ([]ticket.Comment, bool, error)
+	Comments(ctx context.Context, id uuid.UUID, after, limit int) ([]projections.Comment, bool, error)
 }
 
 // RawReader is an optional fast path of a Reader: the ticket document as the JSON GET
@@ -53,10 +53,10 @@ type Config struct {
 	// retries (DefaultIdempotencyTTL when 0).
 	IdempotencyTTL time.Duration
 	// OnCommitted, if set, is called after a command appended events and before the
-	// client is answered, with the ticket's state after them (the Redis read model
-	// writes it through, so a GET never sees an older state than was acknowledged).
-	// It must be bounded in time and must not fail the request.
-	OnCommitted func(ctx context.Context, st ticket.State)
+	// client is answered, with those events (the Redis read model writes them through,
+	// so a GET never sees an older state than was acknowledged). It must be bounded in
+	// time and must not fail the request.
+	OnCommitted func(ctx context.Context, events []ticket.Event)
 	// Postgres and Redis are checked by /readyz; Redis is reported, not required.
 	Postgres Checker
 	Redis    Checker
@@ -181,8 +181,17 @@ func (s *Server) metadata(c *fiber.Ctx) eventstore.Metadata {
 // committed runs the OnCommitted hook for a command that appended events.
 func (s *Server) committed(c *fiber.Ctx, res eventstore.Result) {
 	if s.cfg.OnCommitted != nil && len(res.Records) > 0 {
-		s.cfg.OnCommitted(c.UserContext(), res.Ticket.State())
+		s.cfg.OnCommitted(c.UserContext(), recordedEvents(res.Records))
 	}
+}
+
+// recordedEvents returns the domain events of records.
+func recordedEvents(recs []eventstore.Record) []ticket.Event {
+	out := make([]ticket.Event, len(recs))
+	for i, r := range recs {
+		out[i] = r.Event
+	}
+	return out
 }
 
 // ticketID parses the :id path parameter.
@@ -253,7 +262,11 @@ func (s *Server) create(c *fiber.Ctx) error {
 		return err
 	}
 	render := func(res eventstore.Result) (eventstore.Response, error) {
-		return jsonResponse(fiber.StatusCreated, projections.ViewOf(res.Ticket.State()), map[string]string{
+		v, err := projections.FoldAll(projections.View{}, recordedEvents(res.Records)...)
+		if err != nil {
+			return eventstore.Response{}, err
+		}
+		return jsonResponse(fiber.StatusCreated, v, map[string]string{
 			fiber.HeaderLocation: "/v1/ticket/" + id.String(),
 			fiber.HeaderETag:     `"` + strconv.Itoa(res.Ticket.Version()) + `"`,
 		})
@@ -345,9 +358,19 @@ func (s *Server) changeStatus(c *fiber.Ctx) error {
 		return s.preconditionFailed(c, id, err)
 	}
 	s.committed(c, res)
-	st := res.Ticket.State()
-	setETag(c, st.Version)
-	return c.JSON(statusResponse{ID: id, Status: st.Status, UpdatedBy: st.UpdatedBy, Version: st.Version})
+	out := statusResponse{ID: id, Status: res.Ticket.Status(), Version: res.Ticket.Version()}
+	if n := len(res.Records); n > 0 {
+		out.UpdatedBy = res.Records[n-1].Data.(ticket.StatusChanged).UpdatedBy
+	} else {
+		// A no-op: who last set the status is the read side's knowledge.
+		v, err := s.cfg.Reader.Get(c.UserContext(), id)
+		if err != nil {
+			return err
+		}
+		out.UpdatedBy = v.UpdatedBy
+	}
+	setETag(c, out.Version)
+	return c.JSON(out)
 }
 
 func (s *Server) delete(c *fiber.Ctx) error {
@@ -396,14 +419,11 @@ func (s *Server) addComment(c *fiber.Ctx) error {
 		return err
 	}
 	render := func(res eventstore.Result) (eventstore.Response, error) {
-		// the comment is the recorded event: the ticket in the result may hold only
-		// its first comments (eventstore caches trimmed aggregates)
 		r := res.Records[len(res.Records)-1]
-		d, ok := r.Data.(ticket.CommentAdded)
+		cm, ok := projections.CommentOf(r.Event)
 		if !ok {
 			return eventstore.Response{}, fmt.Errorf("comment command recorded %s", r.Type())
 		}
-		cm := ticket.Comment{ID: d.CommentID, Body: d.Body, Email: d.Email, CreatedBy: d.CreatedBy, CreatedAt: r.At.UTC(), Version: r.Version}
 		return jsonResponse(fiber.StatusCreated, cm, map[string]string{
 			fiber.HeaderETag: `"` + strconv.Itoa(r.Version) + `"`,
 		})
@@ -451,7 +471,7 @@ func (s *Server) listComments(c *fiber.Ctx) error {
 		return err
 	}
 	if page == nil {
-		page = []ticket.Comment{}
+		page = []projections.Comment{}
 	}
 	if more {
 		q := url.Values{"limit": {strconv.Itoa(limit)}, "cursor": {s.cursors.sign(cursorBody{Scope: scope, After: page[len(page)-1].Version})}}

@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
-	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
-	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/ticketd/ticketd/eventstore"
@@ -16,107 +16,180 @@ import (
 // PostgresGroup is the consumer group of the Postgres read model projector.
 const PostgresGroup = "pg-readmodel"
 
+// Streams reads a ticket's stored events: the event store, for folding a ticket afresh
+// when a read model holds an older state than the event before the one it is given.
+type Streams interface {
+	// Load returns the events of stream id with after < version <= upTo, in order.
+	Load(ctx context.Context, id uuid.UUID, after, upTo int) ([]eventstore.Record, error)
+}
+
 // Postgres projects events into the readmodel.tickets and readmodel.comments tables.
-// It writes through the subscriber's transaction, so the read model and the consumer
-// offset commit together; every write is guarded by version, so a redelivered event
-// changes nothing.
+// A batch costs two round trips whatever its size: one reads the current rows of its
+// tickets, one pipelined batch writes every changed row (multi-row upsert and insert
+// from arrays). Rows are what Fold makes of the events; writes are guarded by version,
+// so a redelivered event changes nothing.
 type Postgres struct {
 	// Schema is the schema holding the read model tables ("readmodel" unless a rebuild
 	// writes into a fresh copy).
 	Schema string
+	// Events folds a ticket afresh when its row is more than one event behind (a gap
+	// that only a lost or hand-dropped row can cause). Nil: such an event fails.
+	Events Streams
 }
 
-// Handle is the Watermill handler. It needs the watermill-sql transaction in the
-// message context and works inside a savepoint, so a failed attempt can be retried in
-// the same transaction. The savepoint, the event's statements and the release go to
-// Postgres as one pipelined batch: one round trip per event, which is what bounds the
-// projector's rate (and so the list's lag) under write load.
-func (p Postgres) Handle(msg *message.Message) error {
-	rec, err := eventstore.DecodeMessage(msg.Payload)
+// Handler returns the projector as a Handler of its consumer group.
+func (p Postgres) Handler() Handler { return Handler{Group: PostgresGroup, Apply: p.Apply} }
+
+// ticketColumns are the columns of readmodel.tickets, in the order of ticketRow.
+var ticketColumns = []string{"id", "title", "description", "email", "created_by", "updated_by", "status",
+	"version", "comment_count", "created_at", "updated_at", "deleted"}
+
+// commentColumns are the columns of readmodel.comments, in the order of commentRow.
+var commentColumns = []string{"id", "ticket_id", "version", "body", "email", "created_by", "created_at"}
+
+// Apply writes a batch of events (in outbox order) into the read model inside tx. It is
+// idempotent: an event the read model already reflects (by version) changes nothing.
+func (p Postgres) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Record) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	s := pgx.Identifier{p.schema()}.Sanitize()
+	ids := make([]uuid.UUID, 0, len(recs))
+	cur := make(map[uuid.UUID]View, len(recs))
+	for _, r := range recs {
+		if _, ok := cur[r.TicketID]; !ok {
+			cur[r.TicketID] = View{}
+			ids = append(ids, r.TicketID)
+		}
+	}
+	rows, err := tx.Query(ctx, `SELECT `+summaryColumns+`, deleted FROM `+s+`.tickets WHERE id = ANY($1)`, ids)
 	if err != nil {
-		return permanent(err)
+		return unavailable(err)
 	}
-	tx, err := pgxTx(msg)
+	_, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (struct{}, error) {
+		var v View
+		sum, err := scanSummary(row, &v.Deleted)
+		v.Summary = sum
+		cur[v.ID] = v
+		return struct{}{}, err
+	})
 	if err != nil {
-		return permanent(err)
+		return unavailable(err)
 	}
-	ctx := msg.Context()
-	// Once the message's context has ended (shutdown, ack deadline) watermill-sql stops
-	// waiting and ends the transaction itself: the connection is no longer ours to use.
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	b := &pgx.Batch{}
-	b.Queue("SAVEPOINT projection")
-	if err := p.queue(b, rec); err != nil {
-		return err
-	}
-	b.Queue("RELEASE SAVEPOINT projection")
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		// undo this event's part so a retry (or the poison queue) can use the transaction
-		if ctx.Err() == nil {
-			if _, rbErr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT projection"); rbErr != nil {
-				err = errors.Join(err, rbErr)
+	changed := make([]uuid.UUID, 0, len(ids))
+	isChanged := make(map[uuid.UUID]bool, len(ids))
+	var comments []Comment
+	var commentTickets []uuid.UUID
+	for _, r := range recs {
+		v := cur[r.TicketID]
+		if r.Version <= v.Version {
+			continue // already reflected: a redelivery
+		}
+		next, err := Fold(v, r.Event)
+		added := []eventstore.Record{r}
+		if errors.Is(err, ErrOutOfOrder) && p.Events != nil {
+			// The row is behind by more than this event: fold the ticket afresh.
+			if added, err = p.Events.Load(ctx, r.TicketID, 0, r.Version); err == nil {
+				next, err = FoldAll(View{}, eventsOf(added)...)
 			}
 		}
-		return fmt.Errorf("project %s v%d of %s: %w", rec.Type(), rec.Version, rec.TicketID, err)
+		if err != nil {
+			return fmt.Errorf("project %s v%d of %s: %w", r.Type(), r.Version, r.TicketID, err)
+		}
+		for _, a := range added {
+			if c, ok := CommentOf(a.Event); ok {
+				comments = append(comments, c)
+				commentTickets = append(commentTickets, a.TicketID)
+			}
+		}
+		cur[r.TicketID] = next
+		if !isChanged[r.TicketID] {
+			isChanged[r.TicketID] = true
+			changed = append(changed, r.TicketID)
+		}
 	}
-	return nil
-}
-
-// pgxTx returns the pgx transaction watermill-sql opened for msg.
-func pgxTx(msg *message.Message) (pgx.Tx, error) {
-	tx, ok := wsql.TxFromContext(msg.Context())
-	if !ok {
-		return nil, errors.New("no watermill-sql transaction in message context")
+	if len(changed) == 0 {
+		return nil
 	}
-	switch t := tx.(type) {
-	case *wsql.PgxTx:
-		return t.Tx, nil
-	case wsql.PgxTx:
-		return t.Tx, nil
+	views := make([]View, len(changed))
+	for i, id := range changed {
+		views[i] = cur[id]
 	}
-	return nil, fmt.Errorf("unexpected transaction type %T", tx)
-}
-
-// Apply writes one event into the read model. It is idempotent: applying an event the
-// read model already reflects (by version) changes nothing.
-func (p Postgres) Apply(ctx context.Context, tx pgx.Tx, r eventstore.Record) error {
 	b := &pgx.Batch{}
-	if err := p.queue(b, r); err != nil {
-		return err
+	queueUpsert(b, s, views)
+	if len(comments) > 0 {
+		queueComments(b, s, commentTickets, comments)
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("project %s v%d of %s: %w", r.Type(), r.Version, r.TicketID, err)
+		return unavailable(fmt.Errorf("project %d events: %w", len(recs), err))
 	}
 	return nil
 }
 
-// queue adds the statements that apply one event to b. Each is guarded by version.
-func (p Postgres) queue(b *pgx.Batch, r eventstore.Record) error {
-	s := pgx.Identifier{p.schema()}.Sanitize()
-	switch d := r.Data.(type) {
-	case ticket.Opened:
-		b.Queue(`INSERT INTO `+s+`.tickets
-			(id, title, description, email, created_by, updated_by, status, version, created_at, updated_at)
-			VALUES ($1, $2, $3, $4, $5, $5, 'open', $6, $7, $7) ON CONFLICT (id) DO NOTHING`,
-			r.TicketID, d.Title, d.Description, d.Email, d.CreatedBy, r.Version, r.At)
-	case ticket.CommentAdded:
-		b.Queue(`INSERT INTO `+s+`.comments (id, ticket_id, version, body, email, created_by, created_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING`,
-			d.CommentID, r.TicketID, r.Version, d.Body, d.Email, d.CreatedBy, r.At)
-		b.Queue(`UPDATE `+s+`.tickets SET version = $2, updated_at = $3, comment_count = comment_count + 1
-			WHERE id = $1 AND version < $2`, r.TicketID, r.Version, r.At)
-	case ticket.StatusChanged:
-		b.Queue(`UPDATE `+s+`.tickets SET status = $2, updated_by = $3, version = $4, updated_at = $5
-			WHERE id = $1 AND version < $4`, r.TicketID, string(d.To), d.UpdatedBy, r.Version, r.At)
-	case ticket.Deleted:
-		b.Queue(`UPDATE `+s+`.tickets SET deleted = true, version = $2, updated_at = $3
-			WHERE id = $1 AND version < $2`, r.TicketID, r.Version, r.At)
-	default:
-		return permanent(fmt.Errorf("unknown event data %T", r.Data))
+// queueUpsert queues one statement writing views as ticket rows, each only over an
+// older row.
+func queueUpsert(b *pgx.Batch, schema string, views []View) {
+	n := len(views)
+	var (
+		ids                                   = make([]uuid.UUID, n)
+		titles, descs, emails, creators, upds = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		statuses                              = make([]string, n)
+		versions, counts                      = make([]int32, n), make([]int32, n)
+		created, updated                      = make([]time.Time, n), make([]time.Time, n)
+		deleted                               = make([]bool, n)
+	)
+	for i, v := range views {
+		ids[i], titles[i], descs[i], emails[i], creators[i], upds[i] = v.ID, v.Title, v.Description, v.Email, v.CreatedBy, v.UpdatedBy
+		statuses[i], versions[i], counts[i] = string(v.Status), int32(v.Version), int32(v.CommentCount)
+		created[i], updated[i], deleted[i] = v.CreatedAt, v.UpdatedAt, v.Deleted
 	}
-	return nil
+	b.Queue(`INSERT INTO `+schema+`.tickets AS t (id, title, description, email, created_by, updated_by, status,
+			version, comment_count, created_at, updated_at, deleted)
+		SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+			$8::int[], $9::int[], $10::timestamptz[], $11::timestamptz[], $12::bool[])
+		ON CONFLICT (id) DO UPDATE SET title = excluded.title, description = excluded.description,
+			email = excluded.email, created_by = excluded.created_by, updated_by = excluded.updated_by,
+			status = excluded.status, version = excluded.version, comment_count = excluded.comment_count,
+			created_at = excluded.created_at, updated_at = excluded.updated_at, deleted = excluded.deleted
+		WHERE t.version < excluded.version`,
+		ids, titles, descs, emails, creators, upds, statuses, versions, counts, created, updated, deleted)
+}
+
+// queueComments queues one statement inserting comments (of the given tickets) that
+// are not there yet.
+func queueComments(b *pgx.Batch, schema string, tickets []uuid.UUID, comments []Comment) {
+	n := len(comments)
+	ids := make([]uuid.UUID, n)
+	versions := make([]int32, n)
+	bodies, emails, creators := make([]string, n), make([]string, n), make([]string, n)
+	at := make([]time.Time, n)
+	for i, c := range comments {
+		ids[i], versions[i], bodies[i], emails[i], creators[i], at[i] = c.ID, int32(c.Version), c.Body, c.Email, c.CreatedBy, c.CreatedAt
+	}
+	b.Queue(`INSERT INTO `+schema+`.comments (id, ticket_id, version, body, email, created_by, created_at)
+		SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+		ON CONFLICT DO NOTHING`, ids, tickets, versions, bodies, emails, creators, at)
+}
+
+// ticketRow is a view as a row of readmodel.tickets, in the order of ticketColumns.
+// UUIDs as [16]byte take pgx's binary fast path in COPY.
+func ticketRow(v View) []any {
+	return []any{[16]byte(v.ID), v.Title, v.Description, v.Email, v.CreatedBy, v.UpdatedBy,
+		string(v.Status), v.Version, v.CommentCount, v.CreatedAt, v.UpdatedAt, v.Deleted}
+}
+
+// commentRow is a comment as a row of readmodel.comments, in the order of commentColumns.
+func commentRow(ticketID uuid.UUID, c Comment) []any {
+	return []any{[16]byte(c.ID), [16]byte(ticketID), c.Version, c.Body, c.Email, c.CreatedBy, c.CreatedAt}
+}
+
+// eventsOf returns the domain events of records.
+func eventsOf(recs []eventstore.Record) []ticket.Event {
+	out := make([]ticket.Event, len(recs))
+	for i, r := range recs {
+		out[i] = r.Event
+	}
+	return out
 }
 
 func (p Postgres) schema() string {

@@ -95,7 +95,7 @@ func pgApply(t *testing.T, pool *pgxpool.Pool, recs ...eventstore.Record) {
 	ctx := pgContext(t)
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		for _, r := range recs {
-			if err := (projections.Postgres{}).Apply(ctx, tx, r); err != nil {
+			if err := (projections.Postgres{}).Apply(ctx, tx, []eventstore.Record{r}); err != nil {
 				return err
 			}
 		}
@@ -132,11 +132,11 @@ func pgShuffled(recs []eventstore.Record, seed uint64) []eventstore.Record {
 // model must agree with.
 func pgReplayed(t *testing.T, s *eventstore.Store, id uuid.UUID) projections.View {
 	t.Helper()
-	tk, err := s.LoadTicket(pgContext(t), id, 0)
+	v, _, err := projections.ViewAt(pgContext(t), s, id, 0)
 	if err != nil {
-		t.Fatalf("LoadTicket %s: %v", id, err)
+		t.Fatalf("replay %s: %v", id, err)
 	}
-	return projections.ViewOf(tk.State())
+	return v
 }
 
 // pgRowVersion is the version the read model holds for ticket id (0: no row).
@@ -221,7 +221,7 @@ func TestPostgresProjectorIsIdempotentByVersion(t *testing.T) {
 func pgRunProjector(t *testing.T, pool *pgxpool.Pool) {
 	t.Helper()
 	projectionstest.RunRouter(t, pool, projections.Config{},
-		projections.Handler{Group: projections.PostgresGroup, Func: projections.Postgres{}.Handle})
+		projections.Postgres{}.Handler())
 }
 
 // pgWaitCaughtUp waits (bounded) until group has acknowledged every outbox message, in

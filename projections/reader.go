@@ -98,35 +98,58 @@ func (r *Reader) List(ctx context.Context, q ListQuery) ([]Summary, *ListKey, er
 }
 
 // Comments serves a page of comments from the Postgres read model.
-func (r *Reader) Comments(ctx context.Context, id uuid.UUID, after, limit int) ([]ticket.Comment, bool, error) {
+func (r *Reader) Comments(ctx context.Context, id uuid.UUID, after, limit int) ([]Comment, bool, error) {
 	return r.rm.Comments(ctx, id, after, limit)
 }
 
-// Committed writes the state a command just acknowledged through to Redis (the
-// httpapi OnCommitted hook). It is bounded by the Redis timeout and never fails: when
-// Redis fails, the ticket is marked pending here (so this instance reads it from
-// Postgres until Redis has caught up) and queued for the repairer. The projector
-// would bring Redis up to date anyway; the write-through makes that immediate.
-func (r *Reader) Committed(ctx context.Context, st ticket.State) {
-	ctx = context.WithoutCancel(ctx)
-	var err error
-	if st.Deleted {
-		err = r.docs.Tombstone(ctx, st.ID, st.Version)
-	} else {
-		err = r.docs.Put(ctx, ViewOf(st))
-	}
-	if err == nil {
-		r.clean(st.ID, st.Version)
+// Committed writes the events a command just appended through to Redis (the httpapi
+// OnCommitted hook): folded onto nothing for a new ticket, else onto the stored
+// document when it stands at the version before them (one read and one write). It is
+// bounded by the Redis timeout and never fails: when Redis fails or holds another
+// version, the ticket is marked pending here (so this instance reads it from Postgres
+// until Redis has caught up) and queued for the repairer. The projector would bring
+// Redis up to date anyway; the write-through makes that immediate.
+func (r *Reader) Committed(ctx context.Context, events []ticket.Event) {
+	if len(events) == 0 {
 		return
 	}
-	r.mark(st.ID, st.Version)
+	ctx = context.WithoutCancel(ctx)
+	id, first, last := events[0].TicketID, events[0].Version, events[len(events)-1].Version
+	var base View
+	var err error
+	if first > 1 {
+		var body []byte
+		var version int
+		var found bool
+		body, version, found, err = r.docs.Get(ctx, id)
+		switch {
+		case (err == nil || errors.Is(err, ErrDeleted)) && version >= last:
+			r.clean(id, version)
+			return
+		case err == nil && found && version == first-1:
+			err = json.Unmarshal(body, &base)
+		case err == nil:
+			err = fmt.Errorf("redis holds version %d of %s, not %d", version, id, first-1)
+		}
+	}
+	if err == nil {
+		var v View
+		if v, err = FoldAll(base, events...); err == nil {
+			_, err = r.docs.PutMany(ctx, []View{v}, false)
+		}
+	}
+	if err == nil {
+		r.clean(id, last)
+		return
+	}
+	r.mark(id, last)
 	if r.pool == nil {
 		return
 	}
 	bctx, cancel := context.WithTimeout(ctx, backlogTimeout)
 	defer cancel()
-	if err := EnqueueRedisRepair(bctx, r.pool, st.ID); err != nil {
-		r.log.Debug("write-through backlog", "ticket", st.ID, "err", err)
+	if err := EnqueueRedisRepair(bctx, r.pool, id); err != nil {
+		r.log.Debug("write-through backlog", "ticket", id, "err", err)
 	}
 }
 

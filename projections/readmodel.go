@@ -20,11 +20,11 @@ import (
 // the event store where the read model has not caught up with an acknowledged write.
 type ReadModel struct {
 	pool   *pgxpool.Pool
-	events *eventstore.Store
+	events Streams
 }
 
 // NewReadModel returns a ReadModel on pool, with events as the fallback.
-func NewReadModel(pool *pgxpool.Pool, events *eventstore.Store) *ReadModel {
+func NewReadModel(pool *pgxpool.Pool, events Streams) *ReadModel {
 	return &ReadModel{pool: pool, events: events}
 }
 
@@ -45,11 +45,12 @@ type ListQuery struct {
 
 const summaryColumns = `id, title, description, email, created_by, updated_by, status, version, comment_count, created_at, updated_at`
 
-func scanSummary(row pgx.Row) (Summary, error) {
+// scanSummary reads summaryColumns, then into extra the columns selected after them.
+func scanSummary(row pgx.Row, extra ...any) (Summary, error) {
 	var s Summary
 	var status string
-	err := row.Scan(&s.ID, &s.Title, &s.Description, &s.Email, &s.CreatedBy, &s.UpdatedBy, &status,
-		&s.Version, &s.CommentCount, &s.CreatedAt, &s.UpdatedAt)
+	err := row.Scan(append([]any{&s.ID, &s.Title, &s.Description, &s.Email, &s.CreatedBy, &s.UpdatedBy, &status,
+		&s.Version, &s.CommentCount, &s.CreatedAt, &s.UpdatedAt}, extra...)...)
 	s.Status = ticket.Status(status)
 	s.CreatedAt, s.UpdatedAt = s.CreatedAt.UTC(), s.UpdatedAt.UTC()
 	return s, err
@@ -104,18 +105,15 @@ func (m *ReadModel) List(ctx context.Context, q ListQuery) ([]Summary, *ListKey,
 func (m *ReadModel) Get(ctx context.Context, id uuid.UUID) (View, error) {
 	b := &pgx.Batch{}
 	b.Queue(`SELECT `+summaryColumns+`, deleted,
-		(SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1)
+		(`+eventstore.HeadQuery+`)
 		FROM readmodel.tickets WHERE id = $1`, id)
 	b.Queue(`SELECT id, body, email, created_by, created_at, version FROM readmodel.comments
 		WHERE ticket_id = $1 ORDER BY version LIMIT $2`, id, EmbeddedComments)
 	br := m.pool.SendBatch(ctx, b)
 	defer br.Close()
-	var s Summary
-	var status string
 	var deleted bool
 	var head int
-	err := br.QueryRow().Scan(&s.ID, &s.Title, &s.Description, &s.Email, &s.CreatedBy, &s.UpdatedBy, &status,
-		&s.Version, &s.CommentCount, &s.CreatedAt, &s.UpdatedAt, &deleted, &head)
+	s, err := scanSummary(br.QueryRow(), &deleted, &head)
 	if errors.Is(err, pgx.ErrNoRows) {
 		br.Close()
 		return m.replay(ctx, id)
@@ -130,8 +128,6 @@ func (m *ReadModel) Get(ctx context.Context, id uuid.UUID) (View, error) {
 	if deleted {
 		return View{}, fmt.Errorf("ticket %s: %w", id, ticket.ErrNotFound)
 	}
-	s.Status = ticket.Status(status)
-	s.CreatedAt, s.UpdatedAt = s.CreatedAt.UTC(), s.UpdatedAt.UTC()
 	rows, err := br.Query()
 	if err != nil {
 		return View{}, unavailable(err)
@@ -141,13 +137,13 @@ func (m *ReadModel) Get(ctx context.Context, id uuid.UUID) (View, error) {
 		return View{}, unavailable(err)
 	}
 	if comments == nil {
-		comments = []ticket.Comment{}
+		comments = []Comment{}
 	}
 	return View{Summary: s, Comments: comments}, nil
 }
 
-func scanComment(r pgx.CollectableRow) (ticket.Comment, error) {
-	var c ticket.Comment
+func scanComment(r pgx.CollectableRow) (Comment, error) {
+	var c Comment
 	err := r.Scan(&c.ID, &c.Body, &c.Email, &c.CreatedBy, &c.CreatedAt, &c.Version)
 	c.CreatedAt = c.CreatedAt.UTC()
 	return c, err
@@ -155,23 +151,51 @@ func scanComment(r pgx.CollectableRow) (ticket.Comment, error) {
 
 // replay builds the document from the event store, the source of truth.
 func (m *ReadModel) replay(ctx context.Context, id uuid.UUID) (View, error) {
-	t, err := m.events.LoadTicket(ctx, id, 0)
-	if err != nil {
-		return View{}, err
-	}
-	if !t.Exists() {
-		return View{}, fmt.Errorf("ticket %s: %w", id, ticket.ErrNotFound)
-	}
-	return ViewOf(t.State()), nil
+	v, _, err := Replay(ctx, m.events, id)
+	return v, err
 }
+
+// Replay folds ticket id's whole stream from the event store and returns its view and
+// its records. A deleted or unknown ticket is ticket.ErrNotFound.
+func Replay(ctx context.Context, events Streams, id uuid.UUID) (View, []eventstore.Record, error) {
+	v, recs, err := ViewAt(ctx, events, id, 0)
+	if err == nil && v.Deleted {
+		err = fmt.Errorf("ticket %s: %w", id, ticket.ErrNotFound)
+	}
+	return v, recs, err
+}
+
+// ViewAt folds ticket id's stream from the event store up to version upTo (all of it
+// when upTo < 1) and returns the view, a deleted ticket's tombstone included, and the
+// records. A stream without events is ticket.ErrNotFound.
+func ViewAt(ctx context.Context, events Streams, id uuid.UUID, upTo int) (View, []eventstore.Record, error) {
+	if upTo < 1 {
+		upTo = maxVersion
+	}
+	recs, err := events.Load(ctx, id, 0, upTo)
+	if err != nil {
+		return View{}, nil, err
+	}
+	if len(recs) == 0 {
+		return View{}, nil, fmt.Errorf("ticket %s: %w", id, ticket.ErrNotFound)
+	}
+	v, err := FoldAll(View{}, eventsOf(recs)...)
+	if err != nil {
+		return View{}, nil, fmt.Errorf("replay ticket %s: %w", id, err)
+	}
+	return v, recs, nil
+}
+
+// maxVersion is past every stream's last version.
+const maxVersion = int(^uint32(0) >> 1)
 
 // Comments returns up to limit comments of ticket id added after event version after,
 // oldest first, and whether more follow. A deleted or unknown ticket is
 // ticket.ErrNotFound. Like Get, it falls back to the event store when the read model
 // is behind.
-func (m *ReadModel) Comments(ctx context.Context, id uuid.UUID, after, limit int) ([]ticket.Comment, bool, error) {
+func (m *ReadModel) Comments(ctx context.Context, id uuid.UUID, after, limit int) ([]Comment, bool, error) {
 	b := &pgx.Batch{}
-	b.Queue(`SELECT t.version, t.deleted, (SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1)
+	b.Queue(`SELECT t.version, t.deleted, (`+eventstore.HeadQuery+`)
 		FROM readmodel.tickets t WHERE t.id = $1`, id)
 	b.Queue(`SELECT id, body, email, created_by, created_at, version FROM readmodel.comments
 		WHERE ticket_id = $1 AND version > $2 ORDER BY version LIMIT $3`, id, after, limit+1)
@@ -183,16 +207,13 @@ func (m *ReadModel) Comments(ctx context.Context, id uuid.UUID, after, limit int
 	switch {
 	case errors.Is(err, pgx.ErrNoRows) || (err == nil && head > version):
 		br.Close()
-		t, err := m.events.LoadTicket(ctx, id, 0)
+		_, recs, err := Replay(ctx, m.events, id)
 		if err != nil {
 			return nil, false, err
 		}
-		if !t.Exists() {
-			return nil, false, fmt.Errorf("ticket %s: %w", id, ticket.ErrNotFound)
-		}
-		var page []ticket.Comment
-		for _, c := range t.State().Comments {
-			if c.Version > after {
+		var page []Comment
+		for _, r := range recs {
+			if c, ok := CommentOf(r.Event); ok && c.Version > after {
 				page = append(page, c)
 			}
 		}

@@ -114,9 +114,9 @@ func TestGetFallsBackToTheEventStore(t *testing.T) {
 		for i := range 5 {
 			recs = append(recs, pgCommand(t, s, id, pgComment(fmt.Sprintf("user%d", i)))...)
 		}
-		pages := func(t *testing.T) [][]ticket.Comment {
+		pages := func(t *testing.T) [][]projections.Comment {
 			t.Helper()
-			var out [][]ticket.Comment
+			var out [][]projections.Comment
 			after := 0
 			for range 10 {
 				page, more, err := rm.Comments(ctx, id, after, 2)

@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -216,7 +217,7 @@ func (rb *rebuild) run(ctx context.Context) (RebuildResult, error) {
 		return res, fmt.Errorf("rebuild: snapshot: %w", err)
 	}
 	head, _ := strconv.ParseUint(xmax, 10, 64)
-	if err := rb.pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE transaction_id < $1::xid8`, bound).Scan(&res.Events); err != nil {
+	if res.Events, err = eventstore.CountRange(ctx, rb.pool, "0", bound); err != nil {
 		return res, fmt.Errorf("rebuild: count events: %w", err)
 	}
 	rb.total.Store(res.Events)
@@ -241,9 +242,8 @@ func (rb *rebuild) run(ctx context.Context) (RebuildResult, error) {
 		if err != nil {
 			return res, err
 		}
-		var n int64
-		if err := rb.pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE transaction_id >= $1::xid8 AND transaction_id < $2::xid8`,
-			bound, next).Scan(&n); err != nil {
+		n, err := eventstore.CountRange(ctx, rb.pool, bound, next)
+		if err != nil {
 			return res, fmt.Errorf("rebuild: count new events: %w", err)
 		}
 		if n <= small {
@@ -326,15 +326,18 @@ func (rb *rebuild) xmin(ctx context.Context) (string, error) {
 // fresh schema) and the Redis documents. It returns the number of tickets.
 func (rb *rebuild) bulk(ctx context.Context, bound string) (int64, error) {
 	g, ctx := errgroup.WithContext(ctx)
-	type batch struct{ tickets, comments [][]any }
+	type batch struct {
+		tickets, comments [][]any
+		views             []View // for Redis
+	}
 	batches := make(chan batch, 2)
-	var docs chan *ticket.Ticket
+	var docs chan []View
 	if rb.opt.Redis != nil {
-		docs = make(chan *ticket.Ticket, 4*rb.opt.RedisWorkers)
-		for range rb.opt.RedisWorkers {
+		docs = make(chan []View, 4)
+		for range max(1, rb.opt.RedisWorkers/8) {
 			g.Go(func() error {
-				for t := range docs {
-					if err := rb.putDoc(ctx, t); err != nil {
+				for vs := range docs {
+					if err := rb.putDocs(ctx, vs); err != nil {
 						return err
 					}
 				}
@@ -343,9 +346,19 @@ func (rb *rebuild) bulk(ctx context.Context, bound string) (int64, error) {
 		}
 	}
 	g.Go(func() error {
+		if docs != nil {
+			defer close(docs)
+		}
 		for b := range batches {
 			if err := rb.copyRows(ctx, b.tickets, b.comments); err != nil {
 				return err
+			}
+			if docs != nil && len(b.views) > 0 {
+				select {
+				case docs <- b.views:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
 			}
 		}
 		return nil
@@ -354,9 +367,6 @@ func (rb *rebuild) bulk(ctx context.Context, bound string) (int64, error) {
 	var tickets int64
 	g.Go(func() error {
 		defer close(batches)
-		if docs != nil {
-			defer close(docs)
-		}
 		var cur batch
 		flush := func() error {
 			if len(cur.tickets) == 0 && len(cur.comments) == 0 {
@@ -371,64 +381,40 @@ func (rb *rebuild) bulk(ctx context.Context, bound string) (int64, error) {
 			rb.progress()
 			return nil
 		}
-		emit := func(t *ticket.Ticket) error {
+		emit := func(v View) error {
 			tickets++
-			s := t.State()
-			// UUIDs as [16]byte take pgx's binary fast path in COPY (uuid.UUID would
-			// go through its text form).
-			cur.tickets = append(cur.tickets, []any{[16]byte(s.ID), s.Title, s.Description, s.Email, s.CreatedBy, s.UpdatedBy,
-				string(s.Status), s.Version, len(s.Comments), s.CreatedAt, s.UpdatedAt, s.Deleted})
-			for _, c := range s.Comments {
-				cur.comments = append(cur.comments, []any{[16]byte(c.ID), [16]byte(s.ID), c.Version, c.Body, c.Email, c.CreatedBy, c.CreatedAt})
-			}
-			if docs != nil {
-				select {
-				case docs <- t:
-				case <-ctx.Done():
-					return ctx.Err()
-				}
+			cur.tickets = append(cur.tickets, ticketRow(v))
+			if rb.opt.Redis != nil {
+				cur.views = append(cur.views, v)
 			}
 			if len(cur.tickets) >= rb.opt.BatchSize || len(cur.comments) >= rb.opt.BatchSize {
 				return flush()
 			}
 			return nil
 		}
-		rows, err := rb.pool.Query(ctx, `SELECT stream_id, version, type, data, recorded_at FROM events
-			WHERE transaction_id < $1::xid8 ORDER BY stream_id, version`, bound)
-		if err != nil {
-			return fmt.Errorf("rebuild: read events: %w", err)
-		}
-		defer rows.Close()
-		var t *ticket.Ticket
-		var e ticket.Event
-		var typ string
-		var data []byte
-		for rows.Next() {
-			if err := rows.Scan(&e.TicketID, &e.Version, &typ, &data, &e.At); err != nil {
-				return fmt.Errorf("rebuild: read events: %w", err)
-			}
-			if e.Data, err = ticket.DecodeData(typ, data); err != nil {
-				return fmt.Errorf("rebuild: event %d of %s: %w", e.Version, e.TicketID, err)
-			}
-			e.At = e.At.UTC()
-			if t == nil || t.ID() != e.TicketID {
-				if t != nil {
-					if err := emit(t); err != nil {
-						return err
-					}
+		var v View
+		err := rb.store.ScanCommitted(ctx, bound, func(e ticket.Event) error {
+			if v.Version > 0 && v.ID != e.TicketID {
+				if err := emit(v); err != nil {
+					return err
 				}
-				t = ticket.New(e.TicketID)
+				v = View{}
 			}
-			if err := t.Apply(e); err != nil {
-				return fmt.Errorf("rebuild: replay: %w", err)
+			var err error
+			if v, err = Fold(v, e); err != nil {
+				return fmt.Errorf("rebuild: %w", err)
+			}
+			if c, ok := CommentOf(e); ok {
+				cur.comments = append(cur.comments, commentRow(e.TicketID, c))
 			}
 			rb.done.Add(1)
+			return nil
+		})
+		if err != nil {
+			return err
 		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("rebuild: read events: %w", err)
-		}
-		if t != nil {
-			if err := emit(t); err != nil {
+		if v.Version > 0 {
+			if err := emit(v); err != nil {
 				return err
 			}
 		}
@@ -438,11 +424,6 @@ func (rb *rebuild) bulk(ctx context.Context, bound string) (int64, error) {
 	rb.progress()
 	return tickets, err
 }
-
-var (
-	ticketColumns  = []string{"id", "title", "description", "email", "created_by", "updated_by", "status", "version", "comment_count", "created_at", "updated_at", "deleted"}
-	commentColumns = []string{"id", "ticket_id", "version", "body", "email", "created_by", "created_at"}
-)
 
 // copyRows COPYs one batch into the fresh schema; each COPY commits on its own.
 func (rb *rebuild) copyRows(ctx context.Context, tickets, comments [][]any) error {
@@ -459,10 +440,11 @@ func (rb *rebuild) copyRows(ctx context.Context, tickets, comments [][]any) erro
 	return nil
 }
 
-// putDoc writes a ticket's document to Redis: its view, or a tombstone once deleted
-// (so that a lagging projector cannot bring an older version back). A failing call is
-// retried a few times with a growing pause, so a blip does not fail the whole rebuild.
-func (rb *rebuild) putDoc(ctx context.Context, t *ticket.Ticket) error {
+// putDocs writes tickets' documents to Redis (a tombstone for a deleted one, so that a
+// lagging projector cannot bring an older version back) in one pipelined round trip per
+// node. A failing write is retried a few times with a growing pause, so a blip does
+// not fail the whole rebuild.
+func (rb *rebuild) putDocs(ctx context.Context, views []View) error {
 	var err error
 	for attempt := range 6 {
 		if attempt > 0 {
@@ -470,89 +452,68 @@ func (rb *rebuild) putDoc(ctx context.Context, t *ticket.Ticket) error {
 				return err
 			}
 		}
-		if t.Deleted() {
-			err = rb.opt.Redis.Tombstone(ctx, t.ID(), t.Version())
-		} else {
-			err = rb.opt.Redis.Put(ctx, ViewOf(t.State()))
-		}
-		if err == nil || ctx.Err() != nil {
+		if views, err = rb.opt.Redis.PutMany(ctx, views, true); err == nil || ctx.Err() != nil {
 			break
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("rebuild: redis document of %s: %w", t.ID(), err)
+		return fmt.Errorf("rebuild: redis documents: %w", err)
 	}
 	return nil
 }
 
 // redisDocs writes the documents of the given tickets as they stood at the given
-// versions, replayed from the event store.
+// versions, folded from the event store.
 func (rb *rebuild) redisDocs(ctx context.Context, touched map[uuid.UUID]int) error {
 	if rb.opt.Redis == nil || len(touched) == 0 {
 		return nil
 	}
-	g, ctx := errgroup.WithContext(ctx)
+	var mu sync.Mutex
+	views := make([]View, 0, len(touched))
+	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(rb.opt.RedisWorkers)
 	for id, v := range touched {
 		g.Go(func() error {
-			t, err := rb.store.LoadTicket(ctx, id, v)
+			recs, err := rb.store.Load(gctx, id, 0, v)
 			if err != nil {
 				return fmt.Errorf("rebuild: replay %s: %w", id, err)
 			}
-			return rb.putDoc(ctx, t)
+			view, err := FoldAll(View{}, eventsOf(recs)...)
+			if err != nil {
+				return fmt.Errorf("rebuild: replay %s: %w", id, err)
+			}
+			mu.Lock()
+			views = append(views, view)
+			mu.Unlock()
+			return nil
 		})
 	}
-	return g.Wait()
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	for i := 0; i < len(views); i += 500 {
+		if err := rb.putDocs(ctx, views[i:min(i+500, len(views))]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-const selectRange = `SELECT stream_id, version, type, data, recorded_at, position FROM events
-	WHERE transaction_id >= $1::xid8 AND transaction_id < $2::xid8 ORDER BY transaction_id, position`
-
-// querier runs a query: a pool or a transaction.
-type querier interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-}
-
-// applyRange applies the events with from <= transaction_id < to, in outbox order, to
+// applyRange applies the events with from <= transaction_id < to, in commit order, to
 // the fresh schema with the incremental projector's own Apply. The events are read
 // through q; each is called once per batch of up to batch events with the function
 // that writes them in a transaction. It returns the tickets touched, each with its
 // highest version, and the number of events.
-func (rb *rebuild) applyRange(ctx context.Context, q querier, from, to string, batch int, each func(func(pgx.Tx) error) error) (map[uuid.UUID]int, int64, error) {
-	rows, err := q.Query(ctx, selectRange, from, to)
-	if err != nil {
-		return nil, 0, fmt.Errorf("read events: %w", err)
-	}
-	recs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (eventstore.Record, error) {
-		var r eventstore.Record
-		var typ string
-		var data []byte
-		if err := row.Scan(&r.TicketID, &r.Version, &typ, &data, &r.RecordedAt, &r.Position); err != nil {
-			return r, err
-		}
-		r.RecordedAt = r.RecordedAt.UTC()
-		r.At = r.RecordedAt
-		r.Data, err = ticket.DecodeData(typ, data)
-		if err != nil {
-			return r, fmt.Errorf("event %d of %s: %w", r.Version, r.TicketID, err)
-		}
-		return r, nil
-	})
+func (rb *rebuild) applyRange(ctx context.Context, q eventstore.Querier, from, to string, batch int, each func(func(pgx.Tx) error) error) (map[uuid.UUID]int, int64, error) {
+	recs, err := eventstore.Range(ctx, q, from, to)
 	if err != nil {
 		return nil, 0, fmt.Errorf("read events: %w", err)
 	}
 	touched := map[uuid.UUID]int{}
-	p := Postgres{Schema: RebuildSchema}
+	p := Postgres{Schema: RebuildSchema, Events: rb.store}
 	for i := 0; i < len(recs); i += batch {
 		part := recs[i:min(i+batch, len(recs))]
-		err := each(func(tx pgx.Tx) error {
-			for _, r := range part {
-				if err := p.Apply(ctx, tx, r); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
+		err := each(func(tx pgx.Tx) error { return p.Apply(ctx, tx, part) })
 		if err != nil {
 			return nil, 0, err
 		}

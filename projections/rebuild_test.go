@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -57,7 +56,7 @@ func runProjectors(t testing.TB, pool *pgxpool.Pool, cfg projections.Config, log
 	})
 }
 
-var pgProjector = projections.Handler{Group: projections.PostgresGroup, Func: projections.Postgres{}.Handle}
+var pgProjector = projections.Postgres{}.Handler()
 
 // backlog is a Metrics that remembers the last sampled backlog per group.
 type backlog struct {
@@ -187,7 +186,7 @@ func readModel(t testing.TB, pool *pgxpool.Pool, schema string) (tickets, commen
 }
 
 // replayAll replays every stream of the event store.
-func replayAll(t testing.TB, pool *pgxpool.Pool, store *eventstore.Store) map[uuid.UUID]*ticket.Ticket {
+func replayAll(t testing.TB, pool *pgxpool.Pool, store *eventstore.Store) map[uuid.UUID]replayed {
 	t.Helper()
 	ctx := context.Background()
 	rows, err := pool.Query(ctx, `SELECT DISTINCT stream_id FROM events`)
@@ -198,15 +197,28 @@ func replayAll(t testing.TB, pool *pgxpool.Pool, store *eventstore.Store) map[uu
 	if err != nil {
 		t.Fatalf("streams: %v", err)
 	}
-	out := map[uuid.UUID]*ticket.Ticket{}
+	out := map[uuid.UUID]replayed{}
 	for _, id := range ids {
-		tk, err := store.LoadTicket(ctx, id, 0)
+		v, recs, err := projections.ViewAt(ctx, store, id, 0)
 		if err != nil {
 			t.Fatalf("replay %s: %v", id, err)
 		}
-		out[id] = tk
+		r := replayed{View: v}
+		for _, rec := range recs {
+			if c, ok := projections.CommentOf(rec.Event); ok {
+				r.comments = append(r.comments, c)
+			}
+		}
+		out[id] = r
 	}
 	return out
+}
+
+// replayed is a ticket folded from its whole stream, with every comment (the view
+// embeds only the first ones).
+type replayed struct {
+	projections.View
+	comments []projections.Comment
 }
 
 // sameLines fails the test, naming the first differences, unless got equals want.
@@ -234,19 +246,19 @@ func sameLines(t testing.TB, what string, got, want []string) {
 
 // checkRedisDocs fails the test unless every ticket's Redis document is what GET
 // answers for its replayed state: its view, or a tombstone once deleted.
-func checkRedisDocs(t testing.TB, docs *projections.RedisDocs, tickets map[uuid.UUID]*ticket.Ticket) {
+func checkRedisDocs(t testing.TB, docs *projections.RedisDocs, tickets map[uuid.UUID]replayed) {
 	t.Helper()
 	for id, tk := range tickets {
 		doc, version, found, deleted := storedDoc(t, docs, id)
 		switch {
 		case !found:
-			t.Fatalf("ticket %s (v%d): no Redis document", id, tk.Version())
-		case tk.Deleted():
-			if !deleted || version != tk.Version() {
-				t.Fatalf("deleted ticket %s (v%d): Redis has v%d deleted=%t", id, tk.Version(), version, deleted)
+			t.Fatalf("ticket %s (v%d): no Redis document", id, tk.Version)
+		case tk.Deleted:
+			if !deleted || version != tk.Version {
+				t.Fatalf("deleted ticket %s (v%d): Redis has v%d deleted=%t", id, tk.Version, version, deleted)
 			}
 		default:
-			want := projections.ViewOf(tk.State())
+			want := tk.View
 			if deleted || fmt.Sprintf("%+v", doc) != fmt.Sprintf("%+v", want) {
 				t.Fatalf("ticket %s: Redis document\n%+v\nwant\n%+v", id, doc, want)
 			}
@@ -365,9 +377,11 @@ func TestRebuildResumesProjectionRightAfterTheReplayedPoint(t *testing.T) {
 
 	// A projector started now applies only what comes next, and applies all of it.
 	var seen sync.Map
-	counting := projections.Handler{Group: projections.PostgresGroup, Func: func(msg *message.Message) error {
-		seen.Store(msg.UUID, true)
-		return projections.Postgres{}.Handle(msg)
+	counting := projections.Handler{Group: projections.PostgresGroup, Apply: func(ctx context.Context, tx pgx.Tx, recs []eventstore.Record) error {
+		for _, r := range recs {
+			seen.Store(r.Position, true)
+		}
+		return projections.Postgres{}.Apply(ctx, tx, recs)
 	}}
 	runProjectors(t, pool, projections.Config{}, nil, counting)
 	writeLoad(t, store, 100, 3)
@@ -390,13 +404,12 @@ func TestRebuildResumesProjectionRightAfterTheReplayedPoint(t *testing.T) {
 }
 
 // expectedReadModel is the read model's rows as the replayed tickets give them.
-func expectedReadModel(tickets map[uuid.UUID]*ticket.Ticket) (rows, comments []string) {
+func expectedReadModel(tickets map[uuid.UUID]replayed) (rows, comments []string) {
 	ts := func(at time.Time) string { return at.UTC().Format(time.RFC3339Nano) }
-	for _, tk := range tickets {
-		s := tk.State()
+	for _, s := range tickets {
 		rows = append(rows, fmt.Sprintf("%s|%s|%s|%s|%s|%s|%s|v%d|c%d|%s|%s|deleted=%t", s.ID, s.Title, s.Description,
-			s.Email, s.CreatedBy, s.UpdatedBy, s.Status, s.Version, len(s.Comments), ts(s.CreatedAt), ts(s.UpdatedAt), s.Deleted))
-		for _, c := range s.Comments {
+			s.Email, s.CreatedBy, s.UpdatedBy, s.Status, s.Version, len(s.comments), ts(s.CreatedAt), ts(s.UpdatedAt), s.Deleted))
+		for _, c := range s.comments {
 			comments = append(comments, fmt.Sprintf("%s|%s|v%d|%s|%s|%s|%s", c.ID, s.ID, c.Version, c.Body, c.Email, c.CreatedBy, ts(c.CreatedAt)))
 		}
 	}

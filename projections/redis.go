@@ -365,3 +365,137 @@ func (b *breaker) failure() {
 	b.cooldown = min(max(b.cooldown*2, breakerMinCooldown), breakerMaxCooldown)
 	b.openUntil.Store(time.Now().Add(b.cooldown).UnixNano())
 }
+
+// Doc is one stored document as GetMany returns it: Found is false for a miss;
+// Deleted marks a tombstone (Body empty). Version is 0 for a miss.
+type Doc struct {
+	Body    []byte
+	Version int
+	Found   bool
+	Deleted bool
+}
+
+// GetMany returns the stored documents of ids, in order, in one pipelined round trip
+// per cluster node, bounded by the timeout. A malformed value counts as a miss (its
+// ticket is then rebuilt). Errors: ErrRedisDown while the breaker is open, otherwise
+// the Redis error; documents are returned only when every read succeeded.
+func (d *RedisDocs) GetMany(ctx context.Context, ids []uuid.UUID) ([]Doc, error) {
+	if !d.br.allow() {
+		return nil, ErrRedisDown
+	}
+	cctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	cmds := make([]*redis.StringCmd, len(ids))
+	_, err := d.rdb.Pipelined(cctx, func(p redis.Pipeliner) error {
+		for i, id := range ids {
+			cmds[i] = p.Get(cctx, d.Key(id))
+		}
+		return nil
+	})
+	if errors.Is(err, redis.Nil) {
+		err = nil // a miss among the reads; each command says which
+	}
+	if err = d.done(ctx, err, time.Time{}); err != nil {
+		return nil, fmt.Errorf("redis get documents: %w", err)
+	}
+	out := make([]Doc, len(ids))
+	for i, c := range cmds {
+		raw, err := c.Bytes()
+		if err != nil {
+			continue // redis.Nil: a miss
+		}
+		version, body, err := parseDoc(raw)
+		if err != nil {
+			continue
+		}
+		out[i] = Doc{Body: body, Version: version, Found: true, Deleted: len(body) == 0}
+	}
+	return out, nil
+}
+
+// PutMany stores each view (a tombstone for a deleted one) if it is newer than the
+// stored document, like Put, in one pipelined round trip per cluster node bounded by
+// the timeout. force goes past an open breaker (see putForced). It returns the views
+// whose write failed (all of them when the pipeline failed) and the first error.
+func (d *RedisDocs) PutMany(ctx context.Context, views []View, force bool) ([]View, error) {
+	if len(views) == 0 {
+		return nil, nil
+	}
+	if !force && !d.br.allow() {
+		return views, ErrRedisDown
+	}
+	vals := make([][]byte, len(views))
+	for i, v := range views {
+		if v.Version < 1 {
+			return views, fmt.Errorf("redis document of %s: version %d: %w", v.ID, v.Version, ticket.ErrInvalid)
+		}
+		var body []byte
+		if !v.Deleted {
+			var err error
+			if body, err = json.Marshal(v); err != nil {
+				return views, fmt.Errorf("encode ticket %s: %w", v.ID, err)
+			}
+		}
+		val := make([]byte, 0, len(body)+12)
+		val = strconv.AppendInt(val, int64(v.Version), 10)
+		val = append(val, '\n')
+		vals[i] = append(val, body...)
+	}
+	cctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	// EVALSHA first; a node that does not know the script yet (new, restarted or failed
+	// over) answers NOSCRIPT, and those writes go again with EVAL, which teaches it.
+	cmds := make([]*redis.Cmd, len(views))
+	run := func(idx []int, sha bool) error {
+		_, err := d.rdb.Pipelined(cctx, func(p redis.Pipeliner) error {
+			for _, i := range idx {
+				v := views[i]
+				var ttl int64
+				if v.Deleted {
+					ttl = TombstoneTTL.Milliseconds()
+				}
+				if sha {
+					cmds[i] = putScript.EvalSha(cctx, p, []string{d.Key(v.ID)}, v.Version, vals[i], ttl)
+				} else {
+					cmds[i] = putScript.Eval(cctx, p, []string{d.Key(v.ID)}, v.Version, vals[i], ttl)
+				}
+			}
+			return nil
+		})
+		return err
+	}
+	all := make([]int, len(views))
+	for i := range all {
+		all[i] = i
+	}
+	err := run(all, true)
+	if err != nil {
+		var again []int
+		for i, c := range cmds {
+			if c != nil && redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+				again = append(again, i)
+			}
+		}
+		if len(again) > 0 {
+			err = run(again, false)
+			for _, c := range cmds {
+				if err == nil && c.Err() != nil {
+					err = c.Err() // a write that failed otherwise in the first round
+				}
+			}
+		}
+	}
+	if err = d.done(ctx, err, time.Time{}); err != nil {
+		var failed []View
+		for i, c := range cmds {
+			if c == nil || c.Err() != nil {
+				failed = append(failed, views[i])
+			}
+		}
+		if len(failed) == 0 {
+			failed = views
+		}
+		return failed, fmt.Errorf("redis put documents: %w", err)
+	}
+	return nil, nil
+}

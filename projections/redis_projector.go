@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -20,156 +19,141 @@ import (
 )
 
 // RedisProjector keeps the Redis read model: one document per ticket, built
-// incrementally from the event stream (consumer group RedisGroup).
+// incrementally from the event stream (consumer group RedisGroup) with Fold.
 //
-// watermill-sql runs the handler inside the subscriber's open transaction, which holds
-// back every consumer's view of new events while it lasts, and it would resend a nacked
-// message in that same transaction. So the projector never waits for Redis beyond the
-// RedisDocs timeout and never fails an event because of Redis: when Redis fails (or
-// the circuit breaker already knows it is down) it records the ticket in the
-// redis_backlog table, through the subscriber's transaction so the record commits with
-// the offset, and acknowledges. RedisRepairer rebuilds those documents later, outside
-// that transaction. Nothing is lost: every event either reached Redis or left its
-// ticket in the backlog.
+// Its batches run inside the consumer's transaction, which holds back every consumer's
+// view of newer events while it lasts. So it never waits for Redis beyond the RedisDocs
+// timeout (one pipelined read and one pipelined write per batch, each one round trip
+// per cluster node) and never fails a batch because of Redis: the tickets whose
+// documents it could not write (Redis failing, or the circuit breaker already knowing
+// it is down) are recorded in the redis_backlog table through the consumer's
+// transaction, so the record commits with the position, and RedisRepairer rebuilds
+// them later outside any transaction. Nothing is lost: every event either reached
+// Redis or left its ticket in the backlog.
 type RedisProjector struct {
 	Docs   *RedisDocs
-	Events *eventstore.Store
+	Events Streams
 	Log    *slog.Logger
 
 	queued atomic.Int64
 }
 
-// Queued returns how many events this projector sent to the backlog instead of Redis.
+// Handler returns the projector as a Handler of its consumer group.
+func (p *RedisProjector) Handler() Handler { return Handler{Group: RedisGroup, Apply: p.Apply} }
+
+// Queued returns how many tickets this projector sent to the backlog instead of Redis.
 func (p *RedisProjector) Queued() int64 { return p.queued.Load() }
 
-// Handle is the Watermill handler. It needs the watermill-sql transaction in the
-// message context for the backlog. It returns an error only for an undecodable event
-// (permanent: poison topic) or when the backlog cannot be written (Postgres failing).
-func (p *RedisProjector) Handle(msg *message.Message) error {
-	rec, err := eventstore.DecodeMessage(msg.Payload)
+// Apply brings the documents of the batch's tickets up to the batch's versions. It
+// returns an error only when the backlog cannot be written (Postgres failing) or an
+// event has no fold case.
+func (p *RedisProjector) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Record) error {
+	failed, err := p.Project(ctx, eventsOf(recs))
 	if err != nil {
-		return permanent(err)
+		return err
 	}
-	tx, err := pgxTx(msg)
-	if err != nil {
-		return permanent(err)
-	}
-	ctx := msg.Context()
-	perr := p.Project(ctx, rec.Event)
-	if perr == nil {
+	if len(failed) == 0 {
 		return nil
 	}
 	if err := ctx.Err(); err != nil {
-		// The subscriber gave up on this message (shutdown, ack deadline): it rolls its
-		// transaction back and redelivers the event later. Touching the transaction now
-		// would race with that rollback on the same connection.
-		return err
+		return err // the batch is being given up: it is rolled back and taken again
 	}
-	p.queued.Add(1)
-	if p.Log != nil && !errors.Is(perr, ErrRedisDown) {
-		p.Log.Debug("redis projection queued for repair", "ticket", rec.TicketID, "version", rec.Version, "err", perr)
+	p.queued.Add(int64(len(failed)))
+	if p.Log != nil {
+		p.Log.Debug("redis projection queued for repair", "tickets", len(failed))
 	}
-	return pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) error { return EnqueueRedisRepair(ctx, sp, rec.TicketID) })
+	return EnqueueRedisRepair(ctx, tx, failed...)
 }
 
-// Project brings the Redis document of e's ticket up to at least e's version: nothing
-// when the stored version is already there (a redelivery, or a write-through that came
-// first); e applied to the stored document when that is exactly one version behind;
-// otherwise (missing, a gap) the document rebuilt from the event store. A deletion
-// leaves a tombstone. It returns an error when Redis or the event store failed; the
-// document is then unchanged or correct, never older.
-func (p *RedisProjector) Project(ctx context.Context, e ticket.Event) error {
-	if !p.Docs.Up() {
-		return ErrRedisDown
-	}
-	body, stored, found, err := p.Docs.Get(ctx, e.TicketID)
-	if err != nil && !errors.Is(err, ErrDeleted) {
-		return err
-	}
-	if found && stored >= e.Version {
-		return nil
-	}
-	if _, ok := e.Data.(ticket.Deleted); ok {
-		return p.Docs.Tombstone(ctx, e.TicketID, e.Version)
-	}
-	if stored == e.Version-1 && (found || e.Version == 1) && err == nil {
-		var v View
-		if found && json.Unmarshal(body, &v) != nil {
-			return p.rebuild(ctx, e.TicketID)
+// groupByTicket splits events by ticket, in order of first appearance.
+func groupByTicket(evs []ticket.Event) ([]uuid.UUID, map[uuid.UUID][]ticket.Event) {
+	by := make(map[uuid.UUID][]ticket.Event, len(evs))
+	var ids []uuid.UUID
+	for _, e := range evs {
+		if _, ok := by[e.TicketID]; !ok {
+			ids = append(ids, e.TicketID)
 		}
-		if next, ok := applyToView(v, e); ok {
-			return p.Docs.Put(ctx, next)
-		}
+		by[e.TicketID] = append(by[e.TicketID], e)
 	}
-	return p.rebuild(ctx, e.TicketID)
+	return ids, by
 }
 
-// rebuild writes the ticket's document as the event store has it now.
-func (p *RedisProjector) rebuild(ctx context.Context, id uuid.UUID) error {
-	_, err := rebuildDoc(ctx, p.Events, p.Docs, id, false)
-	return err
+// Project brings the documents of the events' tickets up to at least the last of their
+// events (given in stream order per ticket): nothing for a ticket whose stored version is already there; its events
+// folded onto the stored document when that is exactly the version before them;
+// otherwise (missing, a gap) the document folded afresh from the event store. It
+// returns the tickets it could not write (Redis or the event store failing); their
+// documents are unchanged or correct, never older. The error is for events without a
+// fold case only.
+func (p *RedisProjector) Project(ctx context.Context, evs []ticket.Event) ([]uuid.UUID, error) {
+	ids, byTicket := groupByTicket(evs)
+	docs, err := p.Docs.GetMany(ctx, ids)
+	if err != nil {
+		return ids, nil
+	}
+	var failed []uuid.UUID
+	views := make([]View, 0, len(ids))
+	for i, id := range ids {
+		evs := byTicket[id]
+		for len(evs) > 0 && evs[0].Version <= docs[i].Version {
+			evs = evs[1:] // already in Redis (a redelivery, or the write-through came first)
+		}
+		if len(evs) == 0 {
+			continue
+		}
+		var base View
+		if docs[i].Version > 0 && docs[i].Version == evs[0].Version-1 && !docs[i].Deleted &&
+			json.Unmarshal(docs[i].Body, &base) != nil {
+			base = View{} // unreadable: fold afresh below
+		}
+		v, err := FoldAll(base, evs...)
+		if errors.Is(err, ErrUnknownEvent) {
+			return nil, err
+		}
+		if err != nil {
+			last := evs[len(evs)-1].Version
+			if v, err = p.replay(ctx, id, last); err != nil {
+				failed = append(failed, id)
+				continue
+			}
+		}
+		views = append(views, v)
+	}
+	notWritten, _ := p.Docs.PutMany(ctx, views, false)
+	for _, v := range notWritten {
+		failed = append(failed, v.ID)
+	}
+	return failed, nil
 }
 
-// rebuildDoc replays ticket id from the event store and writes its document (or its
+// replay folds ticket id from the event store up to version upTo.
+func (p *RedisProjector) replay(ctx context.Context, id uuid.UUID, upTo int) (View, error) {
+	recs, err := p.Events.Load(ctx, id, 0, upTo)
+	if err != nil {
+		return View{}, err
+	}
+	return FoldAll(View{}, eventsOf(recs)...)
+}
+
+// rebuildDoc folds ticket id from the event store and writes its document (or its
 // tombstone), if newer than the stored one. It returns the version written. force
 // writes even while the breaker is open (see RedisDocs.putForced).
-func rebuildDoc(ctx context.Context, events *eventstore.Store, docs *RedisDocs, id uuid.UUID, force bool) (int, error) {
-	t, err := events.LoadTicket(ctx, id, 0)
+func rebuildDoc(ctx context.Context, events Streams, docs *RedisDocs, id uuid.UUID, force bool) (int, error) {
+	recs, err := events.Load(ctx, id, 0, maxVersion)
 	if err != nil {
 		return 0, fmt.Errorf("rebuild redis document: %w", err)
 	}
-	switch {
-	case t.Deleted() && force:
-		return t.Version(), docs.tombstoneForced(ctx, id, t.Version())
-	case t.Deleted():
-		return t.Version(), docs.Tombstone(ctx, id, t.Version())
-	case force:
-		return t.Version(), docs.putForced(ctx, ViewOf(t.State()))
+	if len(recs) == 0 {
+		return 0, fmt.Errorf("ticket %s: %w", id, ticket.ErrNotFound)
 	}
-	return t.Version(), docs.Put(ctx, ViewOf(t.State()))
-}
-
-// applyToView folds event e into v, the document at the version before e, giving what
-// ViewOf shows for the state after e. It mirrors ticket.Ticket.Apply; ok is false for
-// an event that does not fit v (the caller then rebuilds from the event store).
-// Deletions are not documents and are handled by the caller.
-func applyToView(v View, e ticket.Event) (View, bool) {
-	at := e.At.UTC()
-	switch d := e.Data.(type) {
-	case ticket.Opened:
-		if e.Version != 1 {
-			return v, false
-		}
-		return View{Summary: Summary{
-			ID: e.TicketID, Title: d.Title, Description: d.Description, Email: d.Email,
-			CreatedBy: d.CreatedBy, UpdatedBy: d.CreatedBy, Status: ticket.StatusOpen, Version: 1,
-			CreatedAt: at, UpdatedAt: at,
-		}, Comments: []ticket.Comment{}}, true
-	case ticket.CommentAdded:
-		if v.Version != e.Version-1 || v.ID != e.TicketID || v.Status == ticket.StatusClosed {
-			return v, false
-		}
-		if len(v.Comments) < EmbeddedComments && v.CommentCount == len(v.Comments) {
-			v.Comments = append(v.Comments, ticket.Comment{
-				ID: d.CommentID, Body: d.Body, Email: d.Email, CreatedBy: d.CreatedBy, CreatedAt: at, Version: e.Version,
-			})
-		}
-		v.CommentCount++
-	case ticket.StatusChanged:
-		if v.Version != e.Version-1 || v.ID != e.TicketID || d.From != v.Status || !v.Status.CanMoveTo(d.To) {
-			return v, false
-		}
-		v.Status = d.To
-		v.UpdatedBy = d.UpdatedBy
-	default:
-		return v, false
+	v, err := FoldAll(View{}, eventsOf(recs)...)
+	if err != nil {
+		return 0, fmt.Errorf("rebuild redis document: %w", err)
 	}
-	if v.Comments == nil {
-		v.Comments = []ticket.Comment{}
+	if _, err := docs.PutMany(ctx, []View{v}, force); err != nil {
+		return 0, err
 	}
-	v.Version = e.Version
-	v.UpdatedAt = at
-	return v, true
+	return v.Version, nil
 }
 
 // execer is a pgx transaction, savepoint or pool.
@@ -177,15 +161,15 @@ type execer interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
-// EnqueueRedisRepair records that ticket id's Redis document may be behind, for
-// RedisRepairer. Adding a ticket that is already queued raises its generation and
+// EnqueueRedisRepair records that the Redis documents of tickets ids may be behind, for
+// RedisRepairer, in one statement. Adding a ticket that is already queued raises its generation and
 // makes it due at once, so a repairer that loaded it before this call will not delete
 // the row and the newer state is repaired too.
-func EnqueueRedisRepair(ctx context.Context, db execer, id uuid.UUID) error {
-	_, err := db.Exec(ctx, `INSERT INTO redis_backlog (ticket_id) VALUES ($1)
-		ON CONFLICT (ticket_id) DO UPDATE SET gen = redis_backlog.gen + 1, lease_until = '-infinity'`, id)
+func EnqueueRedisRepair(ctx context.Context, db execer, ids ...uuid.UUID) error {
+	_, err := db.Exec(ctx, `INSERT INTO redis_backlog (ticket_id) SELECT DISTINCT unnest($1::uuid[])
+		ON CONFLICT (ticket_id) DO UPDATE SET gen = redis_backlog.gen + 1, lease_until = '-infinity'`, ids)
 	if err != nil {
-		return fmt.Errorf("queue redis repair of %s: %w", id, unavailable(err))
+		return fmt.Errorf("queue redis repair of %d tickets: %w", len(ids), unavailable(err))
 	}
 	return nil
 }
@@ -197,7 +181,7 @@ func EnqueueRedisRepair(ctx context.Context, db execer, id uuid.UUID) error {
 // only at the generation it claimed. While Redis fails it backs off exponentially.
 type RedisRepairer struct {
 	Pool   *pgxpool.Pool
-	Events *eventstore.Store
+	Events Streams
 	Docs   *RedisDocs
 	Log    *slog.Logger
 	// Reader, if set, hears of every repaired document (so it may serve it from Redis

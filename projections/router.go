@@ -2,14 +2,13 @@ package projections
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
@@ -20,39 +19,80 @@ import (
 	"github.com/ticketd/ticketd/eventstore"
 )
 
+// How the projectors consume the outbox
+//
+// Every event is published by the append's own transaction into watermill-sql's outbox
+// table, and each read model is a consumer group of it with its position in
+// watermill-sql's offsets table. Watermill's router hands a subscriber's rows to its
+// handler one at a time and waits for each acknowledgement, and it has no batch handler
+// (watermill issues 218, 439, 586): a projector that applies one event per round trip
+// runs at the arrival rate and any burst becomes a standing backlog. So the groups are
+// consumed here, with watermill-sql's own queries and tables:
+//
+//   - one REPEATABLE READ transaction per batch: DefaultPostgreSQLSchema.SelectQuery
+//     locks the group's offsets row (FOR UPDATE, so instances sharing a group take turns
+//     and each batch is applied once) and reads up to BatchSize rows after the group's
+//     position, only below pg_snapshot_xmin (xid8 order: a transaction that commits
+//     late can never be skipped);
+//   - the read model applies the whole batch in the same transaction in a constant
+//     number of round trips, and DefaultPostgreSQLOffsetsAdapter.AckMessageQuery moves
+//     the position to the batch's last row; one commit makes both durable, so a crash
+//     anywhere leaves the read model and the position in agreement;
+//   - a batch that fails is rolled back and its rows are taken again one at a time,
+//     each retried a few times: an event that still fails is recorded in the poison
+//     table with the position that skips it, and its neighbours are applied;
+//   - a consumer that found a short batch waits for the poll interval or for Wake, which
+//     this instance's event store calls after each append commits (no NOTIFY: it would
+//     take a cluster-wide lock at every commit).
+
 // PoisonTopic receives events a projector could not handle after its retries. Its
 // table is created by the migrations; rows there are for an operator to inspect.
 const PoisonTopic = eventstore.Topic + "_poison"
 
 // permanentError marks a failure that retrying cannot fix (an undecodable event): it
-// goes to the poison topic. Everything else (Postgres unreachable) is retried.
+// goes to the poison topic at once.
 type permanentError struct{ error }
 
 func (e permanentError) Unwrap() error { return e.error }
 
 func permanent(err error) error { return permanentError{err} }
 
-// Config tunes the projectors' subscribers.
+// ApplyFunc applies a batch of events, in outbox order, to a read model inside tx, the
+// transaction that also moves the group's position past them. It must be idempotent
+// per event (a batch may be applied again after a crash before the commit, or when an
+// instance's transaction was cut off) and must not commit or roll back tx. An error
+// fails the whole batch, which is then retried event by event.
+type ApplyFunc func(ctx context.Context, tx pgx.Tx, recs []eventstore.Record) error
+
+// Handler is a projector: a consumer group and the function applying its batches.
+type Handler struct {
+	Group string
+	Apply ApplyFunc
+}
+
+// Config tunes the projectors' consumers.
 type Config struct {
 	// PollInterval is how long a consumer waits before asking again when it found no
-	// new event. Short, so projection lag stays in milliseconds.
+	// new event and was not woken. Short, so events of other instances show quickly.
 	PollInterval time.Duration
-	// BatchSize is how many events one subscriber transaction takes at most. Smaller
-	// keeps each consumer's transaction (which holds back every consumer's view of new
-	// events) short.
+	// BatchSize is how many events one transaction takes at most.
 	BatchSize int
-	// Retries is how often a failing event is retried before it goes to the poison topic.
+	// Retries is how often a failing event is retried, alone, before it goes to the
+	// poison topic.
 	Retries int
-	// AckDeadline bounds the handling of one event, retries included: the handler's
-	// context ends then, and an event not acknowledged by then is redelivered. It keeps
-	// a slow or hung handler from holding its subscriber transaction (which holds back
-	// every consumer) open for long.
+	// AckDeadline bounds one batch's transaction: the apply's context ends then, and a
+	// batch not committed by then is rolled back and taken again. It keeps a hung
+	// dependency from holding the transaction (which holds back every consumer's view
+	// of newer events) open for long.
 	AckDeadline time.Duration
 	// Metrics receives what the projectors do; nil reports nowhere.
 	Metrics Metrics
 	// BacklogInterval is how often each group's backlog (events behind the head) is
 	// sampled for Metrics.
 	BacklogInterval time.Duration
+	// Wake, when set, wakes the consumers at once (see Signal): the event store of this
+	// instance notifies it after every append.
+	Wake *Signal
 }
 
 func (c Config) withDefaults() Config {
@@ -60,7 +100,7 @@ func (c Config) withDefaults() Config {
 		c.PollInterval = 20 * time.Millisecond
 	}
 	if c.BatchSize <= 0 {
-		c.BatchSize = 50
+		c.BatchSize = 1000
 	}
 	if c.Retries <= 0 {
 		c.Retries = 5
@@ -74,185 +114,458 @@ func (c Config) withDefaults() Config {
 	if c.BacklogInterval <= 0 {
 		c.BacklogInterval = 5 * time.Second
 	}
+	if c.Wake == nil {
+		c.Wake = NewSignal()
+	}
 	return c
 }
 
-// Handler is a projector: a consumer group and the function applying one event message.
-type Handler struct {
-	Group string
-	Func  message.NoPublishHandlerFunc
+// Signal wakes waiting consumers. Notify never blocks: a consumer that is busy finds
+// the signal when it next waits. The zero value is not usable; call NewSignal.
+type Signal struct {
+	mu   sync.Mutex
+	subs []chan struct{}
 }
 
-// NewRouter returns a Watermill router with one subscriber (its own consumer group)
-// per handler on the outbox topic. Run it with router.Run(ctx); it stops when ctx ends,
-// after the handlers finish their current message.
-func NewRouter(pool *pgxpool.Pool, cfg Config, log *slog.Logger, handlers ...Handler) (*message.Router, error) {
-	cfg = cfg.withDefaults()
-	wlog := watermill.NewSlogLoggerWithLevelMapping(log, map[slog.Level]slog.Level{
-		slog.LevelInfo: slog.LevelDebug, // Watermill's info lines are chatter at our level
-	})
-	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, wlog)
-	if err != nil {
-		return nil, fmt.Errorf("projection router: %w", err)
-	}
-	poison, err := middleware.PoisonQueueWithFilter(txPublisher{metrics: cfg.Metrics, log: log}, PoisonTopic, func(err error) bool {
-		return errors.As(err, new(permanentError))
-	})
-	if err != nil {
-		return nil, fmt.Errorf("poison queue: %w", err)
-	}
-	router.AddMiddleware(guardTx, poison, middleware.Retry{
-		MaxRetries:      cfg.Retries,
-		InitialInterval: 10 * time.Millisecond,
-		MaxInterval:     500 * time.Millisecond,
-		Multiplier:      2,
-		Logger:          wlog,
-	}.Middleware)
-	var groups []string
-	for _, h := range handlers {
-		sub, err := wsql.NewSubscriber(guardedBeginner{wsql.BeginnerFromPgx(pool)}, wsql.SubscriberConfig{
-			ConsumerGroup:  h.Group,
-			AckDeadline:    &cfg.AckDeadline,
-			PollInterval:   cfg.PollInterval,
-			ResendInterval: 100 * time.Millisecond,
-			RetryInterval:  time.Second,
-			SchemaAdapter:  wsql.DefaultPostgreSQLSchema{SubscribeBatchSize: cfg.BatchSize},
-			OffsetsAdapter: wsql.DefaultPostgreSQLOffsetsAdapter{},
-		}, wlog)
-		if err != nil {
-			return nil, fmt.Errorf("subscriber %s: %w", h.Group, err)
+// NewSignal returns a signal without subscribers.
+func NewSignal() *Signal { return &Signal{} }
+
+// Notify wakes every subscriber.
+func (s *Signal) Notify() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.subs {
+		select {
+		case c <- struct{}{}:
+		default:
 		}
-		router.AddNoPublisherHandler(h.Group, eventstore.Topic, sub, instrument(h.Group, cfg.Metrics, time.Now, h.Func))
+	}
+}
+
+func (s *Signal) subscribe() <-chan struct{} {
+	c := make(chan struct{}, 1)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.subs = append(s.subs, c)
+	return c
+}
+
+// Router runs one consumer per handler on the outbox topic.
+type Router struct {
+	pool     *pgxpool.Pool
+	cfg      Config
+	log      *slog.Logger
+	handlers []Handler
+	running  chan struct{}
+	once     sync.Once
+}
+
+// NewRouter returns a router with one consumer (its own consumer group) per handler.
+// Run it with Run; it stops when the context ends, after the current batches.
+func NewRouter(pool *pgxpool.Pool, cfg Config, log *slog.Logger, handlers ...Handler) (*Router, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	seen := map[string]bool{}
+	for _, h := range handlers {
+		if h.Group == "" || len(h.Group) > 255 || h.Apply == nil {
+			return nil, fmt.Errorf("projection handler %q: a group of 1..255 characters and an apply function are required", h.Group)
+		}
+		if seen[h.Group] {
+			return nil, fmt.Errorf("projection handler %q given twice", h.Group)
+		}
+		seen[h.Group] = true
+	}
+	return &Router{pool: pool, cfg: cfg.withDefaults(), log: log, handlers: handlers, running: make(chan struct{})}, nil
+}
+
+// Running is closed once every consumer has subscribed (its offsets row exists).
+func (r *Router) Running() <-chan struct{} { return r.running }
+
+// Run consumes until ctx ends and returns nil then. A failing database never ends it:
+// each consumer backs off and tries again, resuming from its group's position.
+func Run(ctx context.Context, r *Router) error { return r.Run(ctx) }
+
+// Run consumes until ctx ends (see the package function Run).
+func (r *Router) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	var ready sync.WaitGroup
+	groups := make([]string, 0, len(r.handlers))
+	for _, h := range r.handlers {
+		c := &consumer{Handler: h, r: r, wake: r.cfg.Wake.subscribe()}
+		if err := c.prepare(); err != nil {
+			return err
+		}
 		groups = append(groups, h.Group)
+		wg.Add(1)
+		ready.Add(1)
+		go func() {
+			defer wg.Done()
+			c.run(ctx, ready.Done)
+		}()
 	}
-	if _, nop := cfg.Metrics.(NopMetrics); !nop && len(groups) > 0 {
-		router.AddPlugin(sampleBacklogPlugin(pool, cfg.Metrics, cfg.BacklogInterval, log, groups))
+	go func() {
+		ready.Wait()
+		r.once.Do(func() { close(r.running) })
+	}()
+	if _, nop := r.cfg.Metrics.(NopMetrics); !nop && len(groups) > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.sampleBacklog(ctx, groups)
+		}()
 	}
-	return router, nil
-}
-
-// txPublisher publishes into the transaction of the message being handled, so a
-// poisoned event is recorded together with the offset that skips it. Only the poison
-// middleware uses it: every message it publishes is a poisoned one, logged and counted.
-type txPublisher struct {
-	metrics Metrics
-	log     *slog.Logger
-}
-
-func (p txPublisher) Publish(topic string, msgs ...*message.Message) error {
-	if len(msgs) == 0 {
-		return nil
-	}
-	tx, ok := wsql.TxFromContext(msgs[0].Context())
-	if !ok {
-		return errors.New("poison publish: no transaction in message context")
-	}
-	pub, err := wsql.NewPublisher(tx, wsql.PublisherConfig{SchemaAdapter: wsql.DefaultPostgreSQLSchema{}}, nil)
-	if err != nil {
-		return err
-	}
-	if err := pub.Publish(topic, msgs...); err != nil {
-		return err
-	}
-	for _, m := range msgs {
-		group := message.HandlerNameFromCtx(m.Context())
-		p.metrics.Poisoned(group)
-		p.log.Error("projection: event sent to the poison topic", "group", group, "topic", topic,
-			"message_uuid", m.UUID, "reason", m.Metadata.Get(middleware.ReasonForPoisonedKey))
-	}
+	wg.Wait()
 	return nil
 }
 
-func (txPublisher) Close() error { return nil }
-
-// Run runs router until ctx ends and returns once every handler has stopped.
-func Run(ctx context.Context, router *message.Router) error {
-	err := router.Run(ctx)
-	if err != nil && !errors.Is(err, context.Canceled) {
-		return err
+// sampleBacklog reports the groups' backlogs every BacklogInterval until ctx ends.
+func (r *Router) sampleBacklog(ctx context.Context, groups []string) {
+	t := time.NewTicker(r.cfg.BacklogInterval)
+	defer t.Stop()
+	for {
+		sctx, cancel := context.WithTimeout(ctx, r.cfg.BacklogInterval)
+		if err := SampleBacklog(sctx, r.pool, r.cfg.Metrics, groups...); err != nil && ctx.Err() == nil {
+			r.log.Debug("projection backlog", "err", err)
+		}
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
+}
+
+// consumer consumes one group.
+type consumer struct {
+	Handler
+	r    *Router
+	wake <-chan struct{}
+	// selectBatch and selectOne read up to BatchSize rows, or one row, after the
+	// group's position (selectQuery); ack moves it (watermill-sql's own query).
+	selectBatch, selectOne, ack string
+	subscribe                   wsql.Query
+}
+
+var (
+	outboxSchema  = wsql.DefaultPostgreSQLSchema{}
+	outboxOffsets = wsql.DefaultPostgreSQLOffsetsAdapter{}
+)
+
+// selectQuery reads up to limit outbox rows after the position of consumer group $1,
+// locking the group's offsets row. It selects exactly the rows watermill-sql's
+// DefaultPostgreSQLSchema.SelectQuery selects (after the position in (transaction_id,
+// offset) order, only below the snapshot's xmin, with the offsets adapter's own
+// NextOffsetQuery), but says "after" as one row comparison, which the outbox's primary
+// key (transaction_id, offset) answers with an index range scan: watermill-sql's
+// "same transaction and a later offset, or a later transaction" makes Postgres read
+// and sort every pending row on each fetch, so a fetch from a 100,000-event backlog
+// took 157 ms and the rate fell as the backlog grew.
+func selectQuery(limit int) string {
+	next, err := outboxOffsets.NextOffsetQuery(wsql.NextOffsetQueryParams{Topic: eventstore.Topic})
+	if err != nil {
+		panic(err) // the default adapter builds its query without failing
+	}
+	return `WITH last_processed AS (` + next.Query + `)
+	SELECT "offset", transaction_id, uuid, payload, metadata FROM ` + outboxSchema.MessagesTable(eventstore.Topic) + `
+	WHERE (transaction_id, "offset") > (
+			(SELECT last_processed_transaction_id FROM last_processed),
+			(SELECT coalesce(offset_acked, 0) FROM last_processed))
+		AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+	ORDER BY transaction_id, "offset"
+	LIMIT ` + strconv.Itoa(limit)
+}
+
+func (c *consumer) prepare() error {
+	c.selectBatch, c.selectOne = selectQuery(c.r.cfg.BatchSize), selectQuery(1)
+	ack, err := outboxOffsets.AckMessageQuery(wsql.AckMessageQueryParams{Topic: eventstore.Topic, ConsumerGroup: c.Group,
+		LastRow: wsql.Row{ExtraData: map[string]any{"transaction_id": wsql.XID8(0)}}})
+	if err != nil {
+		return fmt.Errorf("outbox ack query of %s: %w", c.Group, err)
+	}
+	c.ack = ack.Query
+	subs, err := outboxOffsets.BeforeSubscribingQueries(wsql.BeforeSubscribingQueriesParams{Topic: eventstore.Topic, ConsumerGroup: c.Group})
+	if err != nil || len(subs) != 1 {
+		return fmt.Errorf("outbox subscribe query of %s: %v", c.Group, err)
+	}
+	c.subscribe = subs[0]
 	return nil
 }
 
-// The subscriber's transaction is shared by two goroutines: the subscriber, which
-// selects the messages, acknowledges them and commits, and the router's handler
-// goroutine, which projects through it. watermill-sql gives up waiting for a handler
-// when the ack deadline passes or the subscriber closes, and then acknowledges the
-// rows before it and commits or rolls back at once, while the handler may still be
-// using the transaction (a data race on the pgx connection; pgx may panic). The guard
-// below makes the subscriber's own use of the transaction wait until the handler chain
-// (poison publishing included) has returned. The handler's context ends at the same
-// moment, so the wait is short unless a handler ignores its context.
-
-// guardedBeginner begins subscriber transactions whose pgx transaction is a guardedPgxTx.
-type guardedBeginner struct{ wsql.Beginner }
-
-func (b guardedBeginner) BeginTx(ctx context.Context, opts *sql.TxOptions) (wsql.Tx, error) {
-	tx, err := b.Beginner.BeginTx(ctx, opts)
-	if err != nil {
-		return tx, err
-	}
-	if p, ok := tx.(*wsql.PgxTx); ok && p.Tx != nil {
-		p.Tx = &guardedPgxTx{Tx: p.Tx}
-	}
-	return tx, nil
-}
-
-// guardedPgxTx is a pgx transaction whose use by the subscriber waits for the guard,
-// which guardTx holds while a handler chain runs. Calls made by a handler (their
-// context carries the transaction, as every message context does) pass straight
-// through; the subscriber's own calls (its context does not) take the guard.
-type guardedPgxTx struct {
-	pgx.Tx
-	mu sync.Mutex
-}
-
-// wait takes the guard for a call made outside a handler and returns its release.
-func (t *guardedPgxTx) wait(ctx context.Context) func() {
-	if _, inHandler := wsql.TxFromContext(ctx); inHandler {
-		return func() {}
-	}
-	t.mu.Lock()
-	return t.mu.Unlock
-}
-
-func (t *guardedPgxTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	defer t.wait(ctx)()
-	return t.Tx.Exec(ctx, sql, args...)
-}
-
-func (t *guardedPgxTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	defer t.wait(ctx)()
-	return t.Tx.Query(ctx, sql, args...)
-}
-
-func (t *guardedPgxTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	defer t.wait(ctx)()
-	return t.Tx.QueryRow(ctx, sql, args...)
-}
-
-func (t *guardedPgxTx) Commit(ctx context.Context) error {
-	defer t.wait(ctx)()
-	return t.Tx.Commit(ctx)
-}
-
-func (t *guardedPgxTx) Rollback(ctx context.Context) error {
-	defer t.wait(ctx)()
-	return t.Tx.Rollback(ctx)
-}
-
-// guardTx is the outermost router middleware: it holds the guard of the message's
-// transaction while the rest of the chain runs.
-func guardTx(h message.HandlerFunc) message.HandlerFunc {
-	return func(msg *message.Message) ([]*message.Message, error) {
-		if tx, ok := wsql.TxFromContext(msg.Context()); ok {
-			if p, ok := tx.(*wsql.PgxTx); ok {
-				if g, ok := p.Tx.(*guardedPgxTx); ok {
-					g.mu.Lock()
-					defer g.mu.Unlock()
-				}
+// run consumes until ctx ends. ready is called once the group's offsets row exists.
+func (c *consumer) run(ctx context.Context, ready func()) {
+	log := c.r.log.With("group", c.Group)
+	var backoff time.Duration
+	failing := false
+	subscribed := false
+	// single > 0: that many rows are taken one at a time (after a failed batch).
+	single := 0
+	for ctx.Err() == nil {
+		var n int
+		var err error
+		if !subscribed {
+			if _, err = c.r.pool.Exec(ctx, c.subscribe.Query, c.subscribe.Args...); err == nil {
+				subscribed = true
+				ready()
+			}
+		} else if single > 0 {
+			n, err = c.one(ctx)
+			if err == nil {
+				single -= max(n, 1) // nothing found: the failed rows were taken by another instance
+			}
+		} else {
+			var failed int
+			n, failed, err = c.batch(ctx)
+			if failed > 0 {
+				single = failed
+				log.Warn("projection batch failed; applying its events one at a time", "events", failed, "err", err)
+				err = nil
+				continue
 			}
 		}
-		return h(msg)
+		if ctx.Err() != nil {
+			return
+		}
+		var pause time.Duration
+		switch {
+		case err != nil:
+			backoff = min(max(2*backoff, 50*time.Millisecond), 2*time.Second)
+			pause = backoff
+			if !failing {
+				failing = true
+				log.Warn("projection failing; retrying with backoff", "err", err)
+			}
+		case failing:
+			failing, backoff = false, 0
+			log.Info("projection resumed")
+		}
+		if err == nil && single == 0 && n < c.r.cfg.BatchSize {
+			pause = c.r.cfg.PollInterval
+		}
+		if pause > 0 {
+			c.wait(ctx, pause, err == nil)
+		}
 	}
+}
+
+// wait pauses for d, or until woken when wakeable.
+func (c *consumer) wait(ctx context.Context, d time.Duration, wakeable bool) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	wake := c.wake
+	if !wakeable {
+		wake = nil
+	}
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	case <-wake:
+	}
+}
+
+// outboxRow is one outbox message of a batch.
+type outboxRow struct {
+	offset int64
+	txID   wsql.XID8
+	uuid   string
+	// payload and metadata as stored, for the poison table
+	payload, metadata []byte
+	rec               eventstore.Record
+	err               error // undecodable: permanent
+}
+
+// read runs a select query in tx and decodes the rows.
+func (c *consumer) read(ctx context.Context, tx pgx.Tx, query string) ([]outboxRow, error) {
+	rows, err := tx.Query(ctx, query, c.Group)
+	if err != nil {
+		return nil, err
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (outboxRow, error) {
+		var o outboxRow
+		err := row.Scan(&o.offset, &o.txID, &o.uuid, &o.payload, &o.metadata)
+		return o, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	for i := range out {
+		out[i].rec, out[i].err = eventstore.DecodeMessage(out[i].payload)
+	}
+	return out, nil
+}
+
+// begin opens a batch's transaction, bounded by the ack deadline.
+func (c *consumer) begin(ctx context.Context) (context.Context, context.CancelFunc, pgx.Tx, error) {
+	bctx, cancel := context.WithTimeout(ctx, c.r.cfg.AckDeadline)
+	tx, err := c.r.pool.BeginTx(bctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
+	if err != nil {
+		cancel()
+		return nil, nil, nil, unavailable(err)
+	}
+	return bctx, cancel, tx, nil
+}
+
+// batch applies up to BatchSize rows in one transaction. It returns how many rows it
+// consumed; failed > 0 (with the error) when the apply failed and that many rows are to
+// be taken one at a time.
+func (c *consumer) batch(ctx context.Context) (n, failed int, err error) {
+	bctx, cancel, tx, err := c.begin(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer cancel()
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after a commit it does nothing
+	rows, err := c.read(bctx, tx, c.selectBatch)
+	if err != nil || len(rows) == 0 {
+		return 0, 0, unavailable(err)
+	}
+	recs := make([]eventstore.Record, 0, len(rows))
+	var bad []outboxRow
+	for _, o := range rows {
+		if o.err != nil {
+			bad = append(bad, o)
+			continue
+		}
+		recs = append(recs, o.rec)
+	}
+	if len(recs) > 0 {
+		if err := c.Apply(bctx, tx, recs); err != nil {
+			c.r.cfg.Metrics.Failed(c.Group)
+			if transient(bctx, err) {
+				return 0, 0, err
+			}
+			return 0, len(rows), err
+		}
+	}
+	for _, o := range bad {
+		c.r.cfg.Metrics.Failed(c.Group)
+		if err := c.poison(bctx, tx, o, o.err); err != nil {
+			return 0, 0, err
+		}
+	}
+	if err := c.commit(bctx, tx, rows[len(rows)-1]); err != nil {
+		return 0, 0, err
+	}
+	c.projected(recs)
+	c.poisoned(bad)
+	return len(rows), 0, nil
+}
+
+// one applies the next row alone, retrying it in savepoints; an event that keeps
+// failing (or cannot be decoded) goes to the poison topic with the position past it.
+func (c *consumer) one(ctx context.Context) (int, error) {
+	bctx, cancel, tx, err := c.begin(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer cancel()
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after a commit it does nothing
+	rows, err := c.read(bctx, tx, c.selectOne)
+	if err != nil || len(rows) == 0 {
+		return 0, unavailable(err)
+	}
+	o := rows[0]
+	cause := o.err
+	if cause == nil {
+		for attempt := 0; attempt <= c.r.cfg.Retries; attempt++ {
+			if attempt > 0 {
+				if err := sleepCtx(bctx, time.Duration(10<<min(attempt, 6))*time.Millisecond); err != nil {
+					return 0, err
+				}
+			}
+			cause = pgx.BeginFunc(bctx, tx, func(sp pgx.Tx) error {
+				return c.Apply(bctx, sp, []eventstore.Record{o.rec})
+			})
+			if cause == nil {
+				break
+			}
+			c.r.cfg.Metrics.Failed(c.Group)
+			if transient(bctx, cause) {
+				return 0, cause
+			}
+			if errors.As(cause, new(permanentError)) || errors.Is(cause, ErrUnknownEvent) {
+				break
+			}
+		}
+	} else {
+		c.r.cfg.Metrics.Failed(c.Group)
+	}
+	if cause != nil {
+		if err := c.poison(bctx, tx, o, cause); err != nil {
+			return 0, err
+		}
+	}
+	if err := c.commit(bctx, tx, o); err != nil {
+		return 0, err
+	}
+	if cause != nil {
+		o.err = cause
+		c.poisoned([]outboxRow{o})
+	} else {
+		c.projected([]eventstore.Record{o.rec})
+	}
+	return 1, nil
+}
+
+// commit moves the group's position to last and commits tx.
+func (c *consumer) commit(ctx context.Context, tx pgx.Tx, last outboxRow) error {
+	if _, err := tx.Exec(ctx, c.ack, last.offset, strconv.FormatUint(uint64(last.txID), 10), c.Group); err != nil {
+		return unavailable(fmt.Errorf("ack %s: %w", c.Group, err))
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return unavailable(fmt.Errorf("commit %s: %w", c.Group, err))
+	}
+	return nil
+}
+
+// poison records row o in the poison topic's table, in tx, with the reason and the
+// group that gave up, in the metadata keys of Watermill's poison middleware.
+func (c *consumer) poison(ctx context.Context, tx pgx.Tx, o outboxRow, cause error) error {
+	pub, err := wsql.NewPublisher(wsql.TxFromPgx(tx), wsql.PublisherConfig{SchemaAdapter: outboxSchema}, nil)
+	if err != nil {
+		return err
+	}
+	msg := message.NewMessage(o.uuid, o.payload)
+	msg.Metadata.Set(middleware.ReasonForPoisonedKey, cause.Error())
+	msg.Metadata.Set(middleware.PoisonedTopicKey, eventstore.Topic)
+	msg.Metadata.Set(middleware.PoisonedHandlerKey, c.Group)
+	msg.Metadata.Set(middleware.PoisonedSubscriberKey, "ticketd-projections")
+	msg.SetContext(ctx)
+	if err := pub.Publish(PoisonTopic, msg); err != nil {
+		return unavailable(fmt.Errorf("poison publish: %w", err))
+	}
+	return nil
+}
+
+func (c *consumer) projected(recs []eventstore.Record) {
+	now := time.Now()
+	for _, r := range recs {
+		c.r.cfg.Metrics.Projected(c.Group, now.Sub(r.RecordedAt))
+	}
+}
+
+func (c *consumer) poisoned(rows []outboxRow) {
+	for _, o := range rows {
+		c.r.cfg.Metrics.Poisoned(c.Group)
+		c.r.log.Error("projection: event sent to the poison topic", "group", c.Group, "topic", PoisonTopic,
+			"message_uuid", o.uuid, "reason", fmt.Sprint(o.err))
+	}
+}
+
+// transient reports whether err is worth retrying later rather than poisoning an
+// event: the database unreachable or shutting down, a serialization failure or
+// deadlock, a lock timeout, or the batch's own deadline.
+func transient(ctx context.Context, err error) bool {
+	if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || eventstore.Unreachable(err) {
+		return true
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		switch pe.Code {
+		case "40001", "40P01", "55P03", "57014":
+			return true
+		}
+	}
+	return false
 }

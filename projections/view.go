@@ -1,22 +1,22 @@
-// Package projections builds ticketd's read models from the event stream: Watermill
-// projectors, one consumer group per read model, idempotent by version; and the
-// queries that serve the read endpoints from them.
+// Package projections builds ticketd's read models from the event stream: the one fold
+// from events to what readers see (Fold), the batching consumer that feeds each read
+// model its own consumer group of the outbox, idempotent by version, and the queries
+// that serve the read endpoints from them.
 package projections
 
 import (
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/google/uuid"
 
-	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/ticket"
 )
 
 // EmbeddedComments is how many comments (oldest first) a ticket document carries;
 // longer threads are paged through /comments.
-// It equals eventstore.CachedComments: a command's result carries that many, and the
-// write-through document is built from it.
-const EmbeddedComments = eventstore.CachedComments
+const EmbeddedComments = 100
 
 // Summary is a ticket as the list shows it.
 type Summary struct {
@@ -33,27 +33,103 @@ type Summary struct {
 	UpdatedAt    time.Time     `json:"updated_at"`
 }
 
-// View is a ticket as GET /v1/ticket/{id} shows it: the summary plus its first
-// EmbeddedComments comments.
-type View struct {
-	Summary
-	Comments []ticket.Comment `json:"comments"`
+// Comment is a comment as readers see it.
+type Comment struct {
+	ID        uuid.UUID `json:"id"`
+	Body      string    `json:"body"`
+	Email     string    `json:"email,omitempty"`
+	CreatedBy string    `json:"created_by"`
+	CreatedAt time.Time `json:"created_at"`
+	Version   int       `json:"version"` // the version of the event that added it
 }
 
-// ViewOf builds the document of a ticket state. Every read model and the event-store
-// fallback produce documents through it, so they are equal for equal states.
-func ViewOf(s ticket.State) View {
-	v := View{Summary: Summary{
-		ID: s.ID, Title: s.Title, Description: s.Description, Email: s.Email,
-		CreatedBy: s.CreatedBy, UpdatedBy: s.UpdatedBy, Status: s.Status, Version: s.Version,
-		CommentCount: s.CommentCount, CreatedAt: s.CreatedAt.UTC(), UpdatedAt: s.UpdatedAt.UTC(),
-	}}
-	n := min(len(s.Comments), EmbeddedComments)
-	v.Comments = make([]ticket.Comment, n)
-	for i := range n {
-		c := s.Comments[i]
-		c.CreatedAt = c.CreatedAt.UTC()
-		v.Comments[i] = c
+// View is a ticket as GET /v1/ticket/{id} shows it: the summary plus its first
+// EmbeddedComments comments. Deleted marks a tombstone: the read models keep one so a
+// late event cannot bring the ticket back, and no endpoint shows it.
+type View struct {
+	Summary
+	Comments []Comment `json:"comments"`
+	Deleted  bool      `json:"-"`
+}
+
+// ErrOutOfOrder is returned by Fold for an event that does not follow the view: a
+// version that is not the next one, or an event after the deletion. Read models treat
+// it as "replay this ticket from the event store".
+var ErrOutOfOrder = errors.New("event does not follow the view")
+
+// ErrUnknownEvent is returned by Fold for event data it has no case for: a read model
+// must never guess what an event means.
+var ErrUnknownEvent = errors.New("no fold case for event")
+
+// Fold returns v with event e applied: the only place where events become what readers
+// see. The Postgres rows, the Redis document, the rebuild, the write-through and the
+// event-store fallbacks are all made from its result (and comment rows from
+// CommentOf, which it uses), so they agree for equal streams. The zero View is the
+// state before the first event. v is not changed: the result shares nothing with it
+// that a later Fold writes to.
+//
+// Errors: ErrOutOfOrder when e is not v's next version (or follows a deletion),
+// ErrUnknownEvent for data without a case here. Workflow rules are the aggregate's
+// business; a stored stream has passed them.
+func Fold(v View, e ticket.Event) (View, error) {
+	if e.Version != v.Version+1 || v.Deleted {
+		return v, fmt.Errorf("%w: %s v%d of %s onto version %d", ErrOutOfOrder, e.Type(), e.Version, e.TicketID, v.Version)
 	}
-	return v
+	if (e.Version == 1) != isOpened(e.Data) || (v.Version > 0 && v.ID != e.TicketID) {
+		return v, fmt.Errorf("%w: %s v%d of %s", ErrOutOfOrder, e.Type(), e.Version, e.TicketID)
+	}
+	at := e.At.UTC()
+	switch d := e.Data.(type) {
+	case ticket.Opened:
+		v = View{Summary: Summary{
+			ID: e.TicketID, Title: d.Title, Description: d.Description, Email: d.Email,
+			CreatedBy: d.CreatedBy, UpdatedBy: d.CreatedBy, Status: ticket.StatusOpen, CreatedAt: at,
+		}, Comments: []Comment{}}
+	case ticket.CommentAdded:
+		// The document embeds the first comments only; it appends when it holds all
+		// so far (a view folded from a row without its comments stays without).
+		if len(v.Comments) < EmbeddedComments && len(v.Comments) == v.CommentCount {
+			c, _ := CommentOf(e)
+			v.Comments = append(v.Comments[:len(v.Comments):len(v.Comments)], c)
+		}
+		v.CommentCount++
+	case ticket.StatusChanged:
+		v.Status = d.To
+		v.UpdatedBy = d.UpdatedBy
+	case ticket.Deleted:
+		v.Deleted = true
+	default:
+		return v, fmt.Errorf("%w: %s (%T)", ErrUnknownEvent, e.Type(), e.Data)
+	}
+	if v.Comments == nil {
+		v.Comments = []Comment{}
+	}
+	v.Version = e.Version
+	v.UpdatedAt = at
+	return v, nil
+}
+
+// FoldAll folds events onto v in order (see Fold).
+func FoldAll(v View, events ...ticket.Event) (View, error) {
+	var err error
+	for _, e := range events {
+		if v, err = Fold(v, e); err != nil {
+			return v, err
+		}
+	}
+	return v, nil
+}
+
+// CommentOf returns the comment an event adds, and false for any other event.
+func CommentOf(e ticket.Event) (Comment, bool) {
+	d, ok := e.Data.(ticket.CommentAdded)
+	if !ok {
+		return Comment{}, false
+	}
+	return Comment{ID: d.CommentID, Body: d.Body, Email: d.Email, CreatedBy: d.CreatedBy, CreatedAt: e.At.UTC(), Version: e.Version}, true
+}
+
+func isOpened(d ticket.EventData) bool {
+	_, ok := d.(ticket.Opened)
+	return ok
 }

@@ -105,6 +105,10 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	log.Info("redis", "addrs", cfg.RedisAddresses(), "cluster", isCluster)
 
 	store := eventstore.New(pool)
+	// Appends of this instance wake its projectors at once; other instances' events
+	// are found by polling.
+	wake := projections.NewSignal()
+	store.OnAppend = wake.Notify
 	reads := projections.NewReadModel(pool, store)
 	// The Redis read model: documents, the reader that serves GET from them (falling
 	// back to Postgres), its projector, and the repairer of documents Redis missed.
@@ -118,10 +122,8 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	if err != nil {
 		return err
 	}
-	newRouter := routerFactory(pool, projections.Config{Metrics: projMetrics}, log,
-		projections.Handler{Group: projections.PostgresGroup, Func: projections.Postgres{}.Handle},
-		projections.Handler{Group: projections.RedisGroup, Func: redisProj.Handle})
-	router, err := newRouter()
+	router, err := projections.NewRouter(pool, projections.Config{Metrics: projMetrics, Wake: wake}, log,
+		projections.Postgres{Events: store}.Handler(), redisProj.Handler())
 	if err != nil {
 		return err
 	}
@@ -141,7 +143,7 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	projCtx, stopProj := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopProj()
 	projDone := make(chan error, 1)
-	go func() { projDone <- keepProjecting(projCtx, log, router, newRouter) }()
+	go func() { projDone <- router.Run(projCtx) }()
 	repairDone := make(chan error, 1)
 	go func() { repairDone <- repairer.Run(projCtx) }()
 

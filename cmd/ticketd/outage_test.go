@@ -222,7 +222,7 @@ func TestPostgresOutageAnswers503QuicklyAndRecovers(t *testing.T) {
 		down.Round(time.Millisecond), slowest.Round(time.Millisecond), recovered.Round(time.Millisecond))
 }
 
-func TestProjectorsRestartWhenPostgresIsDownAsTheySubscribe(t *testing.T) {
+func TestProjectorsKeepTryingWhenPostgresIsDownAsTheySubscribe(t *testing.T) {
 	t.Parallel()
 	pg := startPrivatePostgres(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -238,25 +238,23 @@ func TestProjectorsRestartWhenPostgresIsDownAsTheySubscribe(t *testing.T) {
 	defer pool.Close()
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, nil))
-	newRouter := routerFactory(pool, projections.Config{}, log,
-		projections.Handler{Group: projections.PostgresGroup, Func: projections.Postgres{}.Handle})
-	router, err := newRouter()
+	router, err := projections.NewRouter(pool, projections.Config{}, log, projections.Postgres{}.Handler())
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	// Postgres goes away before the router has subscribed: Watermill's Run fails.
+	// Postgres goes away before the router has subscribed: the consumer keeps trying.
 	if err := pg.ctl("stop", "-m", "fast"); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- keepProjecting(ctx, log, router, newRouter) }()
-	eventually(t, 20*time.Second, "the failed router is reported and restarted", func() bool {
-		return strings.Contains(logs.String(), "projection router stopped; restarting it")
+	go func() { done <- router.Run(ctx) }()
+	eventually(t, 20*time.Second, "the failing consumer is reported", func() bool {
+		return strings.Contains(logs.String(), "projection failing; retrying with backoff")
 	})
 	select {
 	case err := <-done:
-		t.Fatalf("keepProjecting returned %v while Postgres was down", err)
+		t.Fatalf("the router returned %v while Postgres was down", err)
 	default:
 	}
 
@@ -271,7 +269,7 @@ func TestProjectorsRestartWhenPostgresIsDownAsTheySubscribe(t *testing.T) {
 		})
 		return err == nil
 	})
-	eventually(t, 20*time.Second, "the restarted projector writes the read model", func() bool {
+	eventually(t, 20*time.Second, "the projector resumes and writes the read model", func() bool {
 		var n int
 		return pool.QueryRow(ctx, `SELECT count(*) FROM readmodel.tickets WHERE id = $1`, id).Scan(&n) == nil && n == 1
 	})
@@ -279,9 +277,9 @@ func TestProjectorsRestartWhenPostgresIsDownAsTheySubscribe(t *testing.T) {
 	select {
 	case err := <-done:
 		if err != nil {
-			t.Fatalf("keepProjecting returned %v after the stop", err)
+			t.Fatalf("the router returned %v after the stop", err)
 		}
 	case <-time.After(20 * time.Second):
-		t.Fatal("keepProjecting did not return after its context ended")
+		t.Fatal("the router did not return after its context ended")
 	}
 }

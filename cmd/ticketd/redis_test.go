@@ -80,16 +80,15 @@ func (m *readModels) replay(t testing.TB) replay {
 	r := replay{docs: map[uuid.UUID]string{}, ver: map[uuid.UUID]int{}}
 	var live []projections.Summary
 	for _, id := range ids {
-		tk, err := m.store.LoadTicket(ctx, id, 0)
+		v, _, err := projections.ViewAt(ctx, m.store, id, 0)
 		if err != nil {
 			t.Fatalf("replay %s: %v", id, err)
 		}
-		r.ver[id] = tk.Version()
-		if tk.Deleted() {
+		r.ver[id] = v.Version
+		if v.Deleted {
 			r.docs[id] = ""
 			continue
 		}
-		v := projections.ViewOf(tk.State())
 		b, _ := json.Marshal(v)
 		r.docs[id] = string(b)
 		live = append(live, v.Summary)
