@@ -15,34 +15,29 @@ import (
 // tail from Postgres and appends with an expected version, so a stale entry (another
 // instance wrote since) costs a few rows, not correctness.
 //
-// Entries are trimmed to their first CachedComments comments (the count stays exact),
-// so a ticket costs at most 1+CachedComments of weight whatever its length; the cache
-// is bounded by weight, evicting the least recently used.
-// CachedComments is how many comments a cached ticket keeps: enough for the documents
-// built from a command's result (projections.EmbeddedComments must not exceed it).
-const CachedComments = 100
-
+// An aggregate holds only what its rules need (status, version, deletion, comment
+// count), so every entry is the same small size whatever the stream's length; the
+// cache is bounded by its number of entries, evicting the least recently used.
 type tickets struct {
-	mu        sync.Mutex
-	maxWeight int
-	weight    int
-	order     *list.List // front: most recently used
-	byID      map[uuid.UUID]*list.Element
+	mu         sync.Mutex
+	maxEntries int
+	order      *list.List // front: most recently used
+	byID       map[uuid.UUID]*list.Element
 }
 
 type cached struct {
-	id     uuid.UUID
-	t      *ticket.Ticket
-	weight int
+	id uuid.UUID
+	t  *ticket.Ticket
 }
 
-func newTickets(maxWeight int) *tickets {
-	return &tickets{maxWeight: maxWeight, order: list.New(), byID: map[uuid.UUID]*list.Element{}}
+// newTickets returns a cache of at most maxEntries tickets; 0 or less disables it.
+func newTickets(maxEntries int) *tickets {
+	return &tickets{maxEntries: maxEntries, order: list.New(), byID: map[uuid.UUID]*list.Element{}}
 }
 
 // get returns an independent copy of the cached ticket, or nil.
 func (c *tickets) get(id uuid.UUID) *ticket.Ticket {
-	if c == nil || c.maxWeight <= 0 {
+	if c == nil || c.maxEntries <= 0 {
 		return nil
 	}
 	c.mu.Lock()
@@ -55,31 +50,28 @@ func (c *tickets) get(id uuid.UUID) *ticket.Ticket {
 	return e.Value.(*cached).t.Clone()
 }
 
-// put stores a copy of t unless a newer version is already cached.
+// put stores a copy of t (without its pending events) unless the same or a newer
+// version is already cached.
 func (c *tickets) put(t *ticket.Ticket) {
-	if c == nil || c.maxWeight <= 0 {
+	if c == nil || c.maxEntries <= 0 {
 		return
 	}
-	cp := t.Trimmed(CachedComments)
-	w := 1 + len(cp.State().Comments)
+	cp := t.Clone()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.byID[t.ID()]; ok {
-		old := e.Value.(*cached)
-		if old.t.Version() >= t.Version() {
+		ent := e.Value.(*cached)
+		if ent.t.Version() >= t.Version() {
 			return
 		}
-		c.weight -= old.weight
-		c.order.Remove(e)
-		delete(c.byID, t.ID())
+		ent.t = cp
+		c.order.MoveToFront(e)
+		return
 	}
-	c.byID[t.ID()] = c.order.PushFront(&cached{id: t.ID(), t: cp, weight: w})
-	c.weight += w
-	for c.weight > c.maxWeight {
+	c.byID[t.ID()] = c.order.PushFront(&cached{id: t.ID(), t: cp})
+	for c.order.Len() > c.maxEntries {
 		last := c.order.Back()
-		old := last.Value.(*cached)
 		c.order.Remove(last)
-		delete(c.byID, old.id)
-		c.weight -= old.weight
+		delete(c.byID, last.Value.(*cached).id)
 	}
 }

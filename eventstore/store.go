@@ -43,13 +43,13 @@ type Store struct {
 	lastPurge atomic.Int64 // unix ns of the last purge of expired idempotency keys
 }
 
-// DefaultCacheWeight bounds the aggregate cache: tickets plus comments held in memory
-// (about 20 MB at a few hundred bytes per comment).
-const DefaultCacheWeight = 50_000
+// DefaultCacheEntries bounds the aggregate cache: how many tickets it holds (about
+// 200 bytes each, so some 10 MB when full, whatever the tickets' lengths).
+const DefaultCacheEntries = 50_000
 
 // New returns a store on pool.
 func New(pool *pgxpool.Pool) *Store {
-	return &Store{pool: pool, Now: time.Now, MaxRetries: 20, cache: newTickets(DefaultCacheWeight), locks: newStreamLocks()}
+	return &Store{pool: pool, Now: time.Now, MaxRetries: 20, cache: newTickets(DefaultCacheEntries), locks: newStreamLocks()}
 }
 
 // Pool returns the store's connection pool.

@@ -105,9 +105,9 @@ func TestAppendAndLoadRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("LoadTicket(3): expected no error, got %v", err)
 		}
-		if tk.Version() != 3 || tk.Status() != ticket.StatusAnswered || len(tk.State().Comments) != 1 {
+		if tk.Version() != 3 || tk.Status() != ticket.StatusAnswered || tk.CommentCount() != 1 {
 			t.Errorf("LoadTicket(3): expected version 3, answered, 1 comment; got %d, %s, %d",
-				tk.Version(), tk.Status(), len(tk.State().Comments))
+				tk.Version(), tk.Status(), tk.CommentCount())
 		}
 		tk, err = s.LoadTicket(ctx, id, 0)
 		if err != nil {
@@ -291,12 +291,21 @@ func TestHandleRetriesConcurrentCommands(t *testing.T) {
 	if err != nil {
 		t.Fatalf("LoadTicket: %v", err)
 	}
-	authors := map[string]bool{}
-	for _, c := range tk.State().Comments {
-		authors[c.CreatedBy] = true
+	if tk.Version() != writers+1 || tk.CommentCount() != writers {
+		t.Errorf("expected version %d with %d comments, got version %d with %d", writers+1, writers, tk.Version(), tk.CommentCount())
 	}
-	if tk.Version() != writers+1 || len(authors) != writers {
-		t.Errorf("expected version %d with %d distinct authors, got version %d with %d", writers+1, writers, tk.Version(), len(authors))
+	recs, err := s.Load(ctx, id, 1, maxVersion)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	authors := map[string]bool{}
+	for _, r := range recs {
+		if c, ok := r.Data.(ticket.CommentAdded); ok {
+			authors[c.CreatedBy] = true
+		}
+	}
+	if len(authors) != writers {
+		t.Errorf("expected comments by %d distinct authors, got %d: %v", writers, len(authors), authors)
 	}
 	if ev, msg := streamCounts(t, pool, id); ev != writers+1 || msg != writers+1 {
 		t.Errorf("expected %d events and as many messages, got %d and %d", writers+1, ev, msg)

@@ -11,43 +11,23 @@ import (
 	"github.com/google/uuid"
 )
 
-// Comment is a comment as it stands in a ticket's state.
-type Comment struct {
-	ID        uuid.UUID `json:"id"`
-	Body      string    `json:"body"`
-	Email     string    `json:"email,omitempty"`
-	CreatedBy string    `json:"created_by"`
-	CreatedAt time.Time `json:"created_at"`
-	Version   int       `json:"version"` // the version of the event that added it
-}
-
-// State is a ticket as folded from its events: what the read endpoints show.
+// State is what the aggregate's rules look at, folded from its events. Titles, texts,
+// authors and times are not here: the events carry them, and the read side folds them
+// on its own.
 type State struct {
-	ID          uuid.UUID `json:"id"`
-	Title       string    `json:"title"`
-	Description string    `json:"description"`
-	Email       string    `json:"email"`
-	CreatedBy   string    `json:"created_by"`
-	UpdatedBy   string    `json:"updated_by"`
-	Status      Status    `json:"status"`
-	Version     int       `json:"version"`
-	CreatedAt   time.Time `json:"created_at"`
-	UpdatedAt   time.Time `json:"updated_at"`
-	Deleted     bool      `json:"-"`
-	// CommentCount counts every comment, also when Comments holds only the first
-	// ones (see Ticket.Trimmed).
-	CommentCount int       `json:"comment_count"`
-	Comments     []Comment `json:"comments"`
+	ID           uuid.UUID
+	Status       Status // empty before the ticket is opened
+	Version      int    // the number of events, pending ones included
+	Deleted      bool
+	CommentCount int
 }
 
-// Ticket is the aggregate. Its state changes only in apply; commands check their rule
+// Ticket is the aggregate. Its state changes only in Apply; commands check their rule
 // against the state and record new events, which are applied at once and kept as
 // pending until the caller has stored them.
 type Ticket struct {
 	s       State
 	pending []Event
-	// trimmedAt > 0 means Comments holds at most that many (the first) comments.
-	trimmedAt int
 }
 
 // New returns an empty ticket with the given id, ready for Open or for replaying events.
@@ -56,7 +36,8 @@ func New(id uuid.UUID) *Ticket {
 }
 
 // Replay folds stored events into a ticket. Events must be the stream in order from
-// version 1; a gap, a repeat or another ticket's event is an error.
+// version 1; a gap, a repeat, another ticket's event or a stream the commands could
+// not have recorded is an error.
 func Replay(id uuid.UUID, events []Event) (*Ticket, error) {
 	t := New(id)
 	for _, e := range events {
@@ -82,36 +63,23 @@ func (t *Ticket) Exists() bool { return t.s.Version > 0 && !t.s.Deleted }
 // CommentCount is the number of comments on the ticket.
 func (t *Ticket) CommentCount() int { return t.s.CommentCount }
 
-// Trimmed returns an independent copy without pending events that keeps only the
-// first keep comments (CommentCount still counts them all), and keeps only the first
-// keep when more are applied. Commands decide the same on it as on the full ticket:
-// no rule looks at older comments. Caches use it to bound their memory.
-func (t *Ticket) Trimmed(keep int) *Ticket {
-	s := t.s
-	s.Comments = slices.Clone(t.s.Comments[:min(keep, len(t.s.Comments))])
-	return &Ticket{s: s, trimmedAt: keep}
-}
-
 // Deleted reports whether the ticket was deleted.
 func (t *Ticket) Deleted() bool { return t.s.Deleted }
 
-// State returns a copy of the ticket's state; the caller may keep and change it.
-func (t *Ticket) State() State {
-	s := t.s
-	s.Comments = slices.Clone(t.s.Comments)
-	return s
-}
+// State returns the ticket's state (a copy).
+func (t *Ticket) State() State { return t.s }
 
 // Clone returns an independent copy without pending events, for caches that hand the
 // same replayed ticket to several commands.
 func (t *Ticket) Clone() *Ticket {
-	return &Ticket{s: t.State(), trimmedAt: t.trimmedAt}
+	return &Ticket{s: t.s}
 }
 
 // Pending returns the events recorded by commands and not yet stored.
 func (t *Ticket) Pending() []Event { return slices.Clone(t.pending) }
 
-// Apply folds one stored event into the state. It is the only place state changes.
+// Apply folds one stored event into the state. It is the only place state changes,
+// and it changes nothing when it refuses the event.
 func (t *Ticket) Apply(e Event) error {
 	if e.TicketID != t.s.ID {
 		return fmt.Errorf("event of ticket %s applied to ticket %s", e.TicketID, t.s.ID)
@@ -129,35 +97,23 @@ func (t *Ticket) Apply(e Event) error {
 	}
 	switch d := e.Data.(type) {
 	case Opened:
-		t.s.Title, t.s.Description, t.s.Email, t.s.CreatedBy = d.Title, d.Description, d.Email, d.CreatedBy
-		t.s.UpdatedBy = d.CreatedBy
 		t.s.Status = StatusOpen
-		t.s.CreatedAt = e.At
 	case CommentAdded:
 		if t.s.Status == StatusClosed {
 			return fmt.Errorf("ticket %s: comment at version %d on a closed ticket", t.s.ID, e.Version)
 		}
 		t.s.CommentCount++
-		if t.trimmedAt > 0 && len(t.s.Comments) >= t.trimmedAt {
-			break // a trimmed ticket keeps only its first comments
-		}
-		t.s.Comments = append(t.s.Comments, Comment{
-			ID: d.CommentID, Body: d.Body, Email: d.Email, CreatedBy: d.CreatedBy,
-			CreatedAt: e.At, Version: e.Version,
-		})
 	case StatusChanged:
 		if d.From != t.s.Status || !t.s.Status.CanMoveTo(d.To) {
 			return fmt.Errorf("ticket %s: status change %s -> %s at version %d from %s", t.s.ID, d.From, d.To, e.Version, t.s.Status)
 		}
 		t.s.Status = d.To
-		t.s.UpdatedBy = d.UpdatedBy
 	case Deleted:
 		t.s.Deleted = true
 	default:
 		return fmt.Errorf("unknown event data %T", e.Data)
 	}
 	t.s.Version = e.Version
-	t.s.UpdatedAt = e.At
 	return nil
 }
 
