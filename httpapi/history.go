@@ -122,7 +122,7 @@ func (s *Server) getAtVersion(c *fiber.Ctx, id uuid.UUID) error {
 	if err != nil {
 		return err
 	}
-	v, err := projections.FoldAll(projections.View{}, recordedEvents(recs)...)
+	v, err := projections.FoldAll(projections.View{}, projections.Events(recs)...)
 	if err != nil {
 		return err
 	}

@@ -18,13 +18,14 @@ import (
 
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/projections/pgmodel"
 	"github.com/ticketd/ticketd/ticket"
 )
 
 // Reader serves the read endpoints from the read models.
 type Reader interface {
 	Get(ctx context.Context, id uuid.UUID) (projections.View, error)
-	List(ctx context.Context, q projections.ListQuery) ([]projections.Summary, *projections.ListKey, error)
+	List(ctx context.Context, q pgmodel.ListQuery) ([]projections.Summary, *pgmodel.ListKey, error)
 	Comments(ctx context.Context, id uuid.UUID, after, limit int) ([]projections.Comment, bool, error)
 }
 
@@ -181,17 +182,8 @@ func (s *Server) metadata(c *fiber.Ctx) eventstore.Metadata {
 // committed runs the OnCommitted hook for a command that appended events.
 func (s *Server) committed(c *fiber.Ctx, res eventstore.Result) {
 	if s.cfg.OnCommitted != nil && len(res.Records) > 0 {
-		s.cfg.OnCommitted(c.UserContext(), recordedEvents(res.Records))
+		s.cfg.OnCommitted(c.UserContext(), projections.Events(res.Records))
 	}
-}
-
-// recordedEvents returns the domain events of records.
-func recordedEvents(recs []eventstore.Record) []ticket.Event {
-	out := make([]ticket.Event, len(recs))
-	for i, r := range recs {
-		out[i] = r.Event
-	}
-	return out
 }
 
 // ticketID parses the :id path parameter.
@@ -262,7 +254,7 @@ func (s *Server) create(c *fiber.Ctx) error {
 		return err
 	}
 	render := func(res eventstore.Result) (eventstore.Response, error) {
-		v, err := projections.FoldAll(projections.View{}, recordedEvents(res.Records)...)
+		v, err := projections.FoldAll(projections.View{}, projections.Events(res.Records)...)
 		if err != nil {
 			return eventstore.Response{}, err
 		}
@@ -485,7 +477,7 @@ func (s *Server) list(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	q := projections.ListQuery{Limit: limit, Email: c.Query("email"), CreatedBy: c.Query("created_by")}
+	q := pgmodel.ListQuery{Limit: limit, Email: c.Query("email"), CreatedBy: c.Query("created_by")}
 	if raw := c.Query("status"); raw != "" {
 		st, err := ticket.ParseStatus("status", raw)
 		if err != nil {
@@ -505,7 +497,7 @@ func (s *Server) list(c *fiber.Ctx) error {
 		if err != nil {
 			return err
 		}
-		q.After = &projections.ListKey{CreatedAt: cb.Time, ID: cb.ID}
+		q.After = &pgmodel.ListKey{CreatedAt: cb.Time, ID: cb.ID}
 	}
 	items, next, err := s.cfg.Reader.List(c.UserContext(), q)
 	if err != nil {

@@ -2,12 +2,9 @@ package projections
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"log/slog"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -110,27 +107,6 @@ func (m *PrometheusMetrics) Backlog(group string, events int64) {
 	m.lagEvents.WithLabelValues(group).Set(float64(events))
 }
 
-// instrument wraps a projector's handler so that every attempt is reported: a failure
-// per failed attempt, and for a success the event's lag (now minus its recorded time).
-// It sits inside the Retry middleware, so it sees each attempt.
-func instrument(group string, m Metrics, now func() time.Time, h message.NoPublishHandlerFunc) message.NoPublishHandlerFunc {
-	return func(msg *message.Message) error {
-		if err := h(msg); err != nil {
-			m.Failed(group)
-			return err
-		}
-		var head struct {
-			RecordedAt time.Time `json:"recorded_at"`
-		}
-		if json.Unmarshal(msg.Payload, &head) == nil && !head.RecordedAt.IsZero() {
-			m.Projected(group, now().Sub(head.RecordedAt))
-		} else {
-			m.Projected(group, 0)
-		}
-		return nil
-	}
-}
-
 // backlogQuery counts, per consumer group, the outbox rows after the group's
 // acknowledged position (watermill-sql orders by (transaction_id, offset)). The primary
 // key of the outbox is exactly that pair, so this is an index range scan over the
@@ -165,29 +141,4 @@ func SampleBacklog(ctx context.Context, pool *pgxpool.Pool, m Metrics, groups ..
 		return fmt.Errorf("sample projection backlog: %w", err)
 	}
 	return nil
-}
-
-// sampleBacklogPlugin returns a router plugin that samples the backlog of the router's
-// groups every interval while the router runs. Sampling is periodic, not per event:
-// one small query per interval whatever the event rate.
-func sampleBacklogPlugin(pool *pgxpool.Pool, m Metrics, interval time.Duration, log *slog.Logger, groups []string) message.RouterPlugin {
-	return func(r *message.Router) error {
-		go func() {
-			<-r.Running()
-			t := time.NewTicker(interval)
-			defer t.Stop()
-			for {
-				if r.IsClosed() {
-					return
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), interval)
-				if err := SampleBacklog(ctx, pool, m, groups...); err != nil && !r.IsClosed() {
-					log.Debug("projection backlog", "err", err)
-				}
-				cancel()
-				<-t.C
-			}
-		}()
-		return nil
-	}
 }

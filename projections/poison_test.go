@@ -21,6 +21,7 @@ import (
 
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/projections/pgmodel"
 	"github.com/ticketd/ticketd/ticket"
 )
 
@@ -132,7 +133,7 @@ func TestUndecodableEventIsDeadLetteredAndProjectionMovesOn(t *testing.T) {
 
 	const retries = 3
 	runProjectors(t, pool, projections.Config{Metrics: metrics, Retries: retries, BacklogInterval: 20 * time.Millisecond}, log, pgProjector)
-	waitCaughtUp(t, pool, projections.PostgresGroup, 20*time.Second)
+	waitCaughtUp(t, pool, pgmodel.Group, 20*time.Second)
 
 	// dead-lettered, with the reason and the projector that gave up
 	var uuids []string
@@ -155,15 +156,15 @@ func TestUndecodableEventIsDeadLetteredAndProjectionMovesOn(t *testing.T) {
 	if err := json.Unmarshal(metadata, &md); err != nil {
 		t.Fatal(err)
 	}
-	if md["handler_poisoned"] != projections.PostgresGroup || !strings.Contains(md["reason_poisoned"], "TicketExploded") {
+	if md["handler_poisoned"] != pgmodel.Group || !strings.Contains(md["reason_poisoned"], "TicketExploded") {
 		t.Fatalf("poison metadata %v: want the handler and the reason", md)
 	}
 
 	// an undecodable event cannot get better: not retried, counted once, and logged
-	if got := metricValue(t, reg, "ticketd_projection_failures_total", projections.PostgresGroup); got != 1 {
+	if got := metricValue(t, reg, "ticketd_projection_failures_total", pgmodel.Group); got != 1 {
 		t.Fatalf("failures_total %v, want 1 (an undecodable event is not retried)", got)
 	}
-	if got := metricValue(t, reg, "ticketd_projection_poisoned_total", projections.PostgresGroup); got != 1 {
+	if got := metricValue(t, reg, "ticketd_projection_poisoned_total", pgmodel.Group); got != 1 {
 		t.Fatalf("poisoned_total %v, want 1", got)
 	}
 	if !strings.Contains(logs.String(), poisonID) || !strings.Contains(logs.String(), "poison") {
@@ -176,10 +177,10 @@ func TestUndecodableEventIsDeadLetteredAndProjectionMovesOn(t *testing.T) {
 	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM events`).Scan(&events); err != nil {
 		t.Fatal(err)
 	}
-	if got := metricValue(t, reg, "ticketd_projection_events_total", projections.PostgresGroup); int(got) != events {
+	if got := metricValue(t, reg, "ticketd_projection_events_total", pgmodel.Group); int(got) != events {
 		t.Fatalf("events_total %v, want %d", got, events)
 	}
-	if got := metricValue(t, reg, "ticketd_projection_lag_seconds", projections.PostgresGroup); int(got) != events {
+	if got := metricValue(t, reg, "ticketd_projection_lag_seconds", pgmodel.Group); int(got) != events {
 		t.Fatalf("lag_seconds has %v samples, want %d", got, events)
 	}
 	tickets, comments := readModel(t, pool, "readmodel")
@@ -189,7 +190,7 @@ func TestUndecodableEventIsDeadLetteredAndProjectionMovesOn(t *testing.T) {
 
 	// the backlog gauge is sampled and reaches zero
 	deadline := time.Now().Add(5 * time.Second)
-	for metricValue(t, reg, "ticketd_projection_lag_events", projections.PostgresGroup) != 0 ||
+	for metricValue(t, reg, "ticketd_projection_lag_events", pgmodel.Group) != 0 ||
 		!strings.Contains(gatherText(t, reg), "ticketd_projection_lag_events") {
 		if time.Now().After(deadline) {
 			t.Fatalf("lag_events not sampled down to 0:\n%s", gatherText(t, reg))
@@ -218,16 +219,16 @@ func TestBacklogCountsEventsNotYetAcknowledged(t *testing.T) {
 	commentNow(t, store, a, "two")
 	openTicketNow(t, store, "three")
 	var b backlog
-	if err := projections.SampleBacklog(context.Background(), pool, &b, projections.PostgresGroup, "never-subscribed"); err != nil {
+	if err := projections.SampleBacklog(context.Background(), pool, &b, pgmodel.Group, "never-subscribed"); err != nil {
 		t.Fatal(err)
 	}
-	if b.n[projections.PostgresGroup] != 3 || b.n["never-subscribed"] != 3 {
+	if b.n[pgmodel.Group] != 3 || b.n["never-subscribed"] != 3 {
 		t.Fatalf("backlog %v, want 3 for both groups", b.n)
 	}
 	runProjectors(t, pool, projections.Config{}, nil, pgProjector)
-	waitCaughtUp(t, pool, projections.PostgresGroup, 10*time.Second)
+	waitCaughtUp(t, pool, pgmodel.Group, 10*time.Second)
 	commentNow(t, store, a, "four")
-	waitCaughtUp(t, pool, projections.PostgresGroup, 10*time.Second)
+	waitCaughtUp(t, pool, pgmodel.Group, 10*time.Second)
 }
 
 func TestHungProjectorIsCutOffByTheAckDeadlineAndRedelivered(t *testing.T) {
@@ -253,7 +254,7 @@ func TestHungProjectorIsCutOffByTheAckDeadlineAndRedelivered(t *testing.T) {
 	start := time.Now()
 	runProjectors(t, pool, projections.Config{AckDeadline: deadline}, nil, slow, pgProjector)
 	waitCaughtUp(t, pool, "hangs-once", 10*time.Second)
-	waitCaughtUp(t, pool, projections.PostgresGroup, 10*time.Second)
+	waitCaughtUp(t, pool, pgmodel.Group, 10*time.Second)
 	took := time.Since(start)
 
 	if d := time.Duration(handlerDeadline.Load()); d <= 0 || d > deadline {

@@ -20,6 +20,7 @@ import (
 	"github.com/ticketd/ticketd/db/dbtest"
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/projections/pgmodel"
 	"github.com/ticketd/ticketd/projections/projectionstest"
 	"github.com/ticketd/ticketd/ticket"
 )
@@ -95,7 +96,7 @@ func pgApply(t *testing.T, pool *pgxpool.Pool, recs ...eventstore.Record) {
 	ctx := pgContext(t)
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		for _, r := range recs {
-			if err := (projections.Postgres{}).Apply(ctx, tx, []eventstore.Record{r}); err != nil {
+			if err := (pgmodel.Projector{}).Apply(ctx, tx, []eventstore.Record{r}); err != nil {
 				return err
 			}
 		}
@@ -156,7 +157,7 @@ func pgRowVersion(t *testing.T, pool *pgxpool.Pool, id uuid.UUID) int {
 func TestPostgresProjectorIsIdempotentByVersion(t *testing.T) {
 	t.Parallel()
 	pool, s := pgDatabase(t)
-	rm := projections.NewReadModel(pool, s)
+	rm := pgmodel.NewReadModel(pool, s)
 	ctx := pgContext(t)
 	id, recs := pgLife(t, s)
 	otherID, other := pgOpen(t, s, "erin")
@@ -221,7 +222,7 @@ func TestPostgresProjectorIsIdempotentByVersion(t *testing.T) {
 func pgRunProjector(t *testing.T, pool *pgxpool.Pool) {
 	t.Helper()
 	projectionstest.RunRouter(t, pool, projections.Config{},
-		projections.Postgres{}.Handler())
+		pgmodel.Projector{}.Handler())
 }
 
 // pgWaitCaughtUp waits (bounded) until group has acknowledged every outbox message, in
@@ -292,7 +293,7 @@ func pgRepublish(t *testing.T, pool *pgxpool.Pool, offsets []int64) {
 func TestPostgresProjectorThroughTheRouter(t *testing.T) {
 	t.Parallel()
 	pool, s := pgDatabase(t)
-	rm := projections.NewReadModel(pool, s)
+	rm := pgmodel.NewReadModel(pool, s)
 	ctx := pgContext(t)
 	pgRunProjector(t, pool)
 
@@ -302,7 +303,7 @@ func TestPostgresProjectorThroughTheRouter(t *testing.T) {
 	pgCommand(t, s, b, pgComment("frank"))
 	c, _ := pgOpen(t, s, "gina")
 	pgCommand(t, s, c, pgDelete)
-	pgWaitCaughtUp(t, pool, projections.PostgresGroup)
+	pgWaitCaughtUp(t, pool, pgmodel.Group)
 
 	// then: the read model reflects them, and agrees with the event store
 	check := func(t *testing.T) {
@@ -341,7 +342,7 @@ func TestPostgresProjectorThroughTheRouter(t *testing.T) {
 		shuffled := slices.Clone(offsets)
 		rand.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
 		pgRepublish(t, pool, shuffled[:len(shuffled)/2])
-		pgWaitCaughtUp(t, pool, projections.PostgresGroup)
+		pgWaitCaughtUp(t, pool, pgmodel.Group)
 
 		if snap := pgSnapshot(t, pool); snap != want {
 			t.Errorf("read model moved after redelivery:\nexpected %s\n     got %s", want, snap)
@@ -355,7 +356,7 @@ func TestPostgresProjectorThroughTheRouter(t *testing.T) {
 
 	t.Run("new_events_still_project_after_redelivery", func(t *testing.T) {
 		pgCommand(t, s, b, pgMove(ticket.StatusAnswered, "carol"))
-		pgWaitCaughtUp(t, pool, projections.PostgresGroup)
+		pgWaitCaughtUp(t, pool, pgmodel.Group)
 		check(t)
 		if v := pgRowVersion(t, pool, b); v != 3 {
 			t.Errorf("expected ticket %s at version 3 in the read model, got %d", b, v)

@@ -15,13 +15,14 @@ import (
 	"github.com/ticketd/ticketd/db"
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/projections/pgmodel"
 	"github.com/ticketd/ticketd/ticket"
 )
 
 func TestGetFallsBackToTheEventStore(t *testing.T) {
 	t.Parallel()
 	pool, s := pgDatabase(t)
-	rm := projections.NewReadModel(pool, s)
+	rm := pgmodel.NewReadModel(pool, s)
 	ctx := pgContext(t)
 
 	// getsReplayed checks that Get answers the ticket as the event store has it.
@@ -175,7 +176,7 @@ func newestFirst(a, b listRow) int {
 }
 
 // listAll pages through the list with limit and returns the ids in order.
-func listAll(t *testing.T, rm *projections.ReadModel, q projections.ListQuery) []uuid.UUID {
+func listAll(t *testing.T, rm *pgmodel.ReadModel, q pgmodel.ListQuery) []uuid.UUID {
 	t.Helper()
 	var ids []uuid.UUID
 	for range 200 {
@@ -204,7 +205,7 @@ func listAll(t *testing.T, rm *projections.ReadModel, q projections.ListQuery) [
 func TestListPagesWithoutDuplicatesOrSkips(t *testing.T) {
 	t.Parallel()
 	pool, s := pgDatabase(t)
-	rm := projections.NewReadModel(pool, s)
+	rm := pgmodel.NewReadModel(pool, s)
 
 	// given: tickets in groups that share created_at to the microsecond, so only the id
 	// orders them, plus deleted ones that must never show
@@ -232,7 +233,7 @@ func TestListPagesWithoutDuplicatesOrSkips(t *testing.T) {
 
 	for _, limit := range []int{1, 2, 3, 5, 7, 19, 20, 100} {
 		t.Run(fmt.Sprintf("limit_%d", limit), func(t *testing.T) {
-			got := listAll(t, rm, projections.ListQuery{Limit: limit})
+			got := listAll(t, rm, pgmodel.ListQuery{Limit: limit})
 			if want := ids(live); !slices.Equal(got, want) {
 				t.Errorf("pages of %d:\nexpected %v\n     got %v", limit, want, got)
 			}
@@ -246,21 +247,21 @@ func TestListPagesWithoutDuplicatesOrSkips(t *testing.T) {
 				answered = append(answered, r)
 			}
 		}
-		got := listAll(t, rm, projections.ListQuery{Limit: 2, Status: ticket.StatusAnswered})
+		got := listAll(t, rm, pgmodel.ListQuery{Limit: 2, Status: ticket.StatusAnswered})
 		if want := ids(answered); !slices.Equal(got, want) {
 			t.Errorf("answered, pages of 2:\nexpected %v\n     got %v", want, got)
 		}
 	})
 
 	t.Run("ticket_created_between_pages_does_not_shift_later_pages", func(t *testing.T) {
-		first, next, err := rm.List(pgContext(t), projections.ListQuery{Limit: 4})
+		first, next, err := rm.List(pgContext(t), pgmodel.ListQuery{Limit: 4})
 		if err != nil || next == nil {
 			t.Fatalf("first page: %v (next %v)", err, next)
 		}
 		// a newer ticket, and one tied with the last row of the first page
 		tied := listRow{ID: uuid.New(), CreatedAt: next.CreatedAt, Status: ticket.StatusOpen}
 		insertRows(t, pool, listRow{ID: uuid.New(), CreatedAt: base.Add(time.Hour), Status: ticket.StatusOpen}, tied)
-		rest := listAll(t, rm, projections.ListQuery{Limit: 4, After: next})
+		rest := listAll(t, rm, pgmodel.ListQuery{Limit: 4, After: next})
 
 		// expected: the first page as it was, then every older row after the key in
 		// order, the tied row included if it sorts after the key; the newer one never
@@ -292,14 +293,14 @@ func TestReadModelOnUnreachableDatabaseIsUnavailable(t *testing.T) {
 		t.Fatalf("open pool: %v", err)
 	}
 	t.Cleanup(pool.Close)
-	rm := projections.NewReadModel(pool, eventstore.New(pool))
+	rm := pgmodel.NewReadModel(pool, eventstore.New(pool))
 	id := uuid.Must(uuid.NewV7())
 
 	_, err = rm.Get(ctx, id)
 	if !errors.Is(err, ticket.ErrUnavailable) {
 		t.Errorf("Get: expected ErrUnavailable, got %v", err)
 	}
-	_, _, err = rm.List(ctx, projections.ListQuery{Limit: 20})
+	_, _, err = rm.List(ctx, pgmodel.ListQuery{Limit: 20})
 	if !errors.Is(err, ticket.ErrUnavailable) {
 		t.Errorf("List: expected ErrUnavailable, got %v", err)
 	}

@@ -20,6 +20,8 @@ import (
 	"github.com/ticketd/ticketd/db/dbtest"
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/projections/pgmodel"
+	"github.com/ticketd/ticketd/projections/redismodel"
 	"github.com/ticketd/ticketd/ticket"
 )
 
@@ -56,7 +58,7 @@ func runProjectors(t testing.TB, pool *pgxpool.Pool, cfg projections.Config, log
 	})
 }
 
-var pgProjector = projections.Postgres{}.Handler()
+var pgProjector = pgmodel.Projector{}.Handler()
 
 // backlog is a Metrics that remembers the last sampled backlog per group.
 type backlog struct {
@@ -246,7 +248,7 @@ func sameLines(t testing.TB, what string, got, want []string) {
 
 // checkRedisDocs fails the test unless every ticket's Redis document is what GET
 // answers for its replayed state: its view, or a tombstone once deleted.
-func checkRedisDocs(t testing.TB, docs *projections.RedisDocs, tickets map[uuid.UUID]replayed) {
+func checkRedisDocs(t testing.TB, docs *redismodel.Docs, tickets map[uuid.UUID]replayed) {
 	t.Helper()
 	for id, tk := range tickets {
 		doc, version, found, deleted := storedDoc(t, docs, id)
@@ -326,10 +328,10 @@ func TestRebuildEqualsIncrementalProjection(t *testing.T) {
 	docs, _ := newDocs(t)
 	writeLoad(t, store, 400, 1)
 	runProjectors(t, pool, projections.Config{}, nil, pgProjector)
-	waitCaughtUp(t, pool, projections.PostgresGroup, 20*time.Second)
+	waitCaughtUp(t, pool, pgmodel.Group, 20*time.Second)
 	incTickets, incComments := readModel(t, pool, "readmodel")
 
-	res, err := projections.Rebuild(context.Background(), pool, projections.RebuildOptions{Redis: docs, BatchSize: 37})
+	res, err := projections.Rebuild(context.Background(), pool, projections.RebuildOptions{Targets: targets(pool, docs), BatchSize: 37})
 	if err != nil {
 		t.Fatalf("rebuild: %v", err)
 	}
@@ -356,7 +358,7 @@ func TestRebuildResumesProjectionRightAfterTheReplayedPoint(t *testing.T) {
 	docs, _ := newDocs(t)
 	writeLoad(t, store, 150, 2)
 	// No projector ran: the groups stand at the start (or have no row at all).
-	res, err := projections.Rebuild(context.Background(), pool, projections.RebuildOptions{Redis: docs})
+	res, err := projections.Rebuild(context.Background(), pool, projections.RebuildOptions{Targets: targets(pool, docs)})
 	if err != nil {
 		t.Fatalf("rebuild: %v", err)
 	}
@@ -369,7 +371,7 @@ func TestRebuildResumesProjectionRightAfterTheReplayedPoint(t *testing.T) {
 	if res.Position != last {
 		t.Fatalf("rebuild resumes after %+v, want the last outbox row %+v", res.Position, last)
 	}
-	for _, g := range []string{projections.PostgresGroup, projections.RedisGroup} {
+	for _, g := range []string{pgmodel.Group, redismodel.Group} {
 		if got := offsets(t, pool, g); got != last {
 			t.Fatalf("%s stands at %+v, want %+v", g, got, last)
 		}
@@ -377,15 +379,15 @@ func TestRebuildResumesProjectionRightAfterTheReplayedPoint(t *testing.T) {
 
 	// A projector started now applies only what comes next, and applies all of it.
 	var seen sync.Map
-	counting := projections.Handler{Group: projections.PostgresGroup, Apply: func(ctx context.Context, tx pgx.Tx, recs []eventstore.Record) error {
+	counting := projections.Handler{Group: pgmodel.Group, Apply: func(ctx context.Context, tx pgx.Tx, recs []eventstore.Record) error {
 		for _, r := range recs {
 			seen.Store(r.Position, true)
 		}
-		return projections.Postgres{}.Apply(ctx, tx, recs)
+		return pgmodel.Projector{}.Apply(ctx, tx, recs)
 	}}
 	runProjectors(t, pool, projections.Config{}, nil, counting)
 	writeLoad(t, store, 100, 3)
-	waitCaughtUp(t, pool, projections.PostgresGroup, 20*time.Second)
+	waitCaughtUp(t, pool, pgmodel.Group, 20*time.Second)
 	var after int
 	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM watermill_ticket_events
 		WHERE (transaction_id, "offset") > ($1::xid8, $2)`, last.TransactionID, last.Offset).Scan(&after); err != nil {
@@ -424,14 +426,14 @@ func TestRebuildRestoresWipedRedisAndRunsTwice(t *testing.T) {
 	docs, _ := newDocs(t)
 	writeLoad(t, store, 200, 4)
 	ctx := context.Background()
-	if _, err := projections.Rebuild(ctx, pool, projections.RebuildOptions{Redis: docs}); err != nil {
+	if _, err := projections.Rebuild(ctx, pool, projections.RebuildOptions{Targets: targets(pool, docs)}); err != nil {
 		t.Fatalf("first rebuild: %v", err)
 	}
 	first, firstComments := readModel(t, pool, "readmodel")
 	if err := docs.Wipe(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := projections.Rebuild(ctx, pool, projections.RebuildOptions{Redis: docs}); err != nil {
+	if _, err := projections.Rebuild(ctx, pool, projections.RebuildOptions{Targets: targets(pool, docs)}); err != nil {
 		t.Fatalf("second rebuild: %v", err)
 	}
 	replayed := replayAll(t, pool, store)
@@ -460,7 +462,7 @@ func TestSecondConcurrentRebuildIsRefused(t *testing.T) {
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(x'72656275696c64'::bigint)`); err != nil {
 		t.Fatal(err)
 	}
-	_, err = projections.Rebuild(ctx, pool, projections.RebuildOptions{})
+	_, err = projections.Rebuild(ctx, pool, projections.RebuildOptions{Targets: targets(pool, nil)})
 	if !errors.Is(err, ticket.ErrConflict) {
 		t.Fatalf("rebuild during another: %v, want ticket.ErrConflict", err)
 	}
@@ -554,13 +556,13 @@ func BenchmarkRebuild100k(b *testing.B) {
 	}
 	for _, c := range []struct {
 		name  string
-		redis *projections.RedisDocs
+		redis *redismodel.Docs
 	}{{"postgres+redis", docs}, {"postgres", nil}} {
 		b.Run(c.name, func(b *testing.B) {
 			var events int64
 			var took time.Duration
 			for b.Loop() {
-				res, err := projections.Rebuild(context.Background(), pool, projections.RebuildOptions{Redis: c.redis})
+				res, err := projections.Rebuild(context.Background(), pool, projections.RebuildOptions{Targets: targets(pool, c.redis)})
 				if err != nil {
 					b.Fatalf("rebuild: %v", err)
 				}
@@ -573,4 +575,15 @@ func BenchmarkRebuild100k(b *testing.B) {
 			b.ReportMetric(float64(events)/took.Seconds(), "events/s")
 		})
 	}
+}
+
+// targets are the read models a rebuild fills: Postgres, and Redis under docs unless
+// docs is nil.
+func targets(pool *pgxpool.Pool, docs *redismodel.Docs) []projections.Target {
+	store := eventstore.New(pool)
+	out := []projections.Target{pgmodel.Target{Pool: pool, Events: store}}
+	if docs != nil {
+		out = append(out, redismodel.Target{Docs: docs, Events: store})
+	}
+	return out
 }

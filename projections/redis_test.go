@@ -28,7 +28,9 @@ import (
 	"github.com/ticketd/ticketd/db/dbtest"
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/projections/pgmodel"
 	"github.com/ticketd/ticketd/projections/projectionstest"
+	"github.com/ticketd/ticketd/projections/redismodel"
 	"github.com/ticketd/ticketd/ticket"
 )
 
@@ -59,10 +61,10 @@ func testPrefix(t testing.TB) string {
 }
 
 // newDocs returns a RedisDocs under a fresh prefix, wiped when the test ends.
-func newDocs(t testing.TB) (*projections.RedisDocs, *redis.ClusterClient) {
+func newDocs(t testing.TB) (*redismodel.Docs, *redis.ClusterClient) {
 	t.Helper()
 	rdb := testRedis(t)
-	docs := projections.NewRedisDocs(rdb, testPrefix(t), time.Second)
+	docs := redismodel.NewDocs(rdb, testPrefix(t), time.Second)
 	t.Cleanup(func() {
 		if err := docs.Wipe(context.Background()); err != nil {
 			t.Errorf("wipe: %v", err)
@@ -84,10 +86,10 @@ func view(id uuid.UUID, version int, status ticket.Status) projections.View {
 
 // storedVersion reads back the document and fails the test on an error other than a
 // tombstone.
-func storedDoc(t testing.TB, docs *projections.RedisDocs, id uuid.UUID) (projections.View, int, bool, bool) {
+func storedDoc(t testing.TB, docs *redismodel.Docs, id uuid.UUID) (projections.View, int, bool, bool) {
 	t.Helper()
 	body, v, found, err := docs.Get(context.Background(), id)
-	if errors.Is(err, projections.ErrDeleted) {
+	if errors.Is(err, redismodel.ErrDeleted) {
 		return projections.View{}, v, found, true
 	}
 	if err != nil {
@@ -349,7 +351,7 @@ func rdEvents(res eventstore.Result) []ticket.Event {
 }
 
 // rdProject projects events through p and fails unless every document was written.
-func rdProject(ctx context.Context, p *projections.RedisProjector, evs ...ticket.Event) error {
+func rdProject(ctx context.Context, p *redismodel.Projector, evs ...ticket.Event) error {
 	failed, err := p.Project(ctx, evs)
 	if err == nil && len(failed) > 0 {
 		err = fmt.Errorf("documents of %v not written", failed)
@@ -358,10 +360,10 @@ func rdProject(ctx context.Context, p *projections.RedisProjector, evs ...ticket
 }
 
 // rdHave is the stored body ("" for a tombstone) and version of id's document.
-func rdHave(t testing.TB, docs *projections.RedisDocs, id uuid.UUID) (string, int, bool) {
+func rdHave(t testing.TB, docs *redismodel.Docs, id uuid.UUID) (string, int, bool) {
 	t.Helper()
 	body, v, found, err := docs.Get(context.Background(), id)
-	if err != nil && !errors.Is(err, projections.ErrDeleted) {
+	if err != nil && !errors.Is(err, redismodel.ErrDeleted) {
 		t.Fatalf("redis get %s: %v", id, err)
 	}
 	return string(body), v, found
@@ -369,7 +371,7 @@ func rdHave(t testing.TB, docs *projections.RedisDocs, id uuid.UUID) (string, in
 
 // rdExpectReplay fails the test unless id's document is byte for byte the replay of
 // its stream up to upTo (0: all).
-func rdExpectReplay(t testing.TB, docs *projections.RedisDocs, store *eventstore.Store, id uuid.UUID, upTo int) {
+func rdExpectReplay(t testing.TB, docs *redismodel.Docs, store *eventstore.Store, id uuid.UUID, upTo int) {
 	t.Helper()
 	want, wv := rdWant(t, store, id, upTo)
 	got, gv, found := rdHave(t, docs, id)
@@ -389,7 +391,7 @@ func TestRedisProjectorBuildsExactlyTheDocumentOfTheReplay(t *testing.T) {
 	t.Parallel()
 	_, store := rdDB(t)
 	docs, _ := newDocs(t)
-	p := &projections.RedisProjector{Docs: docs, Events: store}
+	p := &redismodel.Projector{Docs: docs, Events: store}
 	ctx := context.Background()
 	// more comments than a document embeds, so the cut at EmbeddedComments is exercised
 	id, recs := rdLife(t, store, projections.EmbeddedComments+3, false)
@@ -418,7 +420,7 @@ func TestRedisProjectorNeverMovesADocumentBackwards(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			docs, _ := newDocs(t)
-			p := &projections.RedisProjector{Docs: docs, Events: store}
+			p := &redismodel.Projector{Docs: docs, Events: store}
 			id, recs := rdLife(t, store, 6, deleted)
 			for seed := range uint64(5) {
 				if err := docs.Wipe(ctx); err != nil {
@@ -483,7 +485,7 @@ func rdEventually(t testing.TB, timeout time.Duration, cond func() string) time.
 
 // rdConverged returns what differs between the Redis documents of ids and their
 // replays, "" when nothing does.
-func rdConverged(t testing.TB, docs *projections.RedisDocs, store *eventstore.Store, ids []uuid.UUID) string {
+func rdConverged(t testing.TB, docs *redismodel.Docs, store *eventstore.Store, ids []uuid.UUID) string {
 	t.Helper()
 	for _, id := range ids {
 		want, wv := rdWant(t, store, id, 0)
@@ -499,7 +501,7 @@ func TestRedisProjectorThroughTheRouterIgnoresRepublishedEvents(t *testing.T) {
 	t.Parallel()
 	pool, store := rdDB(t)
 	docs, _ := newDocs(t)
-	p := &projections.RedisProjector{Docs: docs, Events: store}
+	p := &redismodel.Projector{Docs: docs, Events: store}
 	rdRunRouter(t, pool, p.Handler())
 	var ids []uuid.UUID
 	for i := range 4 {
@@ -617,14 +619,14 @@ func (f *rdFault) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Proc
 // faultyDocs returns RedisDocs (each call bounded by timeout) on a client of its own
 // with a fault injector, under a fresh prefix wiped at the end; and RedisDocs on the
 // same keys without faults (and with a breaker of their own), for the test's checks.
-func faultyDocs(t testing.TB, timeout time.Duration) (*projections.RedisDocs, *rdFault, *projections.RedisDocs) {
+func faultyDocs(t testing.TB, timeout time.Duration) (*redismodel.Docs, *rdFault, *redismodel.Docs) {
 	t.Helper()
 	rdb := testRedis(t)
 	f := &rdFault{}
 	rdb.AddHook(f)
 	prefix := testPrefix(t)
-	docs := projections.NewRedisDocs(rdb, prefix, timeout)
-	clean := projections.NewRedisDocs(testRedis(t), prefix, 5*time.Second)
+	docs := redismodel.NewDocs(rdb, prefix, timeout)
+	clean := redismodel.NewDocs(testRedis(t), prefix, 5*time.Second)
 	t.Cleanup(func() {
 		if err := clean.Wipe(context.Background()); err != nil {
 			t.Errorf("wipe: %v", err)
@@ -635,7 +637,7 @@ func faultyDocs(t testing.TB, timeout time.Duration) (*projections.RedisDocs, *r
 
 func rdBacklog(t testing.TB, pool *pgxpool.Pool) int {
 	t.Helper()
-	n, err := projections.RedisBacklog(context.Background(), pool)
+	n, err := redismodel.Backlog(context.Background(), pool)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -644,7 +646,7 @@ func rdBacklog(t testing.TB, pool *pgxpool.Pool) int {
 
 // rdQueuedOrCurrent returns a ticket of ids that is neither in the backlog nor current
 // in Redis (so would be lost), "" when there is none.
-func rdQueuedOrCurrent(t testing.TB, pool *pgxpool.Pool, docs *projections.RedisDocs, store *eventstore.Store, ids []uuid.UUID) string {
+func rdQueuedOrCurrent(t testing.TB, pool *pgxpool.Pool, docs *redismodel.Docs, store *eventstore.Store, ids []uuid.UUID) string {
 	t.Helper()
 	rows, err := pool.Query(context.Background(), `SELECT ticket_id FROM redis_backlog`)
 	if err != nil {
@@ -674,11 +676,11 @@ func TestRedisProjectorQueuesTicketsWhileRedisFailsAndTheRepairerCatchesUp(t *te
 			t.Parallel()
 			pool, store := rdDB(t)
 			docs, fault, clean := faultyDocs(t, 100*time.Millisecond)
-			p := &projections.RedisProjector{Docs: docs, Events: store}
+			p := &redismodel.Projector{Docs: docs, Events: store}
 			rdRunRouter(t, pool,
-				projections.Postgres{}.Handler(),
+				pgmodel.Projector{}.Handler(),
 				p.Handler())
-			rm := projections.NewReadModel(pool, store)
+			rm := pgmodel.NewReadModel(pool, store)
 
 			fault.set(mode)
 			var ids []uuid.UUID
@@ -691,7 +693,7 @@ func TestRedisProjectorQueuesTicketsWhileRedisFailsAndTheRepairerCatchesUp(t *te
 			// crawls: the breaker opens after a few such calls and the projector queues
 			// the rest without waiting for Redis in its transaction.
 			took := rdEventually(t, 5*time.Second, func() string {
-				list, _, err := rm.List(context.Background(), projections.ListQuery{Limit: 100})
+				list, _, err := rm.List(context.Background(), pgmodel.ListQuery{Limit: 100})
 				if err != nil {
 					return err.Error()
 				}
@@ -708,7 +710,7 @@ func TestRedisProjectorQueuesTicketsWhileRedisFailsAndTheRepairerCatchesUp(t *te
 				t.Fatalf("nothing went to the backlog while Redis %ss", mode)
 			}
 
-			repairer := &projections.RedisRepairer{Pool: pool, Events: store, Docs: docs, Log: slog.New(slog.DiscardHandler)}
+			repairer := &redismodel.Repairer{Pool: pool, Events: store, Docs: docs, Log: slog.New(slog.DiscardHandler)}
 			if mode == "hang" {
 				before := rdBacklog(t, pool)
 				if _, err := repairer.RepairOnce(context.Background()); err == nil {
@@ -745,7 +747,7 @@ func TestRedisRepairerKeepsATicketQueuedAgainDuringItsRepair(t *testing.T) {
 	docs, fault, _ := faultyDocs(t, 10*time.Second)
 	ctx := context.Background()
 	id, _ := rdDo(t, store, uuid.Nil, rdOpen("ann"))
-	if err := projections.EnqueueRedisRepair(ctx, pool, id); err != nil {
+	if err := redismodel.EnqueueRepair(ctx, pool, id); err != nil {
 		t.Fatal(err)
 	}
 	var once sync.Once
@@ -756,13 +758,13 @@ func TestRedisRepairerKeepsATicketQueuedAgainDuringItsRepair(t *testing.T) {
 		// state it loaded before: that newer state must be repaired too.
 		once.Do(func() {
 			rdDo(t, store, id, rdComment(1))
-			if err := projections.EnqueueRedisRepair(ctx, pool, id); err != nil {
+			if err := redismodel.EnqueueRepair(ctx, pool, id); err != nil {
 				t.Error(err)
 			}
 		})
 	}
 	fault.mu.Unlock()
-	repairer := &projections.RedisRepairer{Pool: pool, Events: store, Docs: docs}
+	repairer := &redismodel.Repairer{Pool: pool, Events: store, Docs: docs}
 	if n, err := repairer.RepairOnce(ctx); err != nil || n != 1 {
 		t.Fatalf("first pass: repaired %d, %v", n, err)
 	}
@@ -788,7 +790,7 @@ func TestReaderNeverServesAnOlderStateThanItAcknowledged(t *testing.T) {
 	ctx := context.Background()
 	// No projector runs: the Postgres read model stays empty, so reads that skip Redis
 	// come from the event store, and only the write-through and refills fill Redis.
-	reader := projections.NewReader(docs, projections.NewReadModel(pool, store), pool, nil)
+	reader := redismodel.NewReader(docs, pgmodel.NewReadModel(pool, store), pool, nil)
 	id, res := rdDo(t, store, uuid.Nil, rdOpen("ann"))
 	reader.Committed(ctx, rdEvents(res))
 	rdExpectReplay(t, docs, store, id, 1)
@@ -843,7 +845,7 @@ func TestReaderAnswersWithinItsTimeoutWhileRedisHangs(t *testing.T) {
 	pool, store := rdDB(t)
 	docs, fault, _ := faultyDocs(t, 100*time.Millisecond)
 	ctx := context.Background()
-	reader := projections.NewReader(docs, projections.NewReadModel(pool, store), pool, nil)
+	reader := redismodel.NewReader(docs, pgmodel.NewReadModel(pool, store), pool, nil)
 	id, res := rdDo(t, store, uuid.Nil, rdOpen("ann"))
 	fault.set("hang")
 	reader.Committed(ctx, rdEvents(res))

@@ -49,14 +49,6 @@ import (
 // table is created by the migrations; rows there are for an operator to inspect.
 const PoisonTopic = eventstore.Topic + "_poison"
 
-// permanentError marks a failure that retrying cannot fix (an undecodable event): it
-// goes to the poison topic at once.
-type permanentError struct{ error }
-
-func (e permanentError) Unwrap() error { return e.error }
-
-func permanent(err error) error { return permanentError{err} }
-
 // ApplyFunc applies a batch of events, in outbox order, to a read model inside tx, the
 // transaction that also moves the group's position past them. It must be idempotent
 // per event (a batch may be applied again after a crash before the commit, or when an
@@ -401,7 +393,7 @@ func (c *consumer) begin(ctx context.Context) (context.Context, context.CancelFu
 	tx, err := c.r.pool.BeginTx(bctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
 	if err != nil {
 		cancel()
-		return nil, nil, nil, unavailable(err)
+		return nil, nil, nil, Unavailable(err)
 	}
 	return bctx, cancel, tx, nil
 }
@@ -418,7 +410,7 @@ func (c *consumer) batch(ctx context.Context) (n, failed int, err error) {
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after a commit it does nothing
 	rows, err := c.read(bctx, tx, c.selectBatch)
 	if err != nil || len(rows) == 0 {
-		return 0, 0, unavailable(err)
+		return 0, 0, Unavailable(err)
 	}
 	recs := make([]eventstore.Record, 0, len(rows))
 	var bad []outboxRow
@@ -463,7 +455,7 @@ func (c *consumer) one(ctx context.Context) (int, error) {
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after a commit it does nothing
 	rows, err := c.read(bctx, tx, c.selectOne)
 	if err != nil || len(rows) == 0 {
-		return 0, unavailable(err)
+		return 0, Unavailable(err)
 	}
 	o := rows[0]
 	cause := o.err
@@ -484,8 +476,8 @@ func (c *consumer) one(ctx context.Context) (int, error) {
 			if transient(bctx, cause) {
 				return 0, cause
 			}
-			if errors.As(cause, new(permanentError)) || errors.Is(cause, ErrUnknownEvent) {
-				break
+			if errors.Is(cause, ErrUnknownEvent) {
+				break // retrying cannot teach the fold a new kind
 			}
 		}
 	} else {
@@ -511,10 +503,10 @@ func (c *consumer) one(ctx context.Context) (int, error) {
 // commit moves the group's position to last and commits tx.
 func (c *consumer) commit(ctx context.Context, tx pgx.Tx, last outboxRow) error {
 	if _, err := tx.Exec(ctx, c.ack, last.offset, strconv.FormatUint(uint64(last.txID), 10), c.Group); err != nil {
-		return unavailable(fmt.Errorf("ack %s: %w", c.Group, err))
+		return Unavailable(fmt.Errorf("ack %s: %w", c.Group, err))
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return unavailable(fmt.Errorf("commit %s: %w", c.Group, err))
+		return Unavailable(fmt.Errorf("commit %s: %w", c.Group, err))
 	}
 	return nil
 }
@@ -533,7 +525,7 @@ func (c *consumer) poison(ctx context.Context, tx pgx.Tx, o outboxRow, cause err
 	msg.Metadata.Set(middleware.PoisonedSubscriberKey, "ticketd-projections")
 	msg.SetContext(ctx)
 	if err := pub.Publish(PoisonTopic, msg); err != nil {
-		return unavailable(fmt.Errorf("poison publish: %w", err))
+		return Unavailable(fmt.Errorf("poison publish: %w", err))
 	}
 	return nil
 }

@@ -12,7 +12,7 @@ import (
 	"github.com/caarlos0/env/v11"
 
 	"github.com/ticketd/ticketd/db"
-	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/projections/redismodel"
 )
 
 // Config is ticketd's configuration, read from the environment. Every variable is
@@ -83,7 +83,7 @@ func (c Config) Validate() error {
 	if c.RedisTimeout <= 0 {
 		errs = append(errs, errors.New("REDIS_TIMEOUT must be positive"))
 	}
-	if err := projections.ValidRedisPrefix(c.RedisPrefix); err != nil {
+	if err := redismodel.ValidPrefix(c.RedisPrefix); err != nil {
 		errs = append(errs, fmt.Errorf("REDIS_PREFIX: %w", err))
 	}
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {

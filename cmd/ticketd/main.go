@@ -20,6 +20,8 @@ import (
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/httpapi"
 	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/projections/pgmodel"
+	"github.com/ticketd/ticketd/projections/redismodel"
 )
 
 func main() {
@@ -109,13 +111,13 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	// are found by polling.
 	wake := projections.NewSignal()
 	store.OnAppend = wake.Notify
-	reads := projections.NewReadModel(pool, store)
+	reads := pgmodel.NewReadModel(pool, store)
 	// The Redis read model: documents, the reader that serves GET from them (falling
 	// back to Postgres), its projector, and the repairer of documents Redis missed.
-	docs := projections.NewRedisDocs(rdb, cfg.RedisPrefix, cfg.RedisTimeout)
-	reader := projections.NewReader(docs, reads, pool, log)
-	redisProj := &projections.RedisProjector{Docs: docs, Events: store, Log: log}
-	repairer := &projections.RedisRepairer{Pool: pool, Events: store, Docs: docs, Log: log, Reader: reader}
+	docs := redismodel.NewDocs(rdb, cfg.RedisPrefix, cfg.RedisTimeout)
+	reader := redismodel.NewReader(docs, reads, pool, log)
+	redisProj := &redismodel.Projector{Docs: docs, Events: store, Log: log}
+	repairer := &redismodel.Repairer{Pool: pool, Events: store, Docs: docs, Log: log, Reader: reader}
 	// One registry for /metrics: Go runtime, process, HTTP and projection metrics.
 	reg := httpapi.NewRegistry()
 	projMetrics, err := projections.NewPrometheusMetrics(reg)
@@ -123,7 +125,7 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 		return err
 	}
 	router, err := projections.NewRouter(pool, projections.Config{Metrics: projMetrics, Wake: wake}, log,
-		projections.Postgres{Events: store}.Handler(), redisProj.Handler())
+		pgmodel.Projector{Events: store}.Handler(), redisProj.Handler())
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/ticketd/ticketd/db"
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/projections/pgmodel"
 	"github.com/ticketd/ticketd/ticket"
 )
 
@@ -238,7 +239,7 @@ func TestProjectorsKeepTryingWhenPostgresIsDownAsTheySubscribe(t *testing.T) {
 	defer pool.Close()
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, nil))
-	router, err := projections.NewRouter(pool, projections.Config{}, log, projections.Postgres{}.Handler())
+	router, err := projections.NewRouter(pool, projections.Config{}, log, pgmodel.Projector{}.Handler())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,10 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 
+	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/projections/pgmodel"
+	"github.com/ticketd/ticketd/projections/redismodel"
 )
 
 // rebuildProjections runs `ticketd -rebuild-projections`: it replays the event store
@@ -27,10 +30,14 @@ func rebuildProjections(ctx context.Context, cfg Config, pool *pgxpool.Pool, log
 	timeout := max(cfg.RedisTimeout, 2*time.Second)
 	rdb, isCluster := connectRedis(ctx, cfg.RedisAddresses(), timeout)
 	defer rdb.Close()
-	docs := projections.NewRedisDocs(rdb, cfg.RedisPrefix, timeout)
+	docs := redismodel.NewDocs(rdb, cfg.RedisPrefix, timeout)
+	store := eventstore.New(pool)
 	log.Info("rebuilding projections", "redis_addrs", cfg.RedisAddresses(), "cluster", isCluster, "redis_prefix", cfg.RedisPrefix)
 
-	opt := projections.RebuildOptions{Redis: docs, Log: log}
+	opt := projections.RebuildOptions{Log: log, Targets: []projections.Target{
+		pgmodel.Target{Pool: pool, Events: store},
+		redismodel.Target{Docs: docs, Events: store},
+	}}
 	var bar *progressBar
 	if f, ok := stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		bar = newProgressBar(stdout)

@@ -8,7 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/projections/pgmodel"
+	"github.com/ticketd/ticketd/projections/redismodel"
 )
 
 // rebuildNow runs `ticketd -rebuild-projections` against the server's database and
@@ -87,7 +88,7 @@ func TestRebuildWhileServingWritesLosesAndDoublesNothing(t *testing.T) {
 	created := createTicket(t, s, sourceTicket)
 	s.do(t, "POST", "/v1/ticket/"+created.ID+"/comments", map[string]any{"body": "after the rebuild", "created_by": "ann"}).expect(t, 201)
 	m.converge(t, s, 5*time.Second)
-	for _, g := range []string{projections.PostgresGroup, projections.RedisGroup} {
+	for _, g := range []string{pgmodel.Group, redismodel.Group} {
 		sameCount(t, m, g+" backlog", `SELECT count(*) FROM watermill_ticket_events e, watermill_offsets_ticket_events o
 			WHERE o.consumer_group = '`+g+`' AND (e.transaction_id, e."offset") > (o.last_processed_transaction_id, o.offset_acked)`,
 			`SELECT 0`)

@@ -29,6 +29,8 @@ import (
 	"github.com/ticketd/ticketd/db/dbtest"
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/projections/pgmodel"
+	"github.com/ticketd/ticketd/projections/redismodel"
 )
 
 // readModels gives a test direct access to what a server keeps: its event store and
@@ -36,7 +38,7 @@ import (
 type readModels struct {
 	pool  *pgxpool.Pool
 	store *eventstore.Store
-	docs  *projections.RedisDocs
+	docs  *redismodel.Docs
 }
 
 func openReadModels(t testing.TB, env map[string]string) *readModels {
@@ -47,7 +49,7 @@ func openReadModels(t testing.TB, env map[string]string) *readModels {
 	}
 	t.Cleanup(pool.Close)
 	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: strings.Split(env["REDIS_ADDRS"], ",")})
-	docs := projections.NewRedisDocs(rdb, env["REDIS_PREFIX"], 2*time.Second)
+	docs := redismodel.NewDocs(rdb, env["REDIS_PREFIX"], 2*time.Second)
 	t.Cleanup(func() {
 		// the server's documents are of no use to anyone after the test
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -141,7 +143,7 @@ func (m *readModels) divergence(t testing.TB, s *testServer, want replay) string
 	}
 	for id, doc := range want.docs {
 		body, v, found, err := m.docs.Get(context.Background(), id)
-		if err != nil && !errors.Is(err, projections.ErrDeleted) {
+		if err != nil && !errors.Is(err, redismodel.ErrDeleted) {
 			return fmt.Sprintf("redis %s: %v", id, err)
 		}
 		if !found || v != want.ver[id] || string(body) != doc {
@@ -576,7 +578,8 @@ func TestKilledServerLosesNoAcknowledgedWrite(t *testing.T) {
 
 	// What the projectors built after the crash is what a rebuild builds.
 	want := m.replay(t)
-	res, err := projections.Rebuild(context.Background(), m.pool, projections.RebuildOptions{Redis: m.docs})
+	res, err := projections.Rebuild(context.Background(), m.pool, projections.RebuildOptions{Targets: []projections.Target{
+		pgmodel.Target{Pool: m.pool, Events: m.store}, redismodel.Target{Docs: m.docs, Events: m.store}}})
 	if err != nil {
 		t.Fatalf("rebuild: %v", err)
 	}

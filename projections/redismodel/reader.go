@@ -1,4 +1,4 @@
-package projections
+package redismodel
 
 import (
 	"context"
@@ -13,6 +13,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/projections/pgmodel"
 	"github.com/ticketd/ticketd/ticket"
 )
 
@@ -27,8 +29,8 @@ import (
 // repairer or a sweep sees Redis at that version. Across instances the promise rests on
 // the write-through succeeding; see the README for the remaining window.
 type Reader struct {
-	docs *RedisDocs
-	rm   *ReadModel
+	docs *Docs
+	rm   *pgmodel.ReadModel
 	pool *pgxpool.Pool
 	log  *slog.Logger
 
@@ -40,7 +42,7 @@ type Reader struct {
 
 // NewReader returns a Reader on the Redis documents docs and the Postgres read model rm;
 // pool records failed write-throughs in the repair backlog.
-func NewReader(docs *RedisDocs, rm *ReadModel, pool *pgxpool.Pool, log *slog.Logger) *Reader {
+func NewReader(docs *Docs, rm *pgmodel.ReadModel, pool *pgxpool.Pool, log *slog.Logger) *Reader {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -49,7 +51,7 @@ func NewReader(docs *RedisDocs, rm *ReadModel, pool *pgxpool.Pool, log *slog.Log
 }
 
 // GetRaw returns the document of ticket id as JSON ready to send (what json.Marshal of
-// its View gives) and its version. A Redis hit costs one round trip and no decoding.
+// its projections.View gives) and its version. A Redis hit costs one round trip and no decoding.
 // Errors: ticket.ErrNotFound for an unknown or deleted ticket, ticket.ErrUnavailable
 // when Postgres is needed and unreachable. A failing Redis is skipped, never an error.
 func (r *Reader) GetRaw(ctx context.Context, id uuid.UUID) ([]byte, int, error) {
@@ -79,26 +81,26 @@ func (r *Reader) GetRaw(ctx context.Context, id uuid.UUID) ([]byte, int, error) 
 	return out, v.Version, nil
 }
 
-// Get is GetRaw decoded, for callers that want the View.
-func (r *Reader) Get(ctx context.Context, id uuid.UUID) (View, error) {
+// Get is GetRaw decoded, for callers that want the projections.View.
+func (r *Reader) Get(ctx context.Context, id uuid.UUID) (projections.View, error) {
 	body, _, err := r.GetRaw(ctx, id)
 	if err != nil {
-		return View{}, err
+		return projections.View{}, err
 	}
-	var v View
+	var v projections.View
 	if err := json.Unmarshal(body, &v); err != nil {
-		return View{}, fmt.Errorf("decode ticket %s: %w", id, err)
+		return projections.View{}, fmt.Errorf("decode ticket %s: %w", id, err)
 	}
 	return v, nil
 }
 
 // List serves the list from the Postgres read model.
-func (r *Reader) List(ctx context.Context, q ListQuery) ([]Summary, *ListKey, error) {
+func (r *Reader) List(ctx context.Context, q pgmodel.ListQuery) ([]projections.Summary, *pgmodel.ListKey, error) {
 	return r.rm.List(ctx, q)
 }
 
 // Comments serves a page of comments from the Postgres read model.
-func (r *Reader) Comments(ctx context.Context, id uuid.UUID, after, limit int) ([]Comment, bool, error) {
+func (r *Reader) Comments(ctx context.Context, id uuid.UUID, after, limit int) ([]projections.Comment, bool, error) {
 	return r.rm.Comments(ctx, id, after, limit)
 }
 
@@ -115,7 +117,7 @@ func (r *Reader) Committed(ctx context.Context, events []ticket.Event) {
 	}
 	ctx = context.WithoutCancel(ctx)
 	id, first, last := events[0].TicketID, events[0].Version, events[len(events)-1].Version
-	var base View
+	var base projections.View
 	var err error
 	if first > 1 {
 		var body []byte
@@ -133,9 +135,9 @@ func (r *Reader) Committed(ctx context.Context, events []ticket.Event) {
 		}
 	}
 	if err == nil {
-		var v View
-		if v, err = FoldAll(base, events...); err == nil {
-			_, err = r.docs.PutMany(ctx, []View{v}, false)
+		var v projections.View
+		if v, err = projections.FoldAll(base, events...); err == nil {
+			_, err = r.docs.PutMany(ctx, []projections.View{v}, false)
 		}
 	}
 	if err == nil {
@@ -148,7 +150,7 @@ func (r *Reader) Committed(ctx context.Context, events []ticket.Event) {
 	}
 	bctx, cancel := context.WithTimeout(ctx, backlogTimeout)
 	defer cancel()
-	if err := EnqueueRedisRepair(bctx, r.pool, id); err != nil {
+	if err := EnqueueRepair(bctx, r.pool, id); err != nil {
 		r.log.Debug("write-through backlog", "ticket", id, "err", err)
 	}
 }
@@ -219,7 +221,7 @@ func (r *Reader) sweep(ctx context.Context) {
 
 // refill writes v to Redis in the background after a miss (only if newer than what is
 // stored by then); skipped when enough refills are already in flight.
-func (r *Reader) refill(v View) {
+func (r *Reader) refill(v projections.View) {
 	select {
 	case r.refills <- struct{}{}:
 	default:

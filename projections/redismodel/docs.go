@@ -1,4 +1,8 @@
-package projections
+// Package redismodel is the Redis (Cluster) read model: one document per ticket,
+// kept by its projector (consumer group Group), repaired from the event store when
+// Redis missed a write, and read first by Reader. It is the only package that reads
+// or writes those keys.
+package redismodel
 
 import (
 	"bytes"
@@ -15,11 +19,12 @@ import (
 	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ticketd/ticketd/projections"
 	"github.com/ticketd/ticketd/ticket"
 )
 
-// RedisGroup is the consumer group of the Redis read model projector.
-const RedisGroup = "redis-readmodel"
+// Group is the consumer group of the Redis read model projector.
+const Group = "redis-readmodel"
 
 // TombstoneTTL is how long the marker of a deleted ticket stays in Redis. Within it a
 // late, older write (a redelivered event, a slow write-through) is refused by version;
@@ -27,49 +32,49 @@ const RedisGroup = "redis-readmodel"
 // rebuilt from the event store, which knows the deletion.
 const TombstoneTTL = 24 * time.Hour
 
-// ErrDeleted is returned by RedisDocs.Get for a ticket whose document is a tombstone.
+// ErrDeleted is returned by Docs.Get for a ticket whose document is a tombstone.
 // It wraps ticket.ErrNotFound, so the HTTP layer answers 404 for it.
 var ErrDeleted = fmt.Errorf("ticket deleted: %w", ticket.ErrNotFound)
 
-// ErrRedisDown is returned, without a round trip, while the circuit breaker holds Redis
+// ErrDown is returned, without a round trip, while the circuit breaker holds Redis
 // to be unreachable. It wraps ticket.ErrUnavailable.
-var ErrRedisDown = fmt.Errorf("redis read model: circuit open: %w", ticket.ErrUnavailable)
+var ErrDown = fmt.Errorf("redis read model: circuit open: %w", ticket.ErrUnavailable)
 
-// RedisDocs is the Redis (Cluster) read model: one string value per ticket under the key
+// Docs is the Redis (Cluster) read model: one string value per ticket under the key
 // "<prefix>:{<id>}:doc". The hash tag puts every key of one ticket in one slot, so a
 // script may touch several of them. The value is "<version>\n<json>": the decimal
-// version of the ticket, a newline, and the JSON of its View exactly as GET
+// version of the ticket, a newline, and the JSON of its projections.View exactly as GET
 // /v1/ticket/{id} sends it, so one GET serves a request without re-encoding. A deleted
 // ticket is a tombstone "<version>\n" (an empty document) that expires after
 // TombstoneTTL.
 //
-// Every call is bounded by the timeout given to NewRedisDocs, and a small circuit
-// breaker fails calls fast (ErrRedisDown) while Redis is known to be down or slow
+// Every call is bounded by the timeout given to NewDocs, and a small circuit
+// breaker fails calls fast (ErrDown) while Redis is known to be down or slow
 // (several calls in a row failed or took more than half the timeout), letting one
-// probe through now and then. RedisDocs is safe for concurrent use.
-type RedisDocs struct {
+// probe through now and then. Docs is safe for concurrent use.
+type Docs struct {
 	rdb     redis.UniversalClient
 	prefix  string
 	timeout time.Duration
 	br      breaker
 }
 
-// NewRedisDocs returns the Redis read model on rdb under prefix (no '{', '}', '*', '?',
-// '[' or ']': see ValidRedisPrefix), each call bounded by timeout.
-func NewRedisDocs(rdb redis.UniversalClient, prefix string, timeout time.Duration) *RedisDocs {
-	if err := ValidRedisPrefix(prefix); err != nil {
+// NewDocs returns the Redis read model on rdb under prefix (no '{', '}', '*', '?',
+// '[' or ']': see ValidPrefix), each call bounded by timeout.
+func NewDocs(rdb redis.UniversalClient, prefix string, timeout time.Duration) *Docs {
+	if err := ValidPrefix(prefix); err != nil {
 		panic(err) // configuration is validated before wiring
 	}
 	if timeout <= 0 {
 		timeout = 150 * time.Millisecond
 	}
-	return &RedisDocs{rdb: rdb, prefix: prefix, timeout: timeout}
+	return &Docs{rdb: rdb, prefix: prefix, timeout: timeout}
 }
 
-// ValidRedisPrefix reports whether prefix can start the read model's keys: not empty,
+// ValidPrefix reports whether prefix can start the read model's keys: not empty,
 // and without the characters that would break the per-ticket hash tag or the SCAN
 // pattern of Wipe.
-func ValidRedisPrefix(prefix string) error {
+func ValidPrefix(prefix string) error {
 	if prefix == "" || len(prefix) > 100 {
 		return errors.New("redis key prefix must be 1..100 characters")
 	}
@@ -80,17 +85,17 @@ func ValidRedisPrefix(prefix string) error {
 }
 
 // Key returns the key of ticket id's document.
-func (d *RedisDocs) Key(id uuid.UUID) string {
+func (d *Docs) Key(id uuid.UUID) string {
 	return d.prefix + ":{" + id.String() + "}:doc"
 }
 
 // Prefix returns the key prefix.
-func (d *RedisDocs) Prefix() string { return d.prefix }
+func (d *Docs) Prefix() string { return d.prefix }
 
 // Up reports whether the circuit breaker holds Redis to be reachable. The projector
 // does not even try Redis while it is not, so a dead Redis never lengthens the
 // projector's transaction.
-func (d *RedisDocs) Up() bool { return d.br.up() }
+func (d *Docs) Up() bool { return d.br.up() }
 
 // putScript writes ARGV[2] under KEYS[1] unless the stored value's version (the digits
 // before its first newline) is at least ARGV[1]. ARGV[3] is a TTL in milliseconds, 0
@@ -117,15 +122,15 @@ return 1
 
 // Put stores v as its ticket's document if v.Version is newer than the stored version
 // (or nothing is stored), atomically. An older or equal v changes nothing and is not an
-// error. Errors: ErrRedisDown while the breaker is open, otherwise the Redis error
+// error. Errors: ErrDown while the breaker is open, otherwise the Redis error
 // (timeouts included).
-func (d *RedisDocs) Put(ctx context.Context, v View) error {
+func (d *Docs) Put(ctx context.Context, v projections.View) error {
 	_, err := d.PutIfNewer(ctx, v)
 	return err
 }
 
 // PutIfNewer is Put that also reports whether it wrote.
-func (d *RedisDocs) PutIfNewer(ctx context.Context, v View) (bool, error) {
+func (d *Docs) PutIfNewer(ctx context.Context, v projections.View) (bool, error) {
 	body, err := json.Marshal(v)
 	if err != nil {
 		return false, fmt.Errorf("encode ticket %s: %w", v.ID, err)
@@ -135,7 +140,7 @@ func (d *RedisDocs) PutIfNewer(ctx context.Context, v View) (bool, error) {
 
 // Tombstone marks ticket id deleted at version, if version is newer than the stored
 // one. Later Puts of older versions are refused, so a deleted ticket does not come back.
-func (d *RedisDocs) Tombstone(ctx context.Context, id uuid.UUID, version int) error {
+func (d *Docs) Tombstone(ctx context.Context, id uuid.UUID, version int) error {
 	_, err := d.set(ctx, id, version, nil, TombstoneTTL, false)
 	return err
 }
@@ -144,7 +149,7 @@ func (d *RedisDocs) Tombstone(ctx context.Context, id uuid.UUID, version int) er
 // breaker is open (still bounded by the timeout, and still reporting to the breaker):
 // for the repairer, which works outside any transaction and is what finds out that
 // Redis is back, or still merely slow.
-func (d *RedisDocs) putForced(ctx context.Context, v View) error {
+func (d *Docs) putForced(ctx context.Context, v projections.View) error {
 	body, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("encode ticket %s: %w", v.ID, err)
@@ -153,17 +158,17 @@ func (d *RedisDocs) putForced(ctx context.Context, v View) error {
 	return err
 }
 
-func (d *RedisDocs) tombstoneForced(ctx context.Context, id uuid.UUID, version int) error {
+func (d *Docs) tombstoneForced(ctx context.Context, id uuid.UUID, version int) error {
 	_, err := d.set(ctx, id, version, nil, TombstoneTTL, true)
 	return err
 }
 
-func (d *RedisDocs) set(ctx context.Context, id uuid.UUID, version int, body []byte, ttl time.Duration, force bool) (bool, error) {
+func (d *Docs) set(ctx context.Context, id uuid.UUID, version int, body []byte, ttl time.Duration, force bool) (bool, error) {
 	if version < 1 {
 		return false, fmt.Errorf("redis document of %s: version %d: %w", id, version, ticket.ErrInvalid)
 	}
 	if !force && !d.br.allow() {
-		return false, ErrRedisDown
+		return false, ErrDown
 	}
 	val := make([]byte, 0, len(body)+12)
 	val = strconv.AppendInt(val, int64(version), 10)
@@ -181,11 +186,11 @@ func (d *RedisDocs) set(ctx context.Context, id uuid.UUID, version int, body []b
 
 // Get returns the stored document of ticket id: the JSON body, ready to send, and its
 // version. found is false when nothing is stored (a miss, not an error). A tombstone is
-// found with its version, a nil body and ErrDeleted. Other errors: ErrRedisDown while
+// found with its version, a nil body and ErrDeleted. Other errors: ErrDown while
 // the breaker is open, otherwise the Redis error.
-func (d *RedisDocs) Get(ctx context.Context, id uuid.UUID) (body []byte, version int, found bool, err error) {
+func (d *Docs) Get(ctx context.Context, id uuid.UUID) (body []byte, version int, found bool, err error) {
 	if !d.br.allow() {
-		return nil, 0, false, ErrRedisDown
+		return nil, 0, false, ErrDown
 	}
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, d.timeout)
@@ -231,9 +236,9 @@ func parseDoc(raw []byte) (int, []byte, error) {
 // Versions returns the stored versions of the given tickets in one pipelined round
 // trip per node: 0 for a miss; a tombstone counts with its version. It is bounded by
 // the timeout like every other call.
-func (d *RedisDocs) Versions(ctx context.Context, ids []uuid.UUID) ([]int, error) {
+func (d *Docs) Versions(ctx context.Context, ids []uuid.UUID) ([]int, error) {
 	if !d.br.allow() {
-		return nil, ErrRedisDown
+		return nil, ErrDown
 	}
 	cctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
@@ -261,7 +266,7 @@ func (d *RedisDocs) Versions(ctx context.Context, ids []uuid.UUID) ([]int, error
 // Wipe deletes every key under the prefix, on every master of a cluster (SCAN per
 // node), and nothing else. It is for rebuilds and tests; each round trip is bounded by
 // a few seconds, not by the request timeout, and it ignores the circuit breaker.
-func (d *RedisDocs) Wipe(ctx context.Context) error {
+func (d *Docs) Wipe(ctx context.Context) error {
 	pattern := d.prefix + ":*"
 	wipe := func(ctx context.Context, c redis.Cmdable) error {
 		var cursor uint64
@@ -299,7 +304,7 @@ func (d *RedisDocs) Wipe(ctx context.Context) error {
 // A call that succeeded but took more than half the timeout counts as a failure: a
 // slow Redis must open the breaker too, or the projector would spend its (every
 // consumer's) transaction time waiting for it call after call.
-func (d *RedisDocs) done(parent context.Context, err error, start time.Time) error {
+func (d *Docs) done(parent context.Context, err error, start time.Time) error {
 	switch {
 	case err == nil && !start.IsZero() && time.Since(start) > d.timeout/2:
 		d.br.failure()
@@ -377,11 +382,11 @@ type Doc struct {
 
 // GetMany returns the stored documents of ids, in order, in one pipelined round trip
 // per cluster node, bounded by the timeout. A malformed value counts as a miss (its
-// ticket is then rebuilt). Errors: ErrRedisDown while the breaker is open, otherwise
+// ticket is then rebuilt). Errors: ErrDown while the breaker is open, otherwise
 // the Redis error; documents are returned only when every read succeeded.
-func (d *RedisDocs) GetMany(ctx context.Context, ids []uuid.UUID) ([]Doc, error) {
+func (d *Docs) GetMany(ctx context.Context, ids []uuid.UUID) ([]Doc, error) {
 	if !d.br.allow() {
-		return nil, ErrRedisDown
+		return nil, ErrDown
 	}
 	cctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
@@ -417,12 +422,12 @@ func (d *RedisDocs) GetMany(ctx context.Context, ids []uuid.UUID) ([]Doc, error)
 // stored document, like Put, in one pipelined round trip per cluster node bounded by
 // the timeout. force goes past an open breaker (see putForced). It returns the views
 // whose write failed (all of them when the pipeline failed) and the first error.
-func (d *RedisDocs) PutMany(ctx context.Context, views []View, force bool) ([]View, error) {
+func (d *Docs) PutMany(ctx context.Context, views []projections.View, force bool) ([]projections.View, error) {
 	if len(views) == 0 {
 		return nil, nil
 	}
 	if !force && !d.br.allow() {
-		return views, ErrRedisDown
+		return views, ErrDown
 	}
 	vals := make([][]byte, len(views))
 	for i, v := range views {
@@ -486,7 +491,7 @@ func (d *RedisDocs) PutMany(ctx context.Context, views []View, force bool) ([]Vi
 		}
 	}
 	if err = d.done(ctx, err, time.Time{}); err != nil {
-		var failed []View
+		var failed []projections.View
 		for i, c := range cmds {
 			if c == nil || c.Err() != nil {
 				failed = append(failed, views[i])

@@ -1,4 +1,4 @@
-package projections
+package pgmodel
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/projections"
 	"github.com/ticketd/ticketd/ticket"
 )
 
@@ -20,11 +21,11 @@ import (
 // the event store where the read model has not caught up with an acknowledged write.
 type ReadModel struct {
 	pool   *pgxpool.Pool
-	events Streams
+	events projections.Streams
 }
 
 // NewReadModel returns a ReadModel on pool, with events as the fallback.
-func NewReadModel(pool *pgxpool.Pool, events Streams) *ReadModel {
+func NewReadModel(pool *pgxpool.Pool, events projections.Streams) *ReadModel {
 	return &ReadModel{pool: pool, events: events}
 }
 
@@ -46,8 +47,8 @@ type ListQuery struct {
 const summaryColumns = `id, title, description, email, created_by, updated_by, status, version, comment_count, created_at, updated_at`
 
 // scanSummary reads summaryColumns, then into extra the columns selected after them.
-func scanSummary(row pgx.Row, extra ...any) (Summary, error) {
-	var s Summary
+func scanSummary(row pgx.Row, extra ...any) (projections.Summary, error) {
+	var s projections.Summary
 	var status string
 	err := row.Scan(append([]any{&s.ID, &s.Title, &s.Description, &s.Email, &s.CreatedBy, &s.UpdatedBy, &status,
 		&s.Version, &s.CommentCount, &s.CreatedAt, &s.UpdatedAt}, extra...)...)
@@ -59,7 +60,7 @@ func scanSummary(row pgx.Row, extra ...any) (Summary, error) {
 // List returns up to q.Limit tickets, newest first, and the key to continue after when
 // there are more. Keyset paging on (created_at, id) keeps pages stable while tickets are
 // added: a new ticket sorts before the first page, never into a later one.
-func (m *ReadModel) List(ctx context.Context, q ListQuery) ([]Summary, *ListKey, error) {
+func (m *ReadModel) List(ctx context.Context, q ListQuery) ([]projections.Summary, *ListKey, error) {
 	var where []string
 	var args []any
 	arg := func(v any) string {
@@ -83,11 +84,11 @@ func (m *ReadModel) List(ctx context.Context, q ListQuery) ([]Summary, *ListKey,
 		` ORDER BY created_at DESC, id DESC LIMIT ` + arg(q.Limit+1)
 	rows, err := m.pool.Query(ctx, sql, args...)
 	if err != nil {
-		return nil, nil, unavailable(err)
+		return nil, nil, projections.Unavailable(err)
 	}
-	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Summary, error) { return scanSummary(r) })
+	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (projections.Summary, error) { return scanSummary(r) })
 	if err != nil {
-		return nil, nil, unavailable(err)
+		return nil, nil, projections.Unavailable(err)
 	}
 	var next *ListKey
 	if len(list) > q.Limit {
@@ -102,13 +103,13 @@ func (m *ReadModel) List(ctx context.Context, q ListQuery) ([]Summary, *ListKey,
 // trip, the stream's head version in the event store; if the read model is behind the
 // head (or lacks the ticket) the ticket is replayed from the store instead, so an
 // acknowledged write is never missing. A deleted or unknown ticket is ticket.ErrNotFound.
-func (m *ReadModel) Get(ctx context.Context, id uuid.UUID) (View, error) {
+func (m *ReadModel) Get(ctx context.Context, id uuid.UUID) (projections.View, error) {
 	b := &pgx.Batch{}
 	b.Queue(`SELECT `+summaryColumns+`, deleted,
 		(`+eventstore.HeadQuery+`)
 		FROM readmodel.tickets WHERE id = $1`, id)
 	b.Queue(`SELECT id, body, email, created_by, created_at, version FROM readmodel.comments
-		WHERE ticket_id = $1 ORDER BY version LIMIT $2`, id, EmbeddedComments)
+		WHERE ticket_id = $1 ORDER BY version LIMIT $2`, id, projections.EmbeddedComments)
 	br := m.pool.SendBatch(ctx, b)
 	defer br.Close()
 	var deleted bool
@@ -119,81 +120,47 @@ func (m *ReadModel) Get(ctx context.Context, id uuid.UUID) (View, error) {
 		return m.replay(ctx, id)
 	}
 	if err != nil {
-		return View{}, unavailable(err)
+		return projections.View{}, projections.Unavailable(err)
 	}
 	if head > s.Version {
 		br.Close()
 		return m.replay(ctx, id)
 	}
 	if deleted {
-		return View{}, fmt.Errorf("ticket %s: %w", id, ticket.ErrNotFound)
+		return projections.View{}, fmt.Errorf("ticket %s: %w", id, ticket.ErrNotFound)
 	}
 	rows, err := br.Query()
 	if err != nil {
-		return View{}, unavailable(err)
+		return projections.View{}, projections.Unavailable(err)
 	}
 	comments, err := pgx.CollectRows(rows, scanComment)
 	if err != nil {
-		return View{}, unavailable(err)
+		return projections.View{}, projections.Unavailable(err)
 	}
 	if comments == nil {
-		comments = []Comment{}
+		comments = []projections.Comment{}
 	}
-	return View{Summary: s, Comments: comments}, nil
+	return projections.View{Summary: s, Comments: comments}, nil
 }
 
-func scanComment(r pgx.CollectableRow) (Comment, error) {
-	var c Comment
+func scanComment(r pgx.CollectableRow) (projections.Comment, error) {
+	var c projections.Comment
 	err := r.Scan(&c.ID, &c.Body, &c.Email, &c.CreatedBy, &c.CreatedAt, &c.Version)
 	c.CreatedAt = c.CreatedAt.UTC()
 	return c, err
 }
 
 // replay builds the document from the event store, the source of truth.
-func (m *ReadModel) replay(ctx context.Context, id uuid.UUID) (View, error) {
-	v, _, err := Replay(ctx, m.events, id)
+func (m *ReadModel) replay(ctx context.Context, id uuid.UUID) (projections.View, error) {
+	v, _, err := projections.Replay(ctx, m.events, id)
 	return v, err
 }
-
-// Replay folds ticket id's whole stream from the event store and returns its view and
-// its records. A deleted or unknown ticket is ticket.ErrNotFound.
-func Replay(ctx context.Context, events Streams, id uuid.UUID) (View, []eventstore.Record, error) {
-	v, recs, err := ViewAt(ctx, events, id, 0)
-	if err == nil && v.Deleted {
-		err = fmt.Errorf("ticket %s: %w", id, ticket.ErrNotFound)
-	}
-	return v, recs, err
-}
-
-// ViewAt folds ticket id's stream from the event store up to version upTo (all of it
-// when upTo < 1) and returns the view, a deleted ticket's tombstone included, and the
-// records. A stream without events is ticket.ErrNotFound.
-func ViewAt(ctx context.Context, events Streams, id uuid.UUID, upTo int) (View, []eventstore.Record, error) {
-	if upTo < 1 {
-		upTo = maxVersion
-	}
-	recs, err := events.Load(ctx, id, 0, upTo)
-	if err != nil {
-		return View{}, nil, err
-	}
-	if len(recs) == 0 {
-		return View{}, nil, fmt.Errorf("ticket %s: %w", id, ticket.ErrNotFound)
-	}
-	v, err := FoldAll(View{}, eventsOf(recs)...)
-	if err != nil {
-		return View{}, nil, fmt.Errorf("replay ticket %s: %w", id, err)
-	}
-	return v, recs, nil
-}
-
-// maxVersion is past every stream's last version.
-const maxVersion = int(^uint32(0) >> 1)
 
 // Comments returns up to limit comments of ticket id added after event version after,
 // oldest first, and whether more follow. A deleted or unknown ticket is
 // ticket.ErrNotFound. Like Get, it falls back to the event store when the read model
 // is behind.
-func (m *ReadModel) Comments(ctx context.Context, id uuid.UUID, after, limit int) ([]Comment, bool, error) {
+func (m *ReadModel) Comments(ctx context.Context, id uuid.UUID, after, limit int) ([]projections.Comment, bool, error) {
 	b := &pgx.Batch{}
 	b.Queue(`SELECT t.version, t.deleted, (`+eventstore.HeadQuery+`)
 		FROM readmodel.tickets t WHERE t.id = $1`, id)
@@ -207,39 +174,31 @@ func (m *ReadModel) Comments(ctx context.Context, id uuid.UUID, after, limit int
 	switch {
 	case errors.Is(err, pgx.ErrNoRows) || (err == nil && head > version):
 		br.Close()
-		_, recs, err := Replay(ctx, m.events, id)
+		_, recs, err := projections.Replay(ctx, m.events, id)
 		if err != nil {
 			return nil, false, err
 		}
-		var page []Comment
+		var page []projections.Comment
 		for _, r := range recs {
-			if c, ok := CommentOf(r.Event); ok && c.Version > after {
+			if c, ok := projections.CommentOf(r.Event); ok && c.Version > after {
 				page = append(page, c)
 			}
 		}
 		more := len(page) > limit
 		return page[:min(limit, len(page))], more, nil
 	case err != nil:
-		return nil, false, unavailable(err)
+		return nil, false, projections.Unavailable(err)
 	case deleted:
 		return nil, false, fmt.Errorf("ticket %s: %w", id, ticket.ErrNotFound)
 	}
 	rows, err := br.Query()
 	if err != nil {
-		return nil, false, unavailable(err)
+		return nil, false, projections.Unavailable(err)
 	}
 	page, err := pgx.CollectRows(rows, scanComment)
 	if err != nil {
-		return nil, false, unavailable(err)
+		return nil, false, projections.Unavailable(err)
 	}
 	more := len(page) > limit
 	return page[:min(limit, len(page))], more, nil
-}
-
-// unavailable marks errors that mean Postgres could not be reached.
-func unavailable(err error) error {
-	if eventstore.Unreachable(err) {
-		return fmt.Errorf("%w: %w", ticket.ErrUnavailable, err)
-	}
-	return err
 }

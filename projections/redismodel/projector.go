@@ -1,4 +1,4 @@
-package projections
+package redismodel
 
 import (
 	"context"
@@ -15,40 +15,43 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/projections"
 	"github.com/ticketd/ticketd/ticket"
 )
 
-// RedisProjector keeps the Redis read model: one document per ticket, built
-// incrementally from the event stream (consumer group RedisGroup) with Fold.
+// Projector keeps the Redis read model: one document per ticket, built
+// incrementally from the event stream (consumer group Group) with Fold.
 //
 // Its batches run inside the consumer's transaction, which holds back every consumer's
-// view of newer events while it lasts. So it never waits for Redis beyond the RedisDocs
+// view of newer events while it lasts. So it never waits for Redis beyond the Docs
 // timeout (one pipelined read and one pipelined write per batch, each one round trip
 // per cluster node) and never fails a batch because of Redis: the tickets whose
 // documents it could not write (Redis failing, or the circuit breaker already knowing
 // it is down) are recorded in the redis_backlog table through the consumer's
-// transaction, so the record commits with the position, and RedisRepairer rebuilds
+// transaction, so the record commits with the position, and Repairer rebuilds
 // them later outside any transaction. Nothing is lost: every event either reached
 // Redis or left its ticket in the backlog.
-type RedisProjector struct {
-	Docs   *RedisDocs
-	Events Streams
+type Projector struct {
+	Docs   *Docs
+	Events projections.Streams
 	Log    *slog.Logger
 
 	queued atomic.Int64
 }
 
-// Handler returns the projector as a Handler of its consumer group.
-func (p *RedisProjector) Handler() Handler { return Handler{Group: RedisGroup, Apply: p.Apply} }
+// projections.Handler returns the projector as a projections.Handler of its consumer group.
+func (p *Projector) Handler() projections.Handler {
+	return projections.Handler{Group: Group, Apply: p.Apply}
+}
 
 // Queued returns how many tickets this projector sent to the backlog instead of Redis.
-func (p *RedisProjector) Queued() int64 { return p.queued.Load() }
+func (p *Projector) Queued() int64 { return p.queued.Load() }
 
 // Apply brings the documents of the batch's tickets up to the batch's versions. It
 // returns an error only when the backlog cannot be written (Postgres failing) or an
 // event has no fold case.
-func (p *RedisProjector) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Record) error {
-	failed, err := p.Project(ctx, eventsOf(recs))
+func (p *Projector) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Record) error {
+	failed, err := p.Project(ctx, projections.Events(recs))
 	if err != nil {
 		return err
 	}
@@ -62,7 +65,7 @@ func (p *RedisProjector) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore
 	if p.Log != nil {
 		p.Log.Debug("redis projection queued for repair", "tickets", len(failed))
 	}
-	return EnqueueRedisRepair(ctx, tx, failed...)
+	return EnqueueRepair(ctx, tx, failed...)
 }
 
 // groupByTicket splits events by ticket, in order of first appearance.
@@ -85,14 +88,14 @@ func groupByTicket(evs []ticket.Event) ([]uuid.UUID, map[uuid.UUID][]ticket.Even
 // returns the tickets it could not write (Redis or the event store failing); their
 // documents are unchanged or correct, never older. The error is for events without a
 // fold case only.
-func (p *RedisProjector) Project(ctx context.Context, evs []ticket.Event) ([]uuid.UUID, error) {
+func (p *Projector) Project(ctx context.Context, evs []ticket.Event) ([]uuid.UUID, error) {
 	ids, byTicket := groupByTicket(evs)
 	docs, err := p.Docs.GetMany(ctx, ids)
 	if err != nil {
 		return ids, nil
 	}
 	var failed []uuid.UUID
-	views := make([]View, 0, len(ids))
+	views := make([]projections.View, 0, len(ids))
 	for i, id := range ids {
 		evs := byTicket[id]
 		for len(evs) > 0 && evs[0].Version <= docs[i].Version {
@@ -101,13 +104,13 @@ func (p *RedisProjector) Project(ctx context.Context, evs []ticket.Event) ([]uui
 		if len(evs) == 0 {
 			continue
 		}
-		var base View
+		var base projections.View
 		if docs[i].Version > 0 && docs[i].Version == evs[0].Version-1 && !docs[i].Deleted &&
 			json.Unmarshal(docs[i].Body, &base) != nil {
-			base = View{} // unreadable: fold afresh below
+			base = projections.View{} // unreadable: fold afresh below
 		}
-		v, err := FoldAll(base, evs...)
-		if errors.Is(err, ErrUnknownEvent) {
+		v, err := projections.FoldAll(base, evs...)
+		if errors.Is(err, projections.ErrUnknownEvent) {
 			return nil, err
 		}
 		if err != nil {
@@ -127,30 +130,30 @@ func (p *RedisProjector) Project(ctx context.Context, evs []ticket.Event) ([]uui
 }
 
 // replay folds ticket id from the event store up to version upTo.
-func (p *RedisProjector) replay(ctx context.Context, id uuid.UUID, upTo int) (View, error) {
+func (p *Projector) replay(ctx context.Context, id uuid.UUID, upTo int) (projections.View, error) {
 	recs, err := p.Events.Load(ctx, id, 0, upTo)
 	if err != nil {
-		return View{}, err
+		return projections.View{}, err
 	}
-	return FoldAll(View{}, eventsOf(recs)...)
+	return projections.FoldAll(projections.View{}, projections.Events(recs)...)
 }
 
 // rebuildDoc folds ticket id from the event store and writes its document (or its
 // tombstone), if newer than the stored one. It returns the version written. force
-// writes even while the breaker is open (see RedisDocs.putForced).
-func rebuildDoc(ctx context.Context, events Streams, docs *RedisDocs, id uuid.UUID, force bool) (int, error) {
-	recs, err := events.Load(ctx, id, 0, maxVersion)
+// writes even while the breaker is open (see Docs.putForced).
+func rebuildDoc(ctx context.Context, events projections.Streams, docs *Docs, id uuid.UUID, force bool) (int, error) {
+	recs, err := events.Load(ctx, id, 0, projections.MaxVersion)
 	if err != nil {
 		return 0, fmt.Errorf("rebuild redis document: %w", err)
 	}
 	if len(recs) == 0 {
 		return 0, fmt.Errorf("ticket %s: %w", id, ticket.ErrNotFound)
 	}
-	v, err := FoldAll(View{}, eventsOf(recs)...)
+	v, err := projections.FoldAll(projections.View{}, projections.Events(recs)...)
 	if err != nil {
 		return 0, fmt.Errorf("rebuild redis document: %w", err)
 	}
-	if _, err := docs.PutMany(ctx, []View{v}, force); err != nil {
+	if _, err := docs.PutMany(ctx, []projections.View{v}, force); err != nil {
 		return 0, err
 	}
 	return v.Version, nil
@@ -161,28 +164,28 @@ type execer interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
-// EnqueueRedisRepair records that the Redis documents of tickets ids may be behind, for
-// RedisRepairer, in one statement. Adding a ticket that is already queued raises its generation and
+// EnqueueRepair records that the Redis documents of tickets ids may be behind, for
+// Repairer, in one statement. Adding a ticket that is already queued raises its generation and
 // makes it due at once, so a repairer that loaded it before this call will not delete
 // the row and the newer state is repaired too.
-func EnqueueRedisRepair(ctx context.Context, db execer, ids ...uuid.UUID) error {
+func EnqueueRepair(ctx context.Context, db execer, ids ...uuid.UUID) error {
 	_, err := db.Exec(ctx, `INSERT INTO redis_backlog (ticket_id) SELECT DISTINCT unnest($1::uuid[])
 		ON CONFLICT (ticket_id) DO UPDATE SET gen = redis_backlog.gen + 1, lease_until = '-infinity'`, ids)
 	if err != nil {
-		return fmt.Errorf("queue redis repair of %d tickets: %w", len(ids), unavailable(err))
+		return fmt.Errorf("queue redis repair of %d tickets: %w", len(ids), projections.Unavailable(err))
 	}
 	return nil
 }
 
-// RedisRepairer rebuilds, from the event store, the Redis documents of the tickets in
+// Repairer rebuilds, from the event store, the Redis documents of the tickets in
 // the redis_backlog table, and removes them from it. Every instance runs one; they
 // share the work safely: a repairer claims due rows in one short statement (FOR UPDATE
 // SKIP LOCKED, then a lease), works on them outside any transaction, and deletes a row
 // only at the generation it claimed. While Redis fails it backs off exponentially.
-type RedisRepairer struct {
+type Repairer struct {
 	Pool   *pgxpool.Pool
-	Events Streams
-	Docs   *RedisDocs
+	Events projections.Streams
+	Docs   *Docs
 	Log    *slog.Logger
 	// Reader, if set, hears of every repaired document (so it may serve it from Redis
 	// again) and has its pending marks swept now and then.
@@ -200,7 +203,7 @@ type RedisRepairer struct {
 	repaired atomic.Int64
 }
 
-func (r *RedisRepairer) defaults() {
+func (r *Repairer) defaults() {
 	if r.Idle <= 0 {
 		r.Idle = 250 * time.Millisecond
 	}
@@ -219,10 +222,10 @@ func (r *RedisRepairer) defaults() {
 }
 
 // Repaired returns how many documents this repairer has written back.
-func (r *RedisRepairer) Repaired() int64 { return r.repaired.Load() }
+func (r *Repairer) Repaired() int64 { return r.repaired.Load() }
 
 // Run repairs until ctx ends. It returns nil then.
-func (r *RedisRepairer) Run(ctx context.Context) error {
+func (r *Repairer) Run(ctx context.Context) error {
 	r.defaults()
 	var backoff time.Duration
 	failing := false
@@ -276,7 +279,7 @@ type backlogRow struct {
 // RepairOnce claims up to Batch due rows and repairs them. It returns how many it
 // repaired, and an error if Redis or Postgres failed (the unrepaired rows are left due
 // again after a short while).
-func (r *RedisRepairer) RepairOnce(ctx context.Context) (int, error) {
+func (r *Repairer) RepairOnce(ctx context.Context) (int, error) {
 	r.defaults()
 	rows, err := r.Pool.Query(ctx, `UPDATE redis_backlog b
 		SET lease_until = now() + make_interval(secs => $2), attempts = b.attempts + 1
@@ -285,14 +288,14 @@ func (r *RedisRepairer) RepairOnce(ctx context.Context) (int, error) {
 		WHERE b.ticket_id = due.ticket_id
 		RETURNING b.ticket_id, b.gen`, r.Batch, r.Lease.Seconds())
 	if err != nil {
-		return 0, fmt.Errorf("claim redis backlog: %w", unavailable(err))
+		return 0, fmt.Errorf("claim redis backlog: %w", projections.Unavailable(err))
 	}
 	claimed, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (backlogRow, error) {
 		var b backlogRow
 		return b, row.Scan(&b.id, &b.gen)
 	})
 	if err != nil {
-		return 0, fmt.Errorf("claim redis backlog: %w", unavailable(err))
+		return 0, fmt.Errorf("claim redis backlog: %w", projections.Unavailable(err))
 	}
 	if len(claimed) == 0 {
 		return 0, nil
@@ -327,18 +330,18 @@ func (r *RedisRepairer) RepairOnce(ctx context.Context) (int, error) {
 			USING unnest($1::uuid[], $2::bigint[]) AS d(ticket_id, gen)
 			WHERE b.ticket_id = d.ticket_id AND b.gen = d.gen`, doneIDs, doneGens)
 		if err != nil && failed == nil {
-			failed = fmt.Errorf("clear redis backlog: %w", unavailable(err))
+			failed = fmt.Errorf("clear redis backlog: %w", projections.Unavailable(err))
 		}
 		r.repaired.Add(int64(len(doneIDs)))
 	}
 	return len(doneIDs), failed
 }
 
-// RedisBacklog returns how many tickets wait for their Redis document to be repaired.
-func RedisBacklog(ctx context.Context, pool *pgxpool.Pool) (int, error) {
+// Backlog returns how many tickets wait for their Redis document to be repaired.
+func Backlog(ctx context.Context, pool *pgxpool.Pool) (int, error) {
 	var n int
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM redis_backlog`).Scan(&n); err != nil {
-		return 0, unavailable(err)
+		return 0, projections.Unavailable(err)
 	}
 	return n, nil
 }

@@ -1,4 +1,8 @@
-package projections
+// Package pgmodel is the Postgres read model: the readmodel.tickets and
+// readmodel.comments tables that serve the list, filters and comment pages, their
+// projector (consumer group Group) and their rebuild target. It is the only package
+// that queries those tables.
+package pgmodel
 
 import (
 	"context"
@@ -10,35 +14,30 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/ticketd/ticketd/eventstore"
-	"github.com/ticketd/ticketd/ticket"
+	"github.com/ticketd/ticketd/projections"
 )
 
-// PostgresGroup is the consumer group of the Postgres read model projector.
-const PostgresGroup = "pg-readmodel"
+// Group is the consumer group of the Postgres read model projector.
+const Group = "pg-readmodel"
 
-// Streams reads a ticket's stored events: the event store, for folding a ticket afresh
-// when a read model holds an older state than the event before the one it is given.
-type Streams interface {
-	// Load returns the events of stream id with after < version <= upTo, in order.
-	Load(ctx context.Context, id uuid.UUID, after, upTo int) ([]eventstore.Record, error)
-}
-
-// Postgres projects events into the readmodel.tickets and readmodel.comments tables.
+// Projector projects events into the readmodel.tickets and readmodel.comments tables.
 // A batch costs two round trips whatever its size: one reads the current rows of its
 // tickets, one pipelined batch writes every changed row (multi-row upsert and insert
 // from arrays). Rows are what Fold makes of the events; writes are guarded by version,
 // so a redelivered event changes nothing.
-type Postgres struct {
+type Projector struct {
 	// Schema is the schema holding the read model tables ("readmodel" unless a rebuild
 	// writes into a fresh copy).
 	Schema string
 	// Events folds a ticket afresh when its row is more than one event behind (a gap
 	// that only a lost or hand-dropped row can cause). Nil: such an event fails.
-	Events Streams
+	Events projections.Streams
 }
 
-// Handler returns the projector as a Handler of its consumer group.
-func (p Postgres) Handler() Handler { return Handler{Group: PostgresGroup, Apply: p.Apply} }
+// projections.Handler returns the projector as a projections.Handler of its consumer group.
+func (p Projector) Handler() projections.Handler {
+	return projections.Handler{Group: Group, Apply: p.Apply}
+}
 
 // ticketColumns are the columns of readmodel.tickets, in the order of ticketRow.
 var ticketColumns = []string{"id", "title", "description", "email", "created_by", "updated_by", "status",
@@ -49,55 +48,55 @@ var commentColumns = []string{"id", "ticket_id", "version", "body", "email", "cr
 
 // Apply writes a batch of events (in outbox order) into the read model inside tx. It is
 // idempotent: an event the read model already reflects (by version) changes nothing.
-func (p Postgres) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Record) error {
+func (p Projector) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Record) error {
 	if len(recs) == 0 {
 		return nil
 	}
 	s := pgx.Identifier{p.schema()}.Sanitize()
 	ids := make([]uuid.UUID, 0, len(recs))
-	cur := make(map[uuid.UUID]View, len(recs))
+	cur := make(map[uuid.UUID]projections.View, len(recs))
 	for _, r := range recs {
 		if _, ok := cur[r.TicketID]; !ok {
-			cur[r.TicketID] = View{}
+			cur[r.TicketID] = projections.View{}
 			ids = append(ids, r.TicketID)
 		}
 	}
 	rows, err := tx.Query(ctx, `SELECT `+summaryColumns+`, deleted FROM `+s+`.tickets WHERE id = ANY($1)`, ids)
 	if err != nil {
-		return unavailable(err)
+		return projections.Unavailable(err)
 	}
 	_, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (struct{}, error) {
-		var v View
+		var v projections.View
 		sum, err := scanSummary(row, &v.Deleted)
 		v.Summary = sum
 		cur[v.ID] = v
 		return struct{}{}, err
 	})
 	if err != nil {
-		return unavailable(err)
+		return projections.Unavailable(err)
 	}
 	changed := make([]uuid.UUID, 0, len(ids))
 	isChanged := make(map[uuid.UUID]bool, len(ids))
-	var comments []Comment
+	var comments []projections.Comment
 	var commentTickets []uuid.UUID
 	for _, r := range recs {
 		v := cur[r.TicketID]
 		if r.Version <= v.Version {
 			continue // already reflected: a redelivery
 		}
-		next, err := Fold(v, r.Event)
+		next, err := projections.Fold(v, r.Event)
 		added := []eventstore.Record{r}
-		if errors.Is(err, ErrOutOfOrder) && p.Events != nil {
+		if errors.Is(err, projections.ErrOutOfOrder) && p.Events != nil {
 			// The row is behind by more than this event: fold the ticket afresh.
 			if added, err = p.Events.Load(ctx, r.TicketID, 0, r.Version); err == nil {
-				next, err = FoldAll(View{}, eventsOf(added)...)
+				next, err = projections.FoldAll(projections.View{}, projections.Events(added)...)
 			}
 		}
 		if err != nil {
 			return fmt.Errorf("project %s v%d of %s: %w", r.Type(), r.Version, r.TicketID, err)
 		}
 		for _, a := range added {
-			if c, ok := CommentOf(a.Event); ok {
+			if c, ok := projections.CommentOf(a.Event); ok {
 				comments = append(comments, c)
 				commentTickets = append(commentTickets, a.TicketID)
 			}
@@ -111,7 +110,7 @@ func (p Postgres) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Record
 	if len(changed) == 0 {
 		return nil
 	}
-	views := make([]View, len(changed))
+	views := make([]projections.View, len(changed))
 	for i, id := range changed {
 		views[i] = cur[id]
 	}
@@ -121,14 +120,14 @@ func (p Postgres) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Record
 		queueComments(b, s, commentTickets, comments)
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return unavailable(fmt.Errorf("project %d events: %w", len(recs), err))
+		return projections.Unavailable(fmt.Errorf("project %d events: %w", len(recs), err))
 	}
 	return nil
 }
 
 // queueUpsert queues one statement writing views as ticket rows, each only over an
 // older row.
-func queueUpsert(b *pgx.Batch, schema string, views []View) {
+func queueUpsert(b *pgx.Batch, schema string, views []projections.View) {
 	n := len(views)
 	var (
 		ids                                   = make([]uuid.UUID, n)
@@ -157,7 +156,7 @@ func queueUpsert(b *pgx.Batch, schema string, views []View) {
 
 // queueComments queues one statement inserting comments (of the given tickets) that
 // are not there yet.
-func queueComments(b *pgx.Batch, schema string, tickets []uuid.UUID, comments []Comment) {
+func queueComments(b *pgx.Batch, schema string, tickets []uuid.UUID, comments []projections.Comment) {
 	n := len(comments)
 	ids := make([]uuid.UUID, n)
 	versions := make([]int32, n)
@@ -173,26 +172,17 @@ func queueComments(b *pgx.Batch, schema string, tickets []uuid.UUID, comments []
 
 // ticketRow is a view as a row of readmodel.tickets, in the order of ticketColumns.
 // UUIDs as [16]byte take pgx's binary fast path in COPY.
-func ticketRow(v View) []any {
+func ticketRow(v projections.View) []any {
 	return []any{[16]byte(v.ID), v.Title, v.Description, v.Email, v.CreatedBy, v.UpdatedBy,
 		string(v.Status), v.Version, v.CommentCount, v.CreatedAt, v.UpdatedAt, v.Deleted}
 }
 
 // commentRow is a comment as a row of readmodel.comments, in the order of commentColumns.
-func commentRow(ticketID uuid.UUID, c Comment) []any {
+func commentRow(ticketID uuid.UUID, c projections.Comment) []any {
 	return []any{[16]byte(c.ID), [16]byte(ticketID), c.Version, c.Body, c.Email, c.CreatedBy, c.CreatedAt}
 }
 
-// eventsOf returns the domain events of records.
-func eventsOf(recs []eventstore.Record) []ticket.Event {
-	out := make([]ticket.Event, len(recs))
-	for i, r := range recs {
-		out[i] = r.Event
-	}
-	return out
-}
-
-func (p Postgres) schema() string {
+func (p Projector) schema() string {
 	if p.Schema == "" {
 		return "readmodel"
 	}

@@ -1,0 +1,87 @@
+package pgmodel
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/projections"
+)
+
+// RebuildSchema is the schema a rebuild builds the fresh Postgres read model in before
+// it swaps it with "readmodel".
+const RebuildSchema = "readmodel_new"
+
+// Target is the Postgres read model as a projections.Target: a fresh schema made by
+// readmodel_create() (the same DDL as the live "readmodel"), filled by COPY and the
+// projector's own Apply, and renamed into place in the swap. The old tables are no
+// longer reachable by name after the swap; the next rebuild (or Begin) drops them.
+type Target struct {
+	Pool   *pgxpool.Pool
+	Events projections.Streams
+}
+
+// Group returns Group.
+func (t Target) Group() string { return Group }
+
+// Begin drops what an earlier rebuild left and creates the empty schema.
+func (t Target) Begin(ctx context.Context) error {
+	return pgx.BeginFunc(ctx, t.Pool, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `DROP SCHEMA IF EXISTS readmodel_old CASCADE;
+			DROP SCHEMA IF EXISTS `+RebuildSchema+` CASCADE;
+			SELECT readmodel_create('`+RebuildSchema+`')`)
+		return err
+	})
+}
+
+// Load COPYs the views as ticket rows and the comments into the fresh schema; each
+// COPY commits on its own.
+func (t Target) Load(ctx context.Context, views []projections.View, comments []projections.TicketComment) error {
+	if len(views) > 0 {
+		rows := make([][]any, len(views))
+		for i, v := range views {
+			rows[i] = ticketRow(v)
+		}
+		if _, err := t.Pool.CopyFrom(ctx, pgx.Identifier{RebuildSchema, "tickets"}, ticketColumns, pgx.CopyFromRows(rows)); err != nil {
+			return fmt.Errorf("copy tickets: %w", err)
+		}
+	}
+	if len(comments) > 0 {
+		rows := make([][]any, len(comments))
+		for i, c := range comments {
+			rows[i] = commentRow(c.TicketID, c.Comment)
+		}
+		if _, err := t.Pool.CopyFrom(ctx, pgx.Identifier{RebuildSchema, "comments"}, commentColumns, pgx.CopyFromRows(rows)); err != nil {
+			return fmt.Errorf("copy comments: %w", err)
+		}
+	}
+	return nil
+}
+
+// Apply applies events to the fresh schema with the projector's own code.
+func (t Target) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Record) error {
+	return Projector{Schema: RebuildSchema, Events: t.Events}.Apply(ctx, tx, recs)
+}
+
+// Swap renames the live schema away and the fresh one into its place.
+func (t Target) Swap(ctx context.Context, tx pgx.Tx) error {
+	_, err := tx.Exec(ctx, `ALTER SCHEMA readmodel RENAME TO readmodel_old;
+		ALTER SCHEMA `+RebuildSchema+` RENAME TO readmodel`)
+	return err
+}
+
+// Abort drops the fresh schema (the live one was never touched).
+func (t Target) Abort(ctx context.Context) error {
+	_, err := t.Pool.Exec(ctx, `DROP SCHEMA IF EXISTS `+RebuildSchema+` CASCADE`)
+	return err
+}
+
+// Finish drops the schema the swap renamed away, after the swap committed, so the swap
+// never waits for a reader of the old tables. A failure is left for the next Begin.
+func (t Target) Finish(ctx context.Context) error {
+	_, err := t.Pool.Exec(ctx, `DROP SCHEMA IF EXISTS readmodel_old CASCADE`)
+	return err
+}

@@ -1,0 +1,82 @@
+package redismodel
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/projections"
+)
+
+// Target is the Redis read model as a projections.Target. Redis has no second copy to
+// swap in: Begin wipes the documents and Load refills them, pipelined, while the live
+// projector may run all along: every write is set-if-newer by version, so whatever it
+// writes is a true state of a ticket and never replaces a newer one, and what it wrote
+// before the wipe at or after the rebuild's point is written again, because the swap
+// sets its position back to that point. Readers that miss meanwhile fall back to
+// Postgres and the event store.
+type Target struct {
+	Docs   *Docs
+	Events projections.Streams
+}
+
+// Group returns Group.
+func (t Target) Group() string { return Group }
+
+// Begin wipes every document.
+func (t Target) Begin(ctx context.Context) error { return t.Docs.Wipe(ctx) }
+
+// Load writes the views (tombstones for deleted tickets) past the breaker, retrying a
+// few times with a growing pause so a blip does not fail the whole rebuild. Comments
+// are in the views already (the first EmbeddedComments of each).
+func (t Target) Load(ctx context.Context, views []projections.View, _ []projections.TicketComment) error {
+	var err error
+	for attempt := range 6 {
+		if attempt > 0 {
+			if err := sleep(ctx, time.Duration(50<<attempt)*time.Millisecond); err != nil {
+				return err
+			}
+		}
+		for i := 0; i < len(views); i += 500 {
+			var failed []projections.View
+			failed, err = t.Docs.PutMany(ctx, views[i:min(i+500, len(views))], true)
+			if err != nil {
+				views = append(failed, views[min(i+500, len(views)):]...)
+				break
+			}
+		}
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("redis documents: %w", err)
+	}
+	return nil
+}
+
+// Apply is the projector's own Apply: documents the events' tickets could not get are
+// queued for the repairer in tx.
+func (t Target) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Record) error {
+	return (&Projector{Docs: t.Docs, Events: t.Events}).Apply(ctx, tx, recs)
+}
+
+// Swap has nothing to swap: the documents are live already.
+func (t Target) Swap(context.Context, pgx.Tx) error { return nil }
+
+// Abort leaves the documents as they are: readers refill what is missing.
+func (t Target) Abort(context.Context) error { return nil }
+
+func sleep(ctx context.Context, d time.Duration) error {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-tm.C:
+		return nil
+	}
+}

@@ -1,0 +1,71 @@
+package projections
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/google/uuid"
+
+	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/ticket"
+)
+
+// Streams reads a ticket's stored events: the event store, for folding a ticket afresh
+// when a read model misses it or holds an older state than the event before the one it
+// is given.
+type Streams interface {
+	// Load returns the events of stream id with after < version <= upTo, in order.
+	Load(ctx context.Context, id uuid.UUID, after, upTo int) ([]eventstore.Record, error)
+}
+
+// MaxVersion is past every stream's last version.
+const MaxVersion = int(^uint32(0) >> 1)
+
+// Replay folds ticket id's whole stream from the event store and returns its view and
+// its records. A deleted or unknown ticket is ticket.ErrNotFound.
+func Replay(ctx context.Context, events Streams, id uuid.UUID) (View, []eventstore.Record, error) {
+	v, recs, err := ViewAt(ctx, events, id, 0)
+	if err == nil && v.Deleted {
+		err = fmt.Errorf("ticket %s: %w", id, ticket.ErrNotFound)
+	}
+	return v, recs, err
+}
+
+// ViewAt folds ticket id's stream from the event store up to version upTo (all of it
+// when upTo < 1) and returns the view, a deleted ticket's tombstone included, and the
+// records. A stream without events is ticket.ErrNotFound.
+func ViewAt(ctx context.Context, events Streams, id uuid.UUID, upTo int) (View, []eventstore.Record, error) {
+	if upTo < 1 {
+		upTo = MaxVersion
+	}
+	recs, err := events.Load(ctx, id, 0, upTo)
+	if err != nil {
+		return View{}, nil, err
+	}
+	if len(recs) == 0 {
+		return View{}, nil, fmt.Errorf("ticket %s: %w", id, ticket.ErrNotFound)
+	}
+	v, err := FoldAll(View{}, Events(recs)...)
+	if err != nil {
+		return View{}, nil, fmt.Errorf("replay ticket %s: %w", id, err)
+	}
+	return v, recs, nil
+}
+
+// Events returns the domain events of records.
+func Events(recs []eventstore.Record) []ticket.Event {
+	out := make([]ticket.Event, len(recs))
+	for i, r := range recs {
+		out[i] = r.Event
+	}
+	return out
+}
+
+// Unavailable marks errors that mean Postgres could not be reached as
+// ticket.ErrUnavailable; others pass through.
+func Unavailable(err error) error {
+	if eventstore.Unreachable(err) {
+		return fmt.Errorf("%w: %w", ticket.ErrUnavailable, err)
+	}
+	return err
+}
