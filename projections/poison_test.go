@@ -295,3 +295,50 @@ func TestHandlerStillUsingTheTransactionAfterTheAckDeadlineIsWaitedFor(t *testin
 		t.Fatalf("the late statement in the handler failed: %v", got)
 	}
 }
+
+// TestHungProjectorDoesNotHoldBackTheOthers: a projector stuck in its batch (a hung
+// Redis, say) holds its group's lock and its transaction open, but no transaction id,
+// so the other groups keep seeing and applying new events at once.
+func TestHungProjectorDoesNotHoldBackTheOthers(t *testing.T) {
+	t.Parallel()
+	pool, store := projectionDB(t)
+	release := make(chan struct{})
+	var hung atomic.Int32
+	stuck := projections.Handler{Group: "stuck", Apply: func(ctx context.Context, _ pgx.Tx, _ []eventstore.Record) error {
+		hung.Add(1)
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return ctx.Err()
+	}}
+	defer close(release)
+	runProjectors(t, pool, projections.Config{AckDeadline: time.Minute}, nil, stuck, pgProjector)
+	openTicketNow(t, store, "first")
+	deadline := time.Now().Add(10 * time.Second)
+	for hung.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the stuck projector never got a batch")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The stuck group is now inside its batch; events written from here on must still
+	// reach the Postgres read model promptly.
+	for i := range 5 {
+		start := time.Now()
+		id := openTicketNow(t, store, fmt.Sprintf("while stuck %d", i))
+		for {
+			var n int
+			if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM readmodel.tickets WHERE id = $1`, id).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if n == 1 {
+				break
+			}
+			if time.Since(start) > 2*time.Second {
+				t.Fatalf("ticket %d written while another projector hangs is not in the read model after %s", i, time.Since(start))
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}

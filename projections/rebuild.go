@@ -48,9 +48,9 @@ import (
 //     until the remaining delta is small and every transaction that was open when the
 //     rebuild started has ended (so the result holds at least every event committed
 //     before the rebuild began; the wait is bounded by WaitOpen).
-//  4. Swap, per target, in one short transaction: it locks the group's offsets row FOR
-//     UPDATE (the live consumer locks it first thing in each batch, so it is paused and
-//     any batch of it still in flight has committed), takes the final bound Xf, applies
+//  4. Swap, per target, in one short transaction: it takes the group's lock (the live
+//     consumer takes it first thing in each batch, so it is paused and any batch of it
+//     still in flight has committed) and locks its offsets row, takes the final bound Xf, applies
 //     the last delta [Xn, Xf), lets the target make its copy live (Postgres renames the
 //     schemas) and sets the group's position to the last outbox row below Xf.
 //
@@ -355,8 +355,24 @@ func (rb *rebuild) bulk(ctx context.Context, bound string) (int64, error) {
 			rb.progress()
 			return nil
 		}
-		var v View
+		// One ticket's events are collected and folded at once (FoldAll copies its
+		// comments once, not once per comment).
+		var stream []ticket.Event
 		emit := func() error {
+			if len(stream) == 0 {
+				return nil
+			}
+			v, err := FoldAll(View{}, stream...)
+			if err != nil {
+				return fmt.Errorf("rebuild: %w", err)
+			}
+			for _, e := range stream {
+				if c, ok := CommentOf(e); ok {
+					cur.comments = append(cur.comments, TicketComment{TicketID: e.TicketID, Comment: c})
+				}
+			}
+			rb.done.Add(int64(len(stream)))
+			stream = stream[:0]
 			tickets++
 			cur.views = append(cur.views, v)
 			if len(cur.views) >= rb.opt.BatchSize || len(cur.comments) >= rb.opt.BatchSize {
@@ -365,29 +381,19 @@ func (rb *rebuild) bulk(ctx context.Context, bound string) (int64, error) {
 			return nil
 		}
 		err := rb.store.ScanCommitted(ctx, bound, func(e ticket.Event) error {
-			if v.Version > 0 && v.ID != e.TicketID {
+			if len(stream) > 0 && stream[0].TicketID != e.TicketID {
 				if err := emit(); err != nil {
 					return err
 				}
-				v = View{}
 			}
-			var err error
-			if v, err = Fold(v, e); err != nil {
-				return fmt.Errorf("rebuild: %w", err)
-			}
-			if c, ok := CommentOf(e); ok {
-				cur.comments = append(cur.comments, TicketComment{TicketID: e.TicketID, Comment: c})
-			}
-			rb.done.Add(1)
+			stream = append(stream, e)
 			return nil
 		})
 		if err != nil {
 			return err
 		}
-		if v.Version > 0 {
-			if err := emit(); err != nil {
-				return err
-			}
+		if err := emit(); err != nil {
+			return err
 		}
 		return flush()
 	})
@@ -459,13 +465,16 @@ const (
 	messagesTable = `"watermill_` + eventstore.Topic + `"`
 )
 
-// lockOffsets locks a group's offsets row, creating it as watermill-sql would (zero
+// lockOffsets takes a group's consumer lock (see lockGroup) and locks its offsets row, creating it as watermill-sql would (zero
 // position) if the group never subscribed.
 func lockOffsets(ctx context.Context, tx pgx.Tx, group string) error {
 	_, err := tx.Exec(ctx, `INSERT INTO `+offsetsTable+` (consumer_group, offset_acked, last_processed_transaction_id)
 		VALUES ($1, 0, '0') ON CONFLICT DO NOTHING`, group)
 	if err != nil {
 		return fmt.Errorf("offsets of %s: %w", group, err)
+	}
+	if _, err := tx.Exec(ctx, lockGroup, group); err != nil {
+		return fmt.Errorf("lock group %s: %w", group, err)
 	}
 	if _, err := tx.Exec(ctx, `SELECT 1 FROM `+offsetsTable+` WHERE consumer_group = $1 FOR UPDATE`, group); err != nil {
 		return fmt.Errorf("lock offsets of %s: %w", group, err)

@@ -29,11 +29,15 @@ import (
 // runs at the arrival rate and any burst becomes a standing backlog. So the groups are
 // consumed here, with watermill-sql's own queries and tables:
 //
-//   - one REPEATABLE READ transaction per batch: DefaultPostgreSQLSchema.SelectQuery
-//     locks the group's offsets row (FOR UPDATE, so instances sharing a group take turns
-//     and each batch is applied once) and reads up to BatchSize rows after the group's
-//     position, only below pg_snapshot_xmin (xid8 order: a transaction that commits
-//     late can never be skipped);
+//   - one transaction per batch: it takes the group's advisory lock (instances sharing
+//     a group take turns, so each batch is applied once), then reads up to BatchSize
+//     rows after the group's position, only below pg_snapshot_xmin (xid8 order: a
+//     transaction that commits late can never be skipped). The lock is an advisory
+//     one, not watermill-sql's FOR UPDATE on the offsets row, because a row lock gives
+//     the transaction an xid at once, and every consumer's view stops below the oldest
+//     open xid: the Redis projector waiting on Redis would hold back the Postgres one.
+//     With the advisory lock a transaction gets its xid only at its first write (the
+//     Postgres rows, or the ack), a moment before it commits;
 //   - the read model applies the whole batch in the same transaction in a constant
 //     number of round trips, and DefaultPostgreSQLOffsetsAdapter.AckMessageQuery moves
 //     the position to the batch's last row; one commit makes both durable, so a crash
@@ -245,21 +249,22 @@ var (
 	outboxOffsets = wsql.DefaultPostgreSQLOffsetsAdapter{}
 )
 
-// selectQuery reads up to limit outbox rows after the position of consumer group $1,
-// locking the group's offsets row. It selects exactly the rows watermill-sql's
-// DefaultPostgreSQLSchema.SelectQuery selects (after the position in (transaction_id,
-// offset) order, only below the snapshot's xmin, with the offsets adapter's own
-// NextOffsetQuery), but says "after" as one row comparison, which the outbox's primary
-// key (transaction_id, offset) answers with an index range scan: watermill-sql's
-// "same transaction and a later offset, or a later transaction" makes Postgres read
-// and sort every pending row on each fetch, so a fetch from a 100,000-event backlog
-// took 157 ms and the rate fell as the backlog grew.
+// lockGroup takes consumer group $1's lock for the rest of the transaction. The live
+// consumers and the rebuild's swap take it before they read or move the position.
+const lockGroup = `SELECT pg_advisory_xact_lock(hashtext('ticketd.projection'), hashtext($1))`
+
+// selectQuery reads up to limit outbox rows after the position of consumer group $1.
+// It selects exactly the rows watermill-sql's DefaultPostgreSQLSchema.SelectQuery
+// selects (after the position in (transaction_id, offset) order, only below the
+// snapshot's xmin), without its FOR UPDATE (see lockGroup), and says "after" as one
+// row comparison, which the outbox's primary key (transaction_id, offset) answers with
+// an index range scan: watermill-sql's "same transaction and a later offset, or a
+// later transaction" makes Postgres read and sort every pending row on each fetch, so
+// a fetch from a 100,000-event backlog took 157 ms and the rate fell as the backlog
+// grew (0.4 ms for 1,000 rows of a 200,000-row backlog with this form).
 func selectQuery(limit int) string {
-	next, err := outboxOffsets.NextOffsetQuery(wsql.NextOffsetQueryParams{Topic: eventstore.Topic})
-	if err != nil {
-		panic(err) // the default adapter builds its query without failing
-	}
-	return `WITH last_processed AS (` + next.Query + `)
+	return `WITH last_processed AS (SELECT offset_acked, last_processed_transaction_id
+		FROM ` + outboxOffsets.MessagesOffsetsTable(eventstore.Topic) + ` WHERE consumer_group = $1)
 	SELECT "offset", transaction_id, uuid, payload, metadata FROM ` + outboxSchema.MessagesTable(eventstore.Topic) + `
 	WHERE (transaction_id, "offset") > (
 			(SELECT last_processed_transaction_id FROM last_processed),
@@ -369,7 +374,18 @@ type outboxRow struct {
 
 // read runs a select query in tx and decodes the rows.
 func (c *consumer) read(ctx context.Context, tx pgx.Tx, query string) ([]outboxRow, error) {
-	rows, err := tx.Query(ctx, query, c.Group)
+	// The lock first, the read after it: under READ COMMITTED each statement takes a
+	// new snapshot, so the read sees the position the last holder committed. One
+	// round trip for both.
+	b := &pgx.Batch{}
+	b.Queue(lockGroup, c.Group)
+	b.Queue(query, c.Group)
+	br := tx.SendBatch(ctx, b)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return nil, err
+	}
+	rows, err := br.Query()
 	if err != nil {
 		return nil, err
 	}
@@ -390,7 +406,7 @@ func (c *consumer) read(ctx context.Context, tx pgx.Tx, query string) ([]outboxR
 // begin opens a batch's transaction, bounded by the ack deadline.
 func (c *consumer) begin(ctx context.Context) (context.Context, context.CancelFunc, pgx.Tx, error) {
 	bctx, cancel := context.WithTimeout(ctx, c.r.cfg.AckDeadline)
-	tx, err := c.r.pool.BeginTx(bctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
+	tx, err := c.r.pool.BeginTx(bctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
 		cancel()
 		return nil, nil, nil, Unavailable(err)

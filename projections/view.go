@@ -72,6 +72,13 @@ var ErrUnknownEvent = errors.New("no fold case for event")
 // ErrUnknownEvent for data without a case here. Workflow rules are the aggregate's
 // business; a stored stream has passed them.
 func Fold(v View, e ticket.Event) (View, error) {
+	return fold(v, e, false)
+}
+
+// fold is Fold; owned says that v's comment slice belongs to the caller's fold alone,
+// so a comment may be appended in place instead of into a copy (FoldAll folds a
+// stream with one copy instead of one per comment).
+func fold(v View, e ticket.Event, owned bool) (View, error) {
 	if e.Version != v.Version+1 || v.Deleted {
 		return v, fmt.Errorf("%w: %s v%d of %s onto version %d", ErrOutOfOrder, e.Type(), e.Version, e.TicketID, v.Version)
 	}
@@ -90,7 +97,10 @@ func Fold(v View, e ticket.Event) (View, error) {
 		// so far (a view folded from a row without its comments stays without).
 		if len(v.Comments) < EmbeddedComments && len(v.Comments) == v.CommentCount {
 			c, _ := CommentOf(e)
-			v.Comments = append(v.Comments[:len(v.Comments):len(v.Comments)], c)
+			if !owned {
+				v.Comments = v.Comments[:len(v.Comments):len(v.Comments)] // append copies
+			}
+			v.Comments = append(v.Comments, c)
 		}
 		v.CommentCount++
 	case ticket.StatusChanged:
@@ -109,12 +119,17 @@ func Fold(v View, e ticket.Event) (View, error) {
 	return v, nil
 }
 
-// FoldAll folds events onto v in order (see Fold).
+// FoldAll folds events onto v in order (see Fold); like Fold it leaves v unchanged.
 func FoldAll(v View, events ...ticket.Event) (View, error) {
+	if len(events) == 0 {
+		return v, nil
+	}
+	start := v
+	v.Comments = append(make([]Comment, 0, min(len(v.Comments)+len(events), EmbeddedComments)), v.Comments...)
 	var err error
 	for _, e := range events {
-		if v, err = Fold(v, e); err != nil {
-			return v, err
+		if v, err = fold(v, e, true); err != nil {
+			return start, err
 		}
 	}
 	return v, nil
