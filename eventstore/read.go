@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/ticketd/ticketd/ticket"
 )
@@ -27,29 +28,48 @@ type Querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
 
-// scanEvent reads one row of eventColumns (then into extra any columns after them).
-func scanEvent(row pgx.Row, extra ...any) (Record, error) {
-	var r Record
-	var typ string
-	var data, md []byte
-	dest := append([]any{&r.Position, &r.TicketID, &r.Version, &typ, &data, &md, &r.RecordedAt}, extra...)
-	if err := row.Scan(dest...); err != nil {
-		return r, err
-	}
-	d, err := ticket.DecodeData(typ, data)
+// rawEvent is one row of eventColumns as read, before its JSON is decoded.
+type rawEvent struct {
+	rec      Record
+	typ      string
+	data, md []byte
+}
+
+// scanRaw reads one row of eventColumns (then into extra any columns after them)
+// without decoding it.
+func scanRaw(row pgx.Row, extra ...any) (rawEvent, error) {
+	var r rawEvent
+	dest := append([]any{&r.rec.Position, &r.rec.TicketID, &r.rec.Version, &r.typ, &r.data, &r.md, &r.rec.RecordedAt}, extra...)
+	return r, row.Scan(dest...)
+}
+
+// decode turns a raw row into its record: the one place a stored event is decoded.
+func (r rawEvent) decode() (Record, error) {
+	rec := r.rec
+	d, err := ticket.DecodeData(r.typ, r.data)
 	if err != nil {
-		return r, fmt.Errorf("event %d of %s: %w", r.Version, r.TicketID, err)
+		return rec, fmt.Errorf("event %d of %s: %w", rec.Version, rec.TicketID, err)
 	}
-	if len(md) > 0 {
-		if err := json.Unmarshal(md, &r.Metadata); err != nil {
-			return r, fmt.Errorf("decode metadata of %s version %d: %w", r.TicketID, r.Version, err)
+	if len(r.md) > 0 {
+		if err := json.Unmarshal(r.md, &rec.Metadata); err != nil {
+			return rec, fmt.Errorf("decode metadata of %s version %d: %w", rec.TicketID, rec.Version, err)
 		}
 	}
 	// pgx reads timestamptz in the process's zone; events are recorded in UTC, and a
 	// loaded record must equal the appended one (and render the same in JSON).
-	r.RecordedAt = r.RecordedAt.UTC()
-	r.Event = ticket.Event{TicketID: r.TicketID, Version: r.Version, At: r.RecordedAt, Actor: r.Metadata.Actor, Data: d}
-	return r, nil
+	rec.RecordedAt = rec.RecordedAt.UTC()
+	rec.Event = ticket.Event{TicketID: rec.TicketID, Version: rec.Version, At: rec.RecordedAt, Actor: rec.Metadata.Actor, Data: d}
+	return rec, nil
+}
+
+// scanEvent reads and decodes one row of eventColumns (then into extra any columns
+// after them).
+func scanEvent(row pgx.Row, extra ...any) (Record, error) {
+	r, err := scanRaw(row, extra...)
+	if err != nil {
+		return r.rec, err
+	}
+	return r.decode()
 }
 
 func collect(rows pgx.Rows) ([]Record, error) {
@@ -87,30 +107,72 @@ func CountRange(ctx context.Context, q Querier, from, to string) (int64, error) 
 	return n, nil
 }
 
-// ScanCommitted calls fn for every event written by a transaction with transaction_id
-// < below, stream by stream, each in version order, without metadata (Actor empty). It
-// reads in one statement outside any transaction (a read-only statement holds no
-// transaction id, so it holds back no consumer) and stops at fn's first error.
-func (s *Store) ScanCommitted(ctx context.Context, below string, fn func(ticket.Event) error) error {
-	rows, err := s.pool.Query(ctx, `SELECT `+leanColumns+` FROM events
-		WHERE transaction_id < $1::xid8 ORDER BY stream_id, version`, below)
-	if err != nil {
-		return interpret(err, uuid.Nil, 0)
+// ScanCommitted calls fn with every stream written by transactions with
+// transaction_id < below, each stream whole and in version order, without metadata
+// (Actor empty). One statement reads them outside any transaction (a read-only
+// statement holds no transaction id, so it holds back no consumer); workers
+// goroutines decode streams and call fn at once, so fn must be safe for concurrent use
+// (streams come in no particular order). It stops at the first error.
+func (s *Store) ScanCommitted(ctx context.Context, below string, workers int, fn func([]ticket.Event) error) error {
+	g, ctx := errgroup.WithContext(ctx)
+	streams := make(chan []rawEvent, 4*max(workers, 1))
+	for range max(workers, 1) {
+		g.Go(func() error {
+			for raw := range streams {
+				evs := make([]ticket.Event, len(raw))
+				for i, r := range raw {
+					rec, err := r.decode()
+					if err != nil {
+						return err
+					}
+					evs[i] = rec.Event
+				}
+				if err := fn(evs); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
 	}
-	defer rows.Close()
-	for rows.Next() {
-		r, err := scanEvent(rows)
+	g.Go(func() error {
+		defer close(streams)
+		rows, err := s.pool.Query(ctx, `SELECT `+leanColumns+` FROM events
+			WHERE transaction_id < $1::xid8 ORDER BY stream_id, version`, below)
 		if err != nil {
 			return interpret(err, uuid.Nil, 0)
 		}
-		if err := fn(r.Event); err != nil {
-			return err
+		defer rows.Close()
+		var cur []rawEvent
+		send := func() error {
+			if len(cur) == 0 {
+				return nil
+			}
+			select {
+			case streams <- cur:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			cur = nil
+			return nil
 		}
-	}
-	if err := rows.Err(); err != nil {
-		return interpret(err, uuid.Nil, 0)
-	}
-	return nil
+		for rows.Next() {
+			r, err := scanRaw(rows)
+			if err != nil {
+				return interpret(err, uuid.Nil, 0)
+			}
+			if len(cur) > 0 && cur[0].rec.TicketID != r.rec.TicketID {
+				if err := send(); err != nil {
+					return err
+				}
+			}
+			cur = append(cur, r)
+		}
+		if err := rows.Err(); err != nil {
+			return interpret(err, uuid.Nil, 0)
+		}
+		return send()
+	})
+	return g.Wait()
 }
 
 // Head returns the version of stream id's last event, 0 for an unknown stream.

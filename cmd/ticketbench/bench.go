@@ -411,19 +411,30 @@ func (b *bench) runCreate(ctx context.Context) error {
 func (b *bench) runLag(ctx context.Context) error {
 	res := b.lagScenario(ctx)
 	load := res.load.row("lag-load", "POST /v1/ticket/ during lag sampling", b.o.conns)
-	load.Note = fmt.Sprintf("plus %d probe tickets (one every %v) whose lag is sampled: list polled every %v, Redis every %v",
-		res.probes, probeEvery, listPollInterval, redisPollEvery)
+	load.Note = fmt.Sprintf("plus %d probe tickets (one every %v) whose lag is sampled: list polled every %v, read model row every %v, Redis every %v",
+		res.probes, probeEvery, listPollInterval, rowPollEvery, redisPollEvery)
 	b.add(load)
 
 	drained := "drained"
 	if res.drainErr != nil {
 		drained = "NOT drained: " + res.drainErr.Error()
 	}
-	l := res.list.row("lag-list", "projection lag: list (Postgres read model)", b.o.conns)
+	pr := Row{Key: "lag-row", Scenario: "projection lag: list (Postgres read model row)", Conns: b.o.conns, Target: "p99 <100ms"}
+	if b.pool == nil {
+		pr.NA, pr.Note = true, "n/a with -url (no database access)"
+	} else {
+		pr = res.row.row(pr.Key, pr.Scenario, b.o.conns)
+		pr.Unit, pr.Value, pr.Target = "samples", float64(res.row.m.Requests), "p99 <100ms"
+		pr.judge(pr.Requests > 0 && pr.Errors == 0 && pr.P99ms < 100)
+		pr.Note = "2xx -> the ticket's row is in readmodel.tickets (polled directly with pgx, as the Redis row polls Redis)"
+	}
+	b.add(pr)
+
+	l := res.list.row("lag-list", "projection lag: list seen through GET /v1/ticket/", b.o.conns)
 	l.Unit, l.Value = "samples", float64(res.list.m.Requests)
-	l.Target = "p99 <100ms, backlog drains"
-	l.judge(l.Requests > 0 && l.Errors == 0 && l.P99ms < 100 && res.drainErr == nil)
-	l.Note = fmt.Sprintf("2xx -> visible in ?created_by= list; after the load: %s in %.0fms (marker write + visible)",
+	l.Target = "backlog drains"
+	l.judge(l.Requests > 0 && l.Errors == 0 && res.drainErr == nil)
+	l.Note = fmt.Sprintf("2xx -> visible in ?created_by= list, time taken when the polling GET returned (so it includes that GET's own latency under the load); after the load: %s in %.0fms (marker write + visible)",
 		drained, ms(res.drainedIn))
 	b.add(l)
 

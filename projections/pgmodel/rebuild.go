@@ -16,8 +16,9 @@ import (
 const RebuildSchema = "readmodel_new"
 
 // Target is the Postgres read model as a projections.Target: a fresh schema made by
-// readmodel_create() (the same DDL as the live "readmodel"), filled by COPY and the
-// projector's own Apply, and renamed into place in the swap. The old tables are no
+// readmodel_create_tables() and readmodel_create_indexes() (together the same DDL as
+// the live "readmodel"), its bare tables filled by COPY, then indexed once, then
+// brought up to date by the projector's own Apply, and renamed into place in the swap. The old tables are no
 // longer reachable by name after the swap; the next rebuild (or Begin) drops them.
 type Target struct {
 	Pool   *pgxpool.Pool
@@ -27,12 +28,13 @@ type Target struct {
 // Group returns Group.
 func (t Target) Group() string { return Group }
 
-// Begin drops what an earlier rebuild left and creates the empty schema.
+// Begin drops what an earlier rebuild left and creates the empty schema with bare
+// tables.
 func (t Target) Begin(ctx context.Context) error {
 	return pgx.BeginFunc(ctx, t.Pool, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, `DROP SCHEMA IF EXISTS readmodel_old CASCADE;
 			DROP SCHEMA IF EXISTS `+RebuildSchema+` CASCADE;
-			SELECT readmodel_create('`+RebuildSchema+`')`)
+			SELECT readmodel_create_tables('`+RebuildSchema+`')`)
 		return err
 	})
 }
@@ -59,6 +61,12 @@ func (t Target) Load(ctx context.Context, views []projections.View, comments []p
 		}
 	}
 	return nil
+}
+
+// Loaded builds the keys and indexes of the loaded tables.
+func (t Target) Loaded(ctx context.Context) error {
+	_, err := t.Pool.Exec(ctx, `SELECT readmodel_create_indexes('`+RebuildSchema+`')`)
+	return err
 }
 
 // Apply applies events to the fresh schema with the projector's own code.

@@ -58,6 +58,9 @@ func (t Target) Load(ctx context.Context, views []projections.View, _ []projecti
 	return nil
 }
 
+// Loaded has nothing to do: documents are live as soon as they are written.
+func (t Target) Loaded(context.Context) error { return nil }
+
 // Apply is the projector's own Apply: documents the events' tickets could not get are
 // queued for the repairer in tx.
 func (t Target) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Record) error {
