@@ -160,37 +160,39 @@ func (b *bench) pollProbes(ctx context.Context, probesDone <-chan struct{}, crea
 // pollRedis polls the ticket's Redis document until it exists.
 func (b *bench) pollRedis(ctx context.Context, id uuid.UUID, acked time.Time) *vegeta.Result {
 	key := b.redisKey(id)
-	ctx = context.WithoutCancel(ctx) // finish the probe even when the load has ended
-	for {
+	return pollUntil(ctx, acked, redisPollEvery, "in Redis", func(ctx context.Context) (bool, error) {
 		n, err := b.rdb.Exists(ctx, key).Result()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return &vegeta.Result{Timestamp: acked, Latency: time.Since(acked), Error: err.Error()}
+		if errors.Is(err, redis.Nil) {
+			err = nil
 		}
-		if n == 1 {
-			return &vegeta.Result{Timestamp: acked, Latency: time.Since(acked), Code: http.StatusOK}
-		}
-		if time.Since(acked) > lagGiveUp {
-			return &vegeta.Result{Timestamp: acked, Latency: time.Since(acked), Error: "not in Redis after " + lagGiveUp.String()}
-		}
-		time.Sleep(redisPollEvery)
-	}
+		return n == 1, err
+	})
 }
 
 // pollRow polls the ticket's row in the Postgres read model until it is there.
 func (b *bench) pollRow(ctx context.Context, id uuid.UUID, acked time.Time) *vegeta.Result {
-	ctx = context.WithoutCancel(ctx) // finish the probe even when the load has ended
-	for {
+	return pollUntil(ctx, acked, rowPollEvery, "in the read model", func(ctx context.Context) (bool, error) {
 		var n int
 		err := b.pool.QueryRow(ctx, `SELECT count(*) FROM readmodel.tickets WHERE id = $1 AND NOT deleted`, id).Scan(&n)
+		return n == 1, err
+	})
+}
+
+// pollUntil calls seen every interval until it reports the probe written at acked as
+// visible, fails, or lagGiveUp passes, and returns the sample: the time from acked.
+func pollUntil(ctx context.Context, acked time.Time, every time.Duration, where string, seen func(context.Context) (bool, error)) *vegeta.Result {
+	ctx = context.WithoutCancel(ctx) // finish the probe even when the load has ended
+	for {
+		ok, err := seen(ctx)
 		if err != nil {
 			return &vegeta.Result{Timestamp: acked, Latency: time.Since(acked), Error: err.Error()}
 		}
-		if n == 1 {
+		if ok {
 			return &vegeta.Result{Timestamp: acked, Latency: time.Since(acked), Code: http.StatusOK}
 		}
 		if time.Since(acked) > lagGiveUp {
-			return &vegeta.Result{Timestamp: acked, Latency: time.Since(acked), Error: "not in the read model after " + lagGiveUp.String()}
+			return &vegeta.Result{Timestamp: acked, Latency: time.Since(acked), Error: "not " + where + " after " + lagGiveUp.String()}
 		}
-		time.Sleep(rowPollEvery)
+		time.Sleep(every)
 	}
 }

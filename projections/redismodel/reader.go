@@ -107,10 +107,11 @@ func (r *Reader) Comments(ctx context.Context, id uuid.UUID, after, limit int) (
 // Committed writes the events a command just appended through to Redis (the httpapi
 // OnCommitted hook): folded onto nothing for a new ticket, else onto the stored
 // document when it stands at the version before them (one read and one write). It is
-// bounded by the Redis timeout and never fails: when Redis fails or holds another
-// version, the ticket is marked pending here (so this instance reads it from Postgres
-// until Redis has caught up) and queued for the repairer. The projector would bring
-// Redis up to date anyway; the write-through makes that immediate.
+// bounded by the Redis timeout and never fails: when Redis holds an older version the
+// ticket is marked pending here (this instance reads it from Postgres until Redis has
+// caught up; the projector is on its way), and when a Redis call fails it is also
+// queued for the repairer. The projector would bring Redis up to date anyway; the
+// write-through makes that immediate.
 func (r *Reader) Committed(ctx context.Context, events []ticket.Event) {
 	if len(events) == 0 {
 		return
@@ -118,33 +119,46 @@ func (r *Reader) Committed(ctx context.Context, events []ticket.Event) {
 	ctx = context.WithoutCancel(ctx)
 	id, first, last := events[0].TicketID, events[0].Version, events[len(events)-1].Version
 	var base projections.View
-	var err error
 	if first > 1 {
-		var body []byte
-		var version int
-		var found bool
-		body, version, found, err = r.docs.Get(ctx, id)
+		body, version, found, err := r.docs.Get(ctx, id)
 		switch {
 		case (err == nil || errors.Is(err, ErrDeleted)) && version >= last:
 			r.clean(id, version)
 			return
 		case err == nil && found && version == first-1:
-			err = json.Unmarshal(body, &base)
+			if json.Unmarshal(body, &base) != nil {
+				r.behind(id, last)
+				return
+			}
 		case err == nil:
-			err = fmt.Errorf("redis holds version %d of %s, not %d", version, id, first-1)
+			// Redis answered with an older document (or none): the projector is on its
+			// way with the events in between and will write this version too.
+			r.behind(id, last)
+			return
+		default:
+			r.failed(ctx, id, last)
+			return
 		}
 	}
+	v, err := projections.FoldAll(base, events...)
 	if err == nil {
-		var v projections.View
-		if v, err = projections.FoldAll(base, events...); err == nil {
-			_, err = r.docs.PutMany(ctx, []projections.View{v}, false)
-		}
+		_, err = r.docs.PutMany(ctx, []projections.View{v}, false)
 	}
-	if err == nil {
-		r.clean(id, last)
+	if err != nil {
+		r.failed(ctx, id, last)
 		return
 	}
-	r.mark(id, last)
+	r.clean(id, last)
+}
+
+// behind marks ticket id as read past Redis on this instance until Redis holds
+// version: Redis works but has not caught up, and its projector will write it.
+func (r *Reader) behind(id uuid.UUID, version int) { r.mark(id, version) }
+
+// failed marks ticket id as behind and queues it for the repairer: a Redis call
+// failed, so nothing says the projector's write will succeed either.
+func (r *Reader) failed(ctx context.Context, id uuid.UUID, version int) {
+	r.mark(id, version)
 	if r.pool == nil {
 		return
 	}
