@@ -346,7 +346,13 @@ func (c *consumer) run(ctx context.Context, ready func()) {
 	}
 }
 
-// wait pauses for d, or until woken when wakeable.
+// wakeDelay is how long a woken consumer lets further appends gather before it reads:
+// under a steady write load a wake comes with nearly every append, and a batch of one
+// event costs the transaction, the lock and the round trips of a batch of fifty. A
+// couple of milliseconds of lag buys batches instead of a spinning consumer.
+const wakeDelay = 2 * time.Millisecond
+
+// wait pauses for d, or until woken (and wakeDelay more) when wakeable.
 func (c *consumer) wait(ctx context.Context, d time.Duration, wakeable bool) {
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -358,6 +364,7 @@ func (c *consumer) wait(ctx context.Context, d time.Duration, wakeable bool) {
 	case <-ctx.Done():
 	case <-t.C:
 	case <-wake:
+		_ = sleepCtx(ctx, wakeDelay)
 	}
 }
 

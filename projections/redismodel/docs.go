@@ -57,6 +57,7 @@ type Docs struct {
 	prefix  string
 	timeout time.Duration
 	br      breaker
+	views   *viewCache
 }
 
 // NewDocs returns the Redis read model on rdb under prefix (no '{', '}', '*', '?',
@@ -68,7 +69,7 @@ func NewDocs(rdb redis.UniversalClient, prefix string, timeout time.Duration) *D
 	if timeout <= 0 {
 		timeout = 150 * time.Millisecond
 	}
-	return &Docs{rdb: rdb, prefix: prefix, timeout: timeout}
+	return &Docs{rdb: rdb, prefix: prefix, timeout: timeout, views: newViewCache(viewCacheBytes)}
 }
 
 // ValidPrefix reports whether prefix can start the read model's keys: not empty,
@@ -263,10 +264,15 @@ func (d *Docs) Versions(ctx context.Context, ids []uuid.UUID) ([]int, error) {
 	return out, nil
 }
 
+// Cached returns the view of ticket id this process last wrote (see viewCache): Redis
+// holds that version or a newer one.
+func (d *Docs) Cached(id uuid.UUID) (projections.View, bool) { return d.views.get(id) }
+
 // Wipe deletes every key under the prefix, on every master of a cluster (SCAN per
 // node), and nothing else. It is for rebuilds and tests; each round trip is bounded by
 // a few seconds, not by the request timeout, and it ignores the circuit breaker.
 func (d *Docs) Wipe(ctx context.Context) error {
+	d.views.drop()
 	pattern := d.prefix + ":*"
 	wipe := func(ctx context.Context, c redis.Cmdable) error {
 		var cursor uint64
@@ -501,6 +507,9 @@ func (d *Docs) PutMany(ctx context.Context, views []projections.View, force bool
 			failed = views
 		}
 		return failed, fmt.Errorf("redis put documents: %w", err)
+	}
+	for i, v := range views {
+		d.views.put(v, len(vals[i]))
 	}
 	return nil, nil
 }

@@ -90,43 +90,79 @@ func groupByTicket(evs []ticket.Event) ([]uuid.UUID, map[uuid.UUID][]ticket.Even
 // fold case only.
 func (p *Projector) Project(ctx context.Context, evs []ticket.Event) ([]uuid.UUID, error) {
 	ids, byTicket := groupByTicket(evs)
-	docs, err := p.Docs.GetMany(ctx, ids)
-	if err != nil {
-		return ids, nil
-	}
 	var failed []uuid.UUID
 	views := make([]projections.View, 0, len(ids))
-	for i, id := range ids {
-		evs := byTicket[id]
-		for len(evs) > 0 && evs[0].Version <= docs[i].Version {
-			evs = evs[1:] // already in Redis (a redelivery, or the write-through came first)
-		}
-		if len(evs) == 0 {
+	// Tickets whose document this process wrote last are folded onto the cached view;
+	// only the others are read from Redis.
+	var unknown []uuid.UUID
+	for _, id := range ids {
+		cached, ok := p.Docs.Cached(id)
+		if !ok {
+			unknown = append(unknown, id)
 			continue
 		}
-		var base projections.View
-		if docs[i].Version > 0 && docs[i].Version == evs[0].Version-1 && !docs[i].Deleted &&
-			json.Unmarshal(docs[i].Body, &base) != nil {
-			base = projections.View{} // unreadable: fold afresh below
-		}
-		v, err := projections.FoldAll(base, evs...)
+		v, done, err := p.fold(ctx, id, cached, cached.Version, byTicket[id])
 		if errors.Is(err, projections.ErrUnknownEvent) {
 			return nil, err
 		}
+		switch {
+		case err != nil:
+			failed = append(failed, id)
+		case !done:
+			views = append(views, v)
+		}
+	}
+	if len(unknown) > 0 {
+		docs, err := p.Docs.GetMany(ctx, unknown)
 		if err != nil {
-			last := evs[len(evs)-1].Version
-			if v, err = p.replay(ctx, id, last); err != nil {
+			return append(failed, unknown...), nil
+		}
+		for i, id := range unknown {
+			var base projections.View
+			if docs[i].Found && !docs[i].Deleted && json.Unmarshal(docs[i].Body, &base) != nil {
+				base = projections.View{} // unreadable: folded afresh
+			}
+			v, done, err := p.fold(ctx, id, base, docs[i].Version, byTicket[id])
+			if errors.Is(err, projections.ErrUnknownEvent) {
+				return nil, err
+			}
+			switch {
+			case err != nil:
 				failed = append(failed, id)
-				continue
+			case !done:
+				views = append(views, v)
 			}
 		}
-		views = append(views, v)
 	}
 	notWritten, _ := p.Docs.PutMany(ctx, views, false)
 	for _, v := range notWritten {
 		failed = append(failed, v.ID)
 	}
 	return failed, nil
+}
+
+// fold folds a ticket's events onto base, the document Redis holds at version stored
+// (base is the zero View when Redis has none, a tombstone or an unreadable one): done
+// when Redis already has them all; base's events skipped; the ticket folded afresh
+// from the event store when the rest does not follow base.
+func (p *Projector) fold(ctx context.Context, id uuid.UUID, base projections.View, stored int, evs []ticket.Event) (projections.View, bool, error) {
+	for len(evs) > 0 && evs[0].Version <= stored {
+		evs = evs[1:] // already in Redis (a redelivery, or the write-through came first)
+	}
+	if len(evs) == 0 {
+		return projections.View{}, true, nil
+	}
+	if base.Version != evs[0].Version-1 {
+		base = projections.View{}
+	}
+	v, err := projections.FoldAll(base, evs...)
+	if errors.Is(err, projections.ErrUnknownEvent) {
+		return v, false, err
+	}
+	if err != nil {
+		v, err = p.replay(ctx, id, evs[len(evs)-1].Version)
+	}
+	return v, false, err
 }
 
 // replay folds ticket id from the event store up to version upTo.

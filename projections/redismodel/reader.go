@@ -106,7 +106,8 @@ func (r *Reader) Comments(ctx context.Context, id uuid.UUID, after, limit int) (
 
 // Committed writes the events a command just appended through to Redis (the httpapi
 // OnCommitted hook): folded onto nothing for a new ticket, else onto the stored
-// document when it stands at the version before them (one read and one write). It is
+// document when it stands at the version before them (one write when this process
+// wrote that version last and still has it cached, else a read and a write). It is
 // bounded by the Redis timeout and never fails: when Redis holds an older version the
 // ticket is marked pending here (this instance reads it from Postgres until Redis has
 // caught up; the projector is on its way), and when a Redis call fails it is also
@@ -118,8 +119,11 @@ func (r *Reader) Committed(ctx context.Context, events []ticket.Event) {
 	}
 	ctx = context.WithoutCancel(ctx)
 	id, first, last := events[0].TicketID, events[0].Version, events[len(events)-1].Version
-	var base projections.View
-	if first > 1 {
+	base, cached := r.docs.Cached(id)
+	if first == 1 {
+		base = projections.View{}
+	} else if !cached || base.Version != first-1 {
+		base = projections.View{}
 		body, version, found, err := r.docs.Get(ctx, id)
 		switch {
 		case (err == nil || errors.Is(err, ErrDeleted)) && version >= last:
