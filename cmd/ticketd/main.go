@@ -100,6 +100,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	return serve(ctx, cfg, pool, log)
 }
 
+// projectorConns is the size of the projectors' own pool: one connection per consumer
+// group, one for the backlog sampler.
+const projectorConns = 3
+
 // serve runs the HTTP server and the projectors until ctx ends, then drains.
 func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger) error {
 	rdb, isCluster := connectRedis(ctx, cfg.RedisAddresses(), cfg.RedisTimeout)
@@ -124,7 +128,14 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	if err != nil {
 		return err
 	}
-	router, err := projections.NewRouter(pool, projections.Config{Metrics: projMetrics, Wake: wake}, log,
+	// The projectors get connections of their own: in the request pool they would queue
+	// behind every request under load, and the list's lag with them.
+	projPool, err := db.Open(ctx, cfg.DatabaseDSN, db.PoolConfig{MaxConns: projectorConns})
+	if err != nil {
+		return err
+	}
+	defer projPool.Close()
+	router, err := projections.NewRouter(projPool, projections.Config{Metrics: projMetrics, Wake: wake}, log,
 		pgmodel.Projector{Events: store}.Handler(), redisProj.Handler())
 	if err != nil {
 		return err
