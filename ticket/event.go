@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -81,24 +82,31 @@ func (Deleted) sealed()       {}
 // set is closed, so tests use it to prove that every reader of events (decoding, the
 // read models' fold) has a case for every kind: adding a kind here without one fails
 // a test, not production.
-func EventKinds() []EventData {
-	return []EventData{Opened{}, CommentAdded{}, StatusChanged{}, Deleted{}}
-}
+func EventKinds() []EventData { return slices.Clone(kinds) }
+
+var kinds = []EventData{Opened{}, CommentAdded{}, StatusChanged{}, Deleted{}}
+
+// kindTypes are the kinds' Go types, by stored type name, for DecodeData.
+var kindTypes = func() map[string]reflect.Type {
+	m := make(map[string]reflect.Type, len(kinds))
+	for _, k := range kinds {
+		m[k.EventType()] = reflect.TypeOf(k)
+	}
+	return m
+}()
 
 // DecodeData turns a stored type name and JSON payload back into event data, for
 // every kind EventKinds lists (so a kind missing there cannot be read back, and a
 // round-trip test of it fails). An unknown type is an error: the store never holds one
 // this binary cannot read.
 func DecodeData(typ string, payload []byte) (EventData, error) {
-	for _, k := range EventKinds() {
-		if k.EventType() != typ {
-			continue
-		}
-		p := reflect.New(reflect.TypeOf(k))
-		if err := json.Unmarshal(payload, p.Interface()); err != nil {
-			return nil, fmt.Errorf("decode %s: %w", typ, err)
-		}
-		return p.Elem().Interface().(EventData), nil
+	t, ok := kindTypes[typ]
+	if !ok {
+		return nil, fmt.Errorf("unknown event type %q", typ)
 	}
-	return nil, fmt.Errorf("unknown event type %q", typ)
+	p := reflect.New(t)
+	if err := json.Unmarshal(payload, p.Interface()); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", typ, err)
+	}
+	return p.Elem().Interface().(EventData), nil
 }
