@@ -175,6 +175,33 @@ func (s *Store) ScanCommitted(ctx context.Context, below string, workers int, fn
 	return g.Wait()
 }
 
+// replayInto applies to t the events of its stream after t's version up to upTo, read
+// without metadata and applied as they arrive, so nothing of a long stream is held at
+// once. It returns how many it applied.
+func (s *Store) replayInto(ctx context.Context, t *ticket.Ticket, upTo int) (int, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+leanColumns+`
+		FROM events WHERE stream_id = $1 AND version > $2 AND version <= $3 ORDER BY version`, t.ID(), t.Version(), upTo)
+	if err != nil {
+		return 0, interpret(err, t.ID(), 0)
+	}
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		r, err := scanEvent(rows)
+		if err != nil {
+			return n, interpret(err, t.ID(), 0)
+		}
+		if err := t.Apply(r.Event); err != nil {
+			return n, err
+		}
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		return n, interpret(err, t.ID(), 0)
+	}
+	return n, nil
+}
+
 // Head returns the version of stream id's last event, 0 for an unknown stream.
 func (s *Store) Head(ctx context.Context, id uuid.UUID) (int, error) {
 	var head int

@@ -76,18 +76,13 @@ func (s *Store) LoadTicket(ctx context.Context, id uuid.UUID, upTo int) (*ticket
 	if upTo <= 0 {
 		upTo = int(^uint32(0) >> 1)
 	}
-	recs, err := s.Load(ctx, id, 0, upTo)
+	t := ticket.New(id)
+	n, err := s.replayInto(ctx, t, upTo)
 	if err != nil {
 		return nil, err
 	}
-	if len(recs) == 0 {
+	if n == 0 {
 		return nil, fmt.Errorf("ticket %s: %w", id, ticket.ErrNotFound)
-	}
-	t := ticket.New(id)
-	for _, r := range recs {
-		if err := t.Apply(r.Event); err != nil {
-			return nil, err
-		}
 	}
 	return t, nil
 }
@@ -310,16 +305,11 @@ func (s *Store) current(ctx context.Context, id uuid.UUID) (*ticket.Ticket, erro
 	if t == nil {
 		t = ticket.New(id)
 	}
-	recs, err := s.Load(ctx, id, t.Version(), int(^uint32(0)>>1))
+	n, err := s.replayInto(ctx, t, int(^uint32(0)>>1))
 	if err != nil {
 		return nil, err
 	}
-	for _, r := range recs {
-		if err := t.Apply(r.Event); err != nil {
-			return nil, err
-		}
-	}
-	if len(recs) > 0 {
+	if n > 0 {
 		s.cache.put(t)
 	}
 	return t, nil

@@ -101,6 +101,16 @@ func (p Projector) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Recor
 				commentTickets = append(commentTickets, a.TicketID)
 			}
 		}
+		if len(comments) >= commentChunk {
+			// Tickets folded afresh bring all their comments: written in chunks, so a
+			// batch of long tickets the read model lacks does not hold them all.
+			b := &pgx.Batch{}
+			queueComments(b, s, commentTickets, comments)
+			if err := tx.SendBatch(ctx, b).Close(); err != nil {
+				return projections.Unavailable(fmt.Errorf("project %d events: %w", len(recs), err))
+			}
+			comments, commentTickets = comments[:0], commentTickets[:0]
+		}
 		cur[r.TicketID] = next
 		if !isChanged[r.TicketID] {
 			isChanged[r.TicketID] = true
@@ -124,6 +134,9 @@ func (p Projector) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Recor
 	}
 	return nil
 }
+
+// commentChunk is how many comment rows Apply collects before it writes them.
+const commentChunk = 5000
 
 // queueUpsert queues one statement writing views as ticket rows, each only over an
 // older row.
