@@ -22,7 +22,7 @@ import (
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
 	"github.com/ticketd/ticketd/projections/pgmodel"
-	"github.com/ticketd/ticketd/ticket"
+	"github.com/ticketd/ticketd/projections/projectionstest"
 )
 
 // lockedBuffer collects log output across goroutines.
@@ -90,31 +90,9 @@ func publishRaw(t testing.TB, pool *pgxpool.Pool, id string, payload []byte) {
 	}
 }
 
-func openTicketNow(t testing.TB, store *eventstore.Store, title string) uuid.UUID {
-	t.Helper()
-	id := uuid.Must(uuid.NewV7())
-	_, err := store.Handle(context.Background(), id, eventstore.Options{Create: true}, func(tk *ticket.Ticket, now time.Time) error {
-		return tk.Open(ticket.OpenTicket{Title: title, Email: "a@example.com", CreatedBy: "ann"}, now)
-	})
-	if err != nil {
-		t.Fatalf("open: %v", err)
-	}
-	return id
-}
-
-func commentNow(t testing.TB, store *eventstore.Store, id uuid.UUID, body string) {
-	t.Helper()
-	_, err := store.Handle(context.Background(), id, eventstore.Options{}, func(tk *ticket.Ticket, now time.Time) error {
-		return tk.AddComment(ticket.AddComment{ID: uuid.Must(uuid.NewV7()), Body: body, CreatedBy: "bob"}, now)
-	})
-	if err != nil {
-		t.Fatalf("comment: %v", err)
-	}
-}
-
 func TestUndecodableEventIsDeadLetteredAndProjectionMovesOn(t *testing.T) {
 	t.Parallel()
-	pool, store := projectionDB(t)
+	pool, store := projectionstest.NewStore(t)
 	reg := prometheus.NewRegistry()
 	metrics, err := projections.NewPrometheusMetrics(reg)
 	if err != nil {
@@ -123,17 +101,17 @@ func TestUndecodableEventIsDeadLetteredAndProjectionMovesOn(t *testing.T) {
 	var logs lockedBuffer
 	log := slog.New(slog.NewJSONHandler(&logs, nil))
 
-	a := openTicketNow(t, store, "before the poison")
-	commentNow(t, store, a, "first")
+	a, _ := projectionstest.Open(t, store, "before")
+	projectionstest.Do(t, store, a, projectionstest.Comment(1))
 	poisonID := uuid.NewString()
 	publishRaw(t, pool, poisonID, []byte(`{"type":"TicketExploded","stream_id":"`+a.String()+`","version":3}`))
-	b := openTicketNow(t, store, "after the poison")
-	commentNow(t, store, a, "second")
-	commentNow(t, store, b, "third")
+	b, _ := projectionstest.Open(t, store, "after")
+	projectionstest.Do(t, store, a, projectionstest.Comment(2))
+	projectionstest.Do(t, store, b, projectionstest.Comment(3))
 
 	const retries = 3
-	runProjectors(t, pool, projections.Config{Metrics: metrics, Retries: retries, BacklogInterval: 20 * time.Millisecond}, log, pgProjector)
-	waitCaughtUp(t, pool, pgmodel.Group, 20*time.Second)
+	projectionstest.RunRouterWithLogger(t, pool, projections.Config{Metrics: metrics, Retries: retries, BacklogInterval: 20 * time.Millisecond}, log, pgProjector)
+	projectionstest.WaitCaughtUp(t, pool, pgmodel.Group, 20*time.Second)
 
 	// dead-lettered, with the reason and the projector that gave up
 	var uuids []string
@@ -212,12 +190,28 @@ func gatherText(t testing.TB, reg *prometheus.Registry) string {
 	return strings.Join(names, "\n")
 }
 
+// backlog is a Metrics that remembers the last sampled backlog per group.
+type backlog struct {
+	projections.NopMetrics
+	mu sync.Mutex
+	n  map[string]int64
+}
+
+func (b *backlog) Backlog(group string, events int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.n == nil {
+		b.n = map[string]int64{}
+	}
+	b.n[group] = events
+}
+
 func TestBacklogCountsEventsNotYetAcknowledged(t *testing.T) {
 	t.Parallel()
-	pool, store := projectionDB(t)
-	a := openTicketNow(t, store, "one")
-	commentNow(t, store, a, "two")
-	openTicketNow(t, store, "three")
+	pool, store := projectionstest.NewStore(t)
+	a, _ := projectionstest.Open(t, store, "one")
+	projectionstest.Do(t, store, a, projectionstest.Comment(2))
+	projectionstest.Open(t, store, "three")
 	var b backlog
 	if err := projections.SampleBacklog(context.Background(), pool, &b, pgmodel.Group, "never-subscribed"); err != nil {
 		t.Fatal(err)
@@ -225,15 +219,15 @@ func TestBacklogCountsEventsNotYetAcknowledged(t *testing.T) {
 	if b.n[pgmodel.Group] != 3 || b.n["never-subscribed"] != 3 {
 		t.Fatalf("backlog %v, want 3 for both groups", b.n)
 	}
-	runProjectors(t, pool, projections.Config{}, nil, pgProjector)
-	waitCaughtUp(t, pool, pgmodel.Group, 10*time.Second)
-	commentNow(t, store, a, "four")
-	waitCaughtUp(t, pool, pgmodel.Group, 10*time.Second)
+	projectionstest.RunRouter(t, pool, projections.Config{}, pgProjector)
+	projectionstest.WaitCaughtUp(t, pool, pgmodel.Group, 10*time.Second)
+	projectionstest.Do(t, store, a, projectionstest.Comment(4))
+	projectionstest.WaitCaughtUp(t, pool, pgmodel.Group, 10*time.Second)
 }
 
 func TestHungProjectorIsCutOffByTheAckDeadlineAndRedelivered(t *testing.T) {
 	t.Parallel()
-	pool, store := projectionDB(t)
+	pool, store := projectionstest.NewStore(t)
 	const deadline = 700 * time.Millisecond
 	var deliveries atomic.Int32
 	var hung atomic.Int64 // how long the first delivery was let hang, in ns
@@ -250,11 +244,11 @@ func TestHungProjectorIsCutOffByTheAckDeadlineAndRedelivered(t *testing.T) {
 		}
 		return nil
 	}}
-	openTicketNow(t, store, "one")
+	projectionstest.Open(t, store, "one")
 	start := time.Now()
-	runProjectors(t, pool, projections.Config{AckDeadline: deadline}, nil, slow, pgProjector)
-	waitCaughtUp(t, pool, "hangs-once", 10*time.Second)
-	waitCaughtUp(t, pool, pgmodel.Group, 10*time.Second)
+	projectionstest.RunRouter(t, pool, projections.Config{AckDeadline: deadline}, slow, pgProjector)
+	projectionstest.WaitCaughtUp(t, pool, "hangs-once", 10*time.Second)
+	projectionstest.WaitCaughtUp(t, pool, pgmodel.Group, 10*time.Second)
 	took := time.Since(start)
 
 	if d := time.Duration(handlerDeadline.Load()); d <= 0 || d > deadline {
@@ -273,7 +267,7 @@ func TestHungProjectorIsCutOffByTheAckDeadlineAndRedelivered(t *testing.T) {
 
 func TestHandlerStillUsingTheTransactionAfterTheAckDeadlineIsWaitedFor(t *testing.T) {
 	t.Parallel()
-	pool, store := projectionDB(t)
+	pool, store := projectionstest.NewStore(t)
 	var deliveries atomic.Int32
 	var lateExec atomic.Value
 	lingers := projections.Handler{Group: "lingers-once", Apply: func(ctx context.Context, tx pgx.Tx, _ []eventstore.Record) error {
@@ -287,10 +281,10 @@ func TestHandlerStillUsingTheTransactionAfterTheAckDeadlineIsWaitedFor(t *testin
 		lateExec.Store(fmt.Sprint(err))
 		return ctx.Err()
 	}}
-	openTicketNow(t, store, "one")
-	openTicketNow(t, store, "two")
-	runProjectors(t, pool, projections.Config{AckDeadline: 300 * time.Millisecond}, nil, lingers)
-	waitCaughtUp(t, pool, "lingers-once", 10*time.Second)
+	projectionstest.Open(t, store, "one")
+	projectionstest.Open(t, store, "two")
+	projectionstest.RunRouter(t, pool, projections.Config{AckDeadline: 300 * time.Millisecond}, lingers)
+	projectionstest.WaitCaughtUp(t, pool, "lingers-once", 10*time.Second)
 	if got := lateExec.Load(); got != "<nil>" {
 		t.Fatalf("the late statement in the handler failed: %v", got)
 	}
@@ -301,7 +295,7 @@ func TestHandlerStillUsingTheTransactionAfterTheAckDeadlineIsWaitedFor(t *testin
 // so the other groups keep seeing and applying new events at once.
 func TestHungProjectorDoesNotHoldBackTheOthers(t *testing.T) {
 	t.Parallel()
-	pool, store := projectionDB(t)
+	pool, store := projectionstest.NewStore(t)
 	release := make(chan struct{})
 	var hung atomic.Int32
 	stuck := projections.Handler{Group: "stuck", Apply: func(ctx context.Context, _ pgx.Tx, _ []eventstore.Record) error {
@@ -313,8 +307,8 @@ func TestHungProjectorDoesNotHoldBackTheOthers(t *testing.T) {
 		return ctx.Err()
 	}}
 	defer close(release)
-	runProjectors(t, pool, projections.Config{AckDeadline: time.Minute}, nil, stuck, pgProjector)
-	openTicketNow(t, store, "first")
+	projectionstest.RunRouter(t, pool, projections.Config{AckDeadline: time.Minute}, stuck, pgProjector)
+	projectionstest.Open(t, store, "first")
 	deadline := time.Now().Add(10 * time.Second)
 	for hung.Load() == 0 {
 		if time.Now().After(deadline) {
@@ -326,7 +320,7 @@ func TestHungProjectorDoesNotHoldBackTheOthers(t *testing.T) {
 	// reach the Postgres read model promptly.
 	for i := range 5 {
 		start := time.Now()
-		id := openTicketNow(t, store, fmt.Sprintf("while stuck %d", i))
+		id, _ := projectionstest.Open(t, store, fmt.Sprintf("stuck%d", i))
 		for {
 			var n int
 			if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM readmodel.tickets WHERE id = $1`, id).Scan(&n); err != nil {

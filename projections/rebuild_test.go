@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -16,84 +15,15 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/ticketd/ticketd/db"
-	"github.com/ticketd/ticketd/db/dbtest"
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
 	"github.com/ticketd/ticketd/projections/pgmodel"
+	"github.com/ticketd/ticketd/projections/projectionstest"
 	"github.com/ticketd/ticketd/projections/redismodel"
 	"github.com/ticketd/ticketd/ticket"
 )
 
-// projectionDB returns a pool on a fresh migrated database and a store on it.
-func projectionDB(t testing.TB) (*pgxpool.Pool, *eventstore.Store) {
-	t.Helper()
-	pool, err := db.Open(context.Background(), dbtest.NewDatabase(t), db.PoolConfig{MaxConns: 8})
-	if err != nil {
-		t.Fatalf("open pool: %v", err)
-	}
-	t.Cleanup(pool.Close)
-	return pool, eventstore.New(pool)
-}
-
-// runProjectors runs a router with the given handlers until the test ends.
-func runProjectors(t testing.TB, pool *pgxpool.Pool, cfg projections.Config, log *slog.Logger, handlers ...projections.Handler) {
-	t.Helper()
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	router, err := projections.NewRouter(pool, cfg, log, handlers...)
-	if err != nil {
-		t.Fatalf("router: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- projections.Run(ctx, router) }()
-	<-router.Running()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("projectors stopped with error: %v", err)
-		}
-	})
-}
-
 var pgProjector = pgmodel.Projector{}.Handler()
-
-// backlog is a Metrics that remembers the last sampled backlog per group.
-type backlog struct {
-	projections.NopMetrics
-	mu sync.Mutex
-	n  map[string]int64
-}
-
-func (b *backlog) Backlog(group string, events int64) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.n == nil {
-		b.n = map[string]int64{}
-	}
-	b.n[group] = events
-}
-
-// waitCaughtUp waits until group has acknowledged every outbox row.
-func waitCaughtUp(t testing.TB, pool *pgxpool.Pool, group string, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var b backlog
-	for {
-		if err := projections.SampleBacklog(context.Background(), pool, &b, group); err != nil {
-			t.Fatalf("backlog: %v", err)
-		}
-		if b.n[group] == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s still %d events behind after %s", group, b.n[group], timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // writeLoad records n random commands on a pool of tickets (opens, comments, status
 // changes, deletions) and returns the ids of every ticket opened.
@@ -251,7 +181,7 @@ func sameLines(t testing.TB, what string, got, want []string) {
 func checkRedisDocs(t testing.TB, docs *redismodel.Docs, tickets map[uuid.UUID]replayed) {
 	t.Helper()
 	for id, tk := range tickets {
-		doc, version, found, deleted := storedDoc(t, docs, id)
+		doc, version, found, deleted := projectionstest.StoredDoc(t, docs, id)
 		switch {
 		case !found:
 			t.Fatalf("ticket %s (v%d): no Redis document", id, tk.Version)
@@ -282,7 +212,7 @@ func offsets(t testing.TB, pool *pgxpool.Pool, group string) projections.OutboxP
 
 func TestReadModelCreateMakesExactlyTheMigratedReadModel(t *testing.T) {
 	t.Parallel()
-	pool, _ := projectionDB(t)
+	pool, _ := projectionstest.NewStore(t)
 	ctx := context.Background()
 	if _, err := pool.Exec(ctx, `SELECT readmodel_create('readmodel_copy')`); err != nil {
 		t.Fatalf("readmodel_create: %v", err)
@@ -324,11 +254,11 @@ func TestReadModelCreateMakesExactlyTheMigratedReadModel(t *testing.T) {
 
 func TestRebuildEqualsIncrementalProjection(t *testing.T) {
 	t.Parallel()
-	pool, store := projectionDB(t)
-	docs, _ := newDocs(t)
+	pool, store := projectionstest.NewStore(t)
+	docs, _ := projectionstest.NewDocs(t)
 	writeLoad(t, store, 400, 1)
-	runProjectors(t, pool, projections.Config{}, nil, pgProjector)
-	waitCaughtUp(t, pool, pgmodel.Group, 20*time.Second)
+	projectionstest.RunRouter(t, pool, projections.Config{}, pgProjector)
+	projectionstest.WaitCaughtUp(t, pool, pgmodel.Group, 20*time.Second)
 	incTickets, incComments := readModel(t, pool, "readmodel")
 
 	res, err := projections.Rebuild(context.Background(), pool, projections.RebuildOptions{Targets: targets(pool, docs), BatchSize: 37})
@@ -354,8 +284,8 @@ func TestRebuildEqualsIncrementalProjection(t *testing.T) {
 
 func TestRebuildResumesProjectionRightAfterTheReplayedPoint(t *testing.T) {
 	t.Parallel()
-	pool, store := projectionDB(t)
-	docs, _ := newDocs(t)
+	pool, store := projectionstest.NewStore(t)
+	docs, _ := projectionstest.NewDocs(t)
 	writeLoad(t, store, 150, 2)
 	// No projector ran: the groups stand at the start (or have no row at all).
 	res, err := projections.Rebuild(context.Background(), pool, projections.RebuildOptions{Targets: targets(pool, docs)})
@@ -385,9 +315,9 @@ func TestRebuildResumesProjectionRightAfterTheReplayedPoint(t *testing.T) {
 		}
 		return pgmodel.Projector{}.Apply(ctx, tx, recs)
 	}}
-	runProjectors(t, pool, projections.Config{}, nil, counting)
+	projectionstest.RunRouter(t, pool, projections.Config{}, counting)
 	writeLoad(t, store, 100, 3)
-	waitCaughtUp(t, pool, pgmodel.Group, 20*time.Second)
+	projectionstest.WaitCaughtUp(t, pool, pgmodel.Group, 20*time.Second)
 	var after int
 	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM watermill_ticket_events
 		WHERE (transaction_id, "offset") > ($1::xid8, $2)`, last.TransactionID, last.Offset).Scan(&after); err != nil {
@@ -422,8 +352,8 @@ func expectedReadModel(tickets map[uuid.UUID]replayed) (rows, comments []string)
 
 func TestRebuildRestoresWipedRedisAndRunsTwice(t *testing.T) {
 	t.Parallel()
-	pool, store := projectionDB(t)
-	docs, _ := newDocs(t)
+	pool, store := projectionstest.NewStore(t)
+	docs, _ := projectionstest.NewDocs(t)
 	writeLoad(t, store, 200, 4)
 	ctx := context.Background()
 	if _, err := projections.Rebuild(ctx, pool, projections.RebuildOptions{Targets: targets(pool, docs)}); err != nil {
@@ -451,7 +381,7 @@ func TestRebuildRestoresWipedRedisAndRunsTwice(t *testing.T) {
 
 func TestSecondConcurrentRebuildIsRefused(t *testing.T) {
 	t.Parallel()
-	pool, _ := projectionDB(t)
+	pool, _ := projectionstest.NewStore(t)
 	ctx := context.Background()
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
@@ -545,8 +475,8 @@ func seedEvents(tb testing.TB, pool *pgxpool.Pool, store *eventstore.Store, n in
 //
 //	scripts/test-env.sh go test -run '^$' -bench Rebuild100k -benchtime 3x ./projections/
 func BenchmarkRebuild100k(b *testing.B) {
-	pool, store := projectionDB(b)
-	docs, _ := newDocs(b)
+	pool, store := projectionstest.NewStore(b)
+	docs, _ := projectionstest.NewDocs(b)
 	const n = 100_000
 	t0 := time.Now()
 	seedEvents(b, pool, store, n)

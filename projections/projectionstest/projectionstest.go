@@ -1,10 +1,17 @@
-// Package projectionstest runs real projectors in tests: a Watermill router over the
-// real outbox and offsets tables, stopped (and checked) when the test ends.
+// Package projectionstest holds what the tests of the projections packages
+// (projections, pgmodel, redismodel) share: a migrated database of a test's own with an
+// event store on it, commands that open, comment, move and delete tickets, a real router
+// over the real outbox and offsets tables, waiting for a consumer group to catch up,
+// and a Redis Cluster client with a key prefix of a test's own.
+//
+// The database is the one dbtest names (TEST_DATABASE_DSN) and Redis is the cluster at
+// TEST_REDIS_ADDRS; scripts/test-env.sh starts both and sets them.
 package projectionstest
 
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,7 +25,14 @@ import (
 // or stops with an error.
 func RunRouter(t testing.TB, pool *pgxpool.Pool, cfg projections.Config, handlers ...projections.Handler) {
 	t.Helper()
-	router, err := projections.NewRouter(pool, cfg, slog.New(slog.DiscardHandler), handlers...)
+	RunRouterWithLogger(t, pool, cfg, slog.New(slog.DiscardHandler), handlers...)
+}
+
+// RunRouterWithLogger is RunRouter with the router logging to log, for tests that check
+// what it logs.
+func RunRouterWithLogger(t testing.TB, pool *pgxpool.Pool, cfg projections.Config, log *slog.Logger, handlers ...projections.Handler) {
+	t.Helper()
+	router, err := projections.NewRouter(pool, cfg, log, handlers...)
 	if err != nil {
 		t.Fatalf("NewRouter: %v", err)
 	}
@@ -41,4 +55,49 @@ func RunRouter(t testing.TB, pool *pgxpool.Pool, cfg projections.Config, handler
 	case <-time.After(15 * time.Second):
 		t.Fatalf("router not running within 15s")
 	}
+}
+
+// WaitCaughtUp waits until consumer group has acknowledged every outbox row, as
+// projections.SampleBacklog counts them (in the subscriber's own order: transaction id,
+// then offset; a group without an offsets row has the whole outbox ahead of it). It
+// fails t if that takes longer than timeout.
+func WaitCaughtUp(t testing.TB, pool *pgxpool.Pool, group string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var b backlogs
+	for {
+		if err := projections.SampleBacklog(context.Background(), pool, &b, group); err != nil {
+			t.Fatalf("backlog of %s: %v", group, err)
+		}
+		n := b.of(group)
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still %d events behind after %s", group, n, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// backlogs is a projections.Metrics that remembers the last sampled backlog per group.
+type backlogs struct {
+	projections.NopMetrics
+	mu sync.Mutex
+	n  map[string]int64
+}
+
+func (b *backlogs) Backlog(group string, events int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.n == nil {
+		b.n = map[string]int64{}
+	}
+	b.n[group] = events
+}
+
+func (b *backlogs) of(group string) int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.n[group]
 }

@@ -1,7 +1,6 @@
-package projections_test
+package pgmodel_test
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
@@ -25,67 +24,18 @@ import (
 	"github.com/ticketd/ticketd/ticket"
 )
 
-// pgContext is bounded so a hung database fails the test instead of the run.
-func pgContext(t *testing.T) context.Context { return dbtest.Context(t) }
-
-// pgDatabase returns a small pool on a fresh migrated database and an event store on it.
-func pgDatabase(t *testing.T) (*pgxpool.Pool, *eventstore.Store) {
-	t.Helper()
-	pool := dbtest.NewPool(t)
-	return pool, eventstore.New(pool)
-}
-
-// pgCommand runs one command that must succeed and returns the records it appended.
-func pgCommand(t *testing.T, s *eventstore.Store, id uuid.UUID, decide func(*ticket.Ticket, time.Time) error) []eventstore.Record {
-	t.Helper()
-	res, err := s.Handle(pgContext(t), id, eventstore.Options{}, decide)
-	if err != nil {
-		t.Fatalf("command on %s: expected no error, got %v", id, err)
-	}
-	return res.Records
-}
-
-func pgOpen(t *testing.T, s *eventstore.Store, who string) (uuid.UUID, []eventstore.Record) {
-	t.Helper()
-	id := uuid.Must(uuid.NewV7())
-	res, err := s.Handle(pgContext(t), id, eventstore.Options{Create: true}, func(tk *ticket.Ticket, now time.Time) error {
-		return tk.Open(ticket.OpenTicket{Title: "Ticket of " + who, Description: "desc", Email: who + "@example.com", CreatedBy: who}, now)
-	})
-	if err != nil {
-		t.Fatalf("open ticket: expected no error, got %v", err)
-	}
-	return id, res.Records
-}
-
-func pgComment(who string) func(*ticket.Ticket, time.Time) error {
-	id := uuid.Must(uuid.NewV7())
-	return func(tk *ticket.Ticket, now time.Time) error {
-		return tk.AddComment(ticket.AddComment{ID: id, Body: "comment by " + who, Email: who + "@example.com", CreatedBy: who}, now)
-	}
-}
-
-func pgMove(to ticket.Status, who string) func(*ticket.Ticket, time.Time) error {
-	return func(tk *ticket.Ticket, now time.Time) error {
-		return tk.ChangeStatus(ticket.ChangeStatus{Status: string(to), UpdatedBy: who}, now)
-	}
-}
-
-func pgDelete(tk *ticket.Ticket, now time.Time) error {
-	return tk.Delete(ticket.DeleteTicket{DeletedBy: "admin"}, now)
-}
-
 // pgLife opens a ticket and takes it through comments and every status up to closed,
 // returning the records in order.
 func pgLife(t *testing.T, s *eventstore.Store) (uuid.UUID, []eventstore.Record) {
 	t.Helper()
-	id, recs := pgOpen(t, s, "alice")
-	for _, step := range []func(*ticket.Ticket, time.Time) error{
-		pgComment("bob"), pgComment("alice"),
-		pgMove(ticket.StatusAnswered, "carol"), pgComment("bob"),
-		pgMove(ticket.StatusWaitAnswer, "carol"), pgComment("alice"),
-		pgMove(ticket.StatusAnswered, "dave"), pgMove(ticket.StatusClosed, "carol"),
+	id, recs := projectionstest.Open(t, s, "alice")
+	for _, step := range []projectionstest.Decide{
+		projectionstest.Comment(1), projectionstest.Comment(2),
+		projectionstest.Move(ticket.StatusAnswered, "carol"), projectionstest.Comment(3),
+		projectionstest.Move(ticket.StatusWaitAnswer, "carol"), projectionstest.Comment(4),
+		projectionstest.Move(ticket.StatusAnswered, "dave"), projectionstest.Move(ticket.StatusClosed, "carol"),
 	} {
-		recs = append(recs, pgCommand(t, s, id, step)...)
+		recs = append(recs, projectionstest.Do(t, s, id, step)...)
 	}
 	return id, recs
 }
@@ -93,7 +43,7 @@ func pgLife(t *testing.T, s *eventstore.Store) (uuid.UUID, []eventstore.Record) 
 // pgApply applies records through the projector in one transaction, in the given order.
 func pgApply(t *testing.T, pool *pgxpool.Pool, recs ...eventstore.Record) {
 	t.Helper()
-	ctx := pgContext(t)
+	ctx := dbtest.Context(t)
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		for _, r := range recs {
 			if err := (pgmodel.Projector{}).Apply(ctx, tx, []eventstore.Record{r}); err != nil {
@@ -112,7 +62,7 @@ func pgApply(t *testing.T, pool *pgxpool.Pool, recs ...eventstore.Record) {
 func pgSnapshot(t *testing.T, pool *pgxpool.Pool) string {
 	t.Helper()
 	var snap string
-	err := pool.QueryRow(pgContext(t), `SELECT json_build_object(
+	err := pool.QueryRow(dbtest.Context(t), `SELECT json_build_object(
 		'tickets', (SELECT coalesce(json_agg(t ORDER BY t.id), '[]') FROM readmodel.tickets t),
 		'comments', (SELECT coalesce(json_agg(c ORDER BY c.ticket_id, c.version), '[]') FROM readmodel.comments c))::text`).Scan(&snap)
 	if err != nil {
@@ -121,19 +71,11 @@ func pgSnapshot(t *testing.T, pool *pgxpool.Pool) string {
 	return snap
 }
 
-// pgShuffled returns a copy of recs in a random order (seeded, so a failure repeats).
-func pgShuffled(recs []eventstore.Record, seed uint64) []eventstore.Record {
-	out := slices.Clone(recs)
-	r := rand.New(rand.NewPCG(seed, seed))
-	r.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
-	return out
-}
-
 // pgReplayed is the document the event store gives for ticket id: what every read
 // model must agree with.
 func pgReplayed(t *testing.T, s *eventstore.Store, id uuid.UUID) projections.View {
 	t.Helper()
-	v, _, err := projections.ViewAt(pgContext(t), s, id, 0)
+	v, _, err := projections.ViewAt(dbtest.Context(t), s, id, 0)
 	if err != nil {
 		t.Fatalf("replay %s: %v", id, err)
 	}
@@ -144,7 +86,7 @@ func pgReplayed(t *testing.T, s *eventstore.Store, id uuid.UUID) projections.Vie
 func pgRowVersion(t *testing.T, pool *pgxpool.Pool, id uuid.UUID) int {
 	t.Helper()
 	var v int
-	err := pool.QueryRow(pgContext(t), `SELECT version FROM readmodel.tickets WHERE id = $1`, id).Scan(&v)
+	err := pool.QueryRow(dbtest.Context(t), `SELECT version FROM readmodel.tickets WHERE id = $1`, id).Scan(&v)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0
 	}
@@ -156,12 +98,12 @@ func pgRowVersion(t *testing.T, pool *pgxpool.Pool, id uuid.UUID) int {
 
 func TestPostgresProjectorIsIdempotentByVersion(t *testing.T) {
 	t.Parallel()
-	pool, s := pgDatabase(t)
+	pool, s := projectionstest.NewStore(t)
 	rm := pgmodel.NewReadModel(pool, s)
-	ctx := pgContext(t)
+	ctx := dbtest.Context(t)
 	id, recs := pgLife(t, s)
-	otherID, other := pgOpen(t, s, "erin")
-	other = append(other, pgCommand(t, s, otherID, pgComment("frank"))...)
+	otherID, other := projectionstest.Open(t, s, "erin")
+	other = append(other, projectionstest.Do(t, s, otherID, projectionstest.Comment(1))...)
 
 	// given: every event applied once, in order
 	pgApply(t, pool, recs...)
@@ -188,7 +130,7 @@ func TestPostgresProjectorIsIdempotentByVersion(t *testing.T) {
 
 	t.Run("older_events_in_random_order_change_nothing", func(t *testing.T) {
 		for seed := range uint64(8) {
-			pgApply(t, pool, pgShuffled(append(slices.Clone(recs), other...), seed)...)
+			pgApply(t, pool, projectionstest.Shuffled(append(slices.Clone(recs), other...), seed)...)
 			if snap := pgSnapshot(t, pool); snap != want {
 				t.Fatalf("seed %d: read model moved:\nexpected %s\n     got %s", seed, want, snap)
 			}
@@ -196,7 +138,7 @@ func TestPostgresProjectorIsIdempotentByVersion(t *testing.T) {
 	})
 
 	t.Run("deletion_is_final_under_redelivery", func(t *testing.T) {
-		del := pgCommand(t, s, id, pgDelete)
+		del := projectionstest.Do(t, s, id, projectionstest.Delete)
 		pgApply(t, pool, del...)
 		deleted := pgSnapshot(t, pool)
 		var flag bool
@@ -207,7 +149,7 @@ func TestPostgresProjectorIsIdempotentByVersion(t *testing.T) {
 			t.Errorf("Get of the deleted ticket: expected ErrNotFound, got %v", err)
 		}
 		for seed := range uint64(4) {
-			pgApply(t, pool, pgShuffled(append(slices.Clone(recs), del...), seed)...)
+			pgApply(t, pool, projectionstest.Shuffled(append(slices.Clone(recs), del...), seed)...)
 			if snap := pgSnapshot(t, pool); snap != deleted {
 				t.Fatalf("seed %d: read model moved after deletion:\nexpected %s\n     got %s", seed, deleted, snap)
 			}
@@ -218,43 +160,12 @@ func TestPostgresProjectorIsIdempotentByVersion(t *testing.T) {
 	})
 }
 
-// pgRunProjector runs the Postgres projector through a real router until the test ends.
-func pgRunProjector(t *testing.T, pool *pgxpool.Pool) {
-	t.Helper()
-	projectionstest.RunRouter(t, pool, projections.Config{},
-		pgmodel.Projector{}.Handler())
-}
-
-// pgWaitCaughtUp waits (bounded) until group has acknowledged every outbox message, in
-// the subscriber's own order (transaction id, offset).
-func pgWaitCaughtUp(t *testing.T, pool *pgxpool.Pool, group string) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		var caughtUp bool
-		err := pool.QueryRow(pgContext(t), `SELECT EXISTS (SELECT 1 FROM watermill_offsets_ticket_events o
-			WHERE o.consumer_group = $1 AND NOT EXISTS (SELECT 1 FROM watermill_ticket_events w
-				WHERE (w.transaction_id, w."offset") > (o.last_processed_transaction_id, o.offset_acked)))`,
-			group).Scan(&caughtUp)
-		if err != nil {
-			t.Fatalf("projector position: %v", err)
-		}
-		if caughtUp {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("projector %s did not catch up within 30s", group)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // pgRepublish publishes the outbox messages with the given offsets again, in that
 // order, through the watermill-sql publisher: as a redelivery or an operator's replay
 // would hand them to the projector.
 func pgRepublish(t *testing.T, pool *pgxpool.Pool, offsets []int64) {
 	t.Helper()
-	ctx := pgContext(t)
+	ctx := dbtest.Context(t)
 	rows, err := pool.Query(ctx, `SELECT "offset", uuid, payload::text, coalesce(metadata::text, '{}')
 		FROM watermill_ticket_events WHERE "offset" = ANY($1)`, offsets)
 	if err != nil {
@@ -292,18 +203,18 @@ func pgRepublish(t *testing.T, pool *pgxpool.Pool, offsets []int64) {
 
 func TestPostgresProjectorThroughTheRouter(t *testing.T) {
 	t.Parallel()
-	pool, s := pgDatabase(t)
+	pool, s := projectionstest.NewStore(t)
 	rm := pgmodel.NewReadModel(pool, s)
-	ctx := pgContext(t)
-	pgRunProjector(t, pool)
+	ctx := dbtest.Context(t)
+	projectionstest.RunRouter(t, pool, projections.Config{}, pgmodel.Projector{}.Handler())
 
 	// when: events of three tickets are appended while the projector runs
 	a, _ := pgLife(t, s)
-	b, _ := pgOpen(t, s, "erin")
-	pgCommand(t, s, b, pgComment("frank"))
-	c, _ := pgOpen(t, s, "gina")
-	pgCommand(t, s, c, pgDelete)
-	pgWaitCaughtUp(t, pool, pgmodel.Group)
+	b, _ := projectionstest.Open(t, s, "erin")
+	projectionstest.Do(t, s, b, projectionstest.Comment(1))
+	c, _ := projectionstest.Open(t, s, "gina")
+	projectionstest.Do(t, s, c, projectionstest.Delete)
+	projectionstest.WaitCaughtUp(t, pool, pgmodel.Group, 30*time.Second)
 
 	// then: the read model reflects them, and agrees with the event store
 	check := func(t *testing.T) {
@@ -342,7 +253,7 @@ func TestPostgresProjectorThroughTheRouter(t *testing.T) {
 		shuffled := slices.Clone(offsets)
 		rand.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
 		pgRepublish(t, pool, shuffled[:len(shuffled)/2])
-		pgWaitCaughtUp(t, pool, pgmodel.Group)
+		projectionstest.WaitCaughtUp(t, pool, pgmodel.Group, 30*time.Second)
 
 		if snap := pgSnapshot(t, pool); snap != want {
 			t.Errorf("read model moved after redelivery:\nexpected %s\n     got %s", want, snap)
@@ -355,8 +266,8 @@ func TestPostgresProjectorThroughTheRouter(t *testing.T) {
 	})
 
 	t.Run("new_events_still_project_after_redelivery", func(t *testing.T) {
-		pgCommand(t, s, b, pgMove(ticket.StatusAnswered, "carol"))
-		pgWaitCaughtUp(t, pool, pgmodel.Group)
+		projectionstest.Do(t, s, b, projectionstest.Move(ticket.StatusAnswered, "carol"))
+		projectionstest.WaitCaughtUp(t, pool, pgmodel.Group, 30*time.Second)
 		check(t)
 		if v := pgRowVersion(t, pool, b); v != 3 {
 			t.Errorf("expected ticket %s at version 3 in the read model, got %d", b, v)

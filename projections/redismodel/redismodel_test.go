@@ -1,15 +1,11 @@
-package projections_test
+package redismodel_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	mrand "math/rand/v2"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -24,8 +20,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/ticketd/ticketd/db"
-	"github.com/ticketd/ticketd/db/dbtest"
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
 	"github.com/ticketd/ticketd/projections/pgmodel"
@@ -33,45 +27,6 @@ import (
 	"github.com/ticketd/ticketd/projections/redismodel"
 	"github.com/ticketd/ticketd/ticket"
 )
-
-// testRedis returns a client of the test Redis Cluster (TEST_REDIS_ADDRS).
-func testRedis(t testing.TB) *redis.ClusterClient {
-	t.Helper()
-	addrs := os.Getenv("TEST_REDIS_ADDRS")
-	if addrs == "" {
-		addrs = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
-	}
-	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: strings.Split(addrs, ",")})
-	t.Cleanup(func() { _ = rdb.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		t.Fatalf("test Redis Cluster at %s: %v (run the tests through scripts/test-env.sh)", addrs, err)
-	}
-	return rdb
-}
-
-// testPrefix returns a key prefix of its own for one test, so parallel tests and
-// other helpers' keys never meet.
-func testPrefix(t testing.TB) string {
-	t.Helper()
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	return "test-" + hex.EncodeToString(b[:])
-}
-
-// newDocs returns a RedisDocs under a fresh prefix, wiped when the test ends.
-func newDocs(t testing.TB) (*redismodel.Docs, *redis.ClusterClient) {
-	t.Helper()
-	rdb := testRedis(t)
-	docs := redismodel.NewDocs(rdb, testPrefix(t), time.Second)
-	t.Cleanup(func() {
-		if err := docs.Wipe(context.Background()); err != nil {
-			t.Errorf("wipe: %v", err)
-		}
-	})
-	return docs, rdb
-}
 
 func view(id uuid.UUID, version int, status ticket.Status) projections.View {
 	at := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
@@ -84,29 +39,9 @@ func view(id uuid.UUID, version int, status ticket.Status) projections.View {
 	}
 }
 
-// storedVersion reads back the document and fails the test on an error other than a
-// tombstone.
-func storedDoc(t testing.TB, docs *redismodel.Docs, id uuid.UUID) (projections.View, int, bool, bool) {
-	t.Helper()
-	body, v, found, err := docs.Get(context.Background(), id)
-	if errors.Is(err, redismodel.ErrDeleted) {
-		return projections.View{}, v, found, true
-	}
-	if err != nil {
-		t.Fatalf("get %s: %v", id, err)
-	}
-	var doc projections.View
-	if found {
-		if err := json.Unmarshal(body, &doc); err != nil {
-			t.Fatalf("stored body %q: %v", body, err)
-		}
-	}
-	return doc, v, found, false
-}
-
 func TestRedisDocsWriteOnlyNewerVersions(t *testing.T) {
 	t.Parallel()
-	docs, _ := newDocs(t)
+	docs, _ := projectionstest.NewDocs(t)
 	ctx := context.Background()
 	id := uuid.New()
 
@@ -136,7 +71,7 @@ func TestRedisDocsWriteOnlyNewerVersions(t *testing.T) {
 				t.Fatalf("put v%d wrote=%v, want %v", step.version, wrote, step.wrote)
 			}
 		}
-		doc, v, found, _ := storedDoc(t, docs, id)
+		doc, v, found, _ := projectionstest.StoredDoc(t, docs, id)
 		if !found || v != 3 || doc.Version != 3 || doc.Status != ticket.StatusWaitAnswer {
 			t.Fatalf("stored v%d %+v, want v3 wait_answer", v, doc.Summary)
 		}
@@ -155,7 +90,7 @@ func TestRedisDocsWriteOnlyNewerVersions(t *testing.T) {
 		if err := docs.Tombstone(ctx, id, 2); err != nil {
 			t.Fatal(err)
 		}
-		if _, v, _, deleted := storedDoc(t, docs, id); deleted || v != 3 {
+		if _, v, _, deleted := projectionstest.StoredDoc(t, docs, id); deleted || v != 3 {
 			t.Fatalf("an older tombstone (v2) replaced v3: version %d deleted %v", v, deleted)
 		}
 		if err := docs.Tombstone(ctx, id, 4); err != nil {
@@ -166,7 +101,7 @@ func TestRedisDocsWriteOnlyNewerVersions(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		_, v, found, deleted := storedDoc(t, docs, id)
+		_, v, found, deleted := projectionstest.StoredDoc(t, docs, id)
 		if !found || !deleted || v != 4 {
 			t.Fatalf("after tombstone v4 and older puts: found=%v deleted=%v version=%d", found, deleted, v)
 		}
@@ -179,7 +114,7 @@ func TestRedisDocsWriteOnlyNewerVersions(t *testing.T) {
 
 func TestRedisDocsKeysOfOneTicketShareASlot(t *testing.T) {
 	t.Parallel()
-	docs, rdb := newDocs(t)
+	docs, rdb := projectionstest.NewDocs(t)
 	ctx := context.Background()
 	for range 20 {
 		id := uuid.New()
@@ -205,8 +140,8 @@ func TestRedisDocsKeysOfOneTicketShareASlot(t *testing.T) {
 
 func TestRedisDocsWipeRemovesOnlyItsPrefixOnEveryMaster(t *testing.T) {
 	t.Parallel()
-	docs, rdb := newDocs(t)
-	other, _ := newDocs(t)
+	docs, rdb := projectionstest.NewDocs(t)
+	other, _ := projectionstest.NewDocs(t)
 	ctx := context.Background()
 	ids := make([]uuid.UUID, 200) // enough to land on all three masters
 	for i := range ids {
@@ -247,78 +182,24 @@ func TestRedisDocsWipeRemovesOnlyItsPrefixOnEveryMaster(t *testing.T) {
 	}
 }
 
-// rdDB returns a small pool on a fresh migrated database and an event store on it.
-func rdDB(t testing.TB) (*pgxpool.Pool, *eventstore.Store) {
-	t.Helper()
-	pool, err := db.Open(context.Background(), dbtest.NewDatabase(t), db.PoolConfig{MaxConns: 4})
-	if err != nil {
-		t.Fatalf("open pool: %v", err)
-	}
-	t.Cleanup(pool.Close)
-	return pool, eventstore.New(pool)
-}
-
-// rdDo runs one command that must succeed (create when id is uuid.Nil) and returns the
-// ticket's id and the result.
-func rdDo(t testing.TB, store *eventstore.Store, id uuid.UUID, decide func(*ticket.Ticket, time.Time) error) (uuid.UUID, eventstore.Result) {
-	t.Helper()
-	opt := eventstore.Options{}
-	if id == uuid.Nil {
-		id, opt.Create = uuid.Must(uuid.NewV7()), true
-	}
-	res, err := store.Handle(context.Background(), id, opt, decide)
-	if err != nil {
-		t.Fatalf("command on %s: %v", id, err)
-	}
-	return id, res
-}
-
-func rdOpen(who string) func(*ticket.Ticket, time.Time) error {
-	return func(tk *ticket.Ticket, now time.Time) error {
-		return tk.Open(ticket.OpenTicket{Title: "Ticket of " + who, Description: "printer", Email: who + "@example.com", CreatedBy: who}, now)
-	}
-}
-
-func rdComment(n int) func(*ticket.Ticket, time.Time) error {
-	return func(tk *ticket.Ticket, now time.Time) error {
-		email := ""
-		if n%2 == 0 {
-			email = "c@example.com"
-		}
-		return tk.AddComment(ticket.AddComment{ID: uuid.Must(uuid.NewV7()), Body: fmt.Sprintf("comment %d", n), Email: email, CreatedBy: "agent"}, now)
-	}
-}
-
-func rdMove(to ticket.Status) func(*ticket.Ticket, time.Time) error {
-	return func(tk *ticket.Ticket, now time.Time) error {
-		return tk.ChangeStatus(ticket.ChangeStatus{Status: string(to), UpdatedBy: "agent " + string(to)}, now)
-	}
-}
-
-func rdDelete(tk *ticket.Ticket, now time.Time) error {
-	return tk.Delete(ticket.DeleteTicket{DeletedBy: "admin"}, now)
-}
-
 // rdLife records a ticket's whole life: comments (more than a document embeds) and
 // every status, ending closed and, if deleted, deleted. It returns the records in order.
 func rdLife(t testing.TB, store *eventstore.Store, comments int, deleted bool) (uuid.UUID, []eventstore.Record) {
 	t.Helper()
-	id, res := rdDo(t, store, uuid.Nil, rdOpen("ann"))
-	recs := res.Records
-	steps := []func(*ticket.Ticket, time.Time) error{rdMove(ticket.StatusAnswered), rdMove(ticket.StatusWaitAnswer)}
+	id, recs := projectionstest.Open(t, store, "ann")
+	steps := []projectionstest.Decide{projectionstest.Move(ticket.StatusAnswered, "agent"), projectionstest.Move(ticket.StatusWaitAnswer, "agent")}
 	for i := range comments {
-		steps = append(steps, rdComment(i))
+		steps = append(steps, projectionstest.Comment(i))
 		if i == comments/2 {
-			steps = append(steps, rdMove(ticket.StatusAnswered))
+			steps = append(steps, projectionstest.Move(ticket.StatusAnswered, "agent"))
 		}
 	}
-	steps = append(steps, rdMove(ticket.StatusClosed))
+	steps = append(steps, projectionstest.Move(ticket.StatusClosed, "agent"))
 	if deleted {
-		steps = append(steps, rdDelete)
+		steps = append(steps, projectionstest.Delete)
 	}
 	for _, s := range steps {
-		_, res := rdDo(t, store, id, s)
-		recs = append(recs, res.Records...)
+		recs = append(recs, projectionstest.Do(t, store, id, s)...)
 	}
 	return id, recs
 }
@@ -341,10 +222,10 @@ func rdWant(t testing.TB, store *eventstore.Store, id uuid.UUID, upTo int) (stri
 	return string(b), v.Version
 }
 
-// rdEvents returns the events a command appended.
-func rdEvents(res eventstore.Result) []ticket.Event {
+// rdEvents returns the events of the records a command appended.
+func rdEvents(recs []eventstore.Record) []ticket.Event {
 	var out []ticket.Event
-	for _, r := range res.Records {
+	for _, r := range recs {
 		out = append(out, r.Event)
 	}
 	return out
@@ -380,17 +261,10 @@ func rdExpectReplay(t testing.TB, docs *redismodel.Docs, store *eventstore.Store
 	}
 }
 
-func rdShuffled(recs []eventstore.Record, seed uint64) []eventstore.Record {
-	out := slices.Clone(recs)
-	r := mrand.New(mrand.NewPCG(seed, seed))
-	r.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
-	return out
-}
-
 func TestRedisProjectorBuildsExactlyTheDocumentOfTheReplay(t *testing.T) {
 	t.Parallel()
-	_, store := rdDB(t)
-	docs, _ := newDocs(t)
+	_, store := projectionstest.NewStore(t)
+	docs, _ := projectionstest.NewDocs(t)
 	p := &redismodel.Projector{Docs: docs, Events: store}
 	ctx := context.Background()
 	// more comments than a document embeds, so the cut at EmbeddedComments is exercised
@@ -401,7 +275,7 @@ func TestRedisProjectorBuildsExactlyTheDocumentOfTheReplay(t *testing.T) {
 		}
 		rdExpectReplay(t, docs, store, id, r.Version)
 	}
-	for _, r := range rdShuffled(recs, 1) {
+	for _, r := range projectionstest.Shuffled(recs, 1) {
 		if err := rdProject(ctx, p, r.Event); err != nil {
 			t.Fatalf("project v%d again: %v", r.Version, err)
 		}
@@ -411,7 +285,7 @@ func TestRedisProjectorBuildsExactlyTheDocumentOfTheReplay(t *testing.T) {
 
 func TestRedisProjectorNeverMovesADocumentBackwards(t *testing.T) {
 	t.Parallel()
-	_, store := rdDB(t)
+	_, store := projectionstest.NewStore(t)
 	ctx := context.Background()
 	for _, deleted := range []bool{false, true} {
 		name := "live_ticket"
@@ -419,7 +293,7 @@ func TestRedisProjectorNeverMovesADocumentBackwards(t *testing.T) {
 			name = "deleted_ticket"
 		}
 		t.Run(name, func(t *testing.T) {
-			docs, _ := newDocs(t)
+			docs, _ := projectionstest.NewDocs(t)
 			p := &redismodel.Projector{Docs: docs, Events: store}
 			id, recs := rdLife(t, store, 6, deleted)
 			for seed := range uint64(5) {
@@ -430,7 +304,7 @@ func TestRedisProjectorNeverMovesADocumentBackwards(t *testing.T) {
 				// stored version rebuilds from the store, an older one is skipped; the
 				// stored version only ever grows
 				last := 0
-				for _, r := range rdShuffled(recs, seed) {
+				for _, r := range projectionstest.Shuffled(recs, seed) {
 					if err := rdProject(ctx, p, r.Event); err != nil {
 						t.Fatalf("project v%d: %v", r.Version, err)
 					}
@@ -457,13 +331,6 @@ func TestRedisProjectorNeverMovesADocumentBackwards(t *testing.T) {
 			rdExpectReplay(t, docs, store, id, 0)
 		})
 	}
-}
-
-// rdRunRouter runs handlers through a real router (real outbox, real offsets) until
-// the test ends.
-func rdRunRouter(t testing.TB, pool *pgxpool.Pool, handlers ...projections.Handler) {
-	t.Helper()
-	projectionstest.RunRouter(t, pool, projections.Config{}, handlers...)
 }
 
 // rdEventually polls cond (which returns what is still wrong, "" when done) until it
@@ -499,10 +366,10 @@ func rdConverged(t testing.TB, docs *redismodel.Docs, store *eventstore.Store, i
 
 func TestRedisProjectorThroughTheRouterIgnoresRepublishedEvents(t *testing.T) {
 	t.Parallel()
-	pool, store := rdDB(t)
-	docs, _ := newDocs(t)
+	pool, store := projectionstest.NewStore(t)
+	docs, _ := projectionstest.NewDocs(t)
 	p := &redismodel.Projector{Docs: docs, Events: store}
-	rdRunRouter(t, pool, p.Handler())
+	projectionstest.RunRouter(t, pool, projections.Config{}, p.Handler())
 	var ids []uuid.UUID
 	for i := range 4 {
 		id, _ := rdLife(t, store, 3, i == 3)
@@ -535,7 +402,7 @@ func TestRedisProjectorThroughTheRouterIgnoresRepublishedEvents(t *testing.T) {
 	if err := pub.Publish(eventstore.Topic, old...); err != nil {
 		t.Fatal(err)
 	}
-	sentinel, _ := rdDo(t, store, uuid.Nil, rdOpen("sentinel"))
+	sentinel, _ := projectionstest.Open(t, store, "sentinel")
 	rdEventually(t, 10*time.Second, func() string {
 		if _, _, found := rdHave(t, docs, sentinel); !found {
 			return "the ticket opened after the republished events has no document"
@@ -621,12 +488,12 @@ func (f *rdFault) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Proc
 // same keys without faults (and with a breaker of their own), for the test's checks.
 func faultyDocs(t testing.TB, timeout time.Duration) (*redismodel.Docs, *rdFault, *redismodel.Docs) {
 	t.Helper()
-	rdb := testRedis(t)
+	rdb := projectionstest.Redis(t)
 	f := &rdFault{}
 	rdb.AddHook(f)
-	prefix := testPrefix(t)
+	prefix := projectionstest.Prefix(t)
 	docs := redismodel.NewDocs(rdb, prefix, timeout)
-	clean := redismodel.NewDocs(testRedis(t), prefix, 5*time.Second)
+	clean := redismodel.NewDocs(projectionstest.Redis(t), prefix, 5*time.Second)
 	t.Cleanup(func() {
 		if err := clean.Wipe(context.Background()); err != nil {
 			t.Errorf("wipe: %v", err)
@@ -674,10 +541,10 @@ func TestRedisProjectorQueuesTicketsWhileRedisFailsAndTheRepairerCatchesUp(t *te
 	for _, mode := range []string{"hang", "slow"} {
 		t.Run("redis_"+mode+"s", func(t *testing.T) {
 			t.Parallel()
-			pool, store := rdDB(t)
+			pool, store := projectionstest.NewStore(t)
 			docs, fault, clean := faultyDocs(t, 100*time.Millisecond)
 			p := &redismodel.Projector{Docs: docs, Events: store}
-			rdRunRouter(t, pool,
+			projectionstest.RunRouter(t, pool, projections.Config{},
 				pgmodel.Projector{}.Handler(),
 				p.Handler())
 			rm := pgmodel.NewReadModel(pool, store)
@@ -685,8 +552,8 @@ func TestRedisProjectorQueuesTicketsWhileRedisFailsAndTheRepairerCatchesUp(t *te
 			fault.set(mode)
 			var ids []uuid.UUID
 			for i := range 30 {
-				id, _ := rdDo(t, store, uuid.Nil, rdOpen(fmt.Sprintf("u%d", i)))
-				rdDo(t, store, id, rdComment(i))
+				id, _ := projectionstest.Open(t, store, fmt.Sprintf("u%d", i))
+				projectionstest.Do(t, store, id, projectionstest.Comment(i))
 				ids = append(ids, id)
 			}
 			// The Postgres read model keeps up although every Redis call hangs or
@@ -742,11 +609,11 @@ func TestRedisProjectorQueuesTicketsWhileRedisFailsAndTheRepairerCatchesUp(t *te
 
 func TestRedisRepairerKeepsATicketQueuedAgainDuringItsRepair(t *testing.T) {
 	t.Parallel()
-	pool, store := rdDB(t)
+	pool, store := projectionstest.NewStore(t)
 	// the injected step writes to Postgres inside the Redis call: a generous timeout
 	docs, fault, _ := faultyDocs(t, 10*time.Second)
 	ctx := context.Background()
-	id, _ := rdDo(t, store, uuid.Nil, rdOpen("ann"))
+	id, _ := projectionstest.Open(t, store, "ann")
 	if err := redismodel.EnqueueRepair(ctx, pool, id); err != nil {
 		t.Fatal(err)
 	}
@@ -757,7 +624,7 @@ func TestRedisRepairerKeepsATicketQueuedAgainDuringItsRepair(t *testing.T) {
 		// Another failure of this ticket is recorded while the repairer writes the
 		// state it loaded before: that newer state must be repaired too.
 		once.Do(func() {
-			rdDo(t, store, id, rdComment(1))
+			projectionstest.Do(t, store, id, projectionstest.Comment(1))
 			if err := redismodel.EnqueueRepair(ctx, pool, id); err != nil {
 				t.Error(err)
 			}
@@ -785,20 +652,20 @@ func TestRedisRepairerKeepsATicketQueuedAgainDuringItsRepair(t *testing.T) {
 
 func TestReaderNeverServesAnOlderStateThanItAcknowledged(t *testing.T) {
 	t.Parallel()
-	pool, store := rdDB(t)
+	pool, store := projectionstest.NewStore(t)
 	docs, fault, _ := faultyDocs(t, 2*time.Second)
 	ctx := context.Background()
 	// No projector runs: the Postgres read model stays empty, so reads that skip Redis
 	// come from the event store, and only the write-through and refills fill Redis.
 	reader := redismodel.NewReader(docs, pgmodel.NewReadModel(pool, store), pool, nil)
-	id, res := rdDo(t, store, uuid.Nil, rdOpen("ann"))
-	reader.Committed(ctx, rdEvents(res))
+	id, recs := projectionstest.Open(t, store, "ann")
+	reader.Committed(ctx, rdEvents(recs))
 	rdExpectReplay(t, docs, store, id, 1)
 
 	// The write-through of v2 fails while reads of Redis still work: Redis holds v1.
 	fault.set("fail", "evalsha", "eval")
-	_, res = rdDo(t, store, id, rdComment(1))
-	reader.Committed(ctx, rdEvents(res))
+	recs = projectionstest.Do(t, store, id, projectionstest.Comment(1))
+	reader.Committed(ctx, rdEvents(recs))
 	fault.set("")
 	if _, v, _ := rdHave(t, docs, id); v != 1 {
 		t.Fatalf("Redis holds v%d, want the stale v1 for this test", v)
@@ -832,8 +699,8 @@ func TestReaderNeverServesAnOlderStateThanItAcknowledged(t *testing.T) {
 	}
 
 	t.Run("deleted_ticket_is_not_found", func(t *testing.T) {
-		_, res := rdDo(t, store, id, rdDelete)
-		reader.Committed(ctx, rdEvents(res))
+		recs := projectionstest.Do(t, store, id, projectionstest.Delete)
+		reader.Committed(ctx, rdEvents(recs))
 		if _, _, err := reader.GetRaw(ctx, id); !errors.Is(err, ticket.ErrNotFound) {
 			t.Fatalf("GET of a deleted ticket: %v, want ErrNotFound", err)
 		}
@@ -842,13 +709,13 @@ func TestReaderNeverServesAnOlderStateThanItAcknowledged(t *testing.T) {
 
 func TestReaderAnswersWithinItsTimeoutWhileRedisHangs(t *testing.T) {
 	t.Parallel()
-	pool, store := rdDB(t)
+	pool, store := projectionstest.NewStore(t)
 	docs, fault, _ := faultyDocs(t, 100*time.Millisecond)
 	ctx := context.Background()
 	reader := redismodel.NewReader(docs, pgmodel.NewReadModel(pool, store), pool, nil)
-	id, res := rdDo(t, store, uuid.Nil, rdOpen("ann"))
+	id, recs := projectionstest.Open(t, store, "ann")
 	fault.set("hang")
-	reader.Committed(ctx, rdEvents(res))
+	reader.Committed(ctx, rdEvents(recs))
 	var slowest time.Duration
 	for range 20 {
 		start := time.Now()

@@ -1,4 +1,4 @@
-package projections_test
+package pgmodel_test
 
 import (
 	"bytes"
@@ -13,17 +13,19 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ticketd/ticketd/db"
+	"github.com/ticketd/ticketd/db/dbtest"
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
 	"github.com/ticketd/ticketd/projections/pgmodel"
+	"github.com/ticketd/ticketd/projections/projectionstest"
 	"github.com/ticketd/ticketd/ticket"
 )
 
 func TestGetFallsBackToTheEventStore(t *testing.T) {
 	t.Parallel()
-	pool, s := pgDatabase(t)
+	pool, s := projectionstest.NewStore(t)
 	rm := pgmodel.NewReadModel(pool, s)
-	ctx := pgContext(t)
+	ctx := dbtest.Context(t)
 
 	// getsReplayed checks that Get answers the ticket as the event store has it.
 	getsReplayed := func(t *testing.T, id uuid.UUID) projections.View {
@@ -39,20 +41,20 @@ func TestGetFallsBackToTheEventStore(t *testing.T) {
 	}
 
 	t.Run("ticket_never_projected_is_replayed", func(t *testing.T) {
-		id, _ := pgOpen(t, s, "alice")
-		pgCommand(t, s, id, pgComment("bob"))
+		id, _ := projectionstest.Open(t, s, "alice")
+		projectionstest.Do(t, s, id, projectionstest.Comment(1))
 		if v := getsReplayed(t, id); v.Version != 2 || len(v.Comments) != 1 {
 			t.Errorf("expected version 2 with 1 comment, got %d with %d", v.Version, len(v.Comments))
 		}
 	})
 
 	t.Run("read_model_behind_the_stream_is_bypassed", func(t *testing.T) {
-		id, recs := pgOpen(t, s, "alice")
-		recs = append(recs, pgCommand(t, s, id, pgComment("bob"))...)
+		id, recs := projectionstest.Open(t, s, "alice")
+		recs = append(recs, projectionstest.Do(t, s, id, projectionstest.Comment(1))...)
 		pgApply(t, pool, recs...)
 		// the read model stops at 2 while the stream moves on
-		pgCommand(t, s, id, pgMove(ticket.StatusAnswered, "carol"))
-		pgCommand(t, s, id, pgComment("alice"))
+		projectionstest.Do(t, s, id, projectionstest.Move(ticket.StatusAnswered, "carol"))
+		projectionstest.Do(t, s, id, projectionstest.Comment(2))
 		v := getsReplayed(t, id)
 		if v.Version != 4 || v.Status != ticket.StatusAnswered || len(v.Comments) != 2 {
 			t.Errorf("expected version 4, answered, 2 comments; got %d, %s, %d", v.Version, v.Status, len(v.Comments))
@@ -69,9 +71,9 @@ func TestGetFallsBackToTheEventStore(t *testing.T) {
 	})
 
 	t.Run("deletion_not_yet_projected_is_not_found", func(t *testing.T) {
-		id, recs := pgOpen(t, s, "alice")
+		id, recs := projectionstest.Open(t, s, "alice")
 		pgApply(t, pool, recs...)
-		pgCommand(t, s, id, pgDelete)
+		projectionstest.Do(t, s, id, projectionstest.Delete)
 		if _, err := rm.Get(ctx, id); !errors.Is(err, ticket.ErrNotFound) {
 			t.Errorf("Get: expected ErrNotFound, got %v", err)
 		}
@@ -81,16 +83,16 @@ func TestGetFallsBackToTheEventStore(t *testing.T) {
 	})
 
 	t.Run("deletion_never_projected_is_not_found", func(t *testing.T) {
-		id, _ := pgOpen(t, s, "alice")
-		pgCommand(t, s, id, pgDelete)
+		id, _ := projectionstest.Open(t, s, "alice")
+		projectionstest.Do(t, s, id, projectionstest.Delete)
 		if _, err := rm.Get(ctx, id); !errors.Is(err, ticket.ErrNotFound) {
 			t.Errorf("Get: expected ErrNotFound, got %v", err)
 		}
 	})
 
 	t.Run("projected_deletion_is_not_found", func(t *testing.T) {
-		id, recs := pgOpen(t, s, "alice")
-		recs = append(recs, pgCommand(t, s, id, pgDelete)...)
+		id, recs := projectionstest.Open(t, s, "alice")
+		recs = append(recs, projectionstest.Do(t, s, id, projectionstest.Delete)...)
 		pgApply(t, pool, recs...)
 		if _, err := rm.Get(ctx, id); !errors.Is(err, ticket.ErrNotFound) {
 			t.Errorf("Get: expected ErrNotFound, got %v", err)
@@ -111,9 +113,9 @@ func TestGetFallsBackToTheEventStore(t *testing.T) {
 	})
 
 	t.Run("comments_page_the_same_from_store_and_read_model", func(t *testing.T) {
-		id, recs := pgOpen(t, s, "alice")
+		id, recs := projectionstest.Open(t, s, "alice")
 		for i := range 5 {
-			recs = append(recs, pgCommand(t, s, id, pgComment(fmt.Sprintf("user%d", i)))...)
+			recs = append(recs, projectionstest.Do(t, s, id, projectionstest.Comment(i))...)
 		}
 		pages := func(t *testing.T) [][]projections.Comment {
 			t.Helper()
@@ -156,7 +158,7 @@ type listRow struct {
 func insertRows(t *testing.T, pool *pgxpool.Pool, rows ...listRow) {
 	t.Helper()
 	for _, r := range rows {
-		_, err := pool.Exec(pgContext(t), `INSERT INTO readmodel.tickets
+		_, err := pool.Exec(dbtest.Context(t), `INSERT INTO readmodel.tickets
 			(id, title, description, email, created_by, updated_by, status, version, created_at, updated_at, deleted)
 			VALUES ($1, 'title', '', 'a@example.com', 'alice', 'alice', $2, 1, $3, $3, $4)`,
 			r.ID, string(r.Status), r.CreatedAt, r.Deleted)
@@ -180,7 +182,7 @@ func listAll(t *testing.T, rm *pgmodel.ReadModel, q pgmodel.ListQuery) []uuid.UU
 	t.Helper()
 	var ids []uuid.UUID
 	for range 200 {
-		page, next, err := rm.List(pgContext(t), q)
+		page, next, err := rm.List(dbtest.Context(t), q)
 		if err != nil {
 			t.Fatalf("List(limit %d): %v", q.Limit, err)
 		}
@@ -204,7 +206,7 @@ func listAll(t *testing.T, rm *pgmodel.ReadModel, q pgmodel.ListQuery) []uuid.UU
 
 func TestListPagesWithoutDuplicatesOrSkips(t *testing.T) {
 	t.Parallel()
-	pool, s := pgDatabase(t)
+	pool, s := projectionstest.NewStore(t)
 	rm := pgmodel.NewReadModel(pool, s)
 
 	// given: tickets in groups that share created_at to the microsecond, so only the id
@@ -254,7 +256,7 @@ func TestListPagesWithoutDuplicatesOrSkips(t *testing.T) {
 	})
 
 	t.Run("ticket_created_between_pages_does_not_shift_later_pages", func(t *testing.T) {
-		first, next, err := rm.List(pgContext(t), pgmodel.ListQuery{Limit: 4})
+		first, next, err := rm.List(dbtest.Context(t), pgmodel.ListQuery{Limit: 4})
 		if err != nil || next == nil {
 			t.Fatalf("first page: %v (next %v)", err, next)
 		}
@@ -286,7 +288,7 @@ func TestListPagesWithoutDuplicatesOrSkips(t *testing.T) {
 
 func TestReadModelOnUnreachableDatabaseIsUnavailable(t *testing.T) {
 	t.Parallel()
-	ctx := pgContext(t)
+	ctx := dbtest.Context(t)
 	// Nothing listens on port 1: every connection attempt is refused.
 	pool, err := db.Open(ctx, "postgres://postgres@127.0.0.1:1/ticketd?sslmode=disable&connect_timeout=2", db.PoolConfig{MaxConns: 1})
 	if err != nil {
