@@ -51,9 +51,10 @@ import (
 //     before the rebuild began; the wait is bounded by WaitOpen).
 //  4. Swap, per target, in one short transaction: it takes the group's lock (the live
 //     consumer takes it first thing in each batch, so it is paused and any batch of it
-//     still in flight has committed) and locks its offsets row, takes the final bound Xf, applies
-//     the last delta [Xn, Xf), lets the target make its copy live (Postgres renames the
-//     schemas) and sets the group's position to the last outbox row below Xf.
+//     still in flight has committed) and locks its offsets row, takes the final bound
+//     Xf, applies the last delta [Xn, Xf), lets the target make its copy live
+//     (Postgres renames the schemas) and sets the group's position to the last outbox
+//     row below Xf.
 //
 // No transaction of the rebuild is long: the bulk read holds no transaction id (a
 // read-only statement does not get one), and every write is a short transaction. That

@@ -78,8 +78,8 @@ type Config struct {
 	Retries int
 	// AckDeadline bounds one batch's transaction: the apply's context ends then, and a
 	// batch not committed by then is rolled back and taken again. It keeps a hung
-	// dependency from holding the transaction (which holds back every consumer's view
-	// of newer events) open for long.
+	// dependency from holding the group's lock (every instance's consumer of the
+	// group waits for it) for long.
 	AckDeadline time.Duration
 	// Metrics receives what the projectors do; nil reports nowhere.
 	Metrics Metrics

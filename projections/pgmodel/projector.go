@@ -34,7 +34,7 @@ type Projector struct {
 	Events projections.Streams
 }
 
-// projections.Handler returns the projector as a projections.Handler of its consumer group.
+// Handler returns the projector as the projections.Handler of its consumer group.
 func (p Projector) Handler() projections.Handler {
 	return projections.Handler{Group: Group, Apply: p.Apply}
 }

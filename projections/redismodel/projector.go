@@ -22,10 +22,10 @@ import (
 // Projector keeps the Redis read model: one document per ticket, built
 // incrementally from the event stream (consumer group Group) with Fold.
 //
-// Its batches run inside the consumer's transaction, which holds back every consumer's
-// view of newer events while it lasts. So it never waits for Redis beyond the Docs
-// timeout (one pipelined read and one pipelined write per batch, each one round trip
-// per cluster node) and never fails a batch because of Redis: the tickets whose
+// Its batches run inside the consumer's transaction, which holds the group's lock (and
+// the batch's events) while it lasts. So it never waits for Redis beyond the Docs
+// timeout (at most one pipelined read and one pipelined write per batch, each one
+// round trip per cluster node) and never fails a batch because of Redis: the tickets whose
 // documents it could not write (Redis failing, or the circuit breaker already knowing
 // it is down) are recorded in the redis_backlog table through the consumer's
 // transaction, so the record commits with the position, and Repairer rebuilds
@@ -39,7 +39,7 @@ type Projector struct {
 	queued atomic.Int64
 }
 
-// projections.Handler returns the projector as a projections.Handler of its consumer group.
+// Handler returns the projector as the projections.Handler of its consumer group.
 func (p *Projector) Handler() projections.Handler {
 	return projections.Handler{Group: Group, Apply: p.Apply}
 }
