@@ -116,27 +116,37 @@ func (s *Store) appendCommand(ctx context.Context, expected int, events []ticket
 	}
 	id := recs[0].TicketID
 	errTaken := errors.New("idempotency key taken")
+	// The response is rendered before the append (it never shows an event's global
+	// position, the one thing the append fills in), so the events, their outbox rows
+	// and the stored response go to Postgres in one round trip.
+	resp, err := idem.Response(Result{Ticket: t, Records: recs})
+	if err != nil {
+		return nil, fmt.Errorf("render idempotent response: %w", err)
+	}
+	header, err := json.Marshal(resp.Header)
+	if err != nil {
+		return nil, fmt.Errorf("encode idempotent response headers: %w", err)
+	}
+	b := &pgx.Batch{}
+	if err := queueAppend(b, recs); err != nil {
+		return nil, err
+	}
+	b.Queue(insertStoredResponse, idem.Scope, idem.Key, idem.RequestHash, id,
+		resp.Status, header, resp.Body, idem.TTL.Microseconds())
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := s.appendTx(ctx, tx, recs); err != nil {
+		br := tx.SendBatch(ctx, b)
+		defer br.Close()
+		if err := readAppend(br, recs); err != nil {
 			return err
 		}
-		resp, err := idem.Response(Result{Ticket: t, Records: recs})
-		if err != nil {
-			return fmt.Errorf("render idempotent response: %w", err)
-		}
-		header, err := json.Marshal(resp.Header)
-		if err != nil {
-			return fmt.Errorf("encode idempotent response headers: %w", err)
-		}
-		tag, err := tx.Exec(ctx, insertStoredResponse, idem.Scope, idem.Key, idem.RequestHash, id,
-			resp.Status, header, resp.Body, idem.TTL.Microseconds())
+		tag, err := br.Exec()
 		if err != nil {
 			return err
 		}
 		if tag.RowsAffected() == 0 {
 			return errTaken
 		}
-		return nil
+		return br.Close()
 	})
 	if errors.Is(err, errTaken) {
 		return nil, &ConcurrencyError{StreamID: id, Expected: expected}

@@ -6,18 +6,12 @@ package eventstore
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
-	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
-	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -37,7 +31,6 @@ type Store struct {
 	// block): this instance's projectors are woken by it instead of waiting for their
 	// next poll.
 	OnAppend  func()
-	schema    wsql.DefaultPostgreSQLSchema
 	cache     *tickets
 	locks     *streamLocks
 	lastPurge atomic.Int64 // unix ns of the last purge of expired idempotency keys
@@ -139,71 +132,18 @@ func records(expected int, events []ticket.Event, md Metadata) ([]Record, error)
 	return recs, nil
 }
 
-// appendTx inserts the records and publishes them on tx.
+// appendTx writes the records and their outbox rows on tx in one round trip.
 func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, recs []Record) error {
-	if err := insertEvents(ctx, tx, recs); err != nil {
+	b := &pgx.Batch{}
+	if err := queueAppend(b, recs); err != nil {
 		return err
 	}
-	return s.publish(ctx, tx, recs)
-}
-
-// insertEvents writes the records in one statement and fills in their positions.
-func insertEvents(ctx context.Context, tx pgx.Tx, recs []Record) error {
-	var q strings.Builder
-	q.WriteString("INSERT INTO events (stream_id, version, type, data, metadata, recorded_at) VALUES ")
-	args := make([]any, 0, len(recs)*6)
-	for i, r := range recs {
-		data, err := json.Marshal(r.Data)
-		if err != nil {
-			return fmt.Errorf("encode %s: %w", r.Type(), err)
-		}
-		md, err := json.Marshal(r.Metadata)
-		if err != nil {
-			return fmt.Errorf("encode metadata: %w", err)
-		}
-		if i > 0 {
-			q.WriteString(",")
-		}
-		n := i * 6
-		fmt.Fprintf(&q, "($%d,$%d,$%d,$%d,$%d,$%d)", n+1, n+2, n+3, n+4, n+5, n+6)
-		args = append(args, r.TicketID, r.Version, r.Type(), data, md, r.RecordedAt)
-	}
-	q.WriteString(" RETURNING position")
-	rows, err := tx.Query(ctx, q.String(), args...)
-	if err != nil {
+	br := tx.SendBatch(ctx, b)
+	if err := readAppend(br, recs); err != nil {
+		_ = br.Close()
 		return err
 	}
-	positions, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		return err
-	}
-	for i := range recs {
-		recs[i].Position = positions[i]
-	}
-	return nil
-}
-
-// publish runs the watermill-sql publisher on the append's own transaction.
-func (s *Store) publish(ctx context.Context, tx pgx.Tx, recs []Record) error {
-	pub, err := wsql.NewPublisher(wsql.TxFromPgx(tx), wsql.PublisherConfig{SchemaAdapter: s.schema}, watermill.NopLogger{})
-	if err != nil {
-		return fmt.Errorf("outbox publisher: %w", err)
-	}
-	msgs := make([]*message.Message, len(recs))
-	for i, r := range recs {
-		payload, err := EncodeMessage(r)
-		if err != nil {
-			return err
-		}
-		// A deterministic message id per event (stream, version) lets consumers and
-		// operators match a message to its event.
-		msgs[i] = message.NewMessage(uuid.NewSHA1(r.TicketID, []byte(strconv.Itoa(r.Version))).String(), payload)
-		msgs[i].SetContext(ctx)
-	}
-	if err := pub.Publish(Topic, msgs...); err != nil {
-		return fmt.Errorf("outbox publish: %w", err)
-	}
-	return nil
+	return br.Close()
 }
 
 // Options qualify one command.
