@@ -136,7 +136,7 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	}
 	defer projPool.Close()
 	router, err := projections.NewRouter(projPool, projections.Config{Metrics: projMetrics, Wake: wake}, log,
-		pgmodel.Projector{Events: store}.Handler(), redisProj.Handler())
+		pgmodel.Projector{Events: store, Cache: projections.NewViewCache(pgmodel.RowCacheBytes)}.Handler(), redisProj.Handler())
 	if err != nil {
 		return err
 	}

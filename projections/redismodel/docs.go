@@ -57,7 +57,7 @@ type Docs struct {
 	prefix  string
 	timeout time.Duration
 	br      breaker
-	views   *viewCache
+	views   *projections.ViewCache
 }
 
 // NewDocs returns the Redis read model on rdb under prefix (no '{', '}', '*', '?',
@@ -69,7 +69,7 @@ func NewDocs(rdb redis.UniversalClient, prefix string, timeout time.Duration) *D
 	if timeout <= 0 {
 		timeout = 150 * time.Millisecond
 	}
-	return &Docs{rdb: rdb, prefix: prefix, timeout: timeout, views: newViewCache(viewCacheBytes)}
+	return &Docs{rdb: rdb, prefix: prefix, timeout: timeout, views: projections.NewViewCache(viewCacheBytes)}
 }
 
 // ValidPrefix reports whether prefix can start the read model's keys: not empty,
@@ -264,15 +264,22 @@ func (d *Docs) Versions(ctx context.Context, ids []uuid.UUID) ([]int, error) {
 	return out, nil
 }
 
-// Cached returns the view of ticket id this process last wrote (see viewCache): Redis
-// holds that version or a newer one.
-func (d *Docs) Cached(id uuid.UUID) (projections.View, bool) { return d.views.get(id) }
+// Cached returns the view of ticket id this process last wrote: Redis holds that
+// version or a newer one (writes are set-if-newer). Redis losing documents (a flush, a
+// restart without persistence) is healed by the read path, which refills a miss, and by
+// the ticket's next write, which writes the whole document.
+func (d *Docs) Cached(id uuid.UUID) (projections.View, bool) { return d.views.Get(id) }
+
+// viewCacheBytes bounds the cache of written documents by their JSON: about four
+// hundred long tickets' documents (20 KB each with 100 embedded comments), any number
+// of short ones.
+const viewCacheBytes = 8 << 20
 
 // Wipe deletes every key under the prefix, on every master of a cluster (SCAN per
 // node), and nothing else. It is for rebuilds and tests; each round trip is bounded by
 // a few seconds, not by the request timeout, and it ignores the circuit breaker.
 func (d *Docs) Wipe(ctx context.Context) error {
-	d.views.drop()
+	d.views.Drop()
 	pattern := d.prefix + ":*"
 	wipe := func(ctx context.Context, c redis.Cmdable) error {
 		var cursor uint64
@@ -509,7 +516,7 @@ func (d *Docs) PutMany(ctx context.Context, views []projections.View, force bool
 		return failed, fmt.Errorf("redis put documents: %w", err)
 	}
 	for i, v := range views {
-		d.views.put(v, len(vals[i]))
+		d.views.Put(v, len(vals[i]))
 	}
 	return nil, nil
 }
