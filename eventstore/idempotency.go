@@ -3,7 +3,6 @@ package eventstore
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -15,13 +14,15 @@ import (
 )
 
 // Idempotency makes a command safe for a client to retry under its own key: the first
-// successful run stores its response with the key in the transaction that appends its
-// events, and every later run with the key returns that response instead of deciding
-// again. An event therefore never exists without its stored response, nor a stored
-// response without its events, also when retries race each other: the (scope, key)
+// successful run stores its answer with the key in the transaction that appends its
+// events, and every later run with the key returns that answer instead of deciding
+// again. An event therefore never exists without its stored answer, nor a stored
+// answer without its events, also when retries race each other: the (scope, key)
 // primary key lets exactly one attempt commit, and the others roll back and replay it.
+// The answer is opaque to the store: bytes the caller renders (the HTTP layer keeps a
+// status, headers and a body in them) and reads back.
 //
-// Only commands that append events store a response; a refused command (validation,
+// Only commands that append events store an answer; a refused command (validation,
 // conflict, not found) stores nothing, so its retry runs again.
 type Idempotency struct {
 	// Scope is where the key is valid, e.g. the route and, for comments, the ticket.
@@ -32,20 +33,14 @@ type Idempotency struct {
 	// RequestHash identifies the request (route and canonical body). A run whose hash
 	// differs from the stored one fails with ErrIdempotencyKeyReused.
 	RequestHash []byte
-	// TTL is how long a stored response counts. Older ones are ignored, replaced by a
+	// TTL is how long a stored answer counts. Older ones are ignored, replaced by a
 	// new run under the same key, and purged.
 	TTL time.Duration
-	// Response renders the answer to store for the command's result. It runs inside
-	// the append's transaction, after the events are inserted, and must not block.
-	Response func(Result) (Response, error)
-}
-
-// Response is an answer stored under an idempotency key: enough for the HTTP layer to
-// send the identical answer again.
-type Response struct {
-	Status int
-	Header map[string]string
-	Body   []byte
+	// Answer renders the answer to store for the command's result, once per attempt to
+	// append (the last call is the one that commits). It runs before the append, on
+	// the records about to be stored (their positions not yet known), and must not
+	// block.
+	Answer func(Result) ([]byte, error)
 }
 
 // ErrIdempotencyKeyReused is returned when an idempotency key that holds a stored
@@ -58,32 +53,30 @@ const purgeEvery = time.Minute
 
 // Durations go to Postgres as microseconds: no interval encoding to depend on.
 const (
-	selectStoredResponse = `SELECT request_hash, status, headers, body FROM idempotency_keys
+	selectStoredResponse = `SELECT request_hash, answer FROM idempotency_keys
 		WHERE scope = $1 AND key = $2 AND created_at > now() - ($3::bigint * interval '1 microsecond')`
 	// An expired row is taken over; a live one is left alone and no row is affected,
 	// which tells the writer that another run under the key committed first.
 	insertStoredResponse = `INSERT INTO idempotency_keys AS k
-		(scope, key, request_hash, stream_id, status, headers, body)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)
+		(scope, key, request_hash, stream_id, answer)
+		VALUES ($1, $2, $3, $4, $5)
 		ON CONFLICT (scope, key) DO UPDATE SET request_hash = excluded.request_hash,
-			stream_id = excluded.stream_id, status = excluded.status, headers = excluded.headers,
-			body = excluded.body, created_at = now()
-		WHERE k.created_at <= now() - ($8::bigint * interval '1 microsecond')`
+			stream_id = excluded.stream_id, answer = excluded.answer, created_at = now()
+		WHERE k.created_at <= now() - ($6::bigint * interval '1 microsecond')`
 	deleteExpiredResponses = `DELETE FROM idempotency_keys
 		WHERE created_at <= now() - ($1::bigint * interval '1 microsecond')`
 )
 
-// storedResponse returns the live response stored under idem's key, or nil when there
-// is none (or idem is nil). A response stored for another request hash is
+// storedResponse returns the live answer stored under idem's key, or nil when there is
+// none (or idem is nil). An answer stored for another request hash is
 // ErrIdempotencyKeyReused.
-func (s *Store) storedResponse(ctx context.Context, idem *Idempotency) (*Response, error) {
+func (s *Store) storedResponse(ctx context.Context, idem *Idempotency) ([]byte, error) {
 	if idem == nil {
 		return nil, nil
 	}
-	var hash, header []byte
-	var r Response
+	var hash, answer []byte
 	err := s.pool.QueryRow(ctx, selectStoredResponse, idem.Scope, idem.Key, idem.TTL.Microseconds()).
-		Scan(&hash, &r.Status, &header, &r.Body)
+		Scan(&hash, &answer)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
@@ -93,10 +86,10 @@ func (s *Store) storedResponse(ctx context.Context, idem *Idempotency) (*Respons
 	if !bytes.Equal(hash, idem.RequestHash) {
 		return nil, ErrIdempotencyKeyReused
 	}
-	if err := json.Unmarshal(header, &r.Header); err != nil {
-		return nil, fmt.Errorf("decode stored headers: %w", err)
+	if answer == nil {
+		answer = []byte{} // stored, if empty: still a replay
 	}
-	return &r, nil
+	return answer, nil
 }
 
 // appendCommand appends a command's events. Without idempotency it is Append. With
@@ -116,23 +109,18 @@ func (s *Store) appendCommand(ctx context.Context, expected int, events []ticket
 	}
 	id := recs[0].TicketID
 	errTaken := errors.New("idempotency key taken")
-	// The response is rendered before the append (it never shows an event's global
-	// position, the one thing the append fills in), so the events, their outbox rows
-	// and the stored response go to Postgres in one round trip.
-	resp, err := idem.Response(Result{Ticket: t, Records: recs})
+	// The answer is rendered before the append (the append fills in only the events'
+	// global positions), so the events, their outbox rows and the stored answer go to
+	// Postgres in one round trip.
+	answer, err := idem.Answer(Result{Ticket: t, Records: recs})
 	if err != nil {
-		return nil, fmt.Errorf("render idempotent response: %w", err)
-	}
-	header, err := json.Marshal(resp.Header)
-	if err != nil {
-		return nil, fmt.Errorf("encode idempotent response headers: %w", err)
+		return nil, fmt.Errorf("render idempotent answer: %w", err)
 	}
 	b := &pgx.Batch{}
 	if err := queueAppend(b, recs); err != nil {
 		return nil, err
 	}
-	b.Queue(insertStoredResponse, idem.Scope, idem.Key, idem.RequestHash, id,
-		resp.Status, header, resp.Body, idem.TTL.Microseconds())
+	b.Queue(insertStoredResponse, idem.Scope, idem.Key, idem.RequestHash, id, answer, idem.TTL.Microseconds())
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		br := tx.SendBatch(ctx, b)
 		defer br.Close()

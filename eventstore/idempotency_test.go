@@ -14,13 +14,12 @@ import (
 	"github.com/ticketd/ticketd/ticket"
 )
 
-// keyed returns an Idempotency whose stored response names the ticket and version.
+// keyed returns an Idempotency whose stored answer names the ticket and version.
 func keyed(key string, hash string, ttl time.Duration) *eventstore.Idempotency {
 	return &eventstore.Idempotency{
 		Scope: "test", Key: key, RequestHash: []byte(hash), TTL: ttl,
-		Response: func(r eventstore.Result) (eventstore.Response, error) {
-			return eventstore.Response{Status: 201, Header: map[string]string{"ETag": fmt.Sprint(r.Ticket.Version())},
-				Body: []byte(r.Ticket.ID().String())}, nil
+		Answer: func(r eventstore.Result) ([]byte, error) {
+			return []byte(fmt.Sprintf("%s v%d", r.Ticket.ID(), r.Ticket.Version())), nil
 		},
 	}
 }
@@ -44,8 +43,8 @@ func TestIdempotencyRetryReplaysTheStoredResponse(t *testing.T) {
 	if err != nil || again.Replayed == nil || len(again.Records) != 0 {
 		t.Fatalf("retry: %+v, %v", again, err)
 	}
-	if string(again.Replayed.Body) != first.Ticket.ID().String() || again.Replayed.Status != 201 || again.Replayed.Header["ETag"] != "1" {
-		t.Fatalf("replayed %+v for ticket %s", again.Replayed, first.Ticket.ID())
+	if want := first.Ticket.ID().String() + " v1"; string(again.Replayed) != want {
+		t.Fatalf("replayed %q, want the stored answer %q", again.Replayed, want)
 	}
 	if n := count(t, pool, "SELECT count(*) FROM events"); n != 1 {
 		t.Fatalf("%d events after a retry", n)
@@ -129,8 +128,8 @@ func TestIdempotencyRacingAttemptsStoreOne(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			idem := keyed("race", "h", time.Hour)
-			render := idem.Response
-			idem.Response = func(r eventstore.Result) (eventstore.Response, error) {
+			render := idem.Answer
+			idem.Answer = func(r eventstore.Result) ([]byte, error) {
 				if _, seen := once.LoadOrStore(i, true); !seen {
 					arrived.Done()
 				}
@@ -160,8 +159,8 @@ func TestIdempotencyRacingAttemptsStoreOne(t *testing.T) {
 		t.Fatal("no racer committed")
 	}
 	for i, r := range results {
-		if r.Replayed != nil && !bytes.Equal(r.Replayed.Body, []byte(winner.Ticket.ID().String())) {
-			t.Fatalf("racer %d replayed %q, winner %s", i, r.Replayed.Body, winner.Ticket.ID())
+		if r.Replayed != nil && !bytes.Equal(r.Replayed, []byte(winner.Ticket.ID().String()+" v1")) {
+			t.Fatalf("racer %d replayed %q, winner %s", i, r.Replayed, winner.Ticket.ID())
 		}
 	}
 	events := count(t, pool, "SELECT count(*) FROM events")

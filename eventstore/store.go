@@ -166,15 +166,15 @@ type Options struct {
 type Result struct {
 	Ticket  *ticket.Ticket
 	Records []Record
-	// Replayed is the response stored under Options.Idempotency's key by an earlier
-	// run; when set, nothing was decided or appended and Ticket is nil.
-	Replayed *Response
+	// Replayed is the answer stored under Options.Idempotency's key by an earlier run;
+	// when it is not nil, nothing was decided or appended and Ticket is nil.
+	Replayed []byte
 }
 
 // Handle runs one command on ticket id: load -> decide -> append. decide calls a
 // command method on the ticket with the given time. On a concurrency clash without
 // IfMatch the whole cycle is retried from a fresh load, at most MaxRetries times.
-// With opt.Idempotency, a response stored under the key is returned as Result.Replayed
+// With opt.Idempotency, an answer stored under the key is returned as Result.Replayed
 // without deciding again (also when a racing retry commits first).
 // Errors: whatever decide returns (the ticket kinds), ticket.ErrPrecondition,
 // ErrIdempotencyKeyReused, ticket.ErrUnavailable, or a *ConcurrencyError once the

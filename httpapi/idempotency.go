@@ -3,6 +3,7 @@ package httpapi
 import (
 	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -58,14 +59,33 @@ func validIdempotencyKey(k []byte) bool {
 	return true
 }
 
-// idempotency returns the store option of a keyed command, or nil without a key. scope
-// names the route (and ticket); request is the decoded request, whose canonical JSON
-// (not the bytes sent: spacing and key order do not matter) identifies the request
-// together with the scope. render builds the response to store and to send.
-func (s *Server) idempotency(c *fiber.Ctx, scope string, request any, render func(eventstore.Result) (eventstore.Response, error)) (*eventstore.Idempotency, error) {
+// answer is a response as the HTTP layer stores it under an Idempotency-Key (the event
+// store keeps the bytes of its JSON and knows nothing of them): enough to send the
+// identical response again. Every body is a JSON document, kept as sent.
+type answer struct {
+	Status int               `json:"status"`
+	Header map[string]string `json:"header"`
+	Body   json.RawMessage   `json:"body"`
+}
+
+// keyed is a command's rendering of its answer, and the store option that stores it
+// when the client sent an Idempotency-Key.
+type keyed struct {
+	opt    *eventstore.Idempotency // nil without a key
+	render func(eventstore.Result) (answer, error)
+	last   *answer // what opt stored for the attempt that committed
+}
+
+// idempotency prepares a command's answer: with an Idempotency-Key, a store option that
+// renders it once, stores it with the events and remembers it; without, the rendering
+// alone. scope names the route (and ticket); request is the decoded request, whose
+// canonical JSON (not the bytes sent: spacing and key order do not matter) identifies
+// the request together with the scope.
+func (s *Server) idempotency(c *fiber.Ctx, scope string, request any, render func(eventstore.Result) (answer, error)) (*keyed, error) {
+	k := &keyed{render: render}
 	key, err := idempotencyKey(c)
 	if err != nil || key == "" {
-		return nil, err
+		return k, err
 	}
 	canonical, err := json.Marshal(request)
 	if err != nil {
@@ -75,32 +95,57 @@ func (s *Server) idempotency(c *fiber.Ctx, scope string, request any, render fun
 	h.Write([]byte(scope))
 	h.Write([]byte{0})
 	h.Write(canonical)
-	return &eventstore.Idempotency{
+	k.opt = &eventstore.Idempotency{
 		Scope:       scope,
 		Key:         key,
 		RequestHash: h.Sum(nil),
 		TTL:         s.cfg.IdempotencyTTL,
-		Response:    render,
-	}, nil
+		Answer: func(res eventstore.Result) ([]byte, error) {
+			a, err := render(res)
+			if err != nil {
+				return nil, err
+			}
+			k.last = &a
+			return json.Marshal(a)
+		},
+	}
+	return k, nil
 }
 
-// jsonResponse renders a JSON answer with the headers that matter to a retry.
-func jsonResponse(status int, body any, header map[string]string) (eventstore.Response, error) {
+// answer returns the answer to a command's result: the stored one replayed, the one
+// stored with its events, or (without a key) rendered now.
+func (k *keyed) answer(res eventstore.Result) (answer, bool, error) {
+	if res.Replayed != nil {
+		var a answer
+		if err := json.Unmarshal(res.Replayed, &a); err != nil {
+			return answer{}, true, fmt.Errorf("decode stored answer: %w", err)
+		}
+		return a, true, nil
+	}
+	if k.last != nil {
+		return *k.last, false, nil
+	}
+	a, err := k.render(res)
+	return a, false, err
+}
+
+// jsonAnswer renders a JSON answer with the headers that matter to a retry.
+func jsonAnswer(status int, body any, header map[string]string) (answer, error) {
 	raw, err := json.Marshal(body)
 	if err != nil {
-		return eventstore.Response{}, err
+		return answer{}, err
 	}
-	return eventstore.Response{Status: status, Header: header, Body: raw}, nil
+	return answer{Status: status, Header: header, Body: raw}, nil
 }
 
-// send writes a rendered response; replayed marks one stored by an earlier request.
-func send(c *fiber.Ctx, r eventstore.Response, replayed bool) error {
-	for k, v := range r.Header {
+// send writes an answer; replayed marks one stored by an earlier request.
+func send(c *fiber.Ctx, a answer, replayed bool) error {
+	for k, v := range a.Header {
 		c.Set(k, v)
 	}
 	if replayed {
 		c.Set(HeaderIdempotentReplayed, "true")
 	}
 	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
-	return c.Status(r.Status).Send(r.Body)
+	return c.Status(a.Status).Send(a.Body)
 }

@@ -253,34 +253,33 @@ func (s *Server) create(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	render := func(res eventstore.Result) (eventstore.Response, error) {
+	render := func(res eventstore.Result) (answer, error) {
 		v, err := projections.FoldAll(projections.View{}, projections.Events(res.Records)...)
 		if err != nil {
-			return eventstore.Response{}, err
+			return answer{}, err
 		}
-		return jsonResponse(fiber.StatusCreated, v, map[string]string{
+		return jsonAnswer(fiber.StatusCreated, v, map[string]string{
 			fiber.HeaderLocation: "/v1/ticket/" + id.String(),
 			fiber.HeaderETag:     `"` + strconv.Itoa(res.Ticket.Version()) + `"`,
 		})
 	}
-	idem, err := s.idempotency(c, "POST /v1/ticket/", cmd, render)
+	k, err := s.idempotency(c, "POST /v1/ticket/", cmd, render)
 	if err != nil {
 		return err
 	}
-	res, err := s.cfg.Store.Handle(c.UserContext(), id, eventstore.Options{Create: true, Metadata: s.metadata(c), Idempotency: idem},
+	res, err := s.cfg.Store.Handle(c.UserContext(), id, eventstore.Options{Create: true, Metadata: s.metadata(c), Idempotency: k.opt},
 		func(t *ticket.Ticket, now time.Time) error { return t.Open(cmd, now) })
 	if err != nil {
 		return err
 	}
-	if res.Replayed != nil {
-		return send(c, *res.Replayed, true)
-	}
-	s.committed(c, res)
-	resp, err := render(res)
+	a, replayed, err := k.answer(res)
 	if err != nil {
 		return err
 	}
-	return send(c, resp, false)
+	if !replayed {
+		s.committed(c, res)
+	}
+	return send(c, a, replayed)
 }
 
 func (s *Server) get(c *fiber.Ctx) error {
@@ -410,38 +409,37 @@ func (s *Server) addComment(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	render := func(res eventstore.Result) (eventstore.Response, error) {
+	render := func(res eventstore.Result) (answer, error) {
 		r := res.Records[len(res.Records)-1]
 		cm, ok := projections.CommentOf(r.Event)
 		if !ok {
-			return eventstore.Response{}, fmt.Errorf("comment command recorded %s", r.Type())
+			return answer{}, fmt.Errorf("comment command recorded %s", r.Type())
 		}
-		return jsonResponse(fiber.StatusCreated, cm, map[string]string{
+		return jsonAnswer(fiber.StatusCreated, cm, map[string]string{
 			fiber.HeaderETag: `"` + strconv.Itoa(r.Version) + `"`,
 		})
 	}
 	// the request is hashed before the comment gets its id: a retry gets another id
-	idem, err := s.idempotency(c, "POST /v1/ticket/"+id.String()+"/comments", cmd, render)
+	k, err := s.idempotency(c, "POST /v1/ticket/"+id.String()+"/comments", cmd, render)
 	if err != nil {
 		return err
 	}
 	if cmd.ID, err = uuid.NewV7(); err != nil {
 		return err
 	}
-	res, err := s.cfg.Store.Handle(c.UserContext(), id, eventstore.Options{IfMatch: im, Metadata: s.metadata(c), Idempotency: idem},
+	res, err := s.cfg.Store.Handle(c.UserContext(), id, eventstore.Options{IfMatch: im, Metadata: s.metadata(c), Idempotency: k.opt},
 		func(t *ticket.Ticket, now time.Time) error { return t.AddComment(cmd, now) })
 	if err != nil {
 		return s.preconditionFailed(c, id, err)
 	}
-	if res.Replayed != nil {
-		return send(c, *res.Replayed, true)
-	}
-	s.committed(c, res)
-	resp, err := render(res)
+	a, replayed, err := k.answer(res)
 	if err != nil {
 		return err
 	}
-	return send(c, resp, false)
+	if !replayed {
+		s.committed(c, res)
+	}
+	return send(c, a, replayed)
 }
 
 func (s *Server) listComments(c *fiber.Ctx) error {
