@@ -504,14 +504,16 @@ func (d *Docs) PutMany(ctx context.Context, views []projections.View, force bool
 		}
 	}
 	if err = d.done(ctx, err, time.Time{}); err != nil {
+		// A write counts only with its answer: a pipeline to a node that failed may
+		// leave its commands without an error and without a value.
 		var failed []projections.View
 		for i, c := range cmds {
-			if c == nil || c.Err() != nil {
+			if c == nil || c.Err() != nil || c.Val() == nil {
 				failed = append(failed, views[i])
 			}
 		}
 		if len(failed) == 0 {
-			failed = views
+			failed = views // an error nobody owns: none is known to be written
 		}
 		return failed, fmt.Errorf("redis put documents: %w", err)
 	}

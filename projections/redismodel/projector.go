@@ -82,8 +82,9 @@ func groupByTicket(evs []ticket.Event) ([]uuid.UUID, map[uuid.UUID][]ticket.Even
 }
 
 // Project brings the documents of the events' tickets up to at least the last of their
-// events (given in stream order per ticket): nothing for a ticket whose stored version is already there; its events
-// folded onto the stored document when that is exactly the version before them;
+// events (given in stream order per ticket): nothing for a ticket whose stored version
+// is already there; its events folded onto the stored document (the one this process
+// wrote last, else read from Redis) when that is exactly the version before them;
 // otherwise (missing, a gap) the document folded afresh from the event store. It
 // returns the tickets it could not write (Redis or the event store failing); their
 // documents are unchanged or correct, never older. The error is for events without a
@@ -92,6 +93,18 @@ func (p *Projector) Project(ctx context.Context, evs []ticket.Event) ([]uuid.UUI
 	ids, byTicket := groupByTicket(evs)
 	var failed []uuid.UUID
 	views := make([]projections.View, 0, len(ids))
+	add := func(id uuid.UUID, base projections.View, stored int) error {
+		v, done, err := p.fold(ctx, id, base, stored, byTicket[id])
+		switch {
+		case errors.Is(err, projections.ErrUnknownEvent):
+			return err
+		case err != nil:
+			failed = append(failed, id)
+		case !done:
+			views = append(views, v)
+		}
+		return nil
+	}
 	// Tickets whose document this process wrote last are folded onto the cached view;
 	// only the others are read from Redis.
 	var unknown []uuid.UUID
@@ -101,36 +114,25 @@ func (p *Projector) Project(ctx context.Context, evs []ticket.Event) ([]uuid.UUI
 			unknown = append(unknown, id)
 			continue
 		}
-		v, done, err := p.fold(ctx, id, cached, cached.Version, byTicket[id])
-		if errors.Is(err, projections.ErrUnknownEvent) {
+		if err := add(id, cached, cached.Version); err != nil {
 			return nil, err
-		}
-		switch {
-		case err != nil:
-			failed = append(failed, id)
-		case !done:
-			views = append(views, v)
 		}
 	}
 	if len(unknown) > 0 {
 		docs, err := p.Docs.GetMany(ctx, unknown)
 		if err != nil {
-			return append(failed, unknown...), nil
+			// Those tickets go to the backlog; the cached ones are still written (or
+			// queued) below, never dropped.
+			failed = append(failed, unknown...)
+			unknown = nil
 		}
 		for i, id := range unknown {
 			var base projections.View
 			if docs[i].Found && !docs[i].Deleted && json.Unmarshal(docs[i].Body, &base) != nil {
 				base = projections.View{} // unreadable: folded afresh
 			}
-			v, done, err := p.fold(ctx, id, base, docs[i].Version, byTicket[id])
-			if errors.Is(err, projections.ErrUnknownEvent) {
+			if err := add(id, base, docs[i].Version); err != nil {
 				return nil, err
-			}
-			switch {
-			case err != nil:
-				failed = append(failed, id)
-			case !done:
-				views = append(views, v)
 			}
 		}
 	}

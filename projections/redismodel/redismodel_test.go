@@ -735,3 +735,31 @@ func TestReaderAnswersWithinItsTimeoutWhileRedisHangs(t *testing.T) {
 	}
 	t.Logf("slowest GET while Redis hung: %s", slowest)
 }
+
+// TestRedisProjectorNeverDropsACachedTicketWhenReadsFail: in a batch of a ticket whose
+// document this process wrote last (folded without a read) and one it must read, a
+// failed read queues the second and still writes the first; neither is dropped.
+func TestRedisProjectorNeverDropsACachedTicketWhenReadsFail(t *testing.T) {
+	t.Parallel()
+	_, store := projectionstest.NewStore(t)
+	docs, fault, clean := faultyDocs(t, 2*time.Second)
+	p := &redismodel.Projector{Docs: docs, Events: store}
+	ctx := context.Background()
+	cachedID, cachedOpen := projectionstest.Open(t, store, "ann")
+	if err := rdProject(ctx, p, rdEvents(cachedOpen)...); err != nil { // written, so cached
+		t.Fatal(err)
+	}
+	readID, readOpen := projectionstest.Open(t, store, "bob")
+	more := projectionstest.Do(t, store, cachedID, projectionstest.Comment(1))
+
+	fault.set("fail", "get") // reads fail, writes work
+	failed, err := p.Project(ctx, append(rdEvents(more), rdEvents(readOpen)...))
+	fault.set("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(failed, []uuid.UUID{readID}) {
+		t.Fatalf("failed %v, want only the ticket that had to be read, %s", failed, readID)
+	}
+	rdExpectReplay(t, clean, store, cachedID, 0)
+}
