@@ -190,34 +190,18 @@ func gatherText(t testing.TB, reg *prometheus.Registry) string {
 	return strings.Join(names, "\n")
 }
 
-// backlog is a Metrics that remembers the last sampled backlog per group.
-type backlog struct {
-	projections.NopMetrics
-	mu sync.Mutex
-	n  map[string]int64
-}
-
-func (b *backlog) Backlog(group string, events int64) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.n == nil {
-		b.n = map[string]int64{}
-	}
-	b.n[group] = events
-}
-
 func TestBacklogCountsEventsNotYetAcknowledged(t *testing.T) {
 	t.Parallel()
 	pool, store := projectionstest.NewStore(t)
 	a, _ := projectionstest.Open(t, store, "one")
 	projectionstest.Do(t, store, a, projectionstest.Comment(2))
 	projectionstest.Open(t, store, "three")
-	var b backlog
+	var b projectionstest.Backlogs
 	if err := projections.SampleBacklog(context.Background(), pool, &b, pgmodel.Group, "never-subscribed"); err != nil {
 		t.Fatal(err)
 	}
-	if b.n[pgmodel.Group] != 3 || b.n["never-subscribed"] != 3 {
-		t.Fatalf("backlog %v, want 3 for both groups", b.n)
+	if b.Of(pgmodel.Group) != 3 || b.Of("never-subscribed") != 3 {
+		t.Fatalf("backlog %d and %d, want 3 for both groups", b.Of(pgmodel.Group), b.Of("never-subscribed"))
 	}
 	projectionstest.RunRouter(t, pool, projections.Config{}, pgProjector)
 	projectionstest.WaitCaughtUp(t, pool, pgmodel.Group, 10*time.Second)

@@ -64,12 +64,12 @@ func RunRouterWithLogger(t testing.TB, pool *pgxpool.Pool, cfg projections.Confi
 func WaitCaughtUp(t testing.TB, pool *pgxpool.Pool, group string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
-	var b backlogs
+	var b Backlogs
 	for {
 		if err := projections.SampleBacklog(context.Background(), pool, &b, group); err != nil {
 			t.Fatalf("backlog of %s: %v", group, err)
 		}
-		n := b.of(group)
+		n := b.Of(group)
 		if n == 0 {
 			return
 		}
@@ -80,14 +80,16 @@ func WaitCaughtUp(t testing.TB, pool *pgxpool.Pool, group string, timeout time.D
 	}
 }
 
-// backlogs is a projections.Metrics that remembers the last sampled backlog per group.
-type backlogs struct {
+// Backlogs is a projections.Metrics that remembers the last sampled backlog per group
+// (see projections.SampleBacklog).
+type Backlogs struct {
 	projections.NopMetrics
 	mu sync.Mutex
 	n  map[string]int64
 }
 
-func (b *backlogs) Backlog(group string, events int64) {
+// Backlog records a sample.
+func (b *Backlogs) Backlog(group string, events int64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.n == nil {
@@ -96,7 +98,8 @@ func (b *backlogs) Backlog(group string, events int64) {
 	b.n[group] = events
 }
 
-func (b *backlogs) of(group string) int64 {
+// Of returns the last sample of group (0 before any).
+func (b *Backlogs) Of(group string) int64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.n[group]
