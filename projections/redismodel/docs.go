@@ -238,20 +238,10 @@ func parseDoc(raw []byte) (int, []byte, error) {
 // trip per node: 0 for a miss; a tombstone counts with its version. It is bounded by
 // the timeout like every other call.
 func (d *Docs) Versions(ctx context.Context, ids []uuid.UUID) ([]int, error) {
-	if !d.br.allow() {
-		return nil, ErrDown
-	}
-	cctx, cancel := context.WithTimeout(ctx, d.timeout)
-	defer cancel()
-	cmds := make([]*redis.StringCmd, len(ids))
-	_, err := d.rdb.Pipelined(cctx, func(p redis.Pipeliner) error {
-		for i, id := range ids {
-			cmds[i] = p.GetRange(cctx, d.Key(id), 0, 15)
-		}
-		return nil
+	cmds, err := d.readEach(ctx, ids, func(ctx context.Context, p redis.Pipeliner, key string) *redis.StringCmd {
+		return p.GetRange(ctx, key, 0, 15)
 	})
-	// a batch may take longer than one call: its speed is not judged
-	if err = d.done(ctx, err, time.Time{}); err != nil {
+	if err != nil {
 		return nil, fmt.Errorf("redis versions: %w", err)
 	}
 	out := make([]int, len(ids))
@@ -384,6 +374,29 @@ func (b *breaker) failure() {
 	b.openUntil.Store(time.Now().Add(b.cooldown).UnixNano())
 }
 
+// readEach runs one read per ticket's key in one pipelined round trip per node,
+// bounded by the timeout and past the breaker (ErrDown while it is open). A miss is
+// not an error: its command says so. A batch may take longer than one call, so its
+// speed is not judged.
+func (d *Docs) readEach(ctx context.Context, ids []uuid.UUID, read func(context.Context, redis.Pipeliner, string) *redis.StringCmd) ([]*redis.StringCmd, error) {
+	if !d.br.allow() {
+		return nil, ErrDown
+	}
+	cctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	cmds := make([]*redis.StringCmd, len(ids))
+	_, err := d.rdb.Pipelined(cctx, func(p redis.Pipeliner) error {
+		for i, id := range ids {
+			cmds[i] = read(cctx, p, d.Key(id))
+		}
+		return nil
+	})
+	if errors.Is(err, redis.Nil) {
+		err = nil
+	}
+	return cmds, d.done(ctx, err, time.Time{})
+}
+
 // Doc is one stored document as GetMany returns it: Found is false for a miss;
 // Deleted marks a tombstone (Body empty). Version is 0 for a miss.
 type Doc struct {
@@ -398,22 +411,10 @@ type Doc struct {
 // ticket is then rebuilt). Errors: ErrDown while the breaker is open, otherwise
 // the Redis error; documents are returned only when every read succeeded.
 func (d *Docs) GetMany(ctx context.Context, ids []uuid.UUID) ([]Doc, error) {
-	if !d.br.allow() {
-		return nil, ErrDown
-	}
-	cctx, cancel := context.WithTimeout(ctx, d.timeout)
-	defer cancel()
-	cmds := make([]*redis.StringCmd, len(ids))
-	_, err := d.rdb.Pipelined(cctx, func(p redis.Pipeliner) error {
-		for i, id := range ids {
-			cmds[i] = p.Get(cctx, d.Key(id))
-		}
-		return nil
+	cmds, err := d.readEach(ctx, ids, func(ctx context.Context, p redis.Pipeliner, key string) *redis.StringCmd {
+		return p.Get(ctx, key)
 	})
-	if errors.Is(err, redis.Nil) {
-		err = nil // a miss among the reads; each command says which
-	}
-	if err = d.done(ctx, err, time.Time{}); err != nil {
+	if err != nil {
 		return nil, fmt.Errorf("redis get documents: %w", err)
 	}
 	out := make([]Doc, len(ids))
