@@ -320,3 +320,68 @@ func TestHungProjectorDoesNotHoldBackTheOthers(t *testing.T) {
 		}
 	}
 }
+
+// TestEventWhoseQueuedWritesFailIsIsolatedAndItsNeighboursApplied: a batch whose
+// queued writes fail (sent with the ack, after the apply returned) is taken again one
+// event at a time; the event that keeps failing goes to the poison topic and every
+// other event of the batch is applied.
+func TestEventWhoseQueuedWritesFailIsIsolatedAndItsNeighboursApplied(t *testing.T) {
+	t.Parallel()
+	pool, store := projectionstest.NewStore(t)
+	bad, _ := projectionstest.Open(t, store, "bad")
+	var ids []uuid.UUID
+	for i := range 4 {
+		id, _ := projectionstest.Open(t, store, fmt.Sprintf("good%d", i))
+		ids = append(ids, id)
+	}
+	var mu sync.Mutex
+	applied := map[uuid.UUID]int{}
+	apply := func(_ context.Context, tx pgx.Tx, recs []eventstore.Record, b *pgx.Batch) error {
+		for _, r := range recs {
+			if r.TicketID == bad {
+				b.Queue(`SELECT 1 / 0`) // fails when the batch is sent, not in the apply
+			}
+		}
+		return nil
+	}
+	h := projections.Handler{Group: "queues-a-failure",
+		Queue: apply,
+		Apply: func(ctx context.Context, tx pgx.Tx, recs []eventstore.Record) error {
+			b := &pgx.Batch{}
+			if err := apply(ctx, tx, recs, b); err != nil {
+				return err
+			}
+			if b.Len() > 0 {
+				if err := tx.SendBatch(ctx, b).Close(); err != nil {
+					return err
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, r := range recs {
+				applied[r.TicketID]++
+			}
+			return nil
+		}}
+	projectionstest.RunRouter(t, pool, projections.Config{Retries: 2}, h)
+	projectionstest.WaitCaughtUp(t, pool, h.Group, 20*time.Second)
+
+	var poisoned []string
+	rows, err := pool.Query(context.Background(), `SELECT payload::json->>'stream_id' FROM watermill_ticket_events_poison`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if poisoned, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+		t.Fatal(err)
+	}
+	if len(poisoned) != 1 || poisoned[0] != bad.String() {
+		t.Fatalf("poison table holds events of %v, want only %s", poisoned, bad)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, id := range ids {
+		if applied[id] != 1 {
+			t.Fatalf("ticket %s applied %d times one at a time, want once", id, applied[id])
+		}
+	}
+}

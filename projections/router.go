@@ -60,10 +60,18 @@ const PoisonTopic = eventstore.Topic + "_poison"
 // fails the whole batch, which is then retried event by event.
 type ApplyFunc func(ctx context.Context, tx pgx.Tx, recs []eventstore.Record) error
 
+// QueueFunc is an ApplyFunc that may queue its last writes into b instead of sending
+// them: the consumer sends b with the position's ack in one round trip, then commits.
+// A failure of b fails the batch like a failed apply.
+type QueueFunc func(ctx context.Context, tx pgx.Tx, recs []eventstore.Record, b *pgx.Batch) error
+
 // Handler is a projector: a consumer group and the function applying its batches.
+// Queue, when set, is used for whole batches instead of Apply (one round trip less);
+// events retried one at a time always go through Apply.
 type Handler struct {
 	Group string
 	Apply ApplyFunc
+	Queue QueueFunc
 }
 
 // Config tunes the projectors' consumers.
@@ -444,13 +452,16 @@ func (c *consumer) batch(ctx context.Context) (n, failed int, err error) {
 		}
 		recs = append(recs, o.rec)
 	}
+	b := &pgx.Batch{}
 	if len(recs) > 0 {
-		if err := c.Apply(bctx, tx, recs); err != nil {
-			c.r.cfg.Metrics.Failed(c.Group)
-			if transient(bctx, err) {
-				return 0, 0, err
-			}
-			return 0, len(rows), err
+		var err error
+		if c.Queue != nil {
+			err = c.Queue(bctx, tx, recs, b)
+		} else {
+			err = c.Apply(bctx, tx, recs)
+		}
+		if err != nil {
+			return c.failedBatch(bctx, len(rows), err)
 		}
 	}
 	for _, o := range bad {
@@ -459,12 +470,27 @@ func (c *consumer) batch(ctx context.Context) (n, failed int, err error) {
 			return 0, 0, err
 		}
 	}
-	if err := c.commit(bctx, tx, rows[len(rows)-1]); err != nil {
-		return 0, 0, err
+	last := rows[len(rows)-1]
+	b.Queue(c.ack, last.offset, strconv.FormatUint(uint64(last.txID), 10), c.Group)
+	if err := tx.SendBatch(bctx, b).Close(); err != nil {
+		return c.failedBatch(bctx, len(rows), err)
+	}
+	if err := tx.Commit(bctx); err != nil {
+		return 0, 0, Unavailable(fmt.Errorf("commit %s: %w", c.Group, err))
 	}
 	c.projected(recs)
 	c.poisoned(bad)
 	return len(rows), 0, nil
+}
+
+// failedBatch reports a batch whose apply (or queued writes) failed: a transient
+// error is retried as it is, any other has the batch's rows taken one at a time.
+func (c *consumer) failedBatch(ctx context.Context, rows int, err error) (int, int, error) {
+	c.r.cfg.Metrics.Failed(c.Group)
+	if transient(ctx, err) {
+		return 0, 0, err
+	}
+	return 0, rows, err
 }
 
 // one applies the next row alone, retrying it in savepoints; an event that keeps

@@ -42,7 +42,7 @@ type Projector struct {
 
 // Handler returns the projector as the projections.Handler of its consumer group.
 func (p Projector) Handler() projections.Handler {
-	return projections.Handler{Group: Group, Apply: p.Apply}
+	return projections.Handler{Group: Group, Apply: p.Apply, Queue: p.Queue}
 }
 
 // ticketColumns are the columns of readmodel.tickets, in the order of ticketRow.
@@ -55,6 +55,22 @@ var commentColumns = []string{"id", "ticket_id", "version", "body", "email", "cr
 // Apply writes a batch of events (in outbox order) into the read model inside tx. It is
 // idempotent: an event the read model already reflects (by version) changes nothing.
 func (p Projector) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Record) error {
+	b := &pgx.Batch{}
+	if err := p.Queue(ctx, tx, recs, b); err != nil || b.Len() == 0 {
+		return err
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return projections.Unavailable(fmt.Errorf("project %d events: %w", len(recs), err))
+	}
+	return nil
+}
+
+// Queue is Apply that queues its final writes (one upsert, one comment insert) into b
+// instead of sending them, so the consumer sends them with the position's ack in one
+// round trip; it reads through tx. The rows are cached as written: if b then fails,
+// the transaction rolls back and the cached versions are ahead of the table, which a
+// redelivery never takes as fitting (see Cache).
+func (p Projector) Queue(ctx context.Context, tx pgx.Tx, recs []eventstore.Record, b *pgx.Batch) error {
 	if len(recs) == 0 {
 		return nil
 	}
@@ -118,9 +134,9 @@ func (p Projector) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Recor
 		if len(comments) >= commentChunk {
 			// Tickets folded afresh bring all their comments: written in chunks, so a
 			// batch of long tickets the read model lacks does not hold them all.
-			b := &pgx.Batch{}
-			queueComments(b, s, commentTickets, comments)
-			if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			chunk := &pgx.Batch{}
+			queueComments(chunk, s, commentTickets, comments)
+			if err := tx.SendBatch(ctx, chunk).Close(); err != nil {
 				return projections.Unavailable(fmt.Errorf("project %d events: %w", len(recs), err))
 			}
 			comments, commentTickets = comments[:0], commentTickets[:0]
@@ -138,13 +154,9 @@ func (p Projector) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Recor
 	for i, id := range changed {
 		views[i] = cur[id]
 	}
-	b := &pgx.Batch{}
 	queueUpsert(b, s, views)
 	if len(comments) > 0 {
 		queueComments(b, s, commentTickets, comments)
-	}
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return projections.Unavailable(fmt.Errorf("project %d events: %w", len(recs), err))
 	}
 	if p.Cache != nil {
 		for _, v := range views {

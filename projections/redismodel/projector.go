@@ -41,7 +41,7 @@ type Projector struct {
 
 // Handler returns the projector as the projections.Handler of its consumer group.
 func (p *Projector) Handler() projections.Handler {
-	return projections.Handler{Group: Group, Apply: p.Apply}
+	return projections.Handler{Group: Group, Apply: p.Apply, Queue: p.Queue}
 }
 
 // Queued returns how many tickets this projector sent to the backlog instead of Redis.
@@ -51,6 +51,19 @@ func (p *Projector) Queued() int64 { return p.queued.Load() }
 // returns an error only when the backlog cannot be written (Postgres failing) or an
 // event has no fold case.
 func (p *Projector) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Record) error {
+	b := &pgx.Batch{}
+	if err := p.Queue(ctx, tx, recs, b); err != nil || b.Len() == 0 {
+		return err
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("queue redis repairs: %w", projections.Unavailable(err))
+	}
+	return nil
+}
+
+// Queue is Apply that queues the backlog rows of the tickets Redis did not get into b,
+// for the consumer to send with the position's ack in one round trip.
+func (p *Projector) Queue(ctx context.Context, _ pgx.Tx, recs []eventstore.Record, b *pgx.Batch) error {
 	failed, err := p.Project(ctx, projections.Events(recs))
 	if err != nil {
 		return err
@@ -65,7 +78,8 @@ func (p *Projector) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Reco
 	if p.Log != nil {
 		p.Log.Debug("redis projection queued for repair", "tickets", len(failed))
 	}
-	return EnqueueRepair(ctx, tx, failed...)
+	b.Queue(enqueueRepair, failed)
+	return nil
 }
 
 // groupByTicket splits events by ticket, in order of first appearance.
@@ -197,6 +211,10 @@ func rebuildDoc(ctx context.Context, events projections.Streams, docs *Docs, id 
 	return v.Version, nil
 }
 
+// enqueueRepair adds the tickets $1 to the backlog (see EnqueueRepair).
+const enqueueRepair = `INSERT INTO redis_backlog (ticket_id) SELECT DISTINCT unnest($1::uuid[])
+	ON CONFLICT (ticket_id) DO UPDATE SET gen = redis_backlog.gen + 1, lease_until = '-infinity'`
+
 // execer is a pgx transaction, savepoint or pool.
 type execer interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
@@ -207,8 +225,7 @@ type execer interface {
 // makes it due at once, so a repairer that loaded it before this call will not delete
 // the row and the newer state is repaired too.
 func EnqueueRepair(ctx context.Context, db execer, ids ...uuid.UUID) error {
-	_, err := db.Exec(ctx, `INSERT INTO redis_backlog (ticket_id) SELECT DISTINCT unnest($1::uuid[])
-		ON CONFLICT (ticket_id) DO UPDATE SET gen = redis_backlog.gen + 1, lease_until = '-infinity'`, ids)
+	_, err := db.Exec(ctx, enqueueRepair, ids)
 	if err != nil {
 		return fmt.Errorf("queue redis repair of %d tickets: %w", len(ids), projections.Unavailable(err))
 	}
