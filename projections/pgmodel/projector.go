@@ -21,10 +21,11 @@ import (
 const Group = "pg-readmodel"
 
 // Projector projects events into the readmodel.tickets and readmodel.comments tables.
-// A batch costs two round trips whatever its size: one reads the current rows of its
-// tickets, one pipelined batch writes every changed row (multi-row upsert and insert
-// from arrays). Rows are what Fold makes of the events; writes are guarded by version,
-// so a redelivered event changes nothing.
+// Whatever a batch's size, it reads the current rows of its tickets in one query (only
+// those it cannot fold onto a cached row) and writes every changed row with one
+// multi-row upsert and one insert from arrays, which Queue leaves for the consumer to
+// send with its ack. Rows are what Fold makes of the events; writes are guarded by
+// version, so a redelivered event changes nothing.
 type Projector struct {
 	// Schema is the schema holding the read model tables ("readmodel" unless a rebuild
 	// writes into a fresh copy).
