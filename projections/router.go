@@ -2,11 +2,13 @@ package projections
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
@@ -192,26 +194,36 @@ func Run(ctx context.Context, r *Router) error { return r.Run(ctx) }
 
 // Run consumes until ctx ends (see the package function Run).
 func (r *Router) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	var ready sync.WaitGroup
+	consumers := make([]*consumer, 0, len(r.handlers))
 	groups := make([]string, 0, len(r.handlers))
 	for _, h := range r.handlers {
-		c := &consumer{Handler: h, r: r, wake: r.cfg.Wake.subscribe()}
+		c := &consumer{Handler: h, r: r}
 		if err := c.prepare(); err != nil {
-			return err
+			return err // before any consumer started
 		}
+		consumers = append(consumers, c)
 		groups = append(groups, h.Group)
+	}
+	// Running closes when the last consumer has subscribed (never, if ctx ends first).
+	var waiting atomic.Int32
+	waiting.Store(int32(len(consumers)))
+	ready := func() {
+		if waiting.Add(-1) == 0 {
+			r.once.Do(func() { close(r.running) })
+		}
+	}
+	if len(consumers) == 0 {
+		r.once.Do(func() { close(r.running) })
+	}
+	var wg sync.WaitGroup
+	for _, c := range consumers {
+		c.wake = r.cfg.Wake.subscribe()
 		wg.Add(1)
-		ready.Add(1)
 		go func() {
 			defer wg.Done()
-			c.run(ctx, ready.Done)
+			c.run(ctx, ready)
 		}()
 	}
-	go func() {
-		ready.Wait()
-		r.once.Do(func() { close(r.running) })
-	}()
 	if _, nop := r.cfg.Metrics.(NopMetrics); !nop && len(groups) > 0 {
 		wg.Add(1)
 		go func() {
@@ -568,6 +580,7 @@ func (c *consumer) poison(ctx context.Context, tx pgx.Tx, o outboxRow, cause err
 		return err
 	}
 	msg := message.NewMessage(o.uuid, o.payload)
+	_ = json.Unmarshal(o.metadata, &msg.Metadata) // the outbox row's own metadata, if any
 	msg.Metadata.Set(middleware.ReasonForPoisonedKey, cause.Error())
 	msg.Metadata.Set(middleware.PoisonedTopicKey, eventstore.Topic)
 	msg.Metadata.Set(middleware.PoisonedHandlerKey, c.Group)
