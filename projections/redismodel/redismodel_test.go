@@ -763,3 +763,35 @@ func TestRedisProjectorNeverDropsACachedTicketWhenReadsFail(t *testing.T) {
 	}
 	rdExpectReplay(t, clean, store, cachedID, 0)
 }
+
+// TestWriteThroughLeavesARedisThatIsMerelyBehindToItsProjector: when Redis answers with
+// an older document than the one before a command's events (the projector has not
+// written the events in between yet), the write-through writes nothing and queues no
+// repair, and this instance reads the ticket past Redis until Redis has caught up.
+func TestWriteThroughLeavesARedisThatIsMerelyBehindToItsProjector(t *testing.T) {
+	t.Parallel()
+	pool, store := projectionstest.NewStore(t)
+	docs, _, _ := faultyDocs(t, 2*time.Second)
+	ctx := context.Background()
+	reader := redismodel.NewReader(docs, pgmodel.NewReadModel(pool, store), pool, nil)
+	id, opened := projectionstest.Open(t, store, "ann")
+	reader.Committed(ctx, rdEvents(opened))                               // Redis holds v1
+	projectionstest.Do(t, store, id, projectionstest.Comment(1))          // v2: not written through
+	third := projectionstest.Do(t, store, id, projectionstest.Comment(2)) // v3
+	reader.Committed(ctx, rdEvents(third))
+
+	if _, v, _ := rdHave(t, docs, id); v != 1 {
+		t.Fatalf("Redis holds v%d, want v1: the write-through must not skip v2", v)
+	}
+	if n := rdBacklog(t, pool); n != 0 {
+		t.Fatalf("%d tickets queued for repair, want none: Redis works, its projector will catch up", n)
+	}
+	if reader.Pending() != 1 {
+		t.Fatalf("pending marks %d, want 1: this instance must read the ticket past Redis", reader.Pending())
+	}
+	body, v, err := reader.GetRaw(ctx, id)
+	want, _ := rdWant(t, store, id, 0)
+	if err != nil || v != 3 || string(body) != want {
+		t.Fatalf("GET answered v%d (%v)\n%s\nwant v3\n%s", v, err, body, want)
+	}
+}

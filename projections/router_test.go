@@ -1,0 +1,72 @@
+package projections_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/projections/projectionstest"
+)
+
+// TestInstancesSharingAGroupApplyEveryEventOnce: three routers (three instances) run
+// the same consumer group while events are written; the group's lock makes them take
+// turns, so every event is applied exactly once, in each stream's order.
+func TestInstancesSharingAGroupApplyEveryEventOnce(t *testing.T) {
+	t.Parallel()
+	pool, store := projectionstest.NewStore(t)
+	var mu sync.Mutex
+	applied := map[string]int{} // "ticket vN" -> times applied
+	last := map[string]int{}    // ticket -> last version applied
+	var outOfOrder []string
+	h := projections.Handler{Group: "shared", Apply: func(_ context.Context, _ pgx.Tx, recs []eventstore.Record) error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, r := range recs {
+			applied[fmt.Sprintf("%s v%d", r.TicketID, r.Version)]++
+			if r.Version != last[r.TicketID.String()]+1 {
+				outOfOrder = append(outOfOrder, fmt.Sprintf("%s v%d after v%d", r.TicketID, r.Version, last[r.TicketID.String()]))
+			}
+			last[r.TicketID.String()] = r.Version
+		}
+		return nil
+	}}
+	for range 3 {
+		projectionstest.RunRouter(t, pool, projections.Config{BatchSize: 7}, h)
+	}
+	var wg sync.WaitGroup
+	events := 0
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 10 {
+				id, _ := projectionstest.Open(t, store, fmt.Sprintf("w%di%d", w, i))
+				projectionstest.Do(t, store, id, projectionstest.Comment(i))
+				projectionstest.Do(t, store, id, projectionstest.Comment(i+1))
+			}
+		}()
+		events += 30
+	}
+	wg.Wait()
+	projectionstest.WaitCaughtUp(t, pool, h.Group, 20*time.Second)
+
+	mu.Lock()
+	defer mu.Unlock()
+	if len(applied) != events {
+		t.Fatalf("%d distinct events applied, want %d", len(applied), events)
+	}
+	for ev, n := range applied {
+		if n != 1 {
+			t.Fatalf("event %s applied %d times by the instances, want once", ev, n)
+		}
+	}
+	if len(outOfOrder) > 0 {
+		t.Fatalf("events applied out of their stream's order: %v", outOfOrder[:min(5, len(outOfOrder))])
+	}
+}
