@@ -28,8 +28,8 @@ import (
 // summary line when done.
 func rebuildProjections(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger, stdout io.Writer) error {
 	// The rebuild allocates a decoded event, a view and a document per ticket and drops
-	// them at once; collecting less often costs a few tens of MB (peak RSS stays under
-	// 150 MB for 200,000 events) and saves a tenth to a quarter of its CPU. A GOGC in
+	// them at once; collecting less often costs a few tens of MB (peak RSS 144-152 MB
+	// for 200,000 events) and saves a tenth to a quarter of its CPU. A GOGC in
 	// the environment wins.
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
