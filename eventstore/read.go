@@ -202,15 +202,6 @@ func (s *Store) replayInto(ctx context.Context, t *ticket.Ticket, upTo int) (int
 	return n, nil
 }
 
-// Head returns the version of stream id's last event, 0 for an unknown stream.
-func (s *Store) Head(ctx context.Context, id uuid.UUID) (int, error) {
-	var head int
-	if err := s.pool.QueryRow(ctx, HeadQuery, id).Scan(&head); err != nil {
-		return 0, interpret(err, id, 0)
-	}
-	return head, nil
-}
-
 // HeadQuery selects the version of stream $1's last event (0 for an unknown stream),
 // for a read model that checks in the same round trip whether it is behind the store.
 const HeadQuery = `SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1`
