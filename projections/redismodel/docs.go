@@ -136,39 +136,21 @@ func (d *Docs) PutIfNewer(ctx context.Context, v projections.View) (bool, error)
 	if err != nil {
 		return false, fmt.Errorf("encode ticket %s: %w", v.ID, err)
 	}
-	return d.set(ctx, v.ID, v.Version, body, 0, false)
+	return d.set(ctx, v.ID, v.Version, body, 0)
 }
 
 // Tombstone marks ticket id deleted at version, if version is newer than the stored
 // one. Later Puts of older versions are refused, so a deleted ticket does not come back.
 func (d *Docs) Tombstone(ctx context.Context, id uuid.UUID, version int) error {
-	_, err := d.set(ctx, id, version, nil, TombstoneTTL, false)
+	_, err := d.set(ctx, id, version, nil, TombstoneTTL)
 	return err
 }
 
-// putForced and tombstoneForced are Put and Tombstone that go to Redis even while the
-// breaker is open (still bounded by the timeout, and still reporting to the breaker):
-// for the repairer, which works outside any transaction and is what finds out that
-// Redis is back, or still merely slow.
-func (d *Docs) putForced(ctx context.Context, v projections.View) error {
-	body, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Errorf("encode ticket %s: %w", v.ID, err)
-	}
-	_, err = d.set(ctx, v.ID, v.Version, body, 0, true)
-	return err
-}
-
-func (d *Docs) tombstoneForced(ctx context.Context, id uuid.UUID, version int) error {
-	_, err := d.set(ctx, id, version, nil, TombstoneTTL, true)
-	return err
-}
-
-func (d *Docs) set(ctx context.Context, id uuid.UUID, version int, body []byte, ttl time.Duration, force bool) (bool, error) {
+func (d *Docs) set(ctx context.Context, id uuid.UUID, version int, body []byte, ttl time.Duration) (bool, error) {
 	if version < 1 {
 		return false, fmt.Errorf("redis document of %s: version %d: %w", id, version, ticket.ErrInvalid)
 	}
-	if !force && !d.br.allow() {
+	if !d.br.allow() {
 		return false, ErrDown
 	}
 	val := make([]byte, 0, len(body)+12)
@@ -434,8 +416,10 @@ func (d *Docs) GetMany(ctx context.Context, ids []uuid.UUID) ([]Doc, error) {
 
 // PutMany stores each view (a tombstone for a deleted one) if it is newer than the
 // stored document, like Put, in one pipelined round trip per cluster node bounded by
-// the timeout. force goes past an open breaker (see putForced). It returns the views
-// whose write failed (all of them when the pipeline failed) and the first error.
+// the timeout. force goes past an open breaker (still bounded by the timeout, still
+// reporting to the breaker): for the repairer and the rebuild, which work outside any
+// consumer's batch and are what finds out that Redis is back, or still merely slow. It
+// returns the views whose write failed and the first error.
 func (d *Docs) PutMany(ctx context.Context, views []projections.View, force bool) ([]projections.View, error) {
 	if len(views) == 0 {
 		return nil, nil

@@ -192,7 +192,7 @@ func (p *Projector) replay(ctx context.Context, id uuid.UUID, upTo int) (project
 
 // rebuildDoc folds ticket id from the event store and writes its document (or its
 // tombstone), if newer than the stored one. It returns the version written. force
-// writes even while the breaker is open (see Docs.putForced).
+// writes even while the breaker is open (see Docs.PutMany).
 func rebuildDoc(ctx context.Context, events projections.Streams, docs *Docs, id uuid.UUID, force bool) (int, error) {
 	recs, err := events.Load(ctx, id, 0, projections.MaxVersion)
 	if err != nil {
