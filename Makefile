@@ -42,8 +42,13 @@ lint: ## Check gofmt and run go vet
 	$(GO) vet ./...
 
 .PHONY: bench
-bench: ## Run the load benchmark tool (cmd/ticketbench) against the test services
+bench: ## Run the load benchmark tool (cmd/ticketbench); results in bench/out/ (git-ignored)
 	scripts/test-env.sh $(GO) run ./cmd/ticketbench $(BENCH_ARGS)
+
+# A deliberate step: the README's table changes only when someone asks for it.
+.PHONY: bench-table
+bench-table: ## Copy the last bench run's table (bench/out/latest.json) into README.md
+	$(GO) run ./cmd/ticketbench -table-from bench/out/latest.json
 
 .PHONY: cluster-up
 cluster-up: ## Start (or reuse) the local 3-master Redis Cluster on 7001-7003

@@ -4,7 +4,9 @@
 // cost of ticketd's own stack in the same run (a bare Fiber + Redis Cluster handler, a
 // bare pgx insert loop, a bare pgx read of the event table), and prints one table of
 // requests/s, p50, p99, errors, baseline and ratio against the targets of issue 7. The
-// table is also written as JSON so runs can be compared.
+// table is also written as JSON under bench/out (git-ignored) so runs can be compared;
+// README.md's copy of the table changes only on request (-update-readme, or
+// make bench-table, which is -table-from bench/out/latest.json).
 //
 // Only ratios measured side by side mean much on a small, shared machine: absolute
 // numbers move with whatever else runs there.
@@ -18,6 +20,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -53,6 +56,8 @@ type options struct {
 	rebuildLimit  time.Duration
 	backlogLimit  time.Duration
 	outDir        string
+	updateReadme  bool
+	tableFrom     string
 	ticketdBin    string
 	logLevel      string
 	keep          bool
@@ -97,7 +102,9 @@ func parseOptions(args []string, stdout io.Writer) (options, error) {
 	fs.DurationVar(&o.seedTimeout, "seed-timeout", 90*time.Second, "bound on seeding")
 	fs.DurationVar(&o.rebuildLimit, "rebuild-timeout", 60*time.Second, "bound on ticketd -rebuild-projections (killed after it)")
 	fs.DurationVar(&o.backlogLimit, "backlog-timeout", 5*time.Minute, "bound on the projectors working off the backlog (the row fails after it)")
-	fs.StringVar(&o.outDir, "out", "bench", "directory for results-<time>.json, latest.json and README-table.md (empty: none)")
+	fs.StringVar(&o.outDir, "out", filepath.Join("bench", "out"), "directory for results-<time>.json, latest.json and README-table.md (empty: none); git ignores bench/out")
+	fs.BoolVar(&o.updateReadme, "update-readme", false, "also rewrite the benchmark table in README.md (between its bench-table markers) with this run's")
+	fs.StringVar(&o.tableFrom, "table-from", "", "run nothing: rewrite README.md's benchmark table from this results file (make bench-table: bench/out/latest.json)")
 	fs.StringVar(&o.ticketdBin, "ticketd-bin", "", "use this ticketd binary instead of building ./cmd/ticketd")
 	fs.StringVar(&o.logLevel, "log-level", "info", "LOG_LEVEL of the started ticketd")
 	fs.BoolVar(&o.baselineInProcess, "baseline-in-process", false, "serve the Fiber + Redis baseline from the bench process instead of a process of its own")
@@ -173,6 +180,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	o, err := parseOptions(args, stdout)
 	if err != nil {
 		return err
+	}
+	if o.tableFrom != "" {
+		return tableFromResults(o.tableFrom, stdout)
 	}
 	started := time.Now()
 	b, err := newBench(ctx, o, getenv, stdout)

@@ -303,36 +303,120 @@ func (rep Report) markdown() string {
 }
 
 // writeReport prints the table and writes results-<run>.json, latest.json and
-// README-table.md under -out.
+// README-table.md under -out (bench/out by default, which git ignores). With
+// -update-readme it also rewrites the table in README.md.
 func (b *bench) writeReport(w io.Writer) error {
 	fmt.Fprintln(w)
 	b.report.printTable(w)
-	if b.o.outDir == "" {
-		return nil
-	}
-	if err := os.MkdirAll(b.o.outDir, 0o755); err != nil {
-		return err
-	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(b.report); err != nil {
-		return err
-	}
-	js := buf.Bytes()
-	path := filepath.Join(b.o.outDir, "results-"+b.runID+".json")
-	for _, p := range []string{path, filepath.Join(b.o.outDir, "latest.json")} {
-		if err := os.WriteFile(p, js, 0o644); err != nil {
+	if b.o.outDir != "" {
+		if err := os.MkdirAll(b.o.outDir, 0o755); err != nil {
 			return err
 		}
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
+		enc.SetEscapeHTML(false)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(b.report); err != nil {
+			return err
+		}
+		js := buf.Bytes()
+		path := filepath.Join(b.o.outDir, "results-"+b.runID+".json")
+		for _, p := range []string{path, filepath.Join(b.o.outDir, "latest.json")} {
+			if err := os.WriteFile(p, js, 0o644); err != nil {
+				return err
+			}
+		}
+		md := filepath.Join(b.o.outDir, "README-table.md")
+		if err := os.WriteFile(md, []byte(b.report.markdown()), 0o644); err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "\nResults: %s (also %s, %s); total %.0fs\n", path, filepath.Join(b.o.outDir, "latest.json"), md, b.report.TotalSeconds)
 	}
-	md := filepath.Join(b.o.outDir, "README-table.md")
-	if err := os.WriteFile(md, []byte(b.report.markdown()), 0o644); err != nil {
+	if b.o.updateReadme {
+		readme, err := readmePath()
+		if err != nil {
+			return err
+		}
+		if err := updateReadmeTable(readme, b.report); err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "Rewrote the benchmark table in %s\n", readme)
+	} else if b.o.outDir != "" {
+		fmt.Fprintf(w, "README.md is unchanged: make bench-table copies this run's table into it\n")
+	}
+	return nil
+}
+
+// The README's benchmark table sits between these markers; updateReadmeTable rewrites
+// what is between them and nothing else.
+const (
+	tableBegin = "<!-- bench-table:begin (make bench-table rewrites this table from bench/out/latest.json) -->"
+	tableEnd   = "<!-- bench-table:end -->"
+)
+
+// readmePath is README.md at the repository root.
+func readmePath() (string, error) {
+	root, err := repoRoot()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(root, "README.md"), nil
+}
+
+// tableFromResults rewrites the README's table from a results file written by an
+// earlier run (-table-from, make bench-table).
+func tableFromResults(resultsPath string, w io.Writer) error {
+	js, err := os.ReadFile(resultsPath)
+	if err != nil {
+		return fmt.Errorf("%w (make bench writes it)", err)
+	}
+	var rep Report
+	if err := json.Unmarshal(js, &rep); err != nil {
+		return fmt.Errorf("%s: %w", resultsPath, err)
+	}
+	if len(rep.Rows) == 0 {
+		return fmt.Errorf("%s has no rows", resultsPath)
+	}
+	readme, err := readmePath()
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "\nResults: %s (also %s, %s); total %.0fs\n", path, filepath.Join(b.o.outDir, "latest.json"), md, b.report.TotalSeconds)
+	if err := updateReadmeTable(readme, rep); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "Rewrote the benchmark table in %s from %s (run %s, commit %s)\n", readme, resultsPath, rep.RunID, rep.Commit)
 	return nil
+}
+
+// updateReadmeTable replaces the table between the markers of the file at path.
+func updateReadmeTable(path string, rep Report) error {
+	old, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	doc, err := replaceTable(string(old), rep.markdown())
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, []byte(doc), st.Mode().Perm())
+}
+
+// replaceTable returns doc with what is between the table markers (each on a line of
+// its own, once) replaced by table.
+func replaceTable(doc, table string) (string, error) {
+	if strings.Count(doc, tableBegin) != 1 || strings.Count(doc, tableEnd) != 1 {
+		return "", fmt.Errorf("want the markers %q and %q once each around the benchmark table", tableBegin, tableEnd)
+	}
+	i := strings.Index(doc, tableBegin) + len(tableBegin)
+	j := strings.Index(doc, tableEnd)
+	if j < i {
+		return "", fmt.Errorf("%q comes before %q", tableEnd, tableBegin)
+	}
+	return doc[:i] + "\n" + strings.TrimRight(table, "\n") + "\n" + doc[j:], nil
 }
 
 // machine describes this machine and the Postgres server.
