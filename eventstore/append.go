@@ -1,8 +1,11 @@
 package eventstore
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -11,82 +14,205 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// appendStatement writes a command's events and their outbox rows in one statement,
-// so an append costs one round trip between BEGIN and COMMIT (the transaction holds
-// an id, and with it every consumer's view of newer events, for that long only):
+// appendStatement writes the events of one or more commands (each on its own stream),
+// their outbox rows and their idempotency answers in one statement, so a transaction
+// of appends costs one round trip between BEGIN and COMMIT:
 //
 //   - ev inserts the events (positions from the identity column, transaction_id
-//     defaulting to the writing transaction);
+//     defaulting to the writing transaction). An event whose (stream_id, version) is
+//     taken is skipped rather than failing the statement, so one command's clash does
+//     not fail the others: the unique key still decides who wins, and the result says
+//     who did;
 //   - outbox inserts, into watermill-sql's outbox table for Topic, the rows its
-//     publisher would insert for them (uuid, payload, metadata "{}", transaction_id =
-//     pg_current_xact_id()), in version order, each payload completed with the position
-//     the event got;
-//   - the statement returns the positions in version order.
+//     publisher would insert for the events that were inserted (uuid, payload,
+//     metadata "{}", transaction_id = pg_current_xact_id()), in the order given (each
+//     stream in version order), each payload completed with the position its event got;
+//   - idem stores the answers of the commands that carry an Idempotency-Key; a live
+//     answer under the key is left alone and its row is not returned, which tells the
+//     writer that another run under the key committed first;
+//   - the statement returns (stream, version, position) of every inserted event and
+//     (stream, 0, 0) of every stored answer.
 //
 // Postgres runs data-modifying WITH clauses exactly once whether or not the main query
 // reads them, and all of it is one atomic statement: an event is stored and published,
-// or neither.
+// or neither. A command that got only part of what it wrote (some events, or its events
+// without its answer) makes the caller roll the transaction back (see outcomeOf).
 var appendStatement = `WITH ev AS (
 	INSERT INTO events (stream_id, version, type, data, metadata, recorded_at)
 	SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::jsonb[], $6::timestamptz[])
-	RETURNING position, version
+	ON CONFLICT (stream_id, version) DO NOTHING
+	RETURNING position, stream_id, version
 ), outbox AS (
 	INSERT INTO ` + wsql.DefaultPostgreSQLSchema{}.MessagesTable(Topic) + ` (uuid, payload, metadata, transaction_id)
 	SELECT m.uuid, jsonb_set(m.payload, '{position}', to_jsonb(ev.position))::json, '{}', pg_current_xact_id()
-	FROM unnest($7::text[], $8::jsonb[], $2::int[]) WITH ORDINALITY AS m(uuid, payload, version, ord)
-	JOIN ev ON ev.version = m.version
+	FROM unnest($1::uuid[], $2::int[], $7::text[], $8::jsonb[]) WITH ORDINALITY AS m(stream_id, version, uuid, payload, ord)
+	JOIN ev USING (stream_id, version)
 	ORDER BY m.ord
+), idem AS (
+	INSERT INTO idempotency_keys AS k (scope, key, request_hash, stream_id, answer)
+	SELECT * FROM unnest($9::text[], $10::text[], $11::bytea[], $12::uuid[], $13::bytea[])
+	ON CONFLICT (scope, key) DO UPDATE SET request_hash = excluded.request_hash,
+		stream_id = excluded.stream_id, answer = excluded.answer, created_at = now()
+	WHERE k.created_at <= now() - ($14::bigint * interval '1 microsecond')
+	RETURNING stream_id
 )
-SELECT position FROM ev ORDER BY version`
+SELECT stream_id, version, position FROM ev
+UNION ALL
+SELECT stream_id, 0, 0 FROM idem`
 
-// queueAppend queues appendStatement for recs (all of one stream, in version order);
-// readAppend reads its result.
-func queueAppend(b *pgx.Batch, recs []Record) error {
-	n := len(recs)
-	streams := make([]uuid.UUID, n)
-	versions := make([]int32, n)
-	types := make([]string, n)
-	data, metadata, payloads, ids := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	at := make([]time.Time, n)
+// pending is one command's append: its records, encoded once by the caller, and the
+// idempotency answer to store with them.
+type pending struct {
+	recs []Record
+	rows []encodedRow
+	idem *Idempotency
+	// answer is what idem stores (nil without idem).
+	answer []byte
+	// ctx is the caller's: the group's transaction lasts while any caller waits.
+	ctx context.Context
+	// done receives the append's outcome once; it is buffered so that whoever
+	// commits never waits for the caller.
+	done chan error
+}
+
+// encodedRow is a record as the statement takes it.
+type encodedRow struct {
+	data, metadata, payload, id string
+}
+
+// newPending encodes recs (one stream, in version order) for appendStatement.
+func newPending(recs []Record, idem *Idempotency, answer []byte) (*pending, error) {
+	p := &pending{recs: recs, rows: make([]encodedRow, len(recs)), idem: idem, answer: answer, done: make(chan error, 1)}
 	for i, r := range recs {
 		d, err := json.Marshal(r.Data)
 		if err != nil {
-			return fmt.Errorf("encode %s: %w", r.Type(), err)
+			return nil, fmt.Errorf("encode %s: %w", r.Type(), err)
 		}
 		md, err := json.Marshal(r.Metadata)
 		if err != nil {
-			return fmt.Errorf("encode metadata: %w", err)
+			return nil, fmt.Errorf("encode metadata: %w", err)
 		}
-		payload, err := EncodeMessage(r)
+		payload, err := encodeMessage(r, d)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		streams[i], versions[i], types[i], at[i] = r.TicketID, int32(r.Version), r.Type(), r.RecordedAt
-		data[i], metadata[i], payloads[i] = string(d), string(md), string(payload)
 		// A deterministic message id per event (stream, version) lets consumers and
 		// operators match a message to its event.
-		ids[i] = uuid.NewSHA1(r.TicketID, []byte(strconv.Itoa(r.Version))).String()
+		id := uuid.NewSHA1(r.TicketID, []byte(strconv.Itoa(r.Version))).String()
+		p.rows[i] = encodedRow{data: string(d), metadata: string(md), payload: string(payload), id: id}
 	}
-	b.Queue(appendStatement, streams, versions, types, data, metadata, at, ids, payloads)
-	return nil
+	return p, nil
 }
 
-// readAppend reads the result of the statement queueAppend queued and fills in the
-// records' positions.
-func readAppend(br pgx.BatchResults, recs []Record) error {
+func (p *pending) stream() uuid.UUID { return p.recs[0].TicketID }
+func (p *pending) expected() int     { return p.recs[0].Version - 1 }
+func (p *pending) clash() error {
+	return &ConcurrencyError{StreamID: p.stream(), Expected: p.expected()}
+}
+
+// queueAppend queues appendStatement for ps, whose streams differ and whose
+// idempotency keys (if any) differ and share one TTL. Streams go in ascending order, so
+// that two transactions appending to the same streams take their locks in one order.
+func queueAppend(b *pgx.Batch, ps []*pending) {
+	ps = slices.Clone(ps)
+	slices.SortFunc(ps, func(a, b *pending) int { x, y := a.stream(), b.stream(); return bytes.Compare(x[:], y[:]) })
+	var n, k int
+	for _, p := range ps {
+		n += len(p.recs)
+		if p.idem != nil {
+			k++
+		}
+	}
+	streams, versions, types, at := make([]uuid.UUID, 0, n), make([]int32, 0, n), make([]string, 0, n), make([]time.Time, 0, n)
+	data, metadata, ids, payloads := make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
+	scopes, keys, hashes, keyStreams, answers := make([]string, 0, k), make([]string, 0, k), make([][]byte, 0, k), make([]uuid.UUID, 0, k), make([][]byte, 0, k)
+	var ttl time.Duration
+	for _, p := range ps {
+		for i, r := range p.recs {
+			streams, versions, types, at = append(streams, r.TicketID), append(versions, int32(r.Version)), append(types, r.Type()), append(at, r.RecordedAt)
+			row := p.rows[i]
+			data, metadata, ids, payloads = append(data, row.data), append(metadata, row.metadata), append(ids, row.id), append(payloads, row.payload)
+		}
+		if p.idem != nil {
+			scopes, keys, hashes = append(scopes, p.idem.Scope), append(keys, p.idem.Key), append(hashes, p.idem.RequestHash)
+			keyStreams, answers, ttl = append(keyStreams, p.stream()), append(answers, p.answer), p.idem.TTL
+		}
+	}
+	b.Queue(appendStatement, streams, versions, types, data, metadata, at, ids, payloads,
+		scopes, keys, hashes, keyStreams, answers, ttl.Microseconds())
+}
+
+// outcome is what appendStatement did for one command.
+type outcome int
+
+const (
+	// applied: every event and the answer (if any) were written.
+	applied outcome = iota
+	// clashed: nothing was written: a version or the idempotency key was taken.
+	clashed
+	// partial: some of it was written: the transaction must roll back.
+	partial
+)
+
+// readAppend reads the statement's result: the outcome of each of ps (in ps's order)
+// and, for those applied, their records' positions.
+func readAppend(br pgx.BatchResults, ps []*pending) ([]outcome, error) {
 	rows, err := br.Query()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	positions, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	type written struct {
+		positions map[int]int64
+		stored    bool
+	}
+	got := make(map[uuid.UUID]*written, len(ps))
+	var (
+		stream   uuid.UUID
+		version  int
+		position int64
+	)
+	_, err = pgx.ForEachRow(rows, []any{&stream, &version, &position}, func() error {
+		w := got[stream]
+		if w == nil {
+			w = &written{positions: map[int]int64{}}
+			got[stream] = w
+		}
+		if version == 0 {
+			w.stored = true
+		} else {
+			w.positions[version] = position
+		}
+		return nil
+	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if len(positions) != len(recs) {
-		return fmt.Errorf("append of %d events stored %d", len(recs), len(positions))
+	out := make([]outcome, len(ps))
+	for i, p := range ps {
+		w := got[p.stream()]
+		switch {
+		case w == nil:
+			out[i] = clashed
+		case len(w.positions) == len(p.recs) && w.stored == (p.idem != nil):
+			out[i] = applied
+			for j := range p.recs {
+				p.recs[j].Position = w.positions[p.recs[j].Version]
+			}
+		default:
+			out[i] = partial
+		}
 	}
-	for i := range recs {
-		recs[i].Position = positions[i]
+	return out, nil
+}
+
+// appendIn runs appendStatement for ps on tx and returns each one's outcome.
+func appendIn(ctx context.Context, tx pgx.Tx, ps []*pending) ([]outcome, error) {
+	b := &pgx.Batch{}
+	queueAppend(b, ps)
+	br := tx.SendBatch(ctx, b)
+	out, err := readAppend(br, ps)
+	if cerr := br.Close(); err == nil {
+		err = cerr
 	}
-	return nil
+	return out, err
 }

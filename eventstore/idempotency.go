@@ -55,14 +55,6 @@ const purgeEvery = time.Minute
 const (
 	selectStoredResponse = `SELECT request_hash, answer FROM idempotency_keys
 		WHERE scope = $1 AND key = $2 AND created_at > now() - ($3::bigint * interval '1 microsecond')`
-	// An expired row is taken over; a live one is left alone and no row is affected,
-	// which tells the writer that another run under the key committed first.
-	insertStoredResponse = `INSERT INTO idempotency_keys AS k
-		(scope, key, request_hash, stream_id, answer)
-		VALUES ($1, $2, $3, $4, $5)
-		ON CONFLICT (scope, key) DO UPDATE SET request_hash = excluded.request_hash,
-			stream_id = excluded.stream_id, answer = excluded.answer, created_at = now()
-		WHERE k.created_at <= now() - ($6::bigint * interval '1 microsecond')`
 	deleteExpiredResponses = `DELETE FROM idempotency_keys
 		WHERE created_at <= now() - ($1::bigint * interval '1 microsecond')`
 )
@@ -92,10 +84,10 @@ func (s *Store) storedResponse(ctx context.Context, idem *Idempotency) ([]byte, 
 	return answer, nil
 }
 
-// appendCommand appends a command's events. Without idempotency it is Append. With
-// it, the rendered response is stored in the same transaction; when another run under
-// the key committed first, the transaction rolls back and a *ConcurrencyError tells
-// Handle to look for the stored response.
+// appendCommand appends a command's events. With idempotency, the rendered answer is
+// stored in the same transaction; when another run under the key committed first,
+// nothing is written and a *ConcurrencyError tells Handle to look for the stored
+// answer.
 func (s *Store) appendCommand(ctx context.Context, expected int, events []ticket.Event, opt Options, t *ticket.Ticket) ([]Record, error) {
 	idem := opt.Idempotency
 	if idem == nil {
@@ -107,40 +99,19 @@ func (s *Store) appendCommand(ctx context.Context, expected int, events []ticket
 	if err != nil || len(recs) == 0 {
 		return nil, err
 	}
-	id := recs[0].TicketID
-	errTaken := errors.New("idempotency key taken")
 	// The answer is rendered before the append (the append fills in only the events'
 	// global positions), so the events, their outbox rows and the stored answer go to
-	// Postgres in one round trip.
+	// Postgres in one statement.
 	answer, err := idem.Answer(Result{Ticket: t, Records: recs})
 	if err != nil {
 		return nil, fmt.Errorf("render idempotent answer: %w", err)
 	}
-	b := &pgx.Batch{}
-	if err := queueAppend(b, recs); err != nil {
+	p, err := newPending(recs, idem, answer)
+	if err != nil {
 		return nil, err
 	}
-	b.Queue(insertStoredResponse, idem.Scope, idem.Key, idem.RequestHash, id, answer, idem.TTL.Microseconds())
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		br := tx.SendBatch(ctx, b)
-		defer br.Close()
-		if err := readAppend(br, recs); err != nil {
-			return err
-		}
-		tag, err := br.Exec()
-		if err != nil {
-			return err
-		}
-		if tag.RowsAffected() == 0 {
-			return errTaken
-		}
-		return br.Close()
-	})
-	if errors.Is(err, errTaken) {
-		return nil, &ConcurrencyError{StreamID: id, Expected: expected}
-	}
-	if err != nil {
-		return nil, interpret(err, id, expected)
+	if err := s.commits.append(ctx, p); err != nil {
+		return nil, err
 	}
 	s.purgeDue(ctx, idem.TTL)
 	return recs, nil

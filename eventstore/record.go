@@ -48,6 +48,11 @@ func EncodeMessage(r Record) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", r.Type(), err)
 	}
+	return encodeMessage(r, data)
+}
+
+// encodeMessage is EncodeMessage with the event's data already encoded.
+func encodeMessage(r Record, data json.RawMessage) ([]byte, error) {
 	return json.Marshal(envelope{
 		Position: r.Position, StreamID: r.TicketID, Version: r.Version, Type: r.Type(),
 		At: r.At, Data: data, Metadata: r.Metadata, RecordedAt: r.RecordedAt,

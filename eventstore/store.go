@@ -33,6 +33,7 @@ type Store struct {
 	OnAppend  func()
 	cache     *tickets
 	locks     *streamLocks
+	commits   *committer
 	lastPurge atomic.Int64 // unix ns of the last purge of expired idempotency keys
 }
 
@@ -42,7 +43,10 @@ const DefaultCacheEntries = 50_000
 
 // New returns a store on pool.
 func New(pool *pgxpool.Pool) *Store {
-	return &Store{pool: pool, Now: time.Now, MaxRetries: 20, cache: newTickets(DefaultCacheEntries), locks: newStreamLocks()}
+	return &Store{
+		pool: pool, Now: time.Now, MaxRetries: 20,
+		cache: newTickets(DefaultCacheEntries), locks: newStreamLocks(), commits: newCommitter(pool, DefaultMaxFlushes),
+	}
 }
 
 // Pool returns the store's connection pool.
@@ -82,30 +86,44 @@ func (s *Store) LoadTicket(ctx context.Context, id uuid.UUID, upTo int) (*ticket
 
 // Append stores events as the next versions of their stream, which must stand at
 // expected, and publishes them to Topic through the outbox in the same transaction:
-// an event is either stored and published, or neither. A clash with another writer
-// returns a *ConcurrencyError; an unreachable database wraps ticket.ErrUnavailable.
+// an event is either stored and published, or neither. Concurrent appends share
+// transactions (group commit, see committer). A clash with another writer returns a
+// *ConcurrencyError; an unreachable database wraps ticket.ErrUnavailable.
 func (s *Store) Append(ctx context.Context, expected int, events []ticket.Event, md Metadata) ([]Record, error) {
+	return s.appendPending(ctx, expected, events, md, nil, nil)
+}
+
+// appendPending commits a command's events, and its idempotency answer if idem is set,
+// through the group committer.
+func (s *Store) appendPending(ctx context.Context, expected int, events []ticket.Event, md Metadata, idem *Idempotency, answer []byte) ([]Record, error) {
 	recs, err := records(expected, events, md)
 	if err != nil || len(recs) == 0 {
 		return nil, err
 	}
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error { return s.appendTx(ctx, tx, recs) })
+	p, err := newPending(recs, idem, answer)
 	if err != nil {
-		return nil, interpret(err, recs[0].TicketID, expected)
+		return nil, err
+	}
+	if err := s.commits.append(ctx, p); err != nil {
+		return nil, err
 	}
 	return recs, nil
 }
 
-// AppendTx is Append inside the caller's transaction: the events and their outbox
-// messages commit or roll back with tx, and the caller commits. A clash returns a
-// *ConcurrencyError and leaves tx aborted; an unreachable database wraps
-// ticket.ErrUnavailable.
+// AppendTx is Append inside the caller's transaction, alone: the events and their
+// outbox messages commit or roll back with tx, and the caller commits. A clash returns
+// a *ConcurrencyError and writes nothing (tx stays usable); an unreachable database
+// wraps ticket.ErrUnavailable.
 func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, expected int, events []ticket.Event, md Metadata) ([]Record, error) {
 	recs, err := records(expected, events, md)
 	if err != nil || len(recs) == 0 {
 		return nil, err
 	}
-	if err := s.appendTx(ctx, tx, recs); err != nil {
+	p, err := newPending(recs, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := appendTx(ctx, tx, p); err != nil {
 		return nil, interpret(err, recs[0].TicketID, expected)
 	}
 	return recs, nil
@@ -130,20 +148,6 @@ func records(expected int, events []ticket.Event, md Metadata) ([]Record, error)
 		recs[i] = Record{Event: e, Metadata: m, RecordedAt: e.At.UTC()}
 	}
 	return recs, nil
-}
-
-// appendTx writes the records and their outbox rows on tx in one round trip.
-func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, recs []Record) error {
-	b := &pgx.Batch{}
-	if err := queueAppend(b, recs); err != nil {
-		return err
-	}
-	br := tx.SendBatch(ctx, b)
-	if err := readAppend(br, recs); err != nil {
-		_ = br.Close()
-		return err
-	}
-	return br.Close()
 }
 
 // Options qualify one command.

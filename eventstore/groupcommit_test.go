@@ -1,0 +1,280 @@
+package eventstore_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/ticket"
+)
+
+// appendResult is what one Append returned.
+type appendResult struct {
+	recs []eventstore.Record
+	err  error
+}
+
+// groupScenario makes the next group commit predictable: with one flush at a time, it
+// holds the store's only flush in a transaction that waits on a row lock, queues
+// appends behind it, and then lets the first go, so that the queued appends go to
+// Postgres as one group. It returns the queued appends' results, in order.
+func groupScenario(t *testing.T, s *eventstore.Store, pool *pgxpool.Pool, appends []func(ctx context.Context) ([]eventstore.Record, error)) []appendResult {
+	t.Helper()
+	ctx := testContext(t)
+	s.SetMaxFlushes(1)
+
+	// A transaction of the test's own holds version 1 of stream held, uncommitted.
+	held := newID(t)
+	blocker, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Rollback(context.Background()) //nolint:errcheck // after Commit this is a no-op
+	if _, err := s.AppendTx(ctx, blocker, 0, []ticket.Event{openedEvent(held)}, eventstore.Metadata{}); err != nil {
+		t.Fatal(err)
+	}
+	// The store's flush appends to the same version and waits for the blocker.
+	before := s.AppendStats()
+	first := make(chan error, 1)
+	go func() {
+		_, err := s.Append(ctx, 0, []ticket.Event{openedEvent(held)}, eventstore.Metadata{})
+		first <- err
+	}()
+	waitUntil(t, "the first append to start", func() bool { return s.AppendStats().Transactions > before.Transactions })
+
+	out := make([]appendResult, len(appends))
+	var wg sync.WaitGroup
+	for i, a := range appends {
+		wg.Go(func() {
+			recs, err := a(ctx)
+			out[i] = appendResult{recs, err}
+		})
+	}
+	waitUntil(t, "the appends to queue", func() bool { return s.AppendStats().Queued == len(appends) })
+	if err := blocker.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-first; !errors.Is(err, eventstore.ErrConcurrency) {
+		t.Fatalf("the append that waited on the held version: expected a concurrency error, got %v", err)
+	}
+	wg.Wait()
+	return out
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// openAppend appends the opening event of a new stream.
+func openAppend(s *eventstore.Store, id uuid.UUID) func(ctx context.Context) ([]eventstore.Record, error) {
+	return func(ctx context.Context) ([]eventstore.Record, error) {
+		return s.Append(ctx, 0, []ticket.Event{openedEvent(id)}, eventstore.Metadata{})
+	}
+}
+
+// transactionsOf returns how many distinct transactions wrote the events of ids.
+func transactionsOf(t *testing.T, pool *pgxpool.Pool, ids []uuid.UUID) int {
+	t.Helper()
+	return count(t, pool, `SELECT count(DISTINCT transaction_id) FROM events WHERE stream_id = ANY($1)`, ids)
+}
+
+// TestGroupCommitSharesOneTransaction: appends queued behind a busy flush go to
+// Postgres together, in one transaction, each stored with its outbox row and its own
+// position.
+func TestGroupCommitSharesOneTransaction(t *testing.T) {
+	t.Parallel()
+	s, pool := newStore(t)
+	const n = 20
+	ids := make([]uuid.UUID, n)
+	appends := make([]func(context.Context) ([]eventstore.Record, error), n)
+	for i := range ids {
+		ids[i] = newID(t)
+		appends[i] = openAppend(s, ids[i])
+	}
+	before := s.AppendStats()
+	results := groupScenario(t, s, pool, appends)
+
+	positions := map[int64]bool{}
+	for i, r := range results {
+		if r.err != nil || len(r.recs) != 1 || r.recs[0].Position == 0 {
+			t.Fatalf("append %d: expected one stored record, got %+v, %v", i, r.recs, r.err)
+		}
+		positions[r.recs[0].Position] = true
+		if ev, msg := streamCounts(t, pool, ids[i]); ev != 1 || msg != 1 {
+			t.Errorf("append %d: %d events and %d outbox messages, want 1 and 1", i, ev, msg)
+		}
+	}
+	if len(positions) != n {
+		t.Errorf("%d distinct positions for %d appends", len(positions), n)
+	}
+	if got := transactionsOf(t, pool, ids); got != 1 {
+		t.Errorf("the %d queued appends were written by %d transactions, want 1", n, got)
+	}
+	after := s.AppendStats()
+	if tx, cmds := after.Transactions-before.Transactions, after.Commands-before.Commands; tx != 2 || cmds != n+1 {
+		t.Errorf("stats: %d transactions carrying %d commands, want 2 carrying %d", tx, cmds, n+1)
+	}
+	// Every record reads back as returned, position included.
+	stored := storedEvents(t, s, pool)
+	for _, r := range results {
+		if got := stored[key(r.recs[0])]; !sameRecord(got, r.recs[0]) {
+			t.Errorf("stored %+v, returned %+v", got, r.recs[0])
+		}
+	}
+}
+
+// TestGroupCommitAClashFailsOnlyItsCommand: in a group, a command whose expected
+// version is taken gets its own ConcurrencyError; the others commit in the same
+// transaction.
+func TestGroupCommitAClashFailsOnlyItsCommand(t *testing.T) {
+	t.Parallel()
+	s, pool := newStore(t)
+	stale := openTicket(t, s) // stands at 1
+	var ids []uuid.UUID
+	var appends []func(context.Context) ([]eventstore.Record, error)
+	for range 5 {
+		id := newID(t)
+		ids = append(ids, id)
+		appends = append(appends, openAppend(s, id))
+	}
+	appends = append(appends, func(ctx context.Context) ([]eventstore.Record, error) {
+		return s.Append(ctx, 0, []ticket.Event{commentEvent(stale, 1)}, eventstore.Metadata{})
+	})
+	results := groupScenario(t, s, pool, appends)
+
+	var ce *eventstore.ConcurrencyError
+	if last := results[len(results)-1]; !errors.As(last.err, &ce) || ce.StreamID != stale || ce.Expected != 0 {
+		t.Fatalf("the stale append: expected a ConcurrencyError for %s at 0, got %v", stale, last.err)
+	}
+	for i, r := range results[:len(ids)] {
+		if r.err != nil {
+			t.Fatalf("append %d beside the clash: %v", i, r.err)
+		}
+	}
+	if got := transactionsOf(t, pool, ids); got != 1 {
+		t.Errorf("the appends beside the clash were written by %d transactions, want 1", got)
+	}
+	if ev, msg := streamCounts(t, pool, stale); ev != 1 || msg != 1 {
+		t.Errorf("the stale stream has %d events and %d outbox messages, want 1 and 1", ev, msg)
+	}
+}
+
+// TestGroupCommitAPartialCommandIsUndone: a command of two events whose first version
+// is taken would store only its second; the group rolls back, the command gets a
+// ConcurrencyError and nothing of it is stored, and the others commit.
+func TestGroupCommitAPartialCommandIsUndone(t *testing.T) {
+	t.Parallel()
+	s, pool := newStore(t)
+	id := openTicket(t, s)
+	mustHandle(t, s, id, addComment(t, "bob")) // stands at 2
+	var ids []uuid.UUID
+	var appends []func(context.Context) ([]eventstore.Record, error)
+	for range 5 {
+		other := newID(t)
+		ids = append(ids, other)
+		appends = append(appends, openAppend(s, other))
+	}
+	appends = append(appends, func(ctx context.Context) ([]eventstore.Record, error) {
+		return s.Append(ctx, 1, []ticket.Event{commentEvent(id, 2), commentEvent(id, 3)}, eventstore.Metadata{})
+	})
+	before := s.AppendStats()
+	results := groupScenario(t, s, pool, appends)
+	// the held one, the group that rolled back, the group again without the partial one
+	if tx := s.AppendStats().Transactions - before.Transactions; tx != 3 {
+		t.Errorf("%d transactions, want 3", tx)
+	}
+	if got := transactionsOf(t, pool, ids); got != 1 {
+		t.Errorf("the appends beside the partial one were written by %d transactions, want 1", got)
+	}
+
+	if last := results[len(results)-1]; !errors.Is(last.err, eventstore.ErrConcurrency) || last.recs != nil {
+		t.Fatalf("the partial append: expected a concurrency error and no records, got %v, %d records", last.err, len(last.recs))
+	}
+	if ev, msg := streamCounts(t, pool, id); ev != 2 || msg != 2 {
+		t.Errorf("the partial append's stream has %d events and %d outbox messages, want 2 and 2", ev, msg)
+	}
+	for i, r := range results[:len(ids)] {
+		if r.err != nil {
+			t.Fatalf("append %d beside the partial one: %v", i, r.err)
+		}
+		if ev, msg := streamCounts(t, pool, ids[i]); ev != 1 || msg != 1 {
+			t.Errorf("append %d: %d events and %d outbox messages, want 1 and 1", i, ev, msg)
+		}
+	}
+}
+
+// TestGroupCommitAFailingCommandDoesNotFailItsNeighbours: a command Postgres refuses
+// (a NUL character, which jsonb cannot hold) fails the group's statement; the group is
+// retried one command per transaction, so only that command fails.
+func TestGroupCommitAFailingCommandDoesNotFailItsNeighbours(t *testing.T) {
+	t.Parallel()
+	s, pool := newStore(t)
+	bad := newID(t)
+	var ids []uuid.UUID
+	var appends []func(context.Context) ([]eventstore.Record, error)
+	for range 4 {
+		id := newID(t)
+		ids = append(ids, id)
+		appends = append(appends, openAppend(s, id))
+	}
+	appends = append(appends, func(ctx context.Context) ([]eventstore.Record, error) {
+		e := openedEvent(bad)
+		e.Data = ticket.Opened{Title: "nul \x00 inside", Email: "alice@example.com", CreatedBy: "alice"}
+		return s.Append(ctx, 0, []ticket.Event{e}, eventstore.Metadata{})
+	})
+	before := s.AppendStats()
+	results := groupScenario(t, s, pool, appends)
+	// the held one, the failed group, then each command alone
+	if tx := s.AppendStats().Transactions - before.Transactions; tx != 2+int64(len(appends)) {
+		t.Errorf("%d transactions, want %d", tx, 2+len(appends))
+	}
+
+	if last := results[len(results)-1]; last.err == nil || errors.Is(last.err, eventstore.ErrConcurrency) {
+		t.Fatalf("the refused append: expected Postgres's error, got %v", last.err)
+	}
+	if ev, msg := streamCounts(t, pool, bad); ev != 0 || msg != 0 {
+		t.Errorf("the refused append stored %d events and %d outbox messages", ev, msg)
+	}
+	for i, r := range results[:len(ids)] {
+		if r.err != nil {
+			t.Fatalf("append %d beside the refused one: %v", i, r.err)
+		}
+		if ev, msg := streamCounts(t, pool, ids[i]); ev != 1 || msg != 1 {
+			t.Errorf("append %d: %d events and %d outbox messages, want 1 and 1", i, ev, msg)
+		}
+	}
+}
+
+// TestGroupCommitLoneAppendDoesNotWait: with nothing else in flight an append is
+// committed by its own goroutine at once, in a transaction of its own.
+func TestGroupCommitLoneAppendDoesNotWait(t *testing.T) {
+	t.Parallel()
+	s, pool := newStore(t)
+	var ids []uuid.UUID
+	for range 5 {
+		id := newID(t)
+		ids = append(ids, id)
+		before := s.AppendStats()
+		if _, err := openAppend(s, id)(testContext(t)); err != nil {
+			t.Fatal(err)
+		}
+		if after := s.AppendStats(); after.Transactions-before.Transactions != 1 || after.Queued != 0 {
+			t.Fatalf("a lone append: %+v -> %+v, want one transaction and nothing queued", before, after)
+		}
+	}
+	if got := transactionsOf(t, pool, ids); got != len(ids) {
+		t.Errorf("%d sequential appends in %d transactions", len(ids), got)
+	}
+}
