@@ -42,7 +42,8 @@ lint: ## Check gofmt and run go vet
 	$(GO) vet ./...
 
 .PHONY: bench
-bench: ## Run the load benchmark tool (cmd/ticketbench); results in bench/out/ (git-ignored)
+bench: ## Run the load benchmark tool (cmd/ticketbench, wrk); results in bench/out/ (git-ignored)
+	scripts/tools.sh wrk
 	scripts/test-env.sh $(GO) run ./cmd/ticketbench $(BENCH_ARGS)
 
 # A deliberate step: the README's table changes only when someone asks for it.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"sort"
@@ -16,43 +17,61 @@ import (
 // jsonHeader is the header of every request with a body. vegeta copies it per request.
 var jsonHeader = http.Header{"Content-Type": {"application/json"}}
 
-// measured is the outcome of one load run: vegeta's metrics plus the error count.
+// measured is the outcome of one load run, whichever generator made it.
 type measured struct {
-	m      vegeta.Metrics
-	errors uint64
+	requests     uint64
+	throughput   float64 // successful (2xx/3xx) requests per second
+	p50, p99     time.Duration
+	errors       uint64
+	statusCodes  map[string]int
+	errorSamples []string
+	// generator says what made the load; genCPU and serverCPU are the cores (CPU
+	// seconds per wall second) it and the server process took in the same window, 0
+	// when not measured.
+	generator         string
+	genCPU, serverCPU float64
 }
 
 // collector funnels results into vegeta.Metrics, which is not safe for concurrent use.
 type collector struct {
-	mu  sync.Mutex
-	out measured
+	mu     sync.Mutex
+	m      vegeta.Metrics
+	errors uint64
 }
 
 func (c *collector) add(r *vegeta.Result) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.out.m.Add(r)
+	c.m.Add(r)
 	if r.Code < 200 || r.Code >= 400 {
-		c.out.errors++
+		c.errors++
 	}
 }
 
 func (c *collector) close() measured {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.out.m.Close()
-	return c.out
+	c.m.Close()
+	errs := append([]string(nil), c.m.Errors...)
+	sort.Strings(errs)
+	if len(errs) > 5 {
+		errs = errs[:5]
+	}
+	return measured{
+		requests: c.m.Requests, throughput: c.m.Throughput, p50: c.m.Latencies.P50, p99: c.m.Latencies.P99,
+		errors: c.errors, statusCodes: c.m.StatusCodes, errorSamples: errs,
+	}
 }
 
-// attack runs targeter at conns fixed connections, as fast as they go (vegeta with
-// rate 0: every worker sends its next request when the previous one is answered),
-// for d.
-func (b *bench) attack(ctx context.Context, name string, conns int, d time.Duration, tr vegeta.Targeter) measured {
+// attack runs s with vegeta in this process at s.conns fixed connections, as fast as
+// they go (rate 0: every worker sends its next request when the previous one is
+// answered), for -duration: the -generator vegeta fallback.
+func (b *bench) attack(ctx context.Context, s loadSpec) measured {
 	atk := vegeta.NewAttacker(
-		vegeta.Workers(uint64(conns)),
-		vegeta.MaxWorkers(uint64(conns)),
-		vegeta.Connections(conns),
-		vegeta.MaxConnections(conns),
+		vegeta.Workers(uint64(s.conns)),
+		vegeta.MaxWorkers(uint64(s.conns)),
+		vegeta.Connections(s.conns),
+		vegeta.MaxConnections(s.conns),
 		vegeta.KeepAlive(true),
 		vegeta.Timeout(b.o.timeout),
 		vegeta.Redirects(vegeta.NoFollow),
@@ -60,32 +79,39 @@ func (b *bench) attack(ctx context.Context, name string, conns int, d time.Durat
 		vegeta.HTTP2(false),
 	)
 	var c collector
-	stopProfile := b.maybeProfile(ctx, name, d)
-	defer stopProfile()
-	results := atk.Attack(tr, vegeta.ConstantPacer{}, d, name)
-	for {
-		select {
-		case r, ok := <-results:
-			if !ok {
-				return c.close()
-			}
-			c.add(r)
-		case <-ctx.Done():
-			atk.Stop()
-			for r := range results {
+	win := startCPUWindow(s.serverPID)
+	results := atk.Attack(b.targeter(s), vegeta.ConstantPacer{}, b.o.duration, s.name)
+	func() {
+		for {
+			select {
+			case r, ok := <-results:
+				if !ok {
+					return
+				}
 				c.add(r)
+			case <-ctx.Done():
+				atk.Stop()
+				for r := range results {
+					c.add(r)
+				}
+				return
 			}
-			return c.close()
 		}
-	}
+	}()
+	m := c.close()
+	_, m.genCPU, m.serverCPU = win.stop()
+	m.generator = "vegeta in ticketbench (fallback)"
+	return m
 }
 
 // goLoad runs op on conns goroutines for d and measures it like an attack: the
-// baselines that are not HTTP (pgx loops) report through the same vegeta.Metrics.
+// baselines that are not HTTP (pgx loops). Its generator CPU is this process's: the
+// loop itself, the floor's client side.
 func goLoad(ctx context.Context, conns int, d time.Duration, op func(ctx context.Context) error) measured {
 	var c collector
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
+	win := startCPUWindow(0)
 	var wg sync.WaitGroup
 	for range conns {
 		wg.Add(1)
@@ -106,23 +132,20 @@ func goLoad(ctx context.Context, conns int, d time.Duration, op func(ctx context
 		}()
 	}
 	wg.Wait()
-	return c.close()
+	m := c.close()
+	_, m.genCPU, _ = win.stop()
+	m.generator = fmt.Sprintf("%d goroutines in ticketbench", conns)
+	return m
 }
 
 // row turns a measurement into a table row.
 func (m measured) row(key, scenario string, conns int) Row {
-	r := Row{
-		Key: key, Scenario: scenario, Conns: conns, Requests: m.m.Requests, Unit: "req/s",
-		Value: m.m.Throughput, P50ms: ms(m.m.Latencies.P50), P99ms: ms(m.m.Latencies.P99),
-		Errors: m.errors, StatusCodes: m.m.StatusCodes,
+	return Row{
+		Key: key, Scenario: scenario, Conns: conns, Requests: m.requests, Unit: "req/s",
+		Value: m.throughput, P50ms: ms(m.p50), P99ms: ms(m.p99),
+		Errors: m.errors, StatusCodes: m.statusCodes, ErrorSamples: m.errorSamples,
+		Generator: m.generator, GenCPU: m.genCPU, ServerCPU: m.serverCPU,
 	}
-	errs := append([]string(nil), m.m.Errors...)
-	sort.Strings(errs)
-	if len(errs) > 5 {
-		errs = errs[:5]
-	}
-	r.ErrorSamples = errs
-	return r
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -137,9 +160,11 @@ func (r *roundRobin) next() uuid.UUID {
 	return r.ids[(r.n.Add(1)-1)%uint64(len(r.ids))]
 }
 
-// toggler makes every PUT a real status change: the k-th visit of a ticket (tickets are
-// visited in turn) asks for answered when k is even and wait_answer when k is odd. A
-// ticket starts open, and open->answered, answered->wait_answer, wait_answer->answered
+// toggler makes every PUT a real status change. The seeded tickets that get PUTs are
+// split between several togglers, one per wrk thread, each with tickets and a counter
+// of its own (wrkProgram runs the same sequence in Lua and hands the counter back).
+// Within one toggler, the k-th visit of a ticket (tickets are visited in turn) asks for
+// answered when k is even and wait_answer when k is odd. A ticket starts open, and open->answered, answered->wait_answer, wait_answer->answered
 // are all allowed moves. Visits of one ticket are len(ids) requests apart, so they do
 // not overlap at any sensible concurrency. The counter carries over between scenarios.
 type toggler struct {
@@ -171,53 +196,77 @@ func statusBody(status string) []byte {
 	return []byte(`{"status":"` + status + `","updated_by":"bench-agent"}`)
 }
 
-func (b *bench) ticketURL(id uuid.UUID) string { return b.base + "/v1/ticket/" + id.String() }
+func (b *bench) ticketURL(id uuid.UUID) string { return ticketURL(b.base, id) }
 
-// Targeters of the scenarios. vegeta calls a targeter from many workers at once.
+func ticketURL(base string, id uuid.UUID) string { return base + "/v1/ticket/" + id.String() }
 
-func (b *bench) getTarget(ids []uuid.UUID) vegeta.Targeter {
+// listPath is the list request of the list and mixed runs.
+const listPath = "/v1/ticket/?status=open"
+
+// targeter is s as a vegeta targeter. vegeta calls a targeter from many workers at once.
+func (b *bench) targeter(s loadSpec) vegeta.Targeter {
+	switch s.kind {
+	case kindGet:
+		return getTarget(s.base, s.ids)
+	case kindList:
+		return listTarget(s.base)
+	case kindCreate:
+		return createTarget(s.base)
+	case kindPut:
+		return b.putTarget(s.base)
+	case kindComment:
+		return commentTarget(s.base, &roundRobin{ids: s.ids})
+	default:
+		return b.mixedTarget(s.base)
+	}
+}
+
+func getTarget(base string, ids []uuid.UUID) vegeta.Targeter {
 	rr := &roundRobin{ids: ids}
 	return func(t *vegeta.Target) error {
-		t.Method, t.URL = http.MethodGet, b.ticketURL(rr.next())
+		t.Method, t.URL = http.MethodGet, ticketURL(base, rr.next())
 		return nil
 	}
 }
 
-func (b *bench) listTarget() vegeta.Targeter {
-	u := b.base + "/v1/ticket/?status=open"
+func listTarget(base string) vegeta.Targeter {
+	u := base + listPath
 	return func(t *vegeta.Target) error {
 		t.Method, t.URL = http.MethodGet, u
 		return nil
 	}
 }
 
-func (b *bench) createTarget() vegeta.Targeter {
-	u := b.base + "/v1/ticket/"
+func createTarget(base string) vegeta.Targeter {
+	u := base + "/v1/ticket/"
 	return func(t *vegeta.Target) error {
 		t.Method, t.URL, t.Body, t.Header = http.MethodPost, u, createBody, jsonHeader
 		return nil
 	}
 }
 
-func (b *bench) putTarget() vegeta.Targeter {
+// putTarget sends the PUTs through the togglers in turn.
+func (b *bench) putTarget(base string) vegeta.Targeter {
+	var n atomic.Uint64
 	return func(t *vegeta.Target) error {
-		id, status := b.toggle.next()
-		t.Method, t.URL, t.Body, t.Header = http.MethodPut, b.ticketURL(id), statusBody(status), jsonHeader
+		id, status := b.toggles[(n.Add(1)-1)%uint64(len(b.toggles))].next()
+		t.Method, t.URL, t.Body, t.Header = http.MethodPut, ticketURL(base, id), statusBody(status), jsonHeader
 		return nil
 	}
 }
 
-func (b *bench) commentTarget(rr *roundRobin) vegeta.Targeter {
+func commentTarget(base string, rr *roundRobin) vegeta.Targeter {
 	return func(t *vegeta.Target) error {
-		t.Method, t.URL, t.Body, t.Header = http.MethodPost, b.ticketURL(rr.next())+"/comments", commentBody, jsonHeader
+		t.Method, t.URL, t.Body, t.Header = http.MethodPost, ticketURL(base, rr.next())+"/comments", commentBody, jsonHeader
 		return nil
 	}
 }
 
 // mixedTarget is 80% reads (70% GET by id, 10% list) and 20% writes (10% create, 5%
-// status change, 5% comment), interleaved in a fixed pattern of 20.
-func (b *bench) mixedTarget() vegeta.Targeter {
-	get, list, create, put, comment := b.getTarget(b.ids), b.listTarget(), b.createTarget(), b.putTarget(), b.commentTarget(b.fresh)
+// status change, 5% comment), interleaved in a fixed pattern of 20. The wrk script
+// (wrkProgram) has the same pattern.
+func (b *bench) mixedTarget(base string) vegeta.Targeter {
+	get, list, create, put, comment := getTarget(base, b.ids), listTarget(base), createTarget(base), b.putTarget(base), commentTarget(base, b.fresh)
 	var n atomic.Uint64
 	return func(t *vegeta.Target) error {
 		switch i := (n.Add(1) - 1) % 20; {
@@ -241,4 +290,17 @@ func shuffled(ids []uuid.UUID) []uuid.UUID {
 	out := append([]uuid.UUID(nil), ids...)
 	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
 	return out
+}
+
+// newTogglers splits ids between n togglers: toggler t gets every n-th id from t on.
+func newTogglers(ids []uuid.UUID, n int) []*toggler {
+	ts := make([]*toggler, max(1, min(n, len(ids))))
+	for i := range ts {
+		ts[i] = &toggler{}
+	}
+	for i, id := range ids {
+		t := ts[i%len(ts)]
+		t.ids = append(t.ids, id)
+	}
+	return ts
 }

@@ -30,7 +30,7 @@ func (b *bench) baselineKey(id string) string {
 
 // fiberRedisBaseline measures the floor of a Redis-served GET: a bare Fiber app whose
 // one handler does one Redis Cluster GET of a document of the same size as ticketd's
-// and sends it, attacked exactly like the hot-GET scenario. The app runs as a separate
+// and sends it, loaded exactly like the hot-GET scenario (same generator, same ids). The app runs as a separate
 // process (this binary re-executed), like ticketd; with -baseline-in-process it runs
 // inside the bench process instead, where it shares two cores' worth of Go scheduler
 // and GC with the load generator.
@@ -49,6 +49,7 @@ func (b *bench) fiberRedisBaseline(ctx context.Context, doc []byte) (Row, error)
 		}
 	}
 	var base, where string
+	pid := 0
 	if b.o.baselineInProcess {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -59,18 +60,17 @@ func (b *bench) fiberRedisBaseline(ctx context.Context, doc []byte) (Row, error)
 		defer func() { _ = app.ShutdownWithTimeout(5 * time.Second) }()
 		base, where = "http://"+ln.Addr().String(), "in the bench process"
 	} else {
-		stop, url, err := b.startBaselineProcess(ctx)
+		stop, url, p, err := b.startBaselineProcess(ctx)
 		if err != nil {
 			return Row{}, err
 		}
 		defer stop()
-		base, where = url, "in its own process"
+		base, where, pid = url, "in its own process", p
 	}
-	saved := b.base
-	b.base = base
-	tr := b.getTarget(shuffled(b.ids))
-	b.base = saved
-	m := b.attack(ctx, "baseline-get", b.o.conns, b.o.duration, tr)
+	m, err := b.load(ctx, loadSpec{name: "baseline-get", kind: kindGet, base: base, conns: b.o.conns, ids: shuffled(b.ids), serverPID: pid})
+	if err != nil {
+		return Row{}, err
+	}
 	r := m.row("baseline-get", "baseline: Fiber + 1 Redis GET", b.o.conns)
 	r.Note = "bare Fiber handler " + where + ": one Redis Cluster GET of a " + strconv.Itoa(len(doc)) + "-byte document, sent as is"
 	return r, nil
@@ -117,21 +117,21 @@ func serveBaseline(ctx context.Context, addr string, getenv func(string) string)
 
 // startBaselineProcess re-executes this binary as the baseline server on a free port
 // and waits until it answers.
-func (b *bench) startBaselineProcess(ctx context.Context) (stop func(), url string, err error) {
+func (b *bench) startBaselineProcess(ctx context.Context) (stop func(), url string, pid int, err error) {
 	self, err := os.Executable()
 	if err != nil {
-		return nil, "", err
+		return nil, "", 0, err
 	}
 	port, err := freePort()
 	if err != nil {
-		return nil, "", err
+		return nil, "", 0, err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	cmd := exec.Command(self)
 	cmd.Env = append(os.Environ(), envServe+"="+addr, envRedis+"="+strings.Join(b.redisAddrs, ","), envPrefix+"="+b.redisPrefix)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
-		return nil, "", err
+		return nil, "", 0, err
 	}
 	stop = func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
@@ -147,11 +147,11 @@ func (b *bench) startBaselineProcess(ctx context.Context) (stop func(), url stri
 	url = "http://" + addr
 	for deadline := time.Now().Add(15 * time.Second); ; {
 		if code, _, err := b.get(ctx, url+"/healthz"); err == nil && code == 200 {
-			return stop, url, nil
+			return stop, url, cmd.Process.Pid, nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			stop()
-			return nil, "", fmt.Errorf("baseline server did not start on %s", addr)
+			return nil, "", 0, fmt.Errorf("baseline server did not start on %s", addr)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

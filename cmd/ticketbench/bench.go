@@ -37,6 +37,7 @@ type bench struct {
 	env       map[string]string
 	proc      *ticketdProc
 	pprofURL  string
+	wrkPath   string // the load generator, unless -generator vegeta
 
 	// Postgres: the bench database (ticketd's when we started it, a scratch one with
 	// -url), a small pool on it, and the event store for direct seeding.
@@ -56,7 +57,7 @@ type bench struct {
 
 	// seeded data
 	ids     []uuid.UUID // every seeded ticket (hot GET set)
-	toggle  *toggler    // PUT targets
+	toggles []*toggler  // PUT targets, one toggler per wrk thread
 	fresh   *roundRobin // comment targets with few events
 	longIDs []uuid.UUID // tickets with -long-events events
 	markers atomic.Int64
@@ -287,7 +288,11 @@ func (b *bench) seed(ctx context.Context) error {
 	b.logf("seeded %d tickets through the API in %.1fs (%.0f/s)", len(ids), time.Since(t0).Seconds(), float64(len(ids))/time.Since(t0).Seconds())
 	b.ids = shuffled(ids)
 	half := len(ids) / 2
-	b.toggle = &toggler{ids: ids[:half]}
+	togglers := 1
+	if b.o.generator == genWrk {
+		togglers = b.o.wrkThreads
+	}
+	b.toggles = newTogglers(ids[:half], togglers)
 	b.fresh = &roundRobin{ids: shuffled(ids[half:])}
 
 	if b.o.runs("comment") {
@@ -375,7 +380,10 @@ func (b *bench) runGet(ctx context.Context) error {
 		return err
 	}
 	b.add(base)
-	m := b.attack(ctx, "get", b.o.conns, b.o.duration, b.getTarget(b.ids))
+	m, err := b.load(ctx, b.spec("get", kindGet, b.o.conns, b.ids))
+	if err != nil {
+		return err
+	}
 	r := m.row("get", fmt.Sprintf("GET /v1/ticket/{id} (hot, %d tickets)", len(b.ids)), b.o.conns)
 	r.vs(base, "≥0.9 of baseline, p99 <10ms")
 	r.judge(r.Ratio >= 0.9 && r.P99ms < 10)
@@ -385,7 +393,10 @@ func (b *bench) runGet(ctx context.Context) error {
 }
 
 func (b *bench) runList(ctx context.Context) error {
-	m := b.attack(ctx, "list", b.o.conns, b.o.duration, b.listTarget())
+	m, err := b.load(ctx, b.spec("list", kindList, b.o.conns, nil))
+	if err != nil {
+		return err
+	}
 	r := m.row("list", "GET /v1/ticket/?status=open (first page)", b.o.conns)
 	r.Target = "≥4510/s (10x original)"
 	r.judge(r.Value >= 4510)
@@ -399,7 +410,10 @@ func (b *bench) runCreate(ctx context.Context) error {
 		return err
 	}
 	b.add(base)
-	m := b.attack(ctx, "create", b.o.conns, b.o.duration, b.createTarget())
+	m, err := b.load(ctx, b.spec("create", kindCreate, b.o.conns, nil))
+	if err != nil {
+		return err
+	}
 	r := m.row("create", "POST /v1/ticket/", b.o.conns)
 	r.vs(base, "≥0.5 of baseline (stretch 0.7)")
 	r.judge(r.Ratio >= 0.5)
@@ -410,6 +424,9 @@ func (b *bench) runCreate(ctx context.Context) error {
 
 func (b *bench) runLag(ctx context.Context) error {
 	res := b.lagScenario(ctx)
+	if res.loadErr != nil {
+		return res.loadErr
+	}
 	load := res.load.row("lag-load", "POST /v1/ticket/ during lag sampling", b.o.conns)
 	load.Note = fmt.Sprintf("plus %d probe tickets (one every %v) whose lag is sampled: list polled every %v, read model row every %v, Redis every %v",
 		res.probes, probeEvery, listPollInterval, rowPollEvery, redisPollEvery)
@@ -424,14 +441,14 @@ func (b *bench) runLag(ctx context.Context) error {
 		pr.NA, pr.Note = true, "n/a with -url (no database access)"
 	} else {
 		pr = res.row.row(pr.Key, pr.Scenario, b.o.conns)
-		pr.Unit, pr.Value, pr.Target = "samples", float64(res.row.m.Requests), "p99 <100ms"
+		pr.Unit, pr.Value, pr.Target = "samples", float64(res.row.requests), "p99 <100ms"
 		pr.judge(pr.Requests > 0 && pr.Errors == 0 && pr.P99ms < 100)
 		pr.Note = "2xx -> the ticket's row is in readmodel.tickets (polled directly with pgx, as the Redis row polls Redis)"
 	}
 	b.add(pr)
 
 	l := res.list.row("lag-list", "projection lag: list seen through GET /v1/ticket/", b.o.conns)
-	l.Unit, l.Value = "samples", float64(res.list.m.Requests)
+	l.Unit, l.Value = "samples", float64(res.list.requests)
 	l.Target = "backlog drains"
 	l.judge(l.Requests > 0 && l.Errors == 0 && res.drainErr == nil)
 	l.Note = fmt.Sprintf("2xx -> visible in ?created_by= list, time taken when the polling GET returned (so it includes that GET's own latency under the load); after the load: %s in %.0fms (marker write + visible)",
@@ -454,7 +471,7 @@ func (b *bench) runLag(ctx context.Context) error {
 		rr.NA, rr.Note = true, b.redisNA
 	} else {
 		rr = res.redis.row(rr.Key, rr.Scenario, b.o.conns)
-		rr.Unit, rr.Value, rr.Target = "samples", float64(res.redis.m.Requests), "p99 <100ms"
+		rr.Unit, rr.Value, rr.Target = "samples", float64(res.redis.requests), "p99 <100ms"
 		rr.judge(rr.Requests > 0 && rr.Errors == 0 && rr.P99ms < 100)
 		rr.Note = "2xx -> key " + b.redisKeyFormat + " exists (polled directly with go-redis)"
 	}
@@ -465,11 +482,18 @@ func (b *bench) runLag(ctx context.Context) error {
 
 func (b *bench) runPut(ctx context.Context) error {
 	before := b.countEvents(ctx, ticket.TypeStatusChanged)
-	m := b.attack(ctx, "put", b.o.conns, b.o.duration, b.putTarget())
+	m, err := b.load(ctx, b.spec("put", kindPut, b.o.conns, nil))
+	if err != nil {
+		return err
+	}
 	r := m.row("put", "PUT /v1/ticket/{id} (status toggle)", b.o.conns)
 	if after := b.countEvents(ctx, ticket.TypeStatusChanged); before >= 0 && after >= 0 {
+		toggled := 0
+		for _, t := range b.toggles {
+			toggled += len(t.ids)
+		}
 		r.Note = fmt.Sprintf("%d StatusChanged events appended for %d successful PUTs (answered<->wait_answer over %d tickets)",
-			after-before, m.m.Requests-m.errors, len(b.toggle.ids))
+			after-before, m.requests-min(m.requests, m.errors), toggled)
 	}
 	b.add(r)
 	b.settle(ctx, "put")
@@ -477,13 +501,19 @@ func (b *bench) runPut(ctx context.Context) error {
 }
 
 func (b *bench) runComment(ctx context.Context) error {
-	m := b.attack(ctx, "comment-fresh", b.o.conns, b.o.duration, b.commentTarget(b.fresh))
+	m, err := b.load(ctx, b.spec("comment-fresh", kindComment, b.o.conns, b.fresh.ids))
+	if err != nil {
+		return err
+	}
 	fresh := m.row("comment-fresh", "POST comment, fresh tickets", b.o.conns)
 	fresh.Note = fmt.Sprintf("round robin over %d tickets with ~1-2 events", len(b.fresh.ids))
 	b.add(fresh)
 	b.settle(ctx, "comment-fresh")
 
-	m = b.attack(ctx, "comment-long", b.o.conns, b.o.duration, b.commentTarget(&roundRobin{ids: b.longIDs}))
+	m, err = b.load(ctx, b.spec("comment-long", kindComment, b.o.conns, b.longIDs))
+	if err != nil {
+		return err
+	}
 	long := m.row("comment-long", fmt.Sprintf("POST comment, %d-event tickets", b.o.longEvents), b.o.conns)
 	long.vs(fresh, "≥0.8 of fresh")
 	long.Baseline = "POST comment, fresh tickets"
@@ -498,7 +528,10 @@ func (b *bench) runComment(ctx context.Context) error {
 }
 
 func (b *bench) runMixed(ctx context.Context) error {
-	m := b.attack(ctx, "mixed", b.o.conns, b.o.duration, b.mixedTarget())
+	m, err := b.load(ctx, b.spec("mixed", kindMixed, b.o.conns, nil))
+	if err != nil {
+		return err
+	}
 	r := m.row("mixed", "mixed 80% read / 20% write", b.o.conns)
 	r.Note = "70% GET id, 10% list, 10% create, 5% PUT, 5% comment"
 	b.add(r)
@@ -507,7 +540,10 @@ func (b *bench) runMixed(ctx context.Context) error {
 }
 
 func (b *bench) runOverload(ctx context.Context) error {
-	m := b.attack(ctx, "overload", b.o.overloadConns, b.o.duration, b.mixedTarget())
+	m, err := b.load(ctx, b.spec("overload", kindMixed, b.o.overloadConns, nil))
+	if err != nil {
+		return err
+	}
 	r := m.row("overload", fmt.Sprintf("overload: mixed at %d connections", b.o.overloadConns), b.o.overloadConns)
 	r.Target = "0 errors, p99 <1s"
 	r.judge(r.Requests > 0 && r.Errors == 0 && r.P99ms < 1000)
@@ -521,6 +557,15 @@ func (b *bench) runOverload(ctx context.Context) error {
 	code, _, err := b.get(ctx, b.ticketURL(b.ids[0]))
 	b.report.Notes = append(b.report.Notes, fmt.Sprintf("after the overload a GET answered %d in %.1fms (err %v)", code, ms(time.Since(t0)), err))
 	return nil
+}
+
+// spec is a throughput run against ticketd.
+func (b *bench) spec(name string, kind loadKind, conns int, ids []uuid.UUID) loadSpec {
+	s := loadSpec{name: name, kind: kind, base: b.base, conns: conns, ids: ids}
+	if b.proc != nil {
+		s.serverPID = b.proc.pid()
+	}
+	return s
 }
 
 // countEvents counts events of a type in the bench database, -1 when it cannot.
@@ -573,6 +618,9 @@ func (b *bench) rssRow() {
 }
 
 func (b *bench) add(r Row) {
+	if strings.HasPrefix(r.Generator, genVegeta) {
+		r.Note = strings.TrimPrefix(r.Note+"; LOAD FROM VEGETA in the bench process (-generator vegeta): it takes CPU from the server, so the server looks cheaper than with wrk", "; ")
+	}
 	if r.Errors > 0 && r.Key != "overload" && r.Key != "rebuild" && (len(r.StatusCodes) > 0 || len(r.ErrorSamples) > 0) {
 		r.Note = strings.TrimPrefix(r.Note+fmt.Sprintf("; errors: status codes %v, %v", r.StatusCodes, r.ErrorSamples), "; ")
 	}

@@ -33,6 +33,31 @@ func TestToggler_every_put_is_a_real_allowed_change(t *testing.T) {
 	}
 }
 
+func TestNewTogglers_split_every_id_once(t *testing.T) {
+	ids := make([]uuid.UUID, 7)
+	for i := range ids {
+		ids[i] = uuid.New()
+	}
+	seen := map[uuid.UUID]int{}
+	ts := newTogglers(ids, 3)
+	if len(ts) != 3 {
+		t.Fatalf("%d togglers, want 3", len(ts))
+	}
+	for _, tg := range ts {
+		for _, id := range tg.ids {
+			seen[id]++
+		}
+	}
+	for _, id := range ids {
+		if seen[id] != 1 {
+			t.Errorf("id %s in %d togglers", id, seen[id])
+		}
+	}
+	if n := len(newTogglers(ids[:1], 4)); n != 1 {
+		t.Errorf("one id, 4 togglers asked: %d made, want 1", n)
+	}
+}
+
 func TestParseRebuildRate_reads_text_and_json_summaries(t *testing.T) {
 	for _, tc := range []struct {
 		out  string
@@ -53,8 +78,8 @@ func TestParseRebuildRate_reads_text_and_json_summaries(t *testing.T) {
 
 func TestMixedTarget_is_eighty_percent_reads(t *testing.T) {
 	ids := []uuid.UUID{uuid.New(), uuid.New(), uuid.New(), uuid.New()}
-	b := &bench{base: "http://x", ids: ids, toggle: &toggler{ids: ids}, fresh: &roundRobin{ids: ids}}
-	tr := b.mixedTarget()
+	b := &bench{ids: ids, toggles: newTogglers(ids, 2), fresh: &roundRobin{ids: ids}}
+	tr := b.mixedTarget("http://x")
 	counts := map[string]int{}
 	const n = 2000
 	for range n {
@@ -74,8 +99,11 @@ func TestGoLoad_reports_through_vegeta_metrics(t *testing.T) {
 		time.Sleep(time.Millisecond)
 		return nil
 	})
-	if m.m.Requests == 0 || m.errors != 0 || m.m.Latencies.P50 < time.Millisecond {
-		t.Errorf("goLoad: requests %d errors %d p50 %v; want some requests, no errors, p50 >= 1ms",
-			m.m.Requests, m.errors, m.m.Latencies.P50)
+	if m.requests == 0 || m.errors != 0 || m.p50 < time.Millisecond || m.throughput <= 0 {
+		t.Errorf("goLoad: requests %d errors %d p50 %v throughput %.0f; want some requests, no errors, p50 >= 1ms",
+			m.requests, m.errors, m.p50, m.throughput)
+	}
+	if m.generator == "" {
+		t.Error("goLoad: no generator named")
 	}
 }

@@ -33,6 +33,7 @@ const (
 // lagResult is what the lag scenario measured.
 type lagResult struct {
 	load             measured
+	loadErr          error
 	list, row, redis measured
 	probes           int
 	drainedIn        time.Duration
@@ -96,7 +97,7 @@ func (b *bench) lagScenario(ctx context.Context) lagResult {
 		b.pollProbes(ctx, probesDone, creator, &mu, pending, &listC)
 	}()
 
-	res.load = b.attack(ctx, "lag", b.o.conns, b.o.duration, b.createTarget())
+	res.load, res.loadErr = b.load(ctx, b.spec("lag", kindCreate, b.o.conns, nil))
 	// The drain is timed from the end of the load: a marker written now shows in the
 	// list once the projector has worked off everything written before it.
 	drained := make(chan struct{})

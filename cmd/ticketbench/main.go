@@ -1,9 +1,11 @@
 // Command ticketbench is ticketd's load benchmark (`make bench`). It starts ticketd on a
 // fresh database (or targets a running one with -url), seeds data, runs each scenario
-// for a bounded time at a fixed number of connections with vegeta, measures the floor
-// cost of ticketd's own stack in the same run (a bare Fiber + Redis Cluster handler, a
-// bare pgx insert loop, a bare pgx read of the event table), and prints one table of
-// requests/s, p50, p99, errors, baseline and ratio against the targets of issue 7. The
+// for a bounded time at a fixed number of connections with wrk (a Lua script per run,
+// generated here; vegeta in this process with -generator vegeta), measures the floor
+// cost of ticketd's own stack in the same run (a bare Fiber + Redis Cluster handler
+// under the same generator as ticketd, a bare pgx insert loop, a bare pgx read of the
+// event table), and prints one table of requests/s, p50, p99, errors, the CPU the
+// generator and the server took, baseline and ratio against the targets of issue 7. The
 // table is also written as JSON under bench/out (git-ignored) so runs can be compared;
 // README.md's copy of the table changes only on request (-update-readme, or
 // make bench-table, which is -table-from bench/out/latest.json).
@@ -61,6 +63,9 @@ type options struct {
 	ticketdBin    string
 	logLevel      string
 	keep          bool
+	// generator makes the throughput rows' load: genWrk or genVegeta.
+	generator  string
+	wrkThreads int
 	// baselineInProcess runs the Fiber + Redis baseline inside the bench process.
 	baselineInProcess bool
 	only              map[string]bool
@@ -78,8 +83,13 @@ const usage = `Usage: ticketbench [flags]
 
 Starts ticketd (built from ./cmd/ticketd) on a fresh database on TEST_DATABASE_DSN's
 server and the Redis Cluster at TEST_REDIS_ADDRS (scripts/test-env.sh sets both), seeds
-it, runs every scenario for -duration at -c connections, and prints the table. With
--url it targets a running ticketd instead (no rebuild, backlog, RSS or direct seeding then).
+it, runs every scenario for -duration at -c connections, and prints the table. The
+HTTP load comes from wrk (install it with scripts/tools.sh; make bench does), with a Lua
+script per run; the CPU wrk and the server took is in the table. With -url it targets a
+running ticketd instead (no rebuild, backlog, RSS or direct seeding then).
+
+Results go to -out (bench/out, git-ignored). README.md's table changes only with
+-update-readme, or -table-from bench/out/latest.json (make bench-table), which runs nothing.
 
 Flags:
 `
@@ -107,6 +117,8 @@ func parseOptions(args []string, stdout io.Writer) (options, error) {
 	fs.StringVar(&o.tableFrom, "table-from", "", "run nothing: rewrite README.md's benchmark table from this results file (make bench-table: bench/out/latest.json)")
 	fs.StringVar(&o.ticketdBin, "ticketd-bin", "", "use this ticketd binary instead of building ./cmd/ticketd")
 	fs.StringVar(&o.logLevel, "log-level", "info", "LOG_LEVEL of the started ticketd")
+	fs.StringVar(&o.generator, "generator", genWrk, "load generator of the throughput rows: wrk (scripts/tools.sh installs it) or vegeta (in this process: its CPU competes with the server's; every row says so)")
+	fs.IntVar(&o.wrkThreads, "wrk-threads", 2, "wrk threads (fewer when a run's connections do not divide evenly)")
 	fs.BoolVar(&o.baselineInProcess, "baseline-in-process", false, "serve the Fiber + Redis baseline from the bench process instead of a process of its own")
 	fs.BoolVar(&o.keep, "keep", false, "keep the bench database and Redis keys at the end")
 	only := fs.String("only", "", "comma-separated scenarios to run (default all): "+strings.Join(scenarioNames, ","))
@@ -139,6 +151,12 @@ func parseOptions(args []string, stdout io.Writer) (options, error) {
 	}
 	if o.backlogEvents < 1 || o.backlogLimit <= 0 {
 		errs = append(errs, errors.New("-backlog-events and -backlog-timeout must be positive"))
+	}
+	if o.generator != genWrk && o.generator != genVegeta {
+		errs = append(errs, fmt.Errorf("-generator must be %s or %s, not %q", genWrk, genVegeta, o.generator))
+	}
+	if o.wrkThreads < 1 || o.wrkThreads > 32 {
+		errs = append(errs, errors.New("-wrk-threads must be between 1 and 32"))
 	}
 	if o.pgConns < 2 {
 		errs = append(errs, errors.New("-pg-conns must be at least 2"))
@@ -184,12 +202,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if o.tableFrom != "" {
 		return tableFromResults(o.tableFrom, stdout)
 	}
+	wrk := ""
+	if o.generator == genWrk {
+		// Before anything is built or seeded.
+		if wrk, err = lookWrk(); err != nil {
+			return err
+		}
+	}
 	started := time.Now()
 	b, err := newBench(ctx, o, getenv, stdout)
 	if err != nil {
 		return err
 	}
 	defer b.close()
+	b.wrkPath = wrk
 	if err := b.runAll(ctx); err != nil {
 		return err
 	}

@@ -44,6 +44,20 @@ type Row struct {
 	Met  *bool  `json:"met,omitempty"`
 	NA   bool   `json:"na,omitempty"`
 	Note string `json:"note,omitempty"`
+	// Generator made the load (wrk -t2 -c64, the pgx loop in ticketbench, ...); GenCPU
+	// and ServerCPU are the cores (CPU seconds per wall second) it and the server
+	// process (ticketd or the baseline's own) took during the run, 0 when not measured.
+	Generator string  `json:"generator,omitempty"`
+	GenCPU    float64 `json:"generator_cpu_cores,omitempty"`
+	ServerCPU float64 `json:"server_cpu_cores,omitempty"`
+}
+
+// cpuText is a number of cores for the table; empty when not measured.
+func cpuText(cores float64) string {
+	if cores <= 0 {
+		return ""
+	}
+	return fmt.Sprintf("%.2f", cores)
 }
 
 // vs records base as the row's baseline and the ratio to it.
@@ -182,7 +196,10 @@ func newReport(runID string, started time.Time, o options) Report {
 		"duration": o.duration.String(), "c": fmt.Sprint(o.conns), "overload-c": fmt.Sprint(o.overloadConns),
 		"tickets": fmt.Sprint(o.tickets), "long-events": fmt.Sprint(o.longEvents),
 		"rebuild-events": fmt.Sprint(o.rebuildEvents), "pg-conns": fmt.Sprint(o.pgConns),
-		"backlog-events": fmt.Sprint(o.backlogEvents),
+		"backlog-events": fmt.Sprint(o.backlogEvents), "generator": o.generator,
+	}
+	if o.generator == genWrk {
+		opts["wrk-threads"] = fmt.Sprint(o.wrkThreads)
 	}
 	if o.url != "" {
 		opts["url"] = o.url
@@ -211,10 +228,30 @@ func (b *bench) tenX() {
 	}
 }
 
+// generators lists the load generators of the rows, each with the rows it made.
+func (rep Report) generators() string {
+	var order []string
+	rows := map[string][]string{}
+	for _, r := range rep.Rows {
+		if r.Generator == "" {
+			continue
+		}
+		if _, ok := rows[r.Generator]; !ok {
+			order = append(order, r.Generator)
+		}
+		rows[r.Generator] = append(rows[r.Generator], r.Key)
+	}
+	var parts []string
+	for _, g := range order {
+		parts = append(parts, g+" ("+strings.Join(rows[g], ", ")+")")
+	}
+	return strings.Join(parts, "; ")
+}
+
 // printTable writes the table as aligned text.
 func (rep Report) printTable(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "scenario\tc\treq/s\tp50\tp99\terrors\tbaseline\tbase/s\tratio\ttarget\tmet")
+	fmt.Fprintln(tw, "scenario\tc\treq/s\tp50\tp99\terrors\tgen CPU\tsrv CPU\tbaseline\tbase/s\tratio\ttarget\tmet")
 	for _, r := range rep.Rows {
 		base, baseVal, ratio := "", "", ""
 		if r.Baseline != "" {
@@ -229,8 +266,8 @@ func (rep Report) printTable(w io.Writer) {
 		if r.NA {
 			errs = ""
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Scenario, conns, r.valueText(),
-			msText(r.P50ms), msText(r.P99ms), errs, base, baseVal, ratio, r.Target, r.metText())
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Scenario, conns, r.valueText(),
+			msText(r.P50ms), msText(r.P99ms), errs, cpuText(r.GenCPU), cpuText(r.ServerCPU), base, baseVal, ratio, r.Target, r.metText())
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
@@ -258,6 +295,9 @@ func (rep Report) printTable(w io.Writer) {
 	for _, n := range rep.Notes {
 		fmt.Fprintf(w, "  %s\n", n)
 	}
+	if g := rep.generators(); g != "" {
+		fmt.Fprintf(w, "\nLoad generators (gen CPU, in cores): %s; srv CPU: the server process (ticketd, or the baseline's own)\n", g)
+	}
 	m := rep.Machine
 	fmt.Fprintf(w, "\nMachine: %s, %d cores, %d MB; %s; %s; Postgres %s; load average %s at the start, %s at the end\n",
 		m.CPU, m.Cores, m.MemoryMB, m.Kernel, m.Go, m.Postgres, m.LoadStart, m.LoadEnd)
@@ -267,8 +307,8 @@ func (rep Report) printTable(w io.Writer) {
 func (rep Report) markdown() string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "<!-- ticketbench %s, %s -->\n", rep.RunID, rep.Commit)
-	sb.WriteString("| scenario | c | req/s | p50 | p99 | errors | baseline | base/s | ratio | target | met |\n")
-	sb.WriteString("|---|--:|--:|--:|--:|--:|---|--:|--:|---|---|\n")
+	sb.WriteString("| scenario | c | req/s | p50 | p99 | errors | gen CPU | srv CPU | baseline | base/s | ratio | target | met |\n")
+	sb.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|---|---|\n")
 	for _, r := range rep.Rows {
 		base, baseVal, ratio := "", "", ""
 		if r.Baseline != "" {
@@ -281,8 +321,8 @@ func (rep Report) markdown() string {
 		if r.NA {
 			errs = ""
 		}
-		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Scenario, conns, r.valueText(),
-			msText(r.P50ms), msText(r.P99ms), errs, base, baseVal, ratio, r.Target, r.metText())
+		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Scenario, conns, r.valueText(),
+			msText(r.P50ms), msText(r.P99ms), errs, cpuText(r.GenCPU), cpuText(r.ServerCPU), base, baseVal, ratio, r.Target, r.metText())
 	}
 	sb.WriteString("\n| vs original | original | ticketd | factor | ≥10x |\n|---|--:|--:|--:|---|\n")
 	for _, t := range rep.TenX {
@@ -295,6 +335,9 @@ func (rep Report) markdown() string {
 			met = "yes"
 		}
 		fmt.Fprintf(&sb, "| %s | %.0f/s | %.0f/s | %.1fx | %s |\n", t.Endpoint, t.Original, t.Ticketd, t.Factor, met)
+	}
+	if g := rep.generators(); g != "" {
+		fmt.Fprintf(&sb, "\nLoad generators (gen CPU): %s. srv CPU: the server process (ticketd, or the baseline's own).\n", g)
 	}
 	m := rep.Machine
 	fmt.Fprintf(&sb, "\nMachine: %s, %d cores, %d MB RAM, %s, %s, Postgres %s; load average %s at the start, %s at the end. ticketbench ran %.0fs (plus the build).\n",

@@ -42,7 +42,7 @@ func TestUpdateReadmeTable_from_a_results_file(t *testing.T) {
 	}
 	ok := true
 	rep := Report{RunID: "20990101t000000", Commit: "abc1234", Rows: []Row{
-		{Key: "get", Scenario: "GET /v1/ticket/{id}", Conns: 64, Value: 1234, Unit: "req/s", Met: &ok},
+		{Key: "get", Scenario: "GET /v1/ticket/{id}", Conns: 64, Value: 1234, Unit: "req/s", Met: &ok, Generator: "wrk -t2 -c64", GenCPU: 0.4, ServerCPU: 1.3},
 	}}
 	js, err := json.Marshal(rep)
 	if err != nil {
@@ -59,7 +59,8 @@ func TestUpdateReadmeTable_from_a_results_file(t *testing.T) {
 	s := string(b)
 	if !strings.HasPrefix(s, "intro\n"+tableBegin+"\n<!-- ticketbench 20990101t000000, abc1234 -->\n") ||
 		!strings.HasSuffix(s, "\n"+tableEnd+"\nrest\n") || strings.Contains(s, "old") ||
-		!strings.Contains(s, "| GET /v1/ticket/{id} | 64 | 1234 |") {
+		!strings.Contains(s, "| GET /v1/ticket/{id} | 64 | 1234 |") || !strings.Contains(s, "| 0.40 | 1.30 |") ||
+		!strings.Contains(s, "wrk -t2 -c64 (get)") {
 		t.Errorf("README after the update:\n%s", s)
 	}
 }
