@@ -45,6 +45,9 @@ type Config struct {
 	// RedisPrefix starts every key of the Redis read model ("<prefix>:{<id>}:doc"), so
 	// several deployments (or tests) can share one Redis Cluster.
 	RedisPrefix string `env:"REDIS_PREFIX" envDefault:"ticketd"`
+	// PprofAddr, when set, is a loopback host:port on which net/http/pprof is served,
+	// on a listener of its own (never the API's). Empty: no profiling endpoint.
+	PprofAddr string `env:"PPROF_ADDR"`
 }
 
 // loadConfig reads the configuration through getenv and validates it.
@@ -92,6 +95,14 @@ func (c Config) Validate() error {
 	if _, err := c.SlogLevel(); err != nil {
 		errs = append(errs, err)
 	}
+	if c.PprofAddr != "" {
+		if err := loopbackAddr(c.PprofAddr); err != nil {
+			errs = append(errs, fmt.Errorf("PPROF_ADDR %q: %w", c.PprofAddr, err))
+		}
+		if c.PprofAddr == c.HTTPAddr {
+			errs = append(errs, fmt.Errorf("PPROF_ADDR %q must differ from HTTP_ADDR: profiles are never served on the API's port", c.PprofAddr))
+		}
+	}
 	if c.BodyLimit < 1024 {
 		errs = append(errs, fmt.Errorf("BODY_LIMIT must be at least 1024 bytes, not %d", c.BodyLimit))
 	}
@@ -105,6 +116,24 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("PG_MAX_CONNS must be at least 2, not %d", c.PGMaxConns))
 	}
 	return errors.Join(errs...)
+}
+
+// loopbackAddr accepts host:port whose host is localhost or a loopback IP: the
+// profiling endpoint reveals the process's internals and can cost it a lot of CPU,
+// so it must not be reachable from the network. An empty host (":6060") means every
+// interface and is refused as well.
+func loopbackAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "" {
+		return errors.New("must be host:port")
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return errors.New("must be a loopback address (127.0.0.1:port, [::1]:port or localhost:port): the profiling endpoint is not served to the network")
 }
 
 // RedisAddresses returns REDIS_ADDRS, or REDIS_HOST:REDIS_PORT when it is empty.

@@ -9,6 +9,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -78,6 +81,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	level, _ := cfg.SlogLevel()
 	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: level}))
+	if cfg.PprofAddr != "" {
+		stopPprof, err := servePprof(cfg.PprofAddr, log)
+		switch {
+		case err == nil:
+			defer stopPprof()
+		case *rebuild || *migrateOnly:
+			// An operator task run beside a serving instance, with its environment, finds
+			// the port taken by that instance's profiler: it does its work unprofiled.
+			log.Warn("pprof not served", "addr", cfg.PprofAddr, "err", err)
+		default:
+			return err
+		}
+	}
 
 	migrateCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
@@ -189,6 +205,32 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	}
 	log.Info("stopped")
 	return runErr
+}
+
+// servePprof serves net/http/pprof's handlers under /debug/pprof/ on addr (a loopback
+// address: see Config.Validate), on a listener and server of their own, so profiles
+// never share the API's port, middleware or timeouts. The listener is bound before it
+// returns: a taken port is an error now, not a log line later. stop closes it.
+func servePprof(addr string, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("PPROF_ADDR: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index) // also heap, goroutine, allocs, block, mutex, ...
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	// No WriteTimeout: a CPU profile or trace answers after ?seconds=N.
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Warn("pprof server stopped", "err", err)
+		}
+	}()
+	log.Info("pprof listening", "addr", ln.Addr().String())
+	return func() { _ = srv.Close() }, nil
 }
 
 // redisMode names the Redis deployment for /readyz.
