@@ -50,6 +50,8 @@ type View struct {
 	Summary
 	Comments []Comment `json:"comments"`
 	Deleted  bool      `json:"-"`
+	// enc is the encoding of the first comments, kept by Encode (see encodedComments).
+	enc *encodedComments
 }
 
 // ErrOutOfOrder is returned by Fold for an event that does not follow the view: a

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -428,14 +429,21 @@ func (d *Docs) PutMany(ctx context.Context, views []projections.View, force bool
 		return views, ErrDown
 	}
 	vals := make([][]byte, len(views))
-	for i, v := range views {
+	// kept are the views as cached: copies, because Encode writes to the view it
+	// encodes and the caller's views may be shared (the rebuild hands one slice to
+	// every read model at once).
+	kept := slices.Clone(views)
+	for i := range kept {
+		v := &kept[i]
 		if v.Version < 1 {
 			return views, fmt.Errorf("redis document of %s: version %d: %w", v.ID, v.Version, ticket.ErrInvalid)
 		}
 		var body []byte
 		if !v.Deleted {
+			// Encode keeps the comments' encoding in the view that goes to the cache, so
+			// the next version of the document re-encodes its summary only.
 			var err error
-			if body, err = json.Marshal(v); err != nil {
+			if body, err = v.Encode(); err != nil {
 				return views, fmt.Errorf("encode ticket %s: %w", v.ID, err)
 			}
 		}
@@ -502,8 +510,8 @@ func (d *Docs) PutMany(ctx context.Context, views []projections.View, force bool
 		}
 		return failed, fmt.Errorf("redis put documents: %w", err)
 	}
-	for i, v := range views {
-		d.views.Put(v, len(vals[i]))
+	for i := range kept {
+		d.views.Put(kept[i], len(vals[i])+kept[i].EncodedSize())
 	}
 	return nil, nil
 }

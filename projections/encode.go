@@ -1,0 +1,85 @@
+package projections
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// encodedComments is the JSON array of a view's first n comments. Comments never change
+// once embedded, and a fold only appends to them, so the encoding of a view's comments
+// carries over to the views folded from it: a document whose comment list is full (or
+// unchanged) costs the encoding of its summary only, however many comments it embeds.
+// It is immutable once made; views that share it share a read-only value.
+type encodedComments struct {
+	n    int
+	last [16]byte // the id of comment n-1: proves the encoding belongs to these comments
+	json []byte
+}
+
+// covers reports whether e encodes comments[:e.n].
+func (e *encodedComments) covers(comments []Comment) bool {
+	return e != nil && e.n <= len(comments) && (e.n == 0 || e.last == comments[e.n-1].ID)
+}
+
+// Encode returns v as JSON, byte for byte what json.Marshal(v) returns, and keeps the
+// encoding of v's comments in v for the views later folded from it (see
+// encodedComments). Encode a view that is kept (a cache's copy), so its successors
+// start from its encoding.
+func (v *View) Encode() ([]byte, error) {
+	comments, err := v.encodeComments()
+	if err != nil {
+		return nil, err
+	}
+	summary, err := json.Marshal(v.Summary)
+	if err != nil {
+		return nil, err
+	}
+	const key = `,"comments":`
+	out := make([]byte, 0, len(summary)+len(key)+len(comments.json)+1)
+	out = append(out, summary[:len(summary)-1]...) // without its '}'
+	out = append(out, key...)
+	out = append(out, comments.json...)
+	return append(out, '}'), nil
+}
+
+// EncodedSize is how many bytes the encoding Encode keeps in v holds (0 if none).
+func (v *View) EncodedSize() int {
+	if v.enc == nil {
+		return 0
+	}
+	return len(v.enc.json)
+}
+
+// encodeComments returns the encoding of all of v's comments, extending the one v
+// carries when it covers a prefix of them, and keeps it in v.
+func (v *View) encodeComments() (*encodedComments, error) {
+	e := v.enc
+	if !e.covers(v.Comments) {
+		e = &encodedComments{json: []byte("[]")}
+	}
+	if e.n == len(v.Comments) {
+		v.enc = e
+		return e, nil
+	}
+	// A new array: e is shared with the views it came from.
+	out := make([]byte, 0, len(e.json)+300*(len(v.Comments)-e.n))
+	out = append(out, e.json[:len(e.json)-1]...) // without its ']'
+	for i, c := range v.Comments[e.n:] {
+		b, err := json.Marshal(c)
+		if err != nil {
+			return nil, fmt.Errorf("encode comment %s: %w", c.ID, err)
+		}
+		if e.n+i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, b...)
+	}
+	out = append(out, ']')
+	n := len(v.Comments)
+	var last [16]byte
+	if n > 0 {
+		last = v.Comments[n-1].ID
+	}
+	v.enc = &encodedComments{n: n, last: last, json: out}
+	return v.enc, nil
+}

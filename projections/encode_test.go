@@ -1,0 +1,72 @@
+package projections_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/ticket"
+)
+
+// TestEncodeIsJSONMarshal: Encode writes exactly what json.Marshal writes, for a view
+// folded event by event from the one encoded before it (the projector's and the
+// write-through's way), through a comment list that fills up, status changes, comments
+// past the embedded ones, a copy whose comments were replaced, and characters that
+// JSON escapes.
+func TestEncodeIsJSONMarshal(t *testing.T) {
+	t.Parallel()
+	id := uuid.New()
+	at := time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
+	ev := func(v int, d ticket.EventData) ticket.Event {
+		return ticket.Event{TicketID: id, Version: v, At: at.Add(time.Duration(v) * time.Second), Actor: "a", Data: d}
+	}
+	check := func(what string, v *projections.View) {
+		t.Helper()
+		want, err := json.Marshal(*v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := v.Encode()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s: Encode differs from json.Marshal:\n got %s\nwant %s", what, got, want)
+		}
+	}
+	v, err := projections.Fold(projections.View{}, ev(1, ticket.Opened{Title: `<b>"quoted"</b> & more`, Email: "e@example.com", CreatedBy: "c"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("a new ticket", &v)
+	version := 1
+	for i := range projections.EmbeddedComments + 5 {
+		version++
+		var d ticket.EventData = ticket.CommentAdded{CommentID: uuid.New(), Body: "body \u2028 <" + string(rune('a'+i%26)), CreatedBy: "c"}
+		if i%7 == 3 {
+			d = ticket.StatusChanged{From: v.Status, To: map[bool]ticket.Status{true: ticket.StatusAnswered, false: ticket.StatusWaitAnswer}[v.Status != ticket.StatusAnswered], UpdatedBy: "u"}
+		}
+		if v, err = projections.Fold(v, ev(version, d)); err != nil {
+			t.Fatal(err)
+		}
+		check(fmt.Sprintf("after event %d", version), &v)
+		if i%10 == 0 {
+			// several events folded before the next encoding
+			version++
+			if v, err = projections.FoldAll(v, ev(version, ticket.CommentAdded{CommentID: uuid.New(), Body: "x", CreatedBy: "c"})); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// A copy whose comments are replaced must not reuse the kept encoding.
+	other := v
+	other.Comments = append([]projections.Comment(nil), v.Comments[:3]...)
+	other.Comments[2].Body = "changed"
+	check("replaced comments", &other)
+	check("the original again", &v)
+}
