@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/ticketd/ticketd/db"
 	"github.com/ticketd/ticketd/eventstore"
@@ -513,6 +515,18 @@ func (b *bench) runComment(ctx context.Context) error {
 	b.add(fresh)
 	b.settle(ctx, "comment-fresh")
 
+	// The long streams were copied into the events table past the outbox (see
+	// copyStreams), so neither the read models nor ticketd's aggregate cache know them:
+	// the first command on each folds its whole stream, once. One warm-up comment per
+	// ticket pays that before the clock starts, so the row measures a comment on a
+	// long ticket the service already serves, as in production.
+	t0 := time.Now()
+	if err := b.warmLong(ctx); err != nil {
+		return err
+	}
+	b.settle(ctx, "the long tickets' warm-up")
+	b.logf("warmed %d long tickets in %.1fs", len(b.longIDs), time.Since(t0).Seconds())
+
 	m, err = b.load(ctx, b.spec("comment-long", kindComment, b.o.conns, b.longIDs))
 	if err != nil {
 		return err
@@ -521,13 +535,32 @@ func (b *bench) runComment(ctx context.Context) error {
 	long.vs(fresh, "≥0.8 of fresh")
 	long.Baseline = "POST comment, fresh tickets"
 	long.judge(long.Ratio >= 0.8)
-	long.Note = fmt.Sprintf("round robin over %d tickets that start with %d events", len(b.longIDs), b.o.longEvents)
+	long.Note = fmt.Sprintf("round robin over %d tickets that start with %d events, after one warm-up comment each", len(b.longIDs), b.o.longEvents)
 	if len(b.longIDs) < b.o.conns {
 		long.Note += fmt.Sprintf(" (%d connections share them: concurrency clashes and retries included)", b.o.conns)
 	}
 	b.add(long)
 	b.settle(ctx, "comment-long")
 	return nil
+}
+
+// warmLong posts one comment to each long ticket, a few at a time.
+func (b *bench) warmLong(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for _, id := range b.longIDs {
+		g.Go(func() error {
+			code, resp, err := b.post(ctx, b.ticketURL(id)+"/comments", commentBody)
+			if err == nil && code != http.StatusCreated {
+				err = fmt.Errorf("%d %s", code, bytes.TrimSpace(resp))
+			}
+			if err != nil {
+				return fmt.Errorf("warm-up comment on %s: %w", id, err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
 }
 
 func (b *bench) runMixed(ctx context.Context) error {
