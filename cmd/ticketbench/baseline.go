@@ -22,12 +22,6 @@ import (
 	"github.com/ticketd/ticketd/ticket"
 )
 
-// baselineKey is where the Fiber baseline finds the document of ticket id: its own
-// keys, under the run's prefix, hash-tagged per ticket like ticketd's.
-func (b *bench) baselineKey(id string) string {
-	return b.redisPrefix + "-baseline:{" + id + "}:doc"
-}
-
 // fiberRedisBaseline measures the floor of a Redis-served GET: a bare Fiber app whose
 // one handler does one Redis Cluster GET of a document of the same size as ticketd's
 // and sends it, loaded exactly like the hot-GET scenario (same generator, same ids). The app runs as a separate
