@@ -4,8 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"runtime/debug"
-	"strconv"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -15,10 +15,17 @@ import (
 // debug level so they do not drown the request log.
 var quietRoutes = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true}
 
+// DefaultSlowRequest is Config.SlowRequest's default.
+const DefaultSlowRequest = 100 * time.Millisecond
+
 // observe is the one place a request is accounted for: it recovers a handler's panic,
 // turns an error into its problem answer (so the status is final), then counts the
 // request, times it and writes its log line. It runs inside requestContext, which
 // gives the request its id.
+//
+// Its cost is on every request, the hot GET's included: the metric children come
+// resolved from routeMetrics, and the log line (microseconds of JSON and a write) is
+// only written for the requests worth reading, see logLevel.
 //
 // Requests the server refuses before routing (413 body too large, 431 headers too
 // large, malformed HTTP) never reach it: fasthttp answers them directly.
@@ -37,36 +44,68 @@ func (s *Server) observe(c *fiber.Ctx) error {
 
 	// The label is a registered route's template, never the raw path: cardinality stays
 	// bounded by the route table.
-	route := unmatchedRoute
-	if r := c.Route(); r != self {
+	r, route := c.Route(), unmatchedRoute
+	if r != self {
 		route = r.Path
 	}
 	status := c.Response().StatusCode()
 	method := methodLabel(c.Method())
-	s.metrics.requests.WithLabelValues(method, route, strconv.Itoa(status)).Inc()
-	s.metrics.duration.WithLabelValues(method, route).Observe(elapsed.Seconds())
+	rm := s.metrics.forRoute(r, method, route)
+	rm.requests(status).Inc()
+	rm.duration.Observe(elapsed.Seconds())
 
-	level := slog.LevelInfo
+	level, sampled := s.logLevel(rm, status, elapsed)
+	ctx := context.Background()
+	if !s.cfg.Log.Enabled(ctx, level) {
+		return nil
+	}
+	attrs := [10]slog.Attr{
+		slog.String("method", method),
+		slog.String("route", route),
+		slog.String("path", c.Path()),
+		slog.Int("status", status),
+		slog.Float64("duration_ms", float64(elapsed.Microseconds())/1000),
+		slog.String("request_id", RequestID(c.UserContext())),
+		slog.String("remote_ip", c.IP()),
+		slog.Int("bytes", len(c.Response().Body())),
+	}
+	n := 8
+	if sampled {
+		// one line stands for 1/rate requests like it
+		attrs[n] = slog.Float64("sample_rate", s.cfg.AccessLogSample)
+		n++
+	}
+	if elapsed >= s.cfg.SlowRequest {
+		attrs[n] = slog.Bool("slow", true)
+		n++
+	}
+	s.cfg.Log.LogAttrs(ctx, level, "request", attrs[:n]...)
+	return nil
+}
+
+// logLevel is the level of a request's log line, and whether it is a sampled one:
+//   - 5xx: error; 4xx: info (always: they are what a log is read for);
+//   - requests taking SlowRequest or longer: info (always);
+//   - successful probes and scrapes (/healthz, /readyz, /metrics): debug;
+//   - other successful requests that change something (not GET or HEAD): info (always);
+//   - successful reads: info for a random AccessLogSample of them (sampled), debug for
+//     the rest, so LOG_LEVEL=debug still shows every request.
+func (s *Server) logLevel(rm *routeMetrics, status int, elapsed time.Duration) (level slog.Level, sampled bool) {
 	switch {
 	case status >= 500:
-		level = slog.LevelError
-	case status < 400 && quietRoutes[route]:
-		level = slog.LevelDebug
+		return slog.LevelError, false
+	case status >= 400 || elapsed >= s.cfg.SlowRequest:
+		return slog.LevelInfo, false
+	case rm.quiet:
+		return slog.LevelDebug, false
+	case rm.method != fiber.MethodGet && rm.method != fiber.MethodHead:
+		return slog.LevelInfo, false
+	case s.cfg.AccessLogSample >= 1:
+		return slog.LevelInfo, false
+	case s.cfg.AccessLogSample > 0 && rand.Float64() < s.cfg.AccessLogSample:
+		return slog.LevelInfo, true
 	}
-	ctx := context.Background()
-	if s.cfg.Log.Enabled(ctx, level) {
-		s.cfg.Log.LogAttrs(ctx, level, "request",
-			slog.String("method", method),
-			slog.String("route", route),
-			slog.String("path", c.Path()),
-			slog.Int("status", status),
-			slog.Float64("duration_ms", float64(elapsed.Microseconds())/1000),
-			slog.String("request_id", RequestID(c.UserContext())),
-			slog.String("remote_ip", c.IP()),
-			slog.Int("bytes", len(c.Response().Body())),
-		)
-	}
-	return nil
+	return slog.LevelDebug, false
 }
 
 // nextRecovering runs the rest of the chain; a panic becomes a logged 500 instead of

@@ -2,6 +2,9 @@ package httpapi
 
 import (
 	"errors"
+	"strconv"
+	"sync"
+	"sync/atomic"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/gofiber/fiber/v2/middleware/adaptor"
@@ -31,10 +34,77 @@ func NewRegistry() *prometheus.Registry {
 // httpMetrics are the HTTP layer's metrics. Labels are bounded: route is the route
 // template (/v1/ticket/:id), never the raw path, and "unmatched" for requests no route
 // took; method is one of the methods Fiber accepts; status is a status code.
+//
+// The children of the vectors are resolved once per route and method (and status code)
+// and kept in routes: a request costs a lookup keyed by its route's pointer, not
+// WithLabelValues (which hashes the label values and takes a lock, on every request).
 type httpMetrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	inFlight prometheus.Gauge
+	routes   sync.Map // *fiber.Route -> *routeMetrics
+}
+
+// routeMetrics are one route's (method, route label) metric children. The counters by
+// status code are made on first use: the codes a route answers are few but not known in
+// advance, and series that were never counted are not exposed.
+type routeMetrics struct {
+	method, route string
+	// quiet: a probe or scrape, whose successes are logged at debug level
+	quiet    bool
+	duration prometheus.Observer
+	vec      *prometheus.CounterVec
+	mu       sync.Mutex                                 // serialises additions to codes
+	codes    atomic.Pointer[map[int]prometheus.Counter] // copied on write
+}
+
+// forRoute returns the metrics of requests that ended on route r with the given method
+// label (a constant from methodLabel), route being r's label (its template, or
+// unmatchedRoute). r's pointer is the key: Fiber registers a route once per method, so
+// one pointer is one (method, route) pair; a mismatch (never seen) takes the slow path
+// rather than mislabel.
+func (m *httpMetrics) forRoute(r *fiber.Route, method, route string) *routeMetrics {
+	if v, ok := m.routes.Load(r); ok {
+		if rm := v.(*routeMetrics); rm.method == method && rm.route == route {
+			return rm
+		}
+		return m.newRouteMetrics(method, route)
+	}
+	rm := m.newRouteMetrics(method, route)
+	v, _ := m.routes.LoadOrStore(r, rm)
+	return v.(*routeMetrics)
+}
+
+func (m *httpMetrics) newRouteMetrics(method, route string) *routeMetrics {
+	return &routeMetrics{method: method, route: route, quiet: quietRoutes[route],
+		duration: m.duration.WithLabelValues(method, route), vec: m.requests}
+}
+
+// requests returns the counter of this route's answers with status code.
+func (rm *routeMetrics) requests(code int) prometheus.Counter {
+	if codes := rm.codes.Load(); codes != nil {
+		if c, ok := (*codes)[code]; ok {
+			return c
+		}
+	}
+	rm.mu.Lock()
+	defer rm.mu.Unlock()
+	old := rm.codes.Load()
+	if old != nil {
+		if c, ok := (*old)[code]; ok {
+			return c
+		}
+	}
+	codes := make(map[int]prometheus.Counter, 4)
+	if old != nil {
+		for k, v := range *old {
+			codes[k] = v
+		}
+	}
+	c := rm.vec.WithLabelValues(rm.method, rm.route, strconv.Itoa(code))
+	codes[code] = c
+	rm.codes.Store(&codes)
+	return c
 }
 
 // unmatchedRoute labels requests that matched no route (404, 405).

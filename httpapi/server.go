@@ -66,6 +66,14 @@ type Config struct {
 	// Metrics receives the HTTP metrics and is served at /metrics; nil: a fresh
 	// NewRegistry.
 	Metrics Registry
+	// AccessLogSample is the fraction (0..1) of successful GET and HEAD requests that
+	// get an info-level access log line, marked with sample_rate; the others are logged
+	// at debug level. Errors (4xx, 5xx), slow requests (SlowRequest) and every other
+	// method are always logged. 0: none of those reads; 1: all of them.
+	AccessLogSample float64
+	// SlowRequest: a request that takes at least this long is always logged, marked
+	// slow (DefaultSlowRequest when 0).
+	SlowRequest time.Duration
 }
 
 // Page sizes of the list and comment endpoints.
@@ -101,6 +109,9 @@ func New(cfg Config) *fiber.App {
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewRegistry()
+	}
+	if cfg.SlowRequest <= 0 {
+		cfg.SlowRequest = DefaultSlowRequest
 	}
 	s := &Server{cfg: cfg, cursors: cursors{key: cfg.CursorKey}, metrics: newHTTPMetrics(cfg.Metrics)}
 	app := fiber.New(fiber.Config{

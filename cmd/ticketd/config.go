@@ -48,6 +48,11 @@ type Config struct {
 	// PprofAddr, when set, is a loopback host:port on which net/http/pprof is served,
 	// on a listener of its own (never the API's). Empty: no profiling endpoint.
 	PprofAddr string `env:"PPROF_ADDR"`
+	// AccessLogSample is the fraction (0..1) of successful reads (GET, HEAD) that get an
+	// access log line at info level. Errors, slow requests and writes are always logged.
+	AccessLogSample float64 `env:"ACCESS_LOG_SAMPLE" envDefault:"0.01"`
+	// AccessLogSlow: a request taking at least this long is always logged.
+	AccessLogSlow time.Duration `env:"ACCESS_LOG_SLOW" envDefault:"100ms"`
 }
 
 // loadConfig reads the configuration through getenv and validates it.
@@ -94,6 +99,12 @@ func (c Config) Validate() error {
 	}
 	if _, err := c.SlogLevel(); err != nil {
 		errs = append(errs, err)
+	}
+	if !(c.AccessLogSample >= 0 && c.AccessLogSample <= 1) { // also refuses NaN
+		errs = append(errs, fmt.Errorf("ACCESS_LOG_SAMPLE must be a fraction from 0 to 1, not %v", c.AccessLogSample))
+	}
+	if c.AccessLogSlow <= 0 {
+		errs = append(errs, fmt.Errorf("ACCESS_LOG_SLOW must be positive, not %s", c.AccessLogSlow))
 	}
 	if c.PprofAddr != "" {
 		if err := loopbackAddr(c.PprofAddr); err != nil {
