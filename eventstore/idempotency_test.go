@@ -174,3 +174,45 @@ func TestIdempotencyRacingAttemptsStoreOne(t *testing.T) {
 		t.Fatalf("%d racers rolled back an append, want %d (the race was not exercised)", lost, racers-1)
 	}
 }
+
+// TestIdempotencyRefusalAfterARacingRunReplaysIt: two instances (two stores on one
+// database, so no shared stream lock) run the same keyed command; the one that loses
+// sees the ticket as the winner left it and would refuse (an If-Match that no longer
+// holds, a rule the winner's own event now breaks). The refusal is the winner's own
+// effect: the loser answers with the stored answer instead. The store of the loser is
+// made to look at the ticket only after the winner committed by running the winner
+// inside its decide.
+func TestIdempotencyRefusalAfterARacingRunReplaysIt(t *testing.T) {
+	t.Parallel()
+	a, pool := newStore(t)
+	b := eventstore.New(pool)
+	ctx := testContext(t)
+	id := openTicket(t, a)
+
+	var winner eventstore.Result
+	loser, err := b.Handle(ctx, id, eventstore.Options{Idempotency: keyed("c1", "h", time.Hour)}, func(tk *ticket.Ticket, now time.Time) error {
+		var err error
+		winner, err = a.Handle(ctx, id, eventstore.Options{Idempotency: keyed("c1", "h", time.Hour)}, addComment(t, "bob"))
+		if err != nil || winner.Replayed != nil {
+			t.Fatalf("the winner: %+v, %v", winner, err)
+		}
+		return fmt.Errorf("as if the winner's comment broke a rule: %w", ticket.ErrConflict)
+	})
+	if err != nil || loser.Replayed == nil {
+		t.Fatalf("the loser: expected the stored answer, got %+v, %v", loser, err)
+	}
+	if want := id.String() + " v2"; string(loser.Replayed) != want {
+		t.Fatalf("replayed %q, want the winner's answer %q", loser.Replayed, want)
+	}
+	if n := count(t, pool, "SELECT count(*) FROM events WHERE stream_id = $1", id); n != 2 {
+		t.Fatalf("%d events, want 2", n)
+	}
+
+	// Without a stored answer a refusal stays a refusal.
+	_, err = b.Handle(ctx, id, eventstore.Options{Idempotency: keyed("c2", "h", time.Hour)}, func(*ticket.Ticket, time.Time) error {
+		return ticket.ErrConflict
+	})
+	if !errors.Is(err, ticket.ErrConflict) {
+		t.Fatalf("a refusal without a racing run: %v", err)
+	}
+}

@@ -203,13 +203,13 @@ func (s *Store) Handle(ctx context.Context, id uuid.UUID, opt Options, decide fu
 			}
 		}
 		if opt.IfMatch != nil && t.Exists() && *opt.IfMatch != t.Version() {
-			return Result{}, fmt.Errorf("ticket is at version %d, not %d: %w", t.Version(), *opt.IfMatch, ticket.ErrPrecondition)
+			return s.refused(ctx, opt.Idempotency, fmt.Errorf("ticket is at version %d, not %d: %w", t.Version(), *opt.IfMatch, ticket.ErrPrecondition))
 		}
 		expected := t.Version()
 		// Postgres keeps microseconds: an event's time is cut to them before anything
 		// sees it, so a replayed ticket equals the one answered at write time.
 		if err := decide(t, s.Now().UTC().Truncate(time.Microsecond)); err != nil {
-			return Result{}, err
+			return s.refused(ctx, opt.Idempotency, err)
 		}
 		pending := t.Pending()
 		if len(pending) == 0 {
@@ -239,6 +239,19 @@ func (s *Store) Handle(ctx context.Context, id uuid.UUID, opt Options, decide fu
 		s.appended()
 		return Result{Ticket: t, Records: recs}, nil
 	}
+}
+
+// refused returns a command's refusal, unless a run under its idempotency key has
+// committed since Handle looked (another instance's, racing this retry: the stream
+// lock orders commands within one process only): then the refusal is that run's own
+// effect, and the client gets its stored answer.
+func (s *Store) refused(ctx context.Context, idem *Idempotency, refusal error) (Result, error) {
+	if idem != nil {
+		if r, err := s.storedResponse(ctx, idem); r != nil || err != nil {
+			return Result{Replayed: r}, err
+		}
+	}
+	return Result{}, refusal
 }
 
 // current returns the ticket as it stands in the store: the cached aggregate, if any,
