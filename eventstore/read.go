@@ -2,9 +2,9 @@ package eventstore
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 
+	gojson "github.com/goccy/go-json"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
@@ -51,7 +51,7 @@ func (r rawEvent) decode() (Record, error) {
 		return rec, fmt.Errorf("event %d of %s: %w", rec.Version, rec.TicketID, err)
 	}
 	if len(r.md) > 0 {
-		if err := json.Unmarshal(r.md, &rec.Metadata); err != nil {
+		if err := gojson.Unmarshal(r.md, &rec.Metadata); err != nil {
 			return rec, fmt.Errorf("decode metadata of %s version %d: %w", rec.TicketID, rec.Version, err)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	gojson "github.com/goccy/go-json"
 	"github.com/google/uuid"
 
 	"github.com/ticketd/ticketd/ticket"
@@ -62,7 +63,7 @@ func encodeMessage(r Record, data json.RawMessage) ([]byte, error) {
 // DecodeMessage turns an outbox payload back into the record it was made from.
 func DecodeMessage(payload []byte) (Record, error) {
 	var m envelope
-	if err := json.Unmarshal(payload, &m); err != nil {
+	if err := gojson.Unmarshal(payload, &m); err != nil {
 		return Record{}, fmt.Errorf("decode event message: %w", err)
 	}
 	d, err := ticket.DecodeData(m.Type, m.Data)

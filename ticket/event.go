@@ -1,12 +1,12 @@
 package ticket
 
 import (
-	"encoding/json"
 	"fmt"
 	"reflect"
 	"slices"
 	"time"
 
+	gojson "github.com/goccy/go-json"
 	"github.com/google/uuid"
 )
 
@@ -105,7 +105,7 @@ func DecodeData(typ string, payload []byte) (EventData, error) {
 		return nil, fmt.Errorf("unknown event type %q", typ)
 	}
 	p := reflect.New(t)
-	if err := json.Unmarshal(payload, p.Interface()); err != nil {
+	if err := gojson.Unmarshal(payload, p.Interface()); err != nil {
 		return nil, fmt.Errorf("decode %s: %w", typ, err)
 	}
 	return p.Elem().Interface().(EventData), nil

@@ -2,13 +2,13 @@ package redismodel
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"time"
 
+	gojson "github.com/goccy/go-json"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -142,7 +142,7 @@ func (p *Projector) Project(ctx context.Context, evs []ticket.Event) ([]uuid.UUI
 		}
 		for i, id := range unknown {
 			var base projections.View
-			if docs[i].Found && !docs[i].Deleted && json.Unmarshal(docs[i].Body, &base) != nil {
+			if docs[i].Found && !docs[i].Deleted && gojson.Unmarshal(docs[i].Body, &base) != nil {
 				base = projections.View{} // unreadable: folded afresh
 			}
 			if err := add(id, base, docs[i].Version); err != nil {

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	gojson "github.com/goccy/go-json"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -88,7 +89,7 @@ func (r *Reader) Get(ctx context.Context, id uuid.UUID) (projections.View, error
 		return projections.View{}, err
 	}
 	var v projections.View
-	if err := json.Unmarshal(body, &v); err != nil {
+	if err := gojson.Unmarshal(body, &v); err != nil {
 		return projections.View{}, fmt.Errorf("decode ticket %s: %w", id, err)
 	}
 	return v, nil
@@ -130,7 +131,7 @@ func (r *Reader) Committed(ctx context.Context, events []ticket.Event) {
 			r.clean(id, version)
 			return
 		case err == nil && found && version == first-1:
-			if json.Unmarshal(body, &base) != nil {
+			if gojson.Unmarshal(body, &base) != nil {
 				r.behind(id, last)
 				return
 			}
