@@ -44,7 +44,9 @@ type Config struct {
 	Store  *eventstore.Store
 	Reader Reader
 	Log    *slog.Logger
-	// CursorKey signs list cursors. Instances behind one load balancer must share it.
+	// CursorKey signs list cursors. Instances behind one load balancer must share it
+	// (cmd/ticketd keeps one in Postgres when CURSOR_SECRET is unset). Empty: a random
+	// key of this server's own, for tests and single instances.
 	CursorKey []byte
 	// BodyLimit is the largest request body accepted, in bytes (413 above).
 	BodyLimit int

@@ -29,7 +29,8 @@ type Config struct {
 	HTTPAddr     string        `env:"HTTP_ADDR" envDefault:":8000"`
 	LogLevel     string        `env:"LOG_LEVEL" envDefault:"info"`
 	// CursorSecret signs list cursors; instances behind one load balancer must share it.
-	// Empty: a random key per process (cursors then only work on the instance that issued them).
+	// Empty: a random key generated once and kept in Postgres (table settings), which
+	// every instance on the database loads at start.
 	CursorSecret string `env:"CURSOR_SECRET"`
 	// BodyLimit is the largest request body accepted, in bytes.
 	BodyLimit int `env:"BODY_LIMIT" envDefault:"65536"`
