@@ -177,7 +177,8 @@ func TestMetricChildrenAreResolvedOncePerRouteMethodAndCode(t *testing.T) {
 		t.Logf("metrics:\n%s", grepLines(body, "http_requests_total"))
 	}
 	// the hot path allocates nothing for its metrics once a route's children exist
-	s := &Server{metrics: newHTTPMetrics(NewRegistry())}
+	reg := NewRegistry()
+	s := &Server{metrics: newHTTPMetrics(reg)}
 	r := &fiber.Route{Method: fiber.MethodGet, Path: "/v1/ticket/:id"}
 	s.metrics.forRoute(r, fiber.MethodGet, r.Path).requests(200)
 	if a := testing.AllocsPerRun(100, func() {
@@ -187,6 +188,41 @@ func TestMetricChildrenAreResolvedOncePerRouteMethodAndCode(t *testing.T) {
 	}); a != 0 {
 		t.Errorf("%v allocations per request for the metrics", a)
 	}
+	// a fresh *Route per request (never seen from Fiber's router) is counted all the
+	// same, without growing the cache past its bound
+	for range maxRouteEntries + 100 {
+		fresh := &fiber.Route{Method: fiber.MethodGet, Path: "/fresh"}
+		s.metrics.forRoute(fresh, fiber.MethodGet, fresh.Path).requests(200).Inc()
+	}
+	if n := s.metrics.nroutes.Load(); n > maxRouteEntries {
+		t.Errorf("%d cached routes, bound %d", n, maxRouteEntries)
+	}
+	if got := counted(t, reg, "/fresh"); got != maxRouteEntries+100 {
+		t.Errorf("fresh routes counted %v times, want %d", got, maxRouteEntries+100)
+	}
+}
+
+// counted returns http_requests_total of route (all methods and codes) in reg.
+func counted(t *testing.T, reg Registry, route string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n float64
+	for _, mf := range mfs {
+		if mf.GetName() != "http_requests_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "route" && l.GetValue() == route {
+					n += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return n
 }
 
 func BenchmarkObserveMetrics(b *testing.B) {

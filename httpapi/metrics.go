@@ -43,7 +43,14 @@ type httpMetrics struct {
 	duration *prometheus.HistogramVec
 	inFlight prometheus.Gauge
 	routes   sync.Map // *fiber.Route -> *routeMetrics
+	nroutes  atomic.Int32
 }
+
+// maxRouteEntries bounds routes. Fiber registers a route once per method, so a route
+// table has a few dozen; the bound only matters if some Fiber path ever handed out a
+// fresh *Route per request (its Ctx.Route does when a ctx has no route): such requests
+// are still counted correctly, by the slow path.
+const maxRouteEntries = 1024
 
 // routeMetrics are one route's (method, route label) metric children. The counters by
 // status code are made on first use: the codes a route answers are few but not known in
@@ -71,7 +78,13 @@ func (m *httpMetrics) forRoute(r *fiber.Route, method, route string) *routeMetri
 		return m.newRouteMetrics(method, route)
 	}
 	rm := m.newRouteMetrics(method, route)
-	v, _ := m.routes.LoadOrStore(r, rm)
+	if m.nroutes.Load() >= maxRouteEntries {
+		return rm
+	}
+	v, loaded := m.routes.LoadOrStore(r, rm)
+	if !loaded {
+		m.nroutes.Add(1)
+	}
 	return v.(*routeMetrics)
 }
 
