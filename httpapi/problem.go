@@ -89,6 +89,11 @@ func toProblem(c *fiber.Ctx, err error, log *slog.Logger) *Problem {
 		return problem(fiber.StatusPreconditionFailed, "precondition-failed", "the ticket changed since the version in If-Match; fetch it again")
 	case errors.Is(err, ticket.ErrConflict):
 		return problem(fiber.StatusConflict, "conflict", "the request conflicts with the ticket's state")
+	case errors.Is(err, eventstore.ErrConcurrency):
+		// Still clashing after Handle's retries: writers crowd this ticket. Transient,
+		// like an unreachable database: retry later.
+		log.Warn("write contention", "err", err, "path", c.Path())
+		return problem(fiber.StatusServiceUnavailable, "contention", "too many concurrent changes to this ticket; retry later")
 	case errors.Is(err, ticket.ErrUnavailable):
 		log.Warn("dependency unavailable", "err", err, "path", c.Path())
 		return problem(fiber.StatusServiceUnavailable, "unavailable", "the database cannot be reached; retry later")
