@@ -1,8 +1,11 @@
 package projections
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+
+	gojson "github.com/goccy/go-json"
 )
 
 // encodedComments is the JSON array of a view's first n comments. Comments never change
@@ -34,10 +37,9 @@ func (v *View) Encode() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	const key = `,"comments":`
-	out := make([]byte, 0, len(summary)+len(key)+len(comments.json)+1)
+	out := make([]byte, 0, len(summary)+len(commentsKey)+len(comments.json)+1)
 	out = append(out, summary[:len(summary)-1]...) // without its '}'
-	out = append(out, key...)
+	out = append(out, commentsKey...)
 	out = append(out, comments.json...)
 	return append(out, '}'), nil
 }
@@ -82,4 +84,33 @@ func (v *View) encodeComments() (*encodedComments, error) {
 	}
 	v.enc = &encodedComments{n: n, last: last, json: out}
 	return v.enc, nil
+}
+
+// commentsKey introduces the comments array, the last member of an encoded view.
+const commentsKey = `,"comments":`
+
+// DecodeView decodes a view's JSON document (as Encode writes it) and keeps the
+// document's comments array in the view as their encoding, so that the view folded
+// from it and encoded again costs its summary only, as if it had been encoded here.
+// The array is found by its key: a JSON string cannot hold the bytes ,"comments": (its
+// quotes are escaped), and a view's only member named comments is its last.
+func DecodeView(doc []byte) (View, error) {
+	var v View
+	if err := gojson.Unmarshal(doc, &v); err != nil {
+		return View{}, err
+	}
+	i := bytes.Index(doc, []byte(commentsKey))
+	if i < 0 || !bytes.HasSuffix(doc, []byte("]}")) {
+		return v, nil
+	}
+	arr := doc[i+len(commentsKey) : len(doc)-1]
+	if len(arr) < 2 || arr[0] != '[' {
+		return v, nil
+	}
+	e := &encodedComments{n: len(v.Comments), json: arr}
+	if e.n > 0 {
+		e.last = v.Comments[e.n-1].ID
+	}
+	v.enc = e
+	return v, nil
 }

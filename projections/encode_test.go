@@ -63,6 +63,26 @@ func TestEncodeIsJSONMarshal(t *testing.T) {
 			}
 		}
 	}
+	// A view decoded from a document takes the document's comments as their encoding.
+	doc, err := v.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	decoded, err := projections.DecodeView(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("decoded", &decoded)
+	next, err := projections.Fold(decoded, ev(v.Version+1, ticket.CommentAdded{CommentID: uuid.New(), Body: "after decoding", CreatedBy: "c"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("folded after decoding", &next)
+	short, err := projections.DecodeView([]byte(`{"id":"` + id.String() + `","version":1,"comments":[]}`))
+	if err != nil || len(short.Comments) != 0 {
+		t.Fatalf("a document without comments: %+v, %v", short, err)
+	}
+	check("decoded without comments", &short)
 	// A copy whose comments are replaced must not reuse the kept encoding.
 	other := v
 	other.Comments = append([]projections.Comment(nil), v.Comments[:3]...)

@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	gojson "github.com/goccy/go-json"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -142,8 +141,11 @@ func (p *Projector) Project(ctx context.Context, evs []ticket.Event) ([]uuid.UUI
 		}
 		for i, id := range unknown {
 			var base projections.View
-			if docs[i].Found && !docs[i].Deleted && gojson.Unmarshal(docs[i].Body, &base) != nil {
-				base = projections.View{} // unreadable: folded afresh
+			if docs[i].Found && !docs[i].Deleted {
+				var err error
+				if base, err = projections.DecodeView(docs[i].Body); err != nil {
+					base = projections.View{} // unreadable: folded afresh
+				}
 			}
 			if err := add(id, base, docs[i].Version); err != nil {
 				return nil, err

@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	gojson "github.com/goccy/go-json"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -88,8 +87,8 @@ func (r *Reader) Get(ctx context.Context, id uuid.UUID) (projections.View, error
 	if err != nil {
 		return projections.View{}, err
 	}
-	var v projections.View
-	if err := gojson.Unmarshal(body, &v); err != nil {
+	v, err := projections.DecodeView(body)
+	if err != nil {
 		return projections.View{}, fmt.Errorf("decode ticket %s: %w", id, err)
 	}
 	return v, nil
@@ -131,7 +130,7 @@ func (r *Reader) Committed(ctx context.Context, events []ticket.Event) {
 			r.clean(id, version)
 			return
 		case err == nil && found && version == first-1:
-			if gojson.Unmarshal(body, &base) != nil {
+			if base, err = projections.DecodeView(body); err != nil {
 				r.behind(id, last)
 				return
 			}
