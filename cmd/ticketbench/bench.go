@@ -302,7 +302,10 @@ func (b *bench) seed(ctx context.Context) error {
 		long := b.o.longTickets
 		if b.ownServer {
 			if long == 0 {
-				long = b.o.conns
+				// Four per connection: few enough commands meet on one ticket (whose
+				// commands take turns) that the row measures the stream's length, as
+				// the fresh row, over 5,000 tickets, does not meet either.
+				long = 4 * b.o.conns
 			}
 			b.longIDs, err = b.copyStreams(ctx, long, b.o.longEvents)
 			b.report.Seed.LongHow = "COPY straight into the events table (not through the outbox)"
@@ -417,8 +420,8 @@ func (b *bench) runCreate(ctx context.Context) error {
 		return err
 	}
 	r := m.row("create", "POST /v1/ticket/", b.o.conns)
-	r.vs(base, "≥0.5 of baseline (stretch 0.7)")
-	r.judge(r.Ratio >= 0.5)
+	r.vs(base, "≥0.7 of baseline (aim 1.0)")
+	r.judge(r.Ratio >= 0.7)
 	b.add(r)
 	b.settle(ctx, "create")
 	return nil

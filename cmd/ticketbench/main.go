@@ -103,7 +103,7 @@ func parseOptions(args []string, stdout io.Writer) (options, error) {
 	fs.IntVar(&o.conns, "c", 64, "connections (concurrent requests) per scenario")
 	fs.IntVar(&o.overloadConns, "overload-c", 256, "connections of the overload scenario")
 	fs.IntVar(&o.tickets, "tickets", 10000, "tickets to seed")
-	fs.IntVar(&o.longTickets, "long-tickets", 0, "tickets with -long-events events each for the long-comment scenario (0: one per connection when seeding directly, 1 through the API)")
+	fs.IntVar(&o.longTickets, "long-tickets", 0, "tickets with -long-events events each for the long-comment scenario (0: four per connection when seeding directly, 1 through the API)")
 	fs.IntVar(&o.longEvents, "long-events", 1000, "events in each long ticket")
 	fs.IntVar(&o.rebuildEvents, "rebuild-events", 200000, "events in the store when the rebuild runs (topped up directly)")
 	fs.IntVar(&o.backlogEvents, "backlog-events", 200000, "events appended (with their outbox rows) for the projectors to work off in the backlog scenario")
