@@ -95,8 +95,10 @@ func (c Config) Validate() error {
 	if err := redismodel.ValidPrefix(c.RedisPrefix); err != nil {
 		errs = append(errs, fmt.Errorf("REDIS_PREFIX: %w", err))
 	}
-	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+	if _, port, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 		errs = append(errs, fmt.Errorf("HTTP_ADDR %q must be [host]:port", c.HTTPAddr))
+	} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		errs = append(errs, fmt.Errorf("HTTP_ADDR %q: the port must be a number from 1 to 65535", c.HTTPAddr))
 	}
 	if _, err := c.SlogLevel(); err != nil {
 		errs = append(errs, err)

@@ -81,6 +81,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	level, _ := cfg.SlogLevel()
 	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: level}))
+	var ln net.Listener
+	if !*migrateOnly && !*rebuild {
+		// Bind before anything else: a taken or unusable HTTP_ADDR fails the start at
+		// once, with the reason, before migrations and dependencies are waited for.
+		// Connections made meanwhile wait in the backlog until the server serves.
+		if ln, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			return fmt.Errorf("HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
+		}
+		defer ln.Close()
+	}
 	if cfg.PprofAddr != "" {
 		stopPprof, err := servePprof(cfg.PprofAddr, log)
 		switch {
@@ -113,15 +123,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if *rebuild {
 		return rebuildProjections(ctx, cfg, pool, log, stdout)
 	}
-	return serve(ctx, cfg, pool, log)
+	return serve(ctx, cfg, pool, log, ln)
 }
 
 // projectorConns is the size of the projectors' own pool: one connection per consumer
 // group, one for the backlog sampler.
 const projectorConns = 3
 
-// serve runs the HTTP server and the projectors until ctx ends, then drains.
-func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger) error {
+// serve runs the HTTP server on ln (bound by run) and the projectors until ctx ends,
+// then drains.
+func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger, ln net.Listener) error {
 	rdb, isCluster := connectRedis(ctx, cfg.RedisAddresses(), cfg.RedisTimeout)
 	defer rdb.Close()
 	log.Info("redis", "addrs", cfg.RedisAddresses(), "cluster", isCluster)
@@ -184,8 +195,8 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	go func() { repairDone <- repairer.Run(projCtx) }()
 
 	httpDone := make(chan error, 1)
-	go func() { httpDone <- app.Listen(cfg.HTTPAddr) }()
-	log.Info("listening", "addr", cfg.HTTPAddr)
+	go func() { httpDone <- app.Listener(ln) }()
+	log.Info("listening", "addr", ln.Addr().String())
 
 	var runErr error
 	select {
