@@ -124,7 +124,10 @@ func New(cfg Config) *fiber.App {
 		DisableStartupMessage: true,
 		ReadTimeout:           30 * time.Second,
 		WriteTimeout:          30 * time.Second,
-		IdleTimeout:           120 * time.Second,
+		// a keep-alive connection waiting for its next request holds a descriptor and
+		// buffers: close it in tens of seconds (cmd/ticketd sets IDLE_TIMEOUT, and
+		// MAX_CONNS as fasthttp's Concurrency, on app.Server())
+		IdleTimeout: 30 * time.Second,
 	})
 	app.Use(s.requestContext)
 	app.Use(s.observe)

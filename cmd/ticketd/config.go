@@ -54,6 +54,15 @@ type Config struct {
 	AccessLogSample float64 `env:"ACCESS_LOG_SAMPLE" envDefault:"0.01"`
 	// AccessLogSlow: a request taking at least this long is always logged.
 	AccessLogSlow time.Duration `env:"ACCESS_LOG_SLOW" envDefault:"100ms"`
+	// MaxConns caps the open client connections; over it a new connection is answered
+	// 503 and closed. 0 (unset): derived from the descriptor limit, see limitsFor.
+	MaxConns int `env:"MAX_CONNS"`
+	// MaxConnsPerIP caps the open connections of one client address (an IPv6 client:
+	// its /64); over it a new connection is answered 429 and closed. 0: no cap.
+	MaxConnsPerIP int `env:"MAX_CONNS_PER_IP" envDefault:"256"`
+	// IdleTimeout closes a keep-alive connection that has not started its next request
+	// within it.
+	IdleTimeout time.Duration `env:"IDLE_TIMEOUT" envDefault:"30s"`
 }
 
 // loadConfig reads the configuration through getenv and validates it.
@@ -99,6 +108,15 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("HTTP_ADDR %q must be [host]:port", c.HTTPAddr))
 	} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 		errs = append(errs, fmt.Errorf("HTTP_ADDR %q: the port must be a number from 1 to 65535", c.HTTPAddr))
+	}
+	if c.MaxConns < 0 {
+		errs = append(errs, fmt.Errorf("MAX_CONNS must be 0 (derived from the descriptor limit) or more, not %d", c.MaxConns))
+	}
+	if c.MaxConnsPerIP < 0 {
+		errs = append(errs, fmt.Errorf("MAX_CONNS_PER_IP must be 0 (no cap) or more, not %d", c.MaxConnsPerIP))
+	}
+	if c.IdleTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("IDLE_TIMEOUT must be positive, not %s", c.IdleTimeout))
 	}
 	if _, err := c.SlogLevel(); err != nil {
 		errs = append(errs, err)

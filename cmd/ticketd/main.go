@@ -81,13 +81,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	level, _ := cfg.SlogLevel()
 	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: level}))
-	var ln net.Listener
+	var ln *connListener
 	if !*migrateOnly && !*rebuild {
 		// Bind before anything else: a taken or unusable HTTP_ADDR fails the start at
 		// once, with the reason, before migrations and dependencies are waited for.
 		// Connections made meanwhile wait in the backlog until the server serves.
-		if ln, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
-			return fmt.Errorf("HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
+		limits := limitsFor(cfg, openFileLimit())
+		if !limits.fitsNoFile() {
+			log.Warn("MAX_CONNS leaves too few file descriptors for the pools and files: accepting pauses when they run out",
+				"max_conns", limits.MaxConns, "nofile", limits.NoFile, "reserve", limits.Reserve)
+		}
+		if ln, err = listenHTTP(cfg.HTTPAddr, limits, log); err != nil {
+			return err
 		}
 		defer ln.Close()
 	}
@@ -132,7 +137,7 @@ const projectorConns = 3
 
 // serve runs the HTTP server on ln (bound by run) and the projectors until ctx ends,
 // then drains.
-func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger, ln net.Listener) error {
+func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger, ln *connListener) error {
 	rdb, isCluster := connectRedis(ctx, cfg.RedisAddresses(), cfg.RedisTimeout)
 	defer rdb.Close()
 	log.Info("redis", "addrs", cfg.RedisAddresses(), "cluster", isCluster)
@@ -194,9 +199,10 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	repairDone := make(chan error, 1)
 	go func() { repairDone <- repairer.Run(projCtx) }()
 
+	applyConnLimits(app, ln.limits, cfg.IdleTimeout)
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- app.Listener(ln) }()
-	log.Info("listening", "addr", ln.Addr().String())
+	log.Info("listening", append([]any{"addr", ln.Addr().String(), "idle_timeout", cfg.IdleTimeout.String()}, ln.limits.logAttrs()...)...)
 
 	var runErr error
 	select {
