@@ -148,16 +148,16 @@ func (c OpenTicket) Validate() error {
 	if c.Status != "" && c.Status != string(StatusOpen) {
 		return &ValidationError{Field: "status", Reason: "a ticket is created open; omit status or send \"open\""}
 	}
-	if err := checkText("title", c.Title, 1, MaxTitle, false); err != nil {
+	if err := checkText("title", c.Title, 1, MaxTitle, MaxTitleBytes, false); err != nil {
 		return err
 	}
-	if err := checkText("description", c.Description, 0, MaxDescription, true); err != nil {
+	if err := checkText("description", c.Description, 0, MaxDescription, MaxDescriptionBytes, true); err != nil {
 		return err
 	}
 	if err := checkEmail("email", c.Email, true); err != nil {
 		return err
 	}
-	return checkText("created_by", c.CreatedBy, 1, MaxName, false)
+	return checkText("created_by", c.CreatedBy, 1, MaxName, MaxNameBytes, false)
 }
 
 // Open records TicketOpened on a new ticket. It fails with ErrInvalid for bad input and
@@ -184,10 +184,10 @@ type AddComment struct {
 
 // Validate checks the command's fields on their own, returning a *ValidationError.
 func (c AddComment) Validate() error {
-	if err := checkText("body", c.Body, 1, MaxComment, true); err != nil {
+	if err := checkText("body", c.Body, 1, MaxComment, MaxCommentBytes, true); err != nil {
 		return err
 	}
-	if err := checkText("created_by", c.CreatedBy, 1, MaxName, false); err != nil {
+	if err := checkText("created_by", c.CreatedBy, 1, MaxName, MaxNameBytes, false); err != nil {
 		return err
 	}
 	return checkEmail("email", c.Email, false)
@@ -221,7 +221,7 @@ func (c ChangeStatus) Validate() error {
 	if _, err := ParseStatus("status", c.Status); err != nil {
 		return err
 	}
-	return checkText("updated_by", c.UpdatedBy, 1, MaxName, false)
+	return checkText("updated_by", c.UpdatedBy, 1, MaxName, MaxNameBytes, false)
 }
 
 // ChangeStatus records StatusChanged when the table allows it. Asking for the current
@@ -252,8 +252,13 @@ type DeleteTicket struct {
 }
 
 // Validate checks the command's fields on their own, returning a *ValidationError.
+// DeletedBy may be empty, but a name that shows nothing (only whitespace or invisible
+// fillers) is refused rather than recorded as an invisible actor.
 func (c DeleteTicket) Validate() error {
-	return checkText("deleted_by", c.DeletedBy, 0, MaxName, false)
+	if c.DeletedBy != "" && Blank(c.DeletedBy) {
+		return &ValidationError{Field: "deleted_by", Reason: "must not be blank (whitespace and invisible fillers do not count); omit it to delete as anonymous"}
+	}
+	return checkText("deleted_by", c.DeletedBy, 0, MaxName, MaxNameBytes, false)
 }
 
 // Delete records TicketDeleted. Deleting a missing or already deleted ticket fails with
