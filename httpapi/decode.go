@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"mime"
 	"reflect"
 	"strconv"
@@ -94,6 +95,7 @@ func checkShape(body []byte) (shape, error) {
 	var stack []*frame
 	first := true
 	for {
+		start := dec.InputOffset()
 		tok, err := dec.Token()
 		if errors.Is(err, io.EOF) {
 			return sh, nil
@@ -131,6 +133,16 @@ func checkShape(body []byte) (shape, error) {
 				}
 			}
 		case string:
+			// encoding/json turns a lone UTF-16 surrogate escape ("\ud800") into U+FFFD
+			// without a word: refuse it instead of storing a character the client did
+			// not send. The raw token is what lies between the two offsets.
+			if loneSurrogate(body[start:dec.InputOffset()]) {
+				field := t // a key
+				if !(top != nil && top.object && top.expect) {
+					field = stack[0].key // a value, at any depth: the top-level field holding it
+				}
+				return sh, invalidField(clip(field), "must not contain a lone UTF-16 surrogate escape (\\ud800 to \\udfff not in a pair): it is no character")
+			}
 			if top != nil && top.object && top.expect {
 				if _, dup := top.keys[t]; dup {
 					return sh, problem(fiber.StatusBadRequest, "duplicate-key", "the JSON object repeats the key "+strconvQuote(clip(t)))
@@ -159,6 +171,71 @@ func checkShape(body []byte) (shape, error) {
 			}
 		}
 	}
+}
+
+// loneSurrogate reports whether raw, the text of one JSON string token (with whatever
+// whitespace, colon or comma precedes it), holds a \uXXXX escape of a UTF-16 surrogate
+// that is not part of a high-low pair. Backslashes occur in JSON only inside strings, so
+// every one starts an escape.
+func loneSurrogate(raw []byte) bool {
+	high := false // the previous escape was a high surrogate awaiting its low half
+	for i := 0; i < len(raw); i++ {
+		if raw[i] != '\\' {
+			if high {
+				return true
+			}
+			continue
+		}
+		if i+1 < len(raw) && raw[i+1] != 'u' {
+			if high {
+				return true
+			}
+			i++ // a two-character escape such as \" or \\
+			continue
+		}
+		if i+6 > len(raw) {
+			return false // malformed: the decoder has refused it already
+		}
+		v, ok := hex4(raw[i+2 : i+6])
+		if !ok {
+			return false
+		}
+		i += 5
+		switch {
+		case v >= 0xD800 && v < 0xDC00:
+			if high {
+				return true
+			}
+			high = true
+		case v >= 0xDC00 && v < 0xE000:
+			if !high {
+				return true
+			}
+			high = false
+		default:
+			if high {
+				return true
+			}
+		}
+	}
+	return high
+}
+
+func hex4(b []byte) (rune, bool) {
+	var v rune
+	for _, c := range b {
+		switch {
+		case c >= '0' && c <= '9':
+			v = v<<4 | rune(c-'0')
+		case c >= 'a' && c <= 'f':
+			v = v<<4 | rune(c-'a'+10)
+		case c >= 'A' && c <= 'F':
+			v = v<<4 | rune(c-'A'+10)
+		default:
+			return 0, false
+		}
+	}
+	return v, true
 }
 
 // fieldSets caches the json names of the request structs, by type.
@@ -314,4 +391,23 @@ func queryText(param, v string, max int) error {
 		return invalidQuery(param, "must be at most "+strconv.Itoa(max)+" characters")
 	}
 	return nil
+}
+
+// MaxVersion is the largest version a query can name: versions are Postgres integers
+// (int4), and a larger number would reach the driver and fail there.
+const MaxVersion = math.MaxInt32
+
+// versionParam parses the value of ?version=: a whole number from 1 to MaxVersion,
+// written in plain digits (no sign, no leading zero), else a 422 naming `version`. It
+// never reaches the store with a number Postgres cannot take.
+func versionParam(raw string) (int, error) {
+	bad := invalidQuery("version", "must be a whole number from 1 to "+strconv.Itoa(MaxVersion)+" (the version of an event of this ticket)")
+	if raw == "" || len(raw) > len(strconv.Itoa(MaxVersion)) || raw[0] == '0' || strings.TrimLeft(raw, "0123456789") != "" {
+		return 0, bad
+	}
+	n, err := strconv.Atoi(raw)
+	if err != nil || n < 1 || n > MaxVersion {
+		return 0, bad
+	}
+	return n, nil
 }

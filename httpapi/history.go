@@ -114,9 +114,9 @@ func wantsVersion(c *fiber.Ctx) bool {
 // `version` (the detail gives the last one); the version of the deletion is a 404 that
 // says so (there is no ticket to show then; earlier versions stay readable).
 func (s *Server) getAtVersion(c *fiber.Ctx, id uuid.UUID) error {
-	n, err := strconv.Atoi(c.Query("version"))
-	if err != nil || n < 1 {
-		return invalidQuery("version", "must be a whole number of at least 1 (the version of an event of this ticket)")
+	n, err := versionParam(c.Query("version"))
+	if err != nil {
+		return err
 	}
 	recs, head, err := s.cfg.Store.StreamAt(c.UserContext(), id, n)
 	if err != nil {
