@@ -23,8 +23,34 @@ const selectHistory = `SELECT ` + eventColumns + `
 // event (an id that never existed) is ticket.ErrNotFound when after is 0; an
 // unreachable database wraps ticket.ErrUnavailable.
 func (s *Store) History(ctx context.Context, id uuid.UUID, after, limit int) ([]Record, bool, error) {
+	return s.HistoryPage(ctx, id, after, limit, 0)
+}
+
+// selectHistoryCapped is selectHistory that also stops at a byte budget ($4): it
+// returns the rows whose predecessors on the page stored fewer than $4 bytes of data
+// and metadata (the first always, and the one that crosses the budget), with the bytes
+// stored up to and including each. pg_column_size reads a value's stored (possibly
+// compressed) size without detoasting it, and a row the filter drops is never
+// detoasted, so Postgres reads and sends about a budget's worth of events, not limit's.
+const selectHistoryCapped = `SELECT ` + eventColumns + `, upto FROM (
+	SELECT ` + eventColumns + `,
+		sum(pg_column_size(data) + coalesce(pg_column_size(metadata), 0)) OVER w AS upto,
+		pg_column_size(data) + coalesce(pg_column_size(metadata), 0) AS own
+	FROM events WHERE stream_id = $1 AND version > $2
+	WINDOW w AS (ORDER BY version ROWS UNBOUNDED PRECEDING)
+	ORDER BY version LIMIT $3) page
+	WHERE upto - own < $4 ORDER BY version`
+
+// HistoryPage is History with a page also capped at maxBytes (when positive) of the
+// events' stored JSON, data and metadata as Postgres returns them: a page ends before
+// the event that would take it past maxBytes, and holds at least one event whatever its
+// size; more then reports that events follow. Errors as History's.
+func (s *Store) HistoryPage(ctx context.Context, id uuid.UUID, after, limit, maxBytes int) ([]Record, bool, error) {
 	if limit < 1 {
 		return nil, false, fmt.Errorf("history: limit %d must be positive", limit)
+	}
+	if maxBytes > 0 {
+		return s.historyCapped(ctx, id, after, limit, maxBytes)
 	}
 	rows, err := s.pool.Query(ctx, selectHistory, id, max(after, 0), limit+1)
 	if err != nil {
@@ -40,6 +66,49 @@ func (s *Store) History(ctx context.Context, id uuid.UUID, after, limit int) ([]
 	more := len(recs) > limit
 	if more {
 		recs = recs[:limit]
+	}
+	return recs, more, nil
+}
+
+func (s *Store) historyCapped(ctx context.Context, id uuid.UUID, after, limit, maxBytes int) ([]Record, bool, error) {
+	rows, err := s.pool.Query(ctx, selectHistoryCapped, id, max(after, 0), limit+1, maxBytes)
+	if err != nil {
+		return nil, false, interpret(err, id, 0)
+	}
+	defer rows.Close()
+	var recs []Record
+	more, size := false, 0
+	var upto int64
+	for rows.Next() {
+		if more {
+			continue // the rest of the (at most one-row) tail, past the page
+		}
+		r, err := scanRaw(rows, &upto)
+		if err != nil {
+			return nil, false, interpret(err, id, 0)
+		}
+		n := len(r.data) + len(r.md)
+		if len(recs) == limit || (len(recs) > 0 && size+n > maxBytes) {
+			more = true
+			continue
+		}
+		rec, err := r.decode()
+		if err != nil {
+			return nil, false, interpret(err, id, 0)
+		}
+		recs = append(recs, rec)
+		size += n
+	}
+	if err := rows.Err(); err != nil {
+		return nil, false, interpret(err, id, 0)
+	}
+	if !more && upto >= int64(maxBytes) {
+		// Postgres cut the page at the budget (by stored size) and every row it sent
+		// fit: more may follow. The next page says; at worst it is empty.
+		more = true
+	}
+	if len(recs) == 0 && after <= 0 {
+		return nil, false, fmt.Errorf("ticket %s has no events: %w", id, ticket.ErrNotFound)
 	}
 	return recs, more, nil
 }

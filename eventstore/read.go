@@ -202,6 +202,9 @@ func (s *Store) replayInto(ctx context.Context, t *ticket.Ticket, upTo int) (int
 	return n, nil
 }
 
+// ctxCheckEvery is how many rows a long read decodes between checks of its context.
+const ctxCheckEvery = 64
+
 // HeadQuery selects the version of stream $1's last event (0 for an unknown stream),
 // for a read model that checks in the same round trip whether it is behind the store.
 const HeadQuery = `SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1`
@@ -220,9 +223,24 @@ func (s *Store) StreamAt(ctx context.Context, id uuid.UUID, version int) ([]Reco
 	if err != nil {
 		return nil, 0, interpret(err, id, 0)
 	}
+	defer rows.Close()
 	var head int
-	recs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Record, error) { return scanEvent(row, &head) })
-	if err != nil {
+	var recs []Record
+	for rows.Next() {
+		// pgx notices an ended context only when it waits for the network; rows already
+		// received would still be decoded, so a long stream checks it between batches.
+		if len(recs)%ctxCheckEvery == ctxCheckEvery-1 {
+			if err := ctx.Err(); err != nil {
+				return nil, 0, interpret(context.Cause(ctx), id, 0)
+			}
+		}
+		r, err := scanEvent(rows, &head)
+		if err != nil {
+			return nil, 0, interpret(err, id, 0)
+		}
+		recs = append(recs, r)
+	}
+	if err := rows.Err(); err != nil {
 		return nil, 0, interpret(err, id, 0)
 	}
 	if len(recs) == 0 {
