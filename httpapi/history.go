@@ -1,6 +1,9 @@
 package httpapi
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"net/url"
 	"strconv"
 	"time"
@@ -72,7 +75,9 @@ func NewHistoryEntry(r eventstore.Record) HistoryEntry {
 
 // history answers GET /v1/ticket/{id}/history: the stream's events oldest first, a page
 // of `limit` (default 100, at most 1000) at a time, the next page in a Link header whose
-// signed cursor holds the last version shown. 404 for an id that never had an event.
+// signed cursor holds the last version shown. A page also stops before the event that
+// would take its events past HistoryPageBytes of stored JSON (it holds at least one),
+// and links on. 404 for an id that never had an event.
 func (s *Server) history(c *fiber.Ctx) error {
 	id, err := ticketID(c)
 	if err != nil {
@@ -87,7 +92,7 @@ func (s *Server) history(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	recs, more, err := s.cfg.Store.History(c.UserContext(), id, after, limit)
+	recs, more, err := s.cfg.Store.HistoryPage(c.UserContext(), id, after, limit, s.cfg.HistoryPageBytes)
 	if err != nil {
 		return err
 	}
@@ -118,20 +123,66 @@ func (s *Server) getAtVersion(c *fiber.Ctx, id uuid.UUID) error {
 	if err != nil {
 		return err
 	}
-	recs, head, err := s.cfg.Store.StreamAt(c.UserContext(), id, n)
-	if err != nil {
-		return err
+	return s.replayVersion(c, id, n)
+}
+
+// replayVersion answers for version n >= 1 of ticket id: from the cache of replayed
+// versions, else by a replay in one of the ReplayConcurrency slots (429 when none is
+// free) that ends at the request's deadline or when the client hangs up.
+func (s *Server) replayVersion(c *fiber.Ctx, id uuid.UUID, n int) error {
+	key := versionKey{id: id, version: n}
+	if r, ok := s.versions.get(key); ok {
+		return s.sendReplayed(c, id, r)
 	}
-	v, err := projections.FoldAll(projections.View{}, projections.Events(recs)...)
-	if err != nil {
-		return err
+	if !s.replays.tryAcquire() {
+		return tooManyReplays(c)
 	}
-	if n > head {
-		p := invalidQuery("version", "is beyond the ticket's last event; its history has versions 1 to "+strconv.Itoa(head))
-		p.CurrentVersion = head
+	defer s.replays.release()
+	ctx, done := whileConnected(c.UserContext(), c)
+	defer done()
+	recs, head, err := s.cfg.Store.StreamAt(ctx, id, n)
+	if err == nil && ctx.Err() == nil {
+		var v projections.View
+		v, err = projections.FoldAll(projections.View{}, projections.Events(recs)...)
+		if err != nil {
+			return err
+		}
+		if n > head {
+			p := invalidQuery("version", "is beyond the ticket's last event; its history has versions 1 to "+strconv.Itoa(head))
+			p.CurrentVersion = head
+			return p
+		}
+		r := &replayed{key: key, deleted: v.Deleted}
+		if !v.Deleted {
+			if r.body, err = c.App().Config().JSONEncoder(v); err != nil {
+				return err
+			}
+		}
+		s.versions.put(r)
+		return s.sendReplayed(c, id, r)
+	}
+	if errors.Is(context.Cause(ctx), errClientGone) {
+		// nobody reads this answer; it is logged and counted as the client's doing
+		p := problem(fiber.StatusBadRequest, "client-gone", "the client closed the connection before the replay ended")
+		p.Status, p.Title = statusClientClosed, "Client Closed Request"
 		return p
 	}
-	if v.Deleted {
+	if err == nil {
+		err = fmt.Errorf("replay of %s at version %d: %w", id, n, ticket.ErrUnavailable)
+	}
+	return err
+}
+
+// statusClientClosed is the status logged for a request whose client left first
+// (nginx's 499; the client never sees it).
+const statusClientClosed = 499
+
+// sendReplayed sends a replayed version: the ticket as it stood, with ETag the version,
+// or, at the version of the deletion, a 404 that says so (there is no ticket to show
+// then; earlier versions stay readable).
+func (s *Server) sendReplayed(c *fiber.Ctx, id uuid.UUID, r *replayed) error {
+	n := r.key.version
+	if r.deleted {
 		return problem(fiber.StatusNotFound, "ticket-deleted",
 			"the ticket was deleted at version "+strconv.Itoa(n)+"; version "+strconv.Itoa(n-1)+
 				" is its last state, and /v1/ticket/"+id.String()+"/history lists every event")
@@ -140,5 +191,6 @@ func (s *Server) getAtVersion(c *fiber.Ctx, id uuid.UUID) error {
 		return nil
 	}
 	setETag(c, n)
-	return c.JSON(v)
+	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
+	return c.Send(r.body)
 }

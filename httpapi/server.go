@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"runtime"
 	"strconv"
 	"time"
 
@@ -76,6 +77,15 @@ type Config struct {
 	// SlowRequest: a request that takes at least this long is always logged, marked
 	// slow (DefaultSlowRequest when 0).
 	SlowRequest time.Duration
+	// ReplayConcurrency caps the replays of past versions (GET ?version=N) running at
+	// once; beyond it a replay is answered 429 with Retry-After. 0: 2×GOMAXPROCS.
+	ReplayConcurrency int
+	// ReplayCacheBytes is the budget of the cache of replayed versions (a version of a
+	// stream never changes). 0: DefaultReplayCacheBytes; negative: no cache.
+	ReplayCacheBytes int
+	// HistoryPageBytes caps a history page's events (their stored JSON) besides its
+	// limit; a page holds at least one event. 0: DefaultHistoryPageBytes.
+	HistoryPageBytes int
 }
 
 // Page sizes of the list and comment endpoints.
@@ -89,6 +99,9 @@ type Server struct {
 	cfg     Config
 	cursors cursors
 	metrics *httpMetrics
+	// replays bounds the replays of past versions; versions caches their answers.
+	replays  replaySlots
+	versions *versionCache
 }
 
 // New returns the Fiber app serving the whole API.
@@ -115,7 +128,17 @@ func New(cfg Config) *fiber.App {
 	if cfg.SlowRequest <= 0 {
 		cfg.SlowRequest = DefaultSlowRequest
 	}
-	s := &Server{cfg: cfg, cursors: cursors{key: cfg.CursorKey}, metrics: newHTTPMetrics(cfg.Metrics)}
+	if cfg.ReplayConcurrency <= 0 {
+		cfg.ReplayConcurrency = 2 * runtime.GOMAXPROCS(0)
+	}
+	if cfg.ReplayCacheBytes == 0 {
+		cfg.ReplayCacheBytes = DefaultReplayCacheBytes
+	}
+	if cfg.HistoryPageBytes <= 0 {
+		cfg.HistoryPageBytes = DefaultHistoryPageBytes
+	}
+	s := &Server{cfg: cfg, cursors: cursors{key: cfg.CursorKey}, metrics: newHTTPMetrics(cfg.Metrics),
+		replays: make(replaySlots, cfg.ReplayConcurrency), versions: newVersionCache(cfg.ReplayCacheBytes)}
 	app := fiber.New(fiber.Config{
 		AppName:               "ticketd",
 		BodyLimit:             cfg.BodyLimit,

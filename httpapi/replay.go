@@ -1,0 +1,207 @@
+package httpapi
+
+import (
+	"container/list"
+	"context"
+	"errors"
+	"net"
+	"reflect"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/google/uuid"
+)
+
+// The bounds of GET /v1/ticket/{id}?version=N, a replay of the stream from the event
+// store: at most ReplayConcurrency at once (429 beyond), a replay's work ends at the
+// request's deadline or when its client hangs up, and replayed versions are cached.
+
+// Defaults of the replay bounds.
+const (
+	// DefaultReplayCacheBytes is the budget of the cache of replayed versions.
+	DefaultReplayCacheBytes = 64 << 20
+	// DefaultHistoryPageBytes caps a history page's events' stored JSON.
+	DefaultHistoryPageBytes = 1 << 20
+	// clientProbeEvery is how often a running replay checks that its client is still
+	// connected.
+	clientProbeEvery = 10 * time.Millisecond
+)
+
+// replaySlots limits the replays running at once; a replay that finds no free slot is
+// refused at once (429), never queued.
+type replaySlots chan struct{}
+
+func (s replaySlots) tryAcquire() bool {
+	select {
+	case s <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s replaySlots) release() { <-s }
+
+// tooManyReplays is the answer when every replay slot is taken.
+func tooManyReplays(c *fiber.Ctx) error {
+	c.Set(fiber.HeaderRetryAfter, "1")
+	return problem(fiber.StatusTooManyRequests, "too-many-replays",
+		"too many past versions are being replayed at once; retry after a second (the current state, GET without ?version, is not limited)")
+}
+
+// versionKey names one version of one stream: its replay never changes.
+type versionKey struct {
+	id      uuid.UUID
+	version int
+}
+
+// replayed is the answer for one version: the view's JSON, or the deletion.
+type replayed struct {
+	key     versionKey
+	body    []byte
+	deleted bool
+}
+
+func (r *replayed) size() int { return len(r.body) + 64 }
+
+// versionCache is an LRU of replayed versions bounded by the bytes of their JSON; an
+// answer larger than a quarter of the budget is not kept. Safe for concurrent use.
+type versionCache struct {
+	mu      sync.Mutex
+	max     int
+	size    int
+	order   *list.List // front: most recently used
+	entries map[versionKey]*list.Element
+}
+
+func newVersionCache(maxBytes int) *versionCache {
+	return &versionCache{max: maxBytes, order: list.New(), entries: map[versionKey]*list.Element{}}
+}
+
+func (c *versionCache) get(k versionKey) (*replayed, bool) {
+	if c.max <= 0 {
+		return nil, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.entries[k]
+	if !ok {
+		return nil, false
+	}
+	c.order.MoveToFront(e)
+	return e.Value.(*replayed), true
+}
+
+func (c *versionCache) put(r *replayed) {
+	if r.size() > c.max/4 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.entries[r.key]; ok {
+		return
+	}
+	c.entries[r.key] = c.order.PushFront(r)
+	c.size += r.size()
+	for c.size > c.max {
+		last := c.order.Back()
+		old := last.Value.(*replayed)
+		c.order.Remove(last)
+		delete(c.entries, old.key)
+		c.size -= old.size()
+	}
+}
+
+// errClientGone ends a replay whose client closed its connection.
+var errClientGone = errors.New("the client closed the connection")
+
+// whileConnected returns a context derived from ctx that also ends (with cause
+// errClientGone) when the request's client closes its connection, and a function the
+// handler must call before it returns.
+//
+// fasthttp does not end a handler's context when its client leaves, and its connection
+// must not be read while the handler runs. What is detected: every poll
+// (clientProbeEvery) peeks at the socket without consuming or waiting (recv with
+// MSG_PEEK|MSG_DONTWAIT, Linux); an orderly close (FIN: the client closed or shut down
+// its side, or its process ended) or a reset ends the context. What is not: a client
+// whose host or network vanished without a FIN or RST (only the request's deadline ends
+// that work), a client that half-closes but still waits for the answer (it is taken as
+// gone), and a connection that already holds the next pipelined request (data waiting
+// reads as alive). On other systems, or a connection that is not a socket, only the
+// deadline applies.
+func whileConnected(ctx context.Context, c *fiber.Ctx) (context.Context, func()) {
+	raw := rawConn(c.Context().Conn())
+	if raw == nil {
+		return ctx, func() {}
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(clientProbeEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if peerClosed(raw) {
+					cancel(errClientGone)
+					return
+				}
+			}
+		}
+	}()
+	return ctx, func() {
+		close(done)
+		<-stopped // the connection is never touched after the handler returns
+		cancel(nil)
+	}
+}
+
+// rawConn digs the socket out of the listener's wrappers: a NetConn method (as
+// crypto/tls has) or an embedded net.Conn field.
+func rawConn(c net.Conn) syscall.RawConn {
+	for range 4 {
+		if c == nil {
+			return nil
+		}
+		if sc, ok := c.(syscall.Conn); ok {
+			rc, err := sc.SyscallConn()
+			if err != nil {
+				return nil
+			}
+			return rc
+		}
+		if u, ok := c.(interface{ NetConn() net.Conn }); ok {
+			c = u.NetConn()
+			continue
+		}
+		c = embeddedConn(c)
+	}
+	return nil
+}
+
+var netConnType = reflect.TypeFor[net.Conn]()
+
+// embeddedConn returns the net.Conn field embedded in the struct c points to, if any.
+func embeddedConn(c net.Conn) net.Conn {
+	v := reflect.ValueOf(c)
+	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
+		return nil
+	}
+	v = v.Elem()
+	for i := range v.NumField() {
+		f := v.Type().Field(i)
+		if f.Anonymous && f.Type == netConnType && f.IsExported() {
+			inner, _ := v.Field(i).Interface().(net.Conn)
+			return inner
+		}
+	}
+	return nil
+}
