@@ -63,6 +63,12 @@ type Config struct {
 	// IdleTimeout closes a keep-alive connection that has not started its next request
 	// within it.
 	IdleTimeout time.Duration `env:"IDLE_TIMEOUT" envDefault:"30s"`
+	// ReplayConcurrency caps the replays of past versions (GET ?version=N) running at
+	// once; beyond it 429 with Retry-After. 0 (unset): 2×GOMAXPROCS.
+	ReplayConcurrency int `env:"REPLAY_CONCURRENCY"`
+	// HistoryPageBytes caps a history page in bytes of its events' JSON, besides its
+	// limit in events (a page holds at least one event).
+	HistoryPageBytes int `env:"HISTORY_PAGE_BYTES" envDefault:"1048576"`
 }
 
 // loadConfig reads the configuration through getenv and validates it.
@@ -117,6 +123,12 @@ func (c Config) Validate() error {
 	}
 	if c.IdleTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("IDLE_TIMEOUT must be positive, not %s", c.IdleTimeout))
+	}
+	if c.ReplayConcurrency < 0 {
+		errs = append(errs, fmt.Errorf("REPLAY_CONCURRENCY must be 0 (2×GOMAXPROCS) or more, not %d", c.ReplayConcurrency))
+	}
+	if c.HistoryPageBytes < 1024 {
+		errs = append(errs, fmt.Errorf("HISTORY_PAGE_BYTES must be at least 1024, not %d", c.HistoryPageBytes))
 	}
 	if _, err := c.SlogLevel(); err != nil {
 		errs = append(errs, err)

@@ -190,6 +190,9 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 		// sampled: a line per 2xx read costs microseconds on the hottest path
 		AccessLogSample: cfg.AccessLogSample,
 		SlowRequest:     cfg.AccessLogSlow,
+		// replays of past versions: bounded in number, cached; history pages in bytes
+		ReplayConcurrency: cfg.ReplayConcurrency,
+		HistoryPageBytes:  cfg.HistoryPageBytes,
 	})
 
 	projCtx, stopProj := context.WithCancel(context.WithoutCancel(ctx))
