@@ -78,7 +78,10 @@ type Config struct {
 	// slow (DefaultSlowRequest when 0).
 	SlowRequest time.Duration
 	// ReplayConcurrency caps the replays of past versions (GET ?version=N) running at
-	// once; beyond it a replay is answered 429 with Retry-After. 0: 2×GOMAXPROCS.
+	// once; beyond it a replay is answered 429 with Retry-After. 0: GOMAXPROCS/2, at
+	// least 1: a replay of a long stream keeps about a core busy between ticketd and
+	// Postgres, and under 4 worst-case replayers a 2-core host kept 0.46× its GET rate
+	// with 1 slot, 0.04× with 4.
 	ReplayConcurrency int
 	// ReplayCacheBytes is the budget of the cache of replayed versions (a version of a
 	// stream never changes). 0: DefaultReplayCacheBytes; negative: no cache.
@@ -129,7 +132,7 @@ func New(cfg Config) *fiber.App {
 		cfg.SlowRequest = DefaultSlowRequest
 	}
 	if cfg.ReplayConcurrency <= 0 {
-		cfg.ReplayConcurrency = 2 * runtime.GOMAXPROCS(0)
+		cfg.ReplayConcurrency = max(1, runtime.GOMAXPROCS(0)/2)
 	}
 	if cfg.ReplayCacheBytes == 0 {
 		cfg.ReplayCacheBytes = DefaultReplayCacheBytes

@@ -64,7 +64,8 @@ type Config struct {
 	// within it.
 	IdleTimeout time.Duration `env:"IDLE_TIMEOUT" envDefault:"30s"`
 	// ReplayConcurrency caps the replays of past versions (GET ?version=N) running at
-	// once; beyond it 429 with Retry-After. 0 (unset): 2×GOMAXPROCS.
+	// once; beyond it 429 with Retry-After. 0 (unset): GOMAXPROCS/2, at least 1 (a
+	// worst-case replay takes about a core of ticketd and Postgres together).
 	ReplayConcurrency int `env:"REPLAY_CONCURRENCY"`
 	// HistoryPageBytes caps a history page in bytes of its events' JSON, besides its
 	// limit in events (a page holds at least one event).
@@ -125,7 +126,7 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("IDLE_TIMEOUT must be positive, not %s", c.IdleTimeout))
 	}
 	if c.ReplayConcurrency < 0 {
-		errs = append(errs, fmt.Errorf("REPLAY_CONCURRENCY must be 0 (2×GOMAXPROCS) or more, not %d", c.ReplayConcurrency))
+		errs = append(errs, fmt.Errorf("REPLAY_CONCURRENCY must be 0 (GOMAXPROCS/2, at least 1) or more, not %d", c.ReplayConcurrency))
 	}
 	if c.HistoryPageBytes < 1024 {
 		errs = append(errs, fmt.Errorf("HISTORY_PAGE_BYTES must be at least 1024, not %d", c.HistoryPageBytes))
