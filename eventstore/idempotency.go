@@ -34,7 +34,7 @@ type Idempotency struct {
 	// differs from the stored one fails with ErrIdempotencyKeyReused.
 	RequestHash []byte
 	// TTL is how long a stored answer counts. Older ones are ignored, replaced by a
-	// new run under the same key, and purged.
+	// new run under the same key, and purged by a Housekeeper in the background.
 	TTL time.Duration
 	// Answer renders the answer to store for the command's result, once per attempt to
 	// append (the last call is the one that commits). It runs before the append, on
@@ -48,15 +48,10 @@ type Idempotency struct {
 // client must pick a new key for a new request.
 var ErrIdempotencyKeyReused = fmt.Errorf("the idempotency key was already used for a different request: %w", ticket.ErrInvalid)
 
-// purgeEvery is how often a store deletes expired idempotency keys, at most.
-const purgeEvery = time.Minute
-
 // Durations go to Postgres as microseconds: no interval encoding to depend on.
 const (
 	selectStoredResponse = `SELECT request_hash, answer FROM idempotency_keys
 		WHERE scope = $1 AND key = $2 AND created_at > now() - ($3::bigint * interval '1 microsecond')`
-	deleteExpiredResponses = `DELETE FROM idempotency_keys
-		WHERE created_at <= now() - ($1::bigint * interval '1 microsecond')`
 )
 
 // storedResponse returns the live answer stored under idem's key, or nil when there is
@@ -113,28 +108,13 @@ func (s *Store) appendCommand(ctx context.Context, expected int, events []ticket
 	if err := s.commits.append(ctx, p); err != nil {
 		return nil, err
 	}
-	s.purgeDue(ctx, idem.TTL)
 	return recs, nil
 }
 
-// purgeDue deletes expired idempotency keys when the last purge of this store is older
-// than purgeEvery. Several instances purging is harmless; a failure is left for the
-// next time (expired rows are ignored anyway).
-func (s *Store) purgeDue(ctx context.Context, ttl time.Duration) {
-	now := time.Now().UnixNano()
-	last := s.lastPurge.Load()
-	if now-last < int64(purgeEvery) || !s.lastPurge.CompareAndSwap(last, now) {
-		return
-	}
-	_, _ = s.PurgeIdempotencyKeys(ctx, ttl)
-}
-
 // PurgeIdempotencyKeys deletes the responses stored longer than ttl ago and returns how
-// many it deleted. Appends with idempotency call it about once a minute.
+// many it deleted, in batches (see Housekeeper, which does this in the background;
+// no request ever purges). A ttl of zero or less deletes nothing.
 func (s *Store) PurgeIdempotencyKeys(ctx context.Context, ttl time.Duration) (int64, error) {
-	tag, err := s.pool.Exec(ctx, deleteExpiredResponses, ttl.Microseconds())
-	if err != nil {
-		return 0, interpret(err, uuid.Nil, 0)
-	}
-	return tag.RowsAffected(), nil
+	sw, err := (&Housekeeper{Pool: s.pool, IdempotencyTTL: ttl}).PurgeIdempotencyKeys(ctx)
+	return sw.Deleted, err
 }
