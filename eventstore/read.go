@@ -209,6 +209,12 @@ const ctxCheckEvery = 64
 // for a read model that checks in the same round trip whether it is behind the store.
 const HeadQuery = `SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1`
 
+// HeadOf is HeadQuery as an SQL expression on the stream id expression id, for a query
+// over many streams.
+func HeadOf(id string) string {
+	return `(SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ` + id + `)`
+}
+
 // StreamAt returns stream id's events up to and including version (clamped to the
 // stream's head), without metadata, and the head version read in the same statement,
 // so the caller can tell a version beyond the stream from one inside it. It returns

@@ -152,6 +152,13 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	// back to Postgres), its projector, and the repairer of documents Redis missed.
 	docs := redismodel.NewDocs(rdb, cfg.RedisPrefix, cfg.RedisTimeout)
 	reader := redismodel.NewReader(docs, reads, pool, log)
+	// What an earlier process (or another instance) acknowledged but Redis may lack is
+	// served from Postgres until Redis has it: this process does not have their marks.
+	if n, err := reader.DistrustUnprojected(ctx); err != nil {
+		return err
+	} else if n > 0 {
+		log.Info("tickets read past redis until it catches up", "tickets", n)
+	}
 	redisProj := &redismodel.Projector{Docs: docs, Events: store, Log: log}
 	repairer := &redismodel.Repairer{Pool: pool, Events: store, Docs: docs, Log: log, Reader: reader}
 	// One registry for /metrics: Go runtime, process, HTTP and projection metrics.

@@ -10,9 +10,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
 	"github.com/ticketd/ticketd/projections/pgmodel"
 	"github.com/ticketd/ticketd/ticket"
@@ -251,4 +254,55 @@ func (r *Reader) refill(v projections.View) {
 			r.clean(v.ID, v.Version)
 		}
 	}()
+}
+
+// distrustQuery finds the tickets whose Redis document may be older than a state some
+// instance acknowledged: those with outbox messages past the Redis projector's
+// position (the projector has not written them, and their write-through may have
+// failed in an instance that is gone), and those queued for repair. Each comes with
+// its stream's head version.
+var distrustQuery = `WITH pos AS (
+	SELECT last_processed_transaction_id AS tx, offset_acked AS off
+	FROM ` + wsql.DefaultPostgreSQLOffsetsAdapter{}.MessagesOffsetsTable(eventstore.Topic) + `
+	WHERE consumer_group = $1
+), ids AS (
+	SELECT DISTINCT (o.payload->>'stream_id')::uuid AS id
+	FROM ` + wsql.DefaultPostgreSQLSchema{}.MessagesTable(eventstore.Topic) + ` o
+	LEFT JOIN pos ON true
+	WHERE pos.tx IS NULL OR (o.transaction_id, o."offset") > (pos.tx, pos.off)
+	UNION
+	SELECT ticket_id FROM redis_backlog
+)
+SELECT ids.id, ` + eventstore.HeadOf("ids.id") + ` FROM ids`
+
+// DistrustUnprojected marks pending, at start, every ticket whose Redis document may be
+// behind a state that was acknowledged before this process started (see distrustQuery),
+// so that GET never answers it from Redis older than that: the marks of a previous
+// process, and of other instances whose write-through failed, are not in memory here.
+// It returns how many tickets it marked; reads, the repairer and the sweep drop the marks
+// as Redis catches up.
+func (r *Reader) DistrustUnprojected(ctx context.Context) (int, error) {
+	if r.pool == nil {
+		return 0, nil
+	}
+	rows, err := r.pool.Query(ctx, distrustQuery, Group)
+	if err != nil {
+		return 0, projections.Unavailable(fmt.Errorf("find tickets redis may lag: %w", err))
+	}
+	var (
+		id      uuid.UUID
+		version int
+		n       int
+	)
+	_, err = pgx.ForEachRow(rows, []any{&id, &version}, func() error {
+		if version > 0 {
+			r.mark(id, version)
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, projections.Unavailable(fmt.Errorf("find tickets redis may lag: %w", err))
+	}
+	return n, nil
 }

@@ -795,3 +795,58 @@ func TestWriteThroughLeavesARedisThatIsMerelyBehindToItsProjector(t *testing.T) 
 		t.Fatalf("GET answered v%d (%v)\n%s\nwant v3\n%s", v, err, body, want)
 	}
 }
+
+// TestReaderDistrustsWhatItsPredecessorMayHaveLeftBehind: a process that starts does
+// not have the pending marks of the one before it (killed after acknowledging writes
+// whose write-through failed) nor of other instances. At start it marks the tickets
+// with outbox messages past the Redis projector's position, and those queued for
+// repair, so GET does not answer them from an older Redis document.
+func TestReaderDistrustsWhatItsPredecessorMayHaveLeftBehind(t *testing.T) {
+	t.Parallel()
+	pool, store := projectionstest.NewStore(t)
+	docs, _, _ := faultyDocs(t, 2*time.Second)
+	ctx := context.Background()
+	before := redismodel.NewReader(docs, pgmodel.NewReadModel(pool, store), pool, nil)
+
+	// a, b and c are in Redis at v1, and the projector's position covers them.
+	a, recs := projectionstest.Open(t, store, "ann")
+	before.Committed(ctx, rdEvents(recs))
+	b, recs := projectionstest.Open(t, store, "bob")
+	before.Committed(ctx, rdEvents(recs))
+	c, recs := projectionstest.Open(t, store, "cy")
+	before.Committed(ctx, rdEvents(recs))
+	// b's v2 was projected (the position covers it) but its Redis write failed: queued
+	// for repair, Redis still at v1.
+	projectionstest.Do(t, store, b, projectionstest.Comment(1))
+	if err := redismodel.EnqueueRepair(ctx, pool, b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO watermill_offsets_ticket_events (consumer_group, offset_acked, last_processed_transaction_id)
+		SELECT $1, "offset", transaction_id FROM watermill_ticket_events ORDER BY transaction_id DESC, "offset" DESC LIMIT 1`, redismodel.Group); err != nil {
+		t.Fatal(err)
+	}
+	// a's v2 was acknowledged by a process killed before its write-through and before
+	// the projector got to it.
+	projectionstest.Do(t, store, a, projectionstest.Comment(1))
+	for _, id := range []uuid.UUID{a, b, c} {
+		if _, v, _ := rdHave(t, docs, id); v != 1 {
+			t.Fatalf("Redis holds v%d of %s, want v1 for this test", v, id)
+		}
+	}
+
+	after := redismodel.NewReader(docs, pgmodel.NewReadModel(pool, store), pool, nil)
+	n, err := after.DistrustUnprojected(ctx)
+	if err != nil || n != 2 || after.Pending() != 2 {
+		t.Fatalf("distrusted %d tickets (%d pending), %v; want a and b", n, after.Pending(), err)
+	}
+	for _, id := range []uuid.UUID{a, b} {
+		body, v, err := after.GetRaw(ctx, id)
+		want, _ := rdWant(t, store, id, 0)
+		if err != nil || v != 2 || string(body) != want {
+			t.Fatalf("GET %s after the restart: v%d, %v\n%s\nwant v2\n%s", id, v, err, body, want)
+		}
+	}
+	if _, v, err := after.GetRaw(ctx, c); err != nil || v != 1 {
+		t.Fatalf("GET of the up-to-date ticket: v%d, %v", v, err)
+	}
+}
