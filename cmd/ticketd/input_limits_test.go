@@ -48,6 +48,7 @@ func TestInputLimits(t *testing.T) {
 		{"lone_high_surrogate_title", rawRequest("POST", "/v1/ticket/", create(`\ud800`, "u"), json), "title"},
 		{"lone_low_surrogate_name", rawRequest("POST", "/v1/ticket/", create("a", `x\udc00`), json), "created_by"},
 		{"reversed_pair_comment", rawRequest("POST", tk+"/comments", `{"body":"\ude00\ud83d","created_by":"u"}`, json), "body"},
+		{"lone_surrogate_with_idempotency_key", rawRequest("POST", "/v1/ticket/", create("a", `\ud800`), json, "Idempotency-Key: input-limits-1"), "created_by"},
 		{"lone_surrogate_updated_by", rawRequest("PUT", tk, `{"status":"answered","updated_by":"\ud83d"}`, json), "updated_by"},
 		// numeric query values
 		{"version_beyond_int4", rawRequest("GET", tk+"?version=2147483648", ""), "version"},
@@ -70,6 +71,11 @@ func TestInputLimits(t *testing.T) {
 	t.Run("nothing_was_stored", func(t *testing.T) {
 		if n := s.eventCount(t); n != before {
 			t.Fatalf("the refused requests stored %d events", n-before)
+		}
+		var keys int
+		s.dbQuery(t, "SELECT count(*) FROM idempotency_keys", nil, &keys)
+		if keys != 0 {
+			t.Fatalf("the refused requests stored %d idempotency keys", keys)
 		}
 		if got := getTicket(t, s, d.ID); got.Version != 1 || got.Status != "open" {
 			t.Fatalf("the ticket changed: %+v", got)
