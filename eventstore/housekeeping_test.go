@@ -5,20 +5,26 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ticketd/ticketd/db"
 	"github.com/ticketd/ticketd/db/dbtest"
 	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/projections/projectionstest"
+	"github.com/ticketd/ticketd/ticket"
 )
 
 // chunk is how many rows a test writes per transaction when it fills a table: every
-// outbox consumer on the server (other tests' too: transaction ids are server-wide)
-// waits for the oldest open transaction, so no test holds one open for long.
+// consumer on the server (other tests' too: transaction ids are server-wide) waits for
+// the oldest open transaction, so no test holds one open for long.
 const chunk = 10_000
 
 // insertExpiredKeys stores n idempotency keys created two days ago and more (one
@@ -98,7 +104,7 @@ func TestHousekeepingKeyedCommandIsNotDelayedByExpiredKeys(t *testing.T) {
 
 	// the housekeeper purges them in batches while keyed commands go on (the round
 	// holds one connection; the commands get the others)
-	h := &eventstore.Housekeeper{Pool: pool, IdempotencyTTL: 24 * time.Hour,
+	h := &eventstore.Housekeeper{Pool: pool, IdempotencyTTL: 24 * time.Hour, OutboxRetention: -1,
 		BatchTimeout: 5 * time.Second, Log: slog.New(slog.DiscardHandler)}
 	stop := make(chan struct{})
 	var during []time.Duration
@@ -156,7 +162,7 @@ func TestHousekeepingPurgeKeepsLiveKeysAndTakesTurns(t *testing.T) {
 		FROM generate_series(1, 10) i`); err != nil {
 		t.Fatal(err)
 	}
-	h := &eventstore.Housekeeper{Pool: pool, IdempotencyTTL: time.Hour, BatchSize: 3}
+	h := &eventstore.Housekeeper{Pool: pool, IdempotencyTTL: time.Hour, OutboxRetention: -1, BatchSize: 3}
 
 	// another instance's round holds the lock
 	other, err := pool.Acquire(ctx)
@@ -193,4 +199,453 @@ func TestHousekeepingPurgeKeepsLiveKeysAndTakesTurns(t *testing.T) {
 	if r, err := h.RunRound(ctx); err != nil || !r.Ran || r.Idempotency.Deleted != 0 {
 		t.Errorf("next round: %+v, %v", r, err)
 	}
+}
+
+// outboxPos is an outbox row's place in the consumers' order.
+type outboxPos struct {
+	Tx     string
+	Offset int64
+}
+
+// outboxRows returns the outbox rows' positions in (transaction_id, offset) order.
+func outboxRows(t *testing.T, pool *pgxpool.Pool) []outboxPos {
+	t.Helper()
+	rows, err := pool.Query(testContext(t), `SELECT transaction_id::text, "offset" FROM watermill_ticket_events
+		ORDER BY transaction_id, "offset"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[outboxPos])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// setPosition writes a consumer group's offsets row as its consumer would.
+func setPosition(t *testing.T, pool *pgxpool.Pool, group string, p outboxPos) {
+	t.Helper()
+	_, err := pool.Exec(testContext(t), `INSERT INTO watermill_offsets_ticket_events (consumer_group, offset_acked, last_processed_transaction_id)
+		VALUES ($1, $2, $3::xid8) ON CONFLICT (consumer_group) DO UPDATE
+		SET offset_acked = excluded.offset_acked, last_processed_transaction_id = excluded.last_processed_transaction_id`,
+		group, p.Offset, p.Tx)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// appendTransactions appends n transactions of events: every third one opens a ticket
+// and comments on it twice in one append (three outbox rows of one transaction), the
+// others open a ticket.
+func appendTransactions(t *testing.T, s *eventstore.Store, n int) {
+	t.Helper()
+	for i := range n {
+		id := newID(t)
+		events := []ticket.Event{openedEvent(id)}
+		if i%3 == 0 {
+			events = append(events, commentEvent(id, 2), commentEvent(id, 3))
+		}
+		if _, err := s.Append(testContext(t), 0, events, eventstore.Metadata{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestHousekeepingPrunesOnlyRowsEveryGroupPassed(t *testing.T) {
+	t.Parallel()
+	s, pool := newStore(t)
+	ctx := testContext(t)
+	appendTransactions(t, s, 15)
+	all := outboxRows(t, pool)
+	if len(all) != 25 {
+		t.Fatalf("scenario: %d outbox rows, want 25", len(all))
+	}
+	// a and b are this deployment's groups; c, another instance's, is ahead of both
+	setPosition(t, pool, "a", all[20])
+	setPosition(t, pool, "b", all[11])
+	setPosition(t, pool, "c", all[24])
+	h := &eventstore.Housekeeper{Pool: pool, IdempotencyTTL: -1, Groups: []string{"a", "b"}, BatchSize: 4}
+
+	sw, err := h.PruneOutbox(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sw.Deleted != 12 || sw.HeldBackBy != "b" || sw.Batches != 4 {
+		t.Errorf("pruned %+v, want 12 rows in 4 batches (4+4+4, then none), held back by b", sw)
+	}
+	if got := outboxRows(t, pool); !slices.Equal(got, all[12:]) {
+		t.Errorf("left %v, want every row after b's position %v", got, all[12:])
+	}
+
+	// b moves on: now a holds pruning back, and c's position counts too
+	setPosition(t, pool, "b", all[24])
+	if sw, err := h.PruneOutbox(ctx); err != nil || sw.Deleted != 9 || sw.HeldBackBy != "a" {
+		t.Errorf("second prune: %+v, %v; want 9 rows, held back by a", sw, err)
+	}
+	if got := outboxRows(t, pool); !slices.Equal(got, all[21:]) {
+		t.Errorf("left %v, want every row after a's position", got)
+	}
+	setPosition(t, pool, "c", all[22])
+	setPosition(t, pool, "a", all[24])
+	if sw, err := h.PruneOutbox(ctx); err != nil || sw.Deleted != 2 || sw.HeldBackBy != "c" {
+		t.Errorf("third prune: %+v, %v; want 2 rows, held back by c", sw, err)
+	}
+	if got := outboxRows(t, pool); !slices.Equal(got, all[23:]) {
+		t.Errorf("left %v, want every row after c's position", got)
+	}
+	// a group that has acknowledged nothing (NULL offset_acked, as watermill-sql may
+	// leave it) holds everything back
+	if _, err := pool.Exec(ctx, `INSERT INTO watermill_offsets_ticket_events VALUES ('d', NULL, '0')`); err != nil {
+		t.Fatal(err)
+	}
+	if sw, err := h.PruneOutbox(ctx); err != nil || sw.Deleted != 0 || sw.HeldBackBy != "d" {
+		t.Errorf("prune with a group at zero: %+v, %v", sw, err)
+	}
+}
+
+func TestHousekeepingPrunesNothingWhileAGroupIsMissing(t *testing.T) {
+	t.Parallel()
+	s, pool := newStore(t)
+	ctx := testContext(t)
+	appendTransactions(t, s, 4)
+	all := outboxRows(t, pool)
+
+	// no group has an offsets row at all
+	h := &eventstore.Housekeeper{Pool: pool, IdempotencyTTL: -1}
+	if sw, err := h.PruneOutbox(ctx); err != nil || sw.Deleted != 0 || sw.Skipped == "" {
+		t.Errorf("prune without any group: %+v, %v", sw, err)
+	}
+	// a has passed everything, but b, a group this deployment runs, has not subscribed
+	setPosition(t, pool, "a", all[len(all)-1])
+	h.Groups = []string{"a", "b"}
+	sw, err := h.PruneOutbox(ctx)
+	if err != nil || sw.Deleted != 0 || !strings.Contains(sw.Skipped, "b has no offsets row") {
+		t.Errorf("prune with b missing: %+v, %v", sw, err)
+	}
+	if got := outboxRows(t, pool); len(got) != len(all) {
+		t.Errorf("%d rows left of %d", len(got), len(all))
+	}
+	// once b subscribes (at zero, as watermill-sql does) it holds pruning back
+	setPosition(t, pool, "b", outboxPos{Tx: "0"})
+	if sw, err := h.PruneOutbox(ctx); err != nil || sw.Deleted != 0 || sw.Skipped != "" || sw.HeldBackBy != "b" {
+		t.Errorf("prune with b at zero: %+v, %v", sw, err)
+	}
+	setPosition(t, pool, "b", all[len(all)-1])
+	if sw, err := h.PruneOutbox(ctx); err != nil || sw.Deleted != int64(len(all)) {
+		t.Errorf("prune with both groups at the head: %+v, %v", sw, err)
+	}
+}
+
+func TestHousekeepingKeepsPassedRowsWithinTheRetention(t *testing.T) {
+	t.Parallel()
+	s, pool := newStore(t)
+	ctx := testContext(t)
+	appendTransactions(t, s, 9)
+	all := outboxRows(t, pool) // 15 rows
+	setPosition(t, pool, "a", all[12])
+	h := &eventstore.Housekeeper{Pool: pool, IdempotencyTTL: -1, Groups: []string{"a"}, OutboxRetention: time.Hour, BatchSize: 4}
+	if sw, err := h.PruneOutbox(ctx); err != nil || sw.Deleted != 0 {
+		t.Errorf("prune of rows younger than the retention: %+v, %v", sw, err)
+	}
+	// rows 0-5 and 7-14 are older than the retention, row 6 is not: pruning stops at
+	// it, so what is gone is always a prefix of the outbox
+	age := func(from, to int) {
+		t.Helper()
+		if _, err := pool.Exec(ctx, `UPDATE watermill_ticket_events SET created_at = created_at - interval '2 hours'
+			WHERE (transaction_id, "offset") >= ($1::xid8, $2) AND (transaction_id, "offset") <= ($3::xid8, $4)`,
+			all[from].Tx, all[from].Offset, all[to].Tx, all[to].Offset); err != nil {
+			t.Fatal(err)
+		}
+	}
+	age(0, 5)
+	age(7, 14)
+	if sw, err := h.PruneOutbox(ctx); err != nil || sw.Deleted != 6 {
+		t.Errorf("prune up to the first young row: %+v, %v; want 6 rows", sw, err)
+	}
+	if got := outboxRows(t, pool); !slices.Equal(got, all[6:]) {
+		t.Errorf("left %v, want %v", got, all[6:])
+	}
+	age(6, 6)
+	// up to a's position, no further
+	if sw, err := h.PruneOutbox(ctx); err != nil || sw.Deleted != 7 {
+		t.Errorf("prune once the row is old: %+v, %v; want 7 rows", sw, err)
+	}
+	if got := outboxRows(t, pool); !slices.Equal(got, all[13:]) {
+		t.Errorf("left %v, want %v", got, all[13:])
+	}
+}
+
+// heldTarget is a read model for projections.Rebuild that holds the rebuild in Begin
+// until released, and otherwise keeps nothing.
+type heldTarget struct {
+	group    string
+	begun    chan struct{}
+	released chan struct{}
+}
+
+func (h *heldTarget) Group() string { return h.group }
+func (h *heldTarget) Begin(ctx context.Context) error {
+	close(h.begun)
+	select {
+	case <-h.released:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+func (h *heldTarget) Load(context.Context, []projections.View, []projections.TicketComment) error {
+	return nil
+}
+func (h *heldTarget) Loaded(context.Context) error                             { return nil }
+func (h *heldTarget) Apply(context.Context, pgx.Tx, []eventstore.Record) error { return nil }
+func (h *heldTarget) Swap(context.Context, pgx.Tx) error                       { return nil }
+func (h *heldTarget) Abort(context.Context) error                              { return nil }
+
+// TestHousekeepingDoesNotPruneDuringARebuild: a rebuild of a new group makes the group's
+// offsets row visible only when its last transaction commits, so no row is pruned
+// while a rebuild (the real one, with its real lock) runs.
+func TestHousekeepingDoesNotPruneDuringARebuild(t *testing.T) {
+	t.Parallel()
+	s, pool := newStore(t)
+	ctx := testContext(t)
+	appendTransactions(t, s, 6)
+	all := outboxRows(t, pool)
+	setPosition(t, pool, "a", all[len(all)-1])
+	h := &eventstore.Housekeeper{Pool: pool, IdempotencyTTL: -1}
+
+	target := &heldTarget{group: "new-group", begun: make(chan struct{}), released: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() {
+		_, err := projections.Rebuild(ctx, pool, projections.RebuildOptions{Targets: []projections.Target{target}})
+		done <- err
+	}()
+	<-target.begun
+	sw, err := h.PruneOutbox(ctx)
+	close(target.released)
+	if err != nil || sw.Deleted != 0 || sw.Skipped != "a rebuild is running" {
+		t.Errorf("prune during a rebuild: %+v, %v", sw, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("rebuild: %v", err)
+	}
+	// the rebuild set new-group's position at the head: everything goes now
+	if sw, err := h.PruneOutbox(ctx); err != nil || sw.Deleted != int64(len(all)) {
+		t.Errorf("prune after the rebuild: %+v, %v", sw, err)
+	}
+}
+
+// timedRecorder is a projector that remembers when it was handed each event.
+type timedRecorder struct {
+	mu   sync.Mutex
+	seen map[string]int
+	lag  []time.Duration // from the event's recording to its application
+}
+
+func (r *timedRecorder) apply(_ context.Context, _ pgx.Tx, recs []eventstore.Record) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	for _, rec := range recs {
+		r.seen[key(rec)]++
+		r.lag = append(r.lag, now.Sub(rec.RecordedAt))
+	}
+	return nil
+}
+
+func (r *timedRecorder) applied() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.lag)
+}
+
+// TestHousekeepingOutboxStaysBoundedWhileAConsumerKeepsUp runs the real consumer and
+// the housekeeper (every 100 ms) together under a steady stream of appends, with a
+// backlog of 100,000 passed rows to prune at the start: the consumer keeps applying
+// events while the batches delete, every event is applied exactly once (nothing it had
+// not passed was pruned), the rows it passes are pruned as it goes instead of piling
+// up, and once it has caught up the outbox is emptied.
+func TestHousekeepingOutboxStaysBoundedWhileAConsumerKeepsUp(t *testing.T) {
+	t.Parallel()
+	const group = "test-timed-recorder"
+	const backlog = 100_000
+	pool, err := db.Open(testContext(t), dbtest.NewDatabase(t), db.PoolConfig{MaxConns: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	s := eventstore.New(pool)
+	ctx := testContext(t)
+
+	// given: 100,000 rows the group has passed (written directly, in a few transactions)
+	for range backlog / chunk {
+		if _, err := pool.Exec(ctx, `INSERT INTO watermill_ticket_events (uuid, payload, metadata, transaction_id)
+			SELECT gen_random_uuid()::text, json_build_object('pad', repeat(md5(i::text), 12)), '{}', pg_current_xact_id()
+			FROM generate_series(1, $1) i`, chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	head := outboxRows(t, pool)[backlog-1]
+	setPosition(t, pool, group, head)
+	rec := &timedRecorder{seen: map[string]int{}}
+	projectionstest.RunRouter(t, pool, projections.Config{}, projections.Handler{Group: group, Apply: rec.apply})
+
+	// when: four writers append and the sampler watches the outbox; half a second in,
+	// the housekeeper starts; the writers go on until the 100,000 rows are gone and 3.5
+	// seconds more
+	var appended atomic.Int64
+	var keys sync.Map
+	writeCtx, stopWriting := context.WithCancel(ctx)
+	defer stopWriting()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for writeCtx.Err() == nil {
+				id := newID(t)
+				recs, err := s.Append(ctx, 0, []ticket.Event{openedEvent(id), commentEvent(id, 2)}, eventstore.Metadata{})
+				if err != nil {
+					t.Errorf("append: %v", err)
+					return
+				}
+				for _, r := range recs {
+					keys.Store(key(r), true)
+				}
+				appended.Add(int64(len(recs)))
+			}
+		})
+	}
+	// rows: the outbox; preload: what is left of the 100,000; behind: the rows after
+	// the group's position (its backlog): rows-behind have been passed and are kept
+	type sample struct {
+		at                    time.Duration
+		rows, preload, behind int
+		applied               int
+	}
+	var samples []sample
+	var preloadGone atomic.Bool
+	wg.Go(func() {
+		for writeCtx.Err() == nil {
+			smp := sample{at: time.Since(start), applied: rec.applied()}
+			if err := pool.QueryRow(ctx, `SELECT count(*),
+					count(*) FILTER (WHERE (transaction_id, "offset") <= ($1::xid8, $2)),
+					count(*) FILTER (WHERE (transaction_id, "offset") > (
+						SELECT last_processed_transaction_id, coalesce(offset_acked, 0)
+						FROM watermill_offsets_ticket_events WHERE consumer_group = $3))
+				FROM watermill_ticket_events`, head.Tx, head.Offset, group).Scan(&smp.rows, &smp.preload, &smp.behind); err != nil {
+				t.Errorf("sample: %v", err)
+				return
+			}
+			samples = append(samples, smp) // read after wg.Wait
+			preloadGone.Store(smp.preload == 0)
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+	time.Sleep(500 * time.Millisecond)
+	var logs strings.Builder
+	var logMu sync.Mutex
+	h := &eventstore.Housekeeper{Pool: pool, IdempotencyTTL: -1, Groups: []string{group}, Interval: 100 * time.Millisecond,
+		Log: slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, &slog.HandlerOptions{Level: slog.LevelInfo}))}
+	hctx, stopHousekeeping := context.WithCancel(ctx)
+	housekeeping := make(chan struct{})
+	hkStart, appliedAtStart := time.Since(start), rec.applied()
+	var first eventstore.Round
+	var firstErr error
+	go func() {
+		defer close(housekeeping)
+		first, firstErr = h.RunRound(hctx)
+		h.Run(hctx)
+	}()
+	for deadline := time.Now().Add(time.Minute); !preloadGone.Load() && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(3500 * time.Millisecond)
+	stopWriting()
+	wg.Wait()
+	projectionstest.WaitCaughtUp(t, pool, group, 30*time.Second)
+	// the running housekeeper prunes what is left once the consumer has passed it
+	if !waitFor(30*time.Second, func() bool { return count(t, pool, `SELECT count(*) FROM watermill_ticket_events`) == 0 }) {
+		t.Errorf("%d outbox rows left after the consumer caught up", count(t, pool, `SELECT count(*) FROM watermill_ticket_events`))
+	}
+	stopHousekeeping()
+	<-housekeeping
+
+	// then: every event applied once, none missed
+	total := int(appended.Load())
+	rec.mu.Lock()
+	missing, twice := 0, 0
+	keys.Range(func(k, _ any) bool {
+		switch rec.seen[k.(string)] {
+		case 0:
+			missing++
+		case 1:
+		default:
+			twice++
+		}
+		return true
+	})
+	lags := slices.Clone(rec.lag)
+	rec.mu.Unlock()
+	if missing > 0 || twice > 0 || len(lags) != total {
+		t.Errorf("of %d events appended, %d never applied, %d applied more than once, %d applications", total, missing, twice, len(lags))
+	}
+	slices.Sort(lags)
+	t.Logf("%d events appended in %s; consumer lag median %s, p99 %s, max %s", total,
+		time.Since(start).Round(time.Millisecond), lags[len(lags)/2], lags[len(lags)*99/100], lags[len(lags)-1])
+
+	// the 100,000 rows were pruned while the consumer went on applying, and after them
+	// the rows the consumer passed were pruned as it went
+	// (a round prunes up to the positions it read first: what the consumer passed
+	// during the long first round goes in the rounds after it, so the steady state is
+	// measured from half a second after the 100,000 rows are gone)
+	pruned := -1
+	maxKept, maxRows := 0, 0
+	for i, smp := range samples {
+		if pruned < 0 && smp.preload == 0 {
+			pruned = i
+		}
+		if pruned >= 0 && smp.at > samples[pruned].at+500*time.Millisecond {
+			maxKept, maxRows = max(maxKept, smp.rows-smp.behind), max(maxRows, smp.rows)
+		}
+	}
+	if pruned < 0 {
+		t.Fatalf("the %d passed rows were not pruned within a minute (samples %+v)", backlog, samples)
+	}
+	from, to := sample{at: hkStart, applied: appliedAtStart}, samples[pruned]
+	t.Logf("%d passed rows pruned between %s and %s (%.0f rows/s at least); the consumer applied %d events meanwhile",
+		backlog, from.at, to.at, float64(backlog)/(to.at-from.at).Seconds(), to.applied-from.applied)
+	t.Logf("from half a second after that, the outbox held at most %d rows, of which at most %d passed (%d appended in all)", maxRows, maxKept, total)
+	if sw := first.Outbox; firstErr != nil || sw.Deleted < backlog {
+		t.Errorf("first round: %+v, %v", first, firstErr)
+	} else {
+		t.Logf("first round: pruned %d rows in %d batches, %s (%.0f rows/s; %s in statements, %.0f rows/s), slowest batch %s",
+			sw.Deleted, sw.Batches, sw.Took, float64(sw.Deleted)/sw.Took.Seconds(), sw.Busy, float64(sw.Deleted)/sw.Busy.Seconds(), sw.Slowest)
+	}
+	if to.applied == from.applied {
+		t.Errorf("the consumer applied nothing while pruning ran (%s to %s)", from.at, to.at)
+	}
+	if maxKept > total/3 {
+		t.Errorf("the outbox kept up to %d rows the consumer had passed, of %d appended: not pruned as it went", maxKept, total)
+	}
+	logMu.Lock()
+	defer logMu.Unlock()
+	if !strings.Contains(logs.String(), "outbox_pruned=") {
+		t.Errorf("no round was logged:\n%s", logs.String())
+	}
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "level=WARN") {
+			t.Errorf("housekeeping warned: %s", line)
+		}
+	}
+}
+
+// lockedWriter serializes writes to w.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *strings.Builder
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
