@@ -162,7 +162,7 @@ func (c *committer) commit(group []*pending) {
 			// the commit, which may have happened) and Postgres is reachable.
 			if len(group) == 1 || errors.As(err, new(errCommit)) || Unreachable(err) {
 				for _, p := range group {
-					p.done <- interpret(err, p.stream(), p.expected())
+					p.done <- interpret(callerErr(p, err), p.stream(), p.expected())
 				}
 				return
 			}
@@ -185,6 +185,17 @@ func (c *committer) commit(group []*pending) {
 		}
 		group = again
 	}
+}
+
+// callerErr returns err, naming the caller's own context error when the caller has
+// given up: the group's context is cancelled once every caller has, and pgx then
+// reports a plain cancellation where the caller's deadline is what ended the work (a
+// request past its deadline is a 503, not a 500).
+func callerErr(p *pending, err error) error {
+	if cerr := p.ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+		return fmt.Errorf("%w: %w", cerr, err)
+	}
+	return err
 }
 
 // errCommit marks a failed COMMIT: its outcome is unknown.

@@ -278,3 +278,27 @@ func TestGroupCommitLoneAppendDoesNotWait(t *testing.T) {
 		t.Errorf("%d sequential appends in %d transactions", len(ids), got)
 	}
 }
+
+// TestGroupCommitCallerDeadlineIsUnavailable: an append whose caller's deadline passes
+// while it waits on Postgres reports the deadline (ticket.ErrUnavailable, a 503 at the
+// HTTP edge), not the cancellation of the group's own context.
+func TestGroupCommitCallerDeadlineIsUnavailable(t *testing.T) {
+	t.Parallel()
+	s, pool := newStore(t)
+	ctx := testContext(t)
+	held := newID(t)
+	blocker, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Rollback(context.Background()) //nolint:errcheck // rolled back on purpose
+	if _, err := s.AppendTx(ctx, blocker, 0, []ticket.Event{openedEvent(held)}, eventstore.Metadata{}); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	_, err = s.Append(short, 0, []ticket.Event{openedEvent(held)}, eventstore.Metadata{})
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ticket.ErrUnavailable) {
+		t.Fatalf("an append past its deadline: %v, want the deadline as ticket.ErrUnavailable", err)
+	}
+}
