@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -30,11 +29,10 @@ type Store struct {
 	// OnAppend, if set, is called after every append that committed (it must not
 	// block): this instance's projectors are woken by it instead of waiting for their
 	// next poll.
-	OnAppend  func()
-	cache     *tickets
-	locks     *streamLocks
-	commits   *committer
-	lastPurge atomic.Int64 // unix ns of the last purge of expired idempotency keys
+	OnAppend func()
+	cache    *tickets
+	locks    *streamLocks
+	commits  *committer
 }
 
 // DefaultCacheEntries bounds the aggregate cache: how many tickets it holds (about

@@ -41,6 +41,12 @@ type Config struct {
 	IdempotencyTTL time.Duration `env:"IDEMPOTENCY_TTL" envDefault:"24h"`
 	// PGMaxConns is the size of the Postgres pool.
 	PGMaxConns int32 `env:"PG_MAX_CONNS" envDefault:"32"`
+	// HousekeepingInterval is how often an instance tries a housekeeping round (purge of
+	// expired idempotency keys, pruning of the outbox); one instance at a time does it.
+	HousekeepingInterval time.Duration `env:"HOUSEKEEPING_INTERVAL" envDefault:"1m"`
+	// OutboxRetention is how long an outbox row every consumer group has passed is kept;
+	// 0 prunes it at once, negative never.
+	OutboxRetention time.Duration `env:"OUTBOX_RETENTION" envDefault:"1h"`
 	// ShutdownTimeout bounds the drain of in-flight requests on SIGTERM.
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"15s"`
 	// RedisPrefix starts every key of the Redis read model ("<prefix>:{<id>}:doc"), so
@@ -150,6 +156,9 @@ func (c Config) Validate() error {
 	}
 	if c.BodyLimit < 1024 {
 		errs = append(errs, fmt.Errorf("BODY_LIMIT must be at least 1024 bytes, not %d", c.BodyLimit))
+	}
+	if c.HousekeepingInterval <= 0 {
+		errs = append(errs, fmt.Errorf("HOUSEKEEPING_INTERVAL must be positive, not %s", c.HousekeepingInterval))
 	}
 	if c.IdempotencyTTL <= 0 {
 		errs = append(errs, fmt.Errorf("IDEMPOTENCY_TTL must be positive, not %s", c.IdempotencyTTL))

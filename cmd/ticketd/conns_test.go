@@ -167,6 +167,16 @@ func (p *limitedProcess) logLine(msg string) map[string]any {
 	return nil
 }
 
+// waitLogLine is logLine once the line is there: the process's output reaches the
+// buffer through a pipe, after the process has moved on (and answered /healthz).
+func (p *limitedProcess) waitLogLine(msg string, within time.Duration) map[string]any {
+	for deadline := time.Now().Add(within); ; time.Sleep(10 * time.Millisecond) {
+		if m := p.logLine(msg); m != nil || time.Now().After(deadline) {
+			return m
+		}
+	}
+}
+
 // stop sends SIGTERM and expects a clean exit.
 func (p *limitedProcess) stop(t *testing.T) {
 	t.Helper()
@@ -636,7 +646,7 @@ func TestConnsDescriptorExhaustionLeavesTheProcessServing(t *testing.T) {
 		// MAX_CONNS is derived from the limit; MAX_CONNS_PER_IP (256) is above it here
 		p := startLimited(t, bin, nofile, env())
 		p.waitHealthy(t)
-		listening := p.logLine("listening")
+		listening := p.waitLogLine("listening", 5*time.Second)
 		if listening == nil {
 			t.Fatalf("no listening line:\n%s", p.logs.String())
 		}

@@ -64,12 +64,12 @@ type connLimits struct {
 
 // fdReserve is the number of descriptors ticketd may use for things other than client
 // connections, its pools at their largest: the request pool (PG_MAX_CONNS), the
-// projectors' pool, the Redis pools (go-redis opens at most 10 × GOMAXPROCS
+// projectors' pool, the housekeeping round's own connection, the Redis pools (go-redis opens at most 10 × GOMAXPROCS
 // connections per node, plus 10 for pipelines; a node per address of REDIS_ADDRS is
 // counted) and fdReserveFiles.
 func fdReserve(cfg Config) int {
 	redisPerNode := 10*runtime.GOMAXPROCS(0) + 10
-	return fdReserveFiles + int(cfg.PGMaxConns) + projectorConns + redisPerNode*len(cfg.RedisAddresses())
+	return fdReserveFiles + int(cfg.PGMaxConns) + projectorConns + 1 + redisPerNode*len(cfg.RedisAddresses())
 }
 
 // openFileLimit returns the soft RLIMIT_NOFILE of the process (which the Go runtime

@@ -208,11 +208,25 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	go func() { projDone <- router.Run(projCtx) }()
 	repairDone := make(chan error, 1)
 	go func() { repairDone <- repairer.Run(projCtx) }()
+	// Expired idempotency keys and outbox rows every projector has passed are deleted
+	// in the background, one instance at a time (eventstore/housekeeping.go).
+	housekeeper := &eventstore.Housekeeper{
+		Pool:            pool,
+		IdempotencyTTL:  cfg.IdempotencyTTL,
+		OutboxRetention: cfg.OutboxRetention,
+		Groups:          []string{pgmodel.Group, redismodel.Group},
+		Interval:        cfg.HousekeepingInterval,
+		Log:             log,
+	}
+	housekeepingDone := make(chan struct{})
+	go func() { defer close(housekeepingDone); housekeeper.Run(projCtx) }()
 
 	applyConnLimits(app, ln.limits, cfg.IdleTimeout)
+	// Logged before serving (the socket is bound already): a client answered has seen
+	// the line written.
+	log.Info("listening", append([]any{"addr", ln.Addr().String(), "idle_timeout", cfg.IdleTimeout.String()}, ln.limits.logAttrs()...)...)
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- app.Listener(ln) }()
-	log.Info("listening", append([]any{"addr", ln.Addr().String(), "idle_timeout", cfg.IdleTimeout.String()}, ln.limits.logAttrs()...)...)
 
 	var runErr error
 	select {
@@ -236,6 +250,11 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	case <-repairDone:
 	case <-time.After(cfg.ShutdownTimeout):
 		log.Warn("redis repairer did not stop in time")
+	}
+	select {
+	case <-housekeepingDone:
+	case <-time.After(cfg.ShutdownTimeout):
+		log.Warn("housekeeping did not stop in time")
 	}
 	log.Info("stopped")
 	return runErr
