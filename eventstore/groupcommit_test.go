@@ -84,6 +84,31 @@ func openAppend(s *eventstore.Store, id uuid.UUID) func(ctx context.Context) ([]
 	}
 }
 
+// opens returns n new stream ids and the appends that open them.
+func opens(t *testing.T, s *eventstore.Store, n int) ([]uuid.UUID, []func(context.Context) ([]eventstore.Record, error)) {
+	ids := make([]uuid.UUID, n)
+	appends := make([]func(context.Context) ([]eventstore.Record, error), n)
+	for i := range ids {
+		ids[i] = newID(t)
+		appends[i] = openAppend(s, ids[i])
+	}
+	return ids, appends
+}
+
+// expectOpened checks that the first len(ids) results succeeded, each stored with its
+// outbox row; beside names what they ran beside.
+func expectOpened(t *testing.T, pool *pgxpool.Pool, beside string, results []appendResult, ids []uuid.UUID) {
+	t.Helper()
+	for i, r := range results[:len(ids)] {
+		if r.err != nil {
+			t.Fatalf("append %d beside %s: %v", i, beside, r.err)
+		}
+		if ev, msg := streamCounts(t, pool, ids[i]); ev != 1 || msg != 1 {
+			t.Errorf("append %d: %d events and %d outbox messages, want 1 and 1", i, ev, msg)
+		}
+	}
+}
+
 // transactionsOf returns how many distinct transactions wrote the events of ids.
 func transactionsOf(t *testing.T, pool *pgxpool.Pool, ids []uuid.UUID) int {
 	t.Helper()
@@ -97,12 +122,7 @@ func TestGroupCommitSharesOneTransaction(t *testing.T) {
 	t.Parallel()
 	s, pool := newStore(t)
 	const n = 20
-	ids := make([]uuid.UUID, n)
-	appends := make([]func(context.Context) ([]eventstore.Record, error), n)
-	for i := range ids {
-		ids[i] = newID(t)
-		appends[i] = openAppend(s, ids[i])
-	}
+	ids, appends := opens(t, s, n)
 	before := s.AppendStats()
 	results := groupScenario(t, s, pool, appends)
 
@@ -142,13 +162,7 @@ func TestGroupCommitAClashFailsOnlyItsCommand(t *testing.T) {
 	t.Parallel()
 	s, pool := newStore(t)
 	stale := openTicket(t, s) // stands at 1
-	var ids []uuid.UUID
-	var appends []func(context.Context) ([]eventstore.Record, error)
-	for range 5 {
-		id := newID(t)
-		ids = append(ids, id)
-		appends = append(appends, openAppend(s, id))
-	}
+	ids, appends := opens(t, s, 5)
 	appends = append(appends, func(ctx context.Context) ([]eventstore.Record, error) {
 		return s.Append(ctx, 0, []ticket.Event{commentEvent(stale, 1)}, eventstore.Metadata{})
 	})
@@ -158,11 +172,7 @@ func TestGroupCommitAClashFailsOnlyItsCommand(t *testing.T) {
 	if last := results[len(results)-1]; !errors.As(last.err, &ce) || ce.StreamID != stale || ce.Expected != 0 {
 		t.Fatalf("the stale append: expected a ConcurrencyError for %s at 0, got %v", stale, last.err)
 	}
-	for i, r := range results[:len(ids)] {
-		if r.err != nil {
-			t.Fatalf("append %d beside the clash: %v", i, r.err)
-		}
-	}
+	expectOpened(t, pool, "the clash", results, ids)
 	if got := transactionsOf(t, pool, ids); got != 1 {
 		t.Errorf("the appends beside the clash were written by %d transactions, want 1", got)
 	}
@@ -179,13 +189,7 @@ func TestGroupCommitAPartialCommandIsUndone(t *testing.T) {
 	s, pool := newStore(t)
 	id := openTicket(t, s)
 	mustHandle(t, s, id, addComment(t, "bob")) // stands at 2
-	var ids []uuid.UUID
-	var appends []func(context.Context) ([]eventstore.Record, error)
-	for range 5 {
-		other := newID(t)
-		ids = append(ids, other)
-		appends = append(appends, openAppend(s, other))
-	}
+	ids, appends := opens(t, s, 5)
 	appends = append(appends, func(ctx context.Context) ([]eventstore.Record, error) {
 		return s.Append(ctx, 1, []ticket.Event{commentEvent(id, 2), commentEvent(id, 3)}, eventstore.Metadata{})
 	})
@@ -205,14 +209,7 @@ func TestGroupCommitAPartialCommandIsUndone(t *testing.T) {
 	if ev, msg := streamCounts(t, pool, id); ev != 2 || msg != 2 {
 		t.Errorf("the partial append's stream has %d events and %d outbox messages, want 2 and 2", ev, msg)
 	}
-	for i, r := range results[:len(ids)] {
-		if r.err != nil {
-			t.Fatalf("append %d beside the partial one: %v", i, r.err)
-		}
-		if ev, msg := streamCounts(t, pool, ids[i]); ev != 1 || msg != 1 {
-			t.Errorf("append %d: %d events and %d outbox messages, want 1 and 1", i, ev, msg)
-		}
-	}
+	expectOpened(t, pool, "the partial one", results, ids)
 }
 
 // TestGroupCommitAFailingCommandDoesNotFailItsNeighbours: a command Postgres refuses
@@ -222,13 +219,7 @@ func TestGroupCommitAFailingCommandDoesNotFailItsNeighbours(t *testing.T) {
 	t.Parallel()
 	s, pool := newStore(t)
 	bad := newID(t)
-	var ids []uuid.UUID
-	var appends []func(context.Context) ([]eventstore.Record, error)
-	for range 4 {
-		id := newID(t)
-		ids = append(ids, id)
-		appends = append(appends, openAppend(s, id))
-	}
+	ids, appends := opens(t, s, 4)
 	appends = append(appends, func(ctx context.Context) ([]eventstore.Record, error) {
 		e := openedEvent(bad)
 		e.Data = ticket.Opened{Title: "nul \x00 inside", Email: "alice@example.com", CreatedBy: "alice"}
@@ -247,14 +238,7 @@ func TestGroupCommitAFailingCommandDoesNotFailItsNeighbours(t *testing.T) {
 	if ev, msg := streamCounts(t, pool, bad); ev != 0 || msg != 0 {
 		t.Errorf("the refused append stored %d events and %d outbox messages", ev, msg)
 	}
-	for i, r := range results[:len(ids)] {
-		if r.err != nil {
-			t.Fatalf("append %d beside the refused one: %v", i, r.err)
-		}
-		if ev, msg := streamCounts(t, pool, ids[i]); ev != 1 || msg != 1 {
-			t.Errorf("append %d: %d events and %d outbox messages, want 1 and 1", i, ev, msg)
-		}
-	}
+	expectOpened(t, pool, "the refused one", results, ids)
 }
 
 // TestGroupCommitLoneAppendDoesNotWait: with nothing else in flight an append is
