@@ -172,6 +172,9 @@ func (b *bench) startServer(ctx context.Context, redisAddrs string) error {
 		"HTTP_ADDR":    "127.0.0.1:" + strconv.Itoa(port),
 		"PG_MAX_CONNS": strconv.Itoa(b.o.pgConns),
 		"LOG_LEVEL":    b.o.logLevel,
+		// The generator is one address standing in for many clients: ticketd's
+		// per-address cap (256 by default) would refuse the overload row's connections.
+		"MAX_CONNS_PER_IP": "0",
 	}
 	b.pprofURL = b.o.pprofURL
 	if len(b.o.pprofScenarios) > 0 && b.pprofURL == "" {
