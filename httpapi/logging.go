@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -55,11 +56,20 @@ func (s *Server) observe(c *fiber.Ctx) error {
 	rm.duration.Observe(elapsed.Seconds())
 
 	level, sampled := s.logLevel(rm, status, elapsed)
+	var suppressed int
+	if status >= 400 && status < 500 && elapsed < s.cfg.SlowRequest {
+		// A client's mistakes cost a line each, up to clientErrorLines a second; past
+		// that they go to debug, and the next line logged says how many did.
+		var ok bool
+		if ok, suppressed = s.clientErrors.allow(start); !ok {
+			level = slog.LevelDebug
+		}
+	}
 	ctx := context.Background()
 	if !s.cfg.Log.Enabled(ctx, level) {
 		return nil
 	}
-	attrs := [10]slog.Attr{
+	attrs := [11]slog.Attr{
 		slog.String("method", method),
 		slog.String("route", route),
 		slog.String("path", c.Path()),
@@ -79,12 +89,46 @@ func (s *Server) observe(c *fiber.Ctx) error {
 		attrs[n] = slog.Bool("slow", true)
 		n++
 	}
+	if suppressed > 0 {
+		attrs[n] = slog.Int("client_errors_not_logged", suppressed)
+		n++
+	}
 	s.cfg.Log.LogAttrs(ctx, level, "request", attrs[:n]...)
 	return nil
 }
 
+// clientErrorLines bounds the 4xx lines logged at info per second: a client sending
+// garbage in a loop must not fill the disk (every one is still counted in the metrics).
+const clientErrorLines = 50
+
+// lineBudget lets through up to clientErrorLines log lines per wall-clock second and
+// counts the rest, to be reported by the next line let through.
+type lineBudget struct {
+	mu         sync.Mutex
+	second     int64
+	used       int
+	suppressed int
+}
+
+// allow reports whether a line may be logged at now, and how many were held back
+// since the last one that was (to be reported by this one).
+func (b *lineBudget) allow(now time.Time) (ok bool, suppressed int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if sec := now.Unix(); sec != b.second {
+		b.second, b.used = sec, 0
+	}
+	if b.used >= clientErrorLines {
+		b.suppressed++
+		return false, 0
+	}
+	b.used++
+	suppressed, b.suppressed = b.suppressed, 0
+	return true, suppressed
+}
+
 // logLevel is the level of a request's log line, and whether it is a sampled one:
-//   - 5xx: error; 4xx: info (always: they are what a log is read for);
+//   - 5xx: error; 4xx: info (up to clientErrorLines a second: see lineBudget);
 //   - requests taking SlowRequest or longer: info (always);
 //   - successful probes and scrapes (/healthz, /readyz, /metrics): debug;
 //   - other successful requests that change something (not GET or HEAD): info (always);

@@ -242,3 +242,37 @@ func BenchmarkObserveMetrics(b *testing.B) {
 		}
 	})
 }
+
+// TestClientErrorLinesAreBounded: a client sending bad requests in a loop gets at most
+// clientErrorLines info lines a second; the rest go to debug, and the next line logged
+// says how many were held back.
+func TestClientErrorLinesAreBounded(t *testing.T) {
+	app, logs := loggedApp(slog.LevelInfo, Config{SlowRequest: time.Hour})
+	for time.Now().Nanosecond() > 50_000_000 { // start just after a second begins
+		time.Sleep(time.Millisecond)
+	}
+	start := time.Now()
+	const bad = 3 * clientErrorLines
+	for range bad {
+		hit(t, app, http.MethodGet, "/v1/ticket/not-a-uuid") // 422
+	}
+	if time.Now().Unix() != start.Unix() {
+		t.Skip("the requests did not fit in one second on this machine")
+	}
+	if n := len(logs.requests(t)); n != clientErrorLines {
+		t.Fatalf("%d bad requests within a second gave %d info lines, want %d", bad, n, clientErrorLines)
+	}
+	// a second later, the next bad request is logged and reports those held back
+	for time.Now().Unix() == start.Unix() || time.Since(start) < time.Second {
+		time.Sleep(20 * time.Millisecond)
+	}
+	before := len(logs.requests(t))
+	hit(t, app, http.MethodGet, "/v1/ticket/not-a-uuid")
+	lines := logs.requests(t)
+	if len(lines) != before+1 {
+		t.Fatalf("the next bad request was not logged")
+	}
+	if held, _ := lines[len(lines)-1]["client_errors_not_logged"].(float64); held != bad-clientErrorLines {
+		t.Fatalf("the next line does not say how many were held back: %v", lines[len(lines)-1])
+	}
+}

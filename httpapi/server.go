@@ -105,6 +105,8 @@ type Server struct {
 	// replays bounds the replays of past versions; versions caches their answers.
 	replays  replaySlots
 	versions *versionCache
+	// clientErrors bounds the 4xx lines of the access log.
+	clientErrors lineBudget
 }
 
 // New returns the Fiber app serving the whole API.
