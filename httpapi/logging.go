@@ -49,6 +49,13 @@ func (s *Server) observe(c *fiber.Ctx) error {
 	if r != self {
 		route = r.Path
 	}
+	s.record(c, r, route, start, elapsed)
+	return nil
+}
+
+// record counts an answered request and writes its log line (see observe); route is
+// its route's template, r the route (nil for none).
+func (s *Server) record(c *fiber.Ctx, r *fiber.Route, route string, start time.Time, elapsed time.Duration) {
 	status := c.Response().StatusCode()
 	method := methodLabel(c.Method())
 	rm := s.metrics.forRoute(r, method, route)
@@ -67,7 +74,7 @@ func (s *Server) observe(c *fiber.Ctx) error {
 	}
 	ctx := context.Background()
 	if !s.cfg.Log.Enabled(ctx, level) {
-		return nil
+		return
 	}
 	attrs := [11]slog.Attr{
 		slog.String("method", method),
@@ -94,7 +101,6 @@ func (s *Server) observe(c *fiber.Ctx) error {
 		n++
 	}
 	s.cfg.Log.LogAttrs(ctx, level, "request", attrs[:n]...)
-	return nil
 }
 
 // clientErrorLines bounds the 4xx lines logged at info per second: a client sending

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // logBuffer collects JSON log lines.
@@ -274,5 +275,39 @@ func TestClientErrorLinesAreBounded(t *testing.T) {
 	}
 	if held, _ := lines[len(lines)-1]["client_errors_not_logged"].(float64); held != bad-clientErrorLines {
 		t.Fatalf("the next line does not say how many were held back: %v", lines[len(lines)-1])
+	}
+}
+
+// TestMethodGuardAnswersAreLoggedAndCounted: a method Fiber does not know (FOO, or a
+// lowercase get) is answered before any middleware, and still gets its log line and
+// its count, under the method label "other".
+func TestMethodGuardAnswersAreLoggedAndCounted(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	app, logs := loggedApp(slog.LevelInfo, Config{SlowRequest: time.Hour, Metrics: reg})
+	hit(t, app, "FOO", "/v1/ticket/")
+	hit(t, app, "get", "/no/such/route")
+	got := levels(logs.requests(t))
+	if got["INFO other unmatched"] != 2 {
+		t.Fatalf("logged %v, want both answers at info as other/unmatched", got)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var counted float64
+	for _, f := range families {
+		if f.GetName() != "http_requests_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "method" && l.GetValue() == "other" {
+					counted += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if counted != 2 {
+		t.Fatalf("http_requests_total{method=\"other\"} = %v, want 2", counted)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/valyala/fasthttp"
@@ -140,7 +141,7 @@ func errorHandler(log *slog.Logger) fiber.ErrorHandler {
 // guardMethods answers a request whose method Fiber does not know (it would answer a
 // plain-text 400 before any handler runs) as it answers a known method a route does not
 // take: 405 problem+json with an Allow header, or 404 for a path that is no route.
-func guardMethods(app *fiber.App) {
+func guardMethods(app *fiber.App, s *Server) {
 	known := map[string]bool{}
 	for _, m := range app.Config().RequestMethods {
 		known[m] = true
@@ -152,6 +153,7 @@ func guardMethods(app *fiber.App) {
 			next(fc)
 			return
 		}
+		start := time.Now()
 		c := app.AcquireCtx(fc)
 		defer app.ReleaseCtx(c)
 		err := fiber.ErrNotFound
@@ -160,6 +162,8 @@ func guardMethods(app *fiber.App) {
 			err = fiber.ErrMethodNotAllowed
 		}
 		_ = app.Config().ErrorHandler(c, err)
+		// answered before any middleware: counted and logged here, like every request
+		s.record(c, nil, unmatchedRoute, start, time.Since(start))
 	}
 }
 

@@ -173,7 +173,7 @@ func New(cfg Config) *fiber.App {
 	v1.Post("/:id/comments", s.addComment)
 	v1.Get("/:id/comments", s.listComments)
 	v1.Get("/:id/history", s.history)
-	guardMethods(app)
+	guardMethods(app, s)
 	return app
 }
 
