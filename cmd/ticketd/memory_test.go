@@ -1,0 +1,103 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/google/uuid"
+
+	"github.com/ticketd/ticketd/db/dbtest"
+)
+
+// TestMemoryUnderMaximumSizeCreates: a stream of creates at every text field's byte
+// limit, each then read back, keeps ticketd's peak RSS under 200 MB (issue 12: the
+// caches are bounded in bytes, or hold fixed-size entries).
+func TestMemoryUnderMaximumSizeCreates(t *testing.T) {
+	t.Parallel()
+	bin := buildTicketd(t)
+	env := map[string]string{
+		"DATABASE_DSN": dbtest.NewDatabase(t),
+		"REDIS_ADDRS":  redisAddrs(),
+		"HTTP_ADDR":    freeAddr(t),
+		"LOG_LEVEL":    "warn",
+		"REDIS_PREFIX": "test-" + strings.ReplaceAll(uuid.NewString(), "-", ""),
+	}
+	p := startProcess(t, bin, env)
+	base := "http://" + env["HTTP_ADDR"]
+
+	// 600 bytes of title and name, 20,000 of description: the byte limits, in
+	// characters that take 3 and 2 bytes.
+	body, err := json.Marshal(map[string]string{
+		"title":       strings.Repeat("€", 200),
+		"description": strings.Repeat("é", 10000),
+		"email":       "big@example.com",
+		"created_by":  strings.Repeat("€", 200),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const workers, each = 8, 300
+	var created atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for range each {
+				resp, err := http.Post(base+"/v1/ticket/", "application/json", bytes.NewReader(body))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				var doc struct {
+					ID string `json:"id"`
+				}
+				_ = json.NewDecoder(resp.Body).Decode(&doc)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusCreated {
+					t.Errorf("create: %d", resp.StatusCode)
+					return
+				}
+				created.Add(1)
+				get, err := http.Get(base + "/v1/ticket/" + doc.ID)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				get.Body.Close()
+			}
+		})
+	}
+	wg.Wait()
+	hwm := vmHWM(t, p.cmd.Process.Pid)
+	t.Logf("%d creates of %d bytes each, read back: peak RSS %.1f MB", created.Load(), len(body), float64(hwm)/1024)
+	if hwm >= 200*1024 {
+		t.Fatalf("peak RSS %.1f MB, want under 200 MB", float64(hwm)/1024)
+	}
+}
+
+// vmHWM returns a process's peak resident set size in KiB.
+func vmHWM(t *testing.T, pid int) int {
+	t.Helper()
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb
+		}
+	}
+	t.Fatal("no VmHWM in " + string(status))
+	return 0
+}
