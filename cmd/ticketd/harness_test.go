@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -150,6 +151,15 @@ var client = &http.Client{Timeout: 30 * time.Second}
 // unless one is given.
 func (s *testServer) do(t testing.TB, method, path string, body any, headers ...string) response {
 	t.Helper()
+	r, err := s.tryDo(method, path, body, headers...)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	return r
+}
+
+// tryDo is do returning the transport's error instead of failing the test.
+func (s *testServer) tryDo(method, path string, body any, headers ...string) (response, error) {
 	var rd io.Reader
 	isJSON := false
 	switch b := body.(type) {
@@ -163,14 +173,14 @@ func (s *testServer) do(t testing.TB, method, path string, body any, headers ...
 	default:
 		raw, err := json.Marshal(b)
 		if err != nil {
-			t.Fatalf("encode body: %v", err)
+			return response{}, fmt.Errorf("encode body: %w", err)
 		}
 		rd = bytes.NewReader(raw)
 		isJSON = true
 	}
 	req, err := http.NewRequest(method, s.URL+path, rd)
 	if err != nil {
-		t.Fatalf("request: %v", err)
+		return response{}, err
 	}
 	if isJSON {
 		req.Header.Set("Content-Type", "application/json")
@@ -180,14 +190,14 @@ func (s *testServer) do(t testing.TB, method, path string, body any, headers ...
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
+		return response{}, err
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatalf("%s %s: read body: %v", method, path, err)
+		return response{}, fmt.Errorf("read body: %w", err)
 	}
-	return response{Status: resp.StatusCode, Header: resp.Header, Body: raw}
+	return response{Status: resp.StatusCode, Header: resp.Header, Body: raw}, nil
 }
 
 // expect fails the test unless the response has the wanted status.
