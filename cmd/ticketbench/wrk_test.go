@@ -158,12 +158,24 @@ func TestWrkScript_drives_every_kind_and_hands_the_toggler_counters_back(t *test
 		if m.requests == 0 || m.errors != 0 || m.throughput <= 0 || m.p99 <= 0 || m.genCPU <= 0 || !strings.HasPrefix(m.generator, "wrk -t") {
 			t.Errorf("%s: %+v; want requests, no errors, a throughput, p99 and the generator's CPU", run.kind, m)
 		}
-		// Requests still in flight when wrk stopped are answered a moment later.
+		// Requests still in flight when wrk stopped are answered a moment later: wait
+		// until the PUTs add up and the counts have stood still for a while, so that
+		// none of this run's requests is counted in the next one.
 		var after map[string]int
 		var violations []string
+		last, still := -1, 0
 		for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 			after, violations = fake.snapshot()
-			if uint64(after["put"]) == togglerTotal(b.toggles) || time.Now().After(deadline) {
+			sum := 0
+			for _, v := range after {
+				sum += v
+			}
+			if sum == last {
+				still++
+			} else {
+				last, still = sum, 0
+			}
+			if (uint64(after["put"]) == togglerTotal(b.toggles) && still >= 5) || time.Now().After(deadline) {
 				break
 			}
 		}
