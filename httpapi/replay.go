@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"reflect"
 	"sync"
 	"syscall"
 	"time"
@@ -164,8 +163,9 @@ func whileConnected(ctx context.Context, c *fiber.Ctx) (context.Context, func())
 	}
 }
 
-// rawConn digs the socket out of the listener's wrappers: a NetConn method (as
-// crypto/tls has) or an embedded net.Conn field.
+// rawConn digs the socket out of the listener's wrappers, each of which hands over
+// the connection it wraps by a NetConn method (as crypto/tls's does, and
+// cmd/ticketd's connection-counting one).
 func rawConn(c net.Conn) syscall.RawConn {
 	for range 4 {
 		if c == nil {
@@ -178,30 +178,11 @@ func rawConn(c net.Conn) syscall.RawConn {
 			}
 			return rc
 		}
-		if u, ok := c.(interface{ NetConn() net.Conn }); ok {
-			c = u.NetConn()
-			continue
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			return nil
 		}
-		c = embeddedConn(c)
-	}
-	return nil
-}
-
-var netConnType = reflect.TypeFor[net.Conn]()
-
-// embeddedConn returns the net.Conn field embedded in the struct c points to, if any.
-func embeddedConn(c net.Conn) net.Conn {
-	v := reflect.ValueOf(c)
-	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
-		return nil
-	}
-	v = v.Elem()
-	for i := range v.NumField() {
-		f := v.Type().Field(i)
-		if f.Anonymous && f.Type == netConnType && f.IsExported() {
-			inner, _ := v.Field(i).Interface().(net.Conn)
-			return inner
-		}
+		c = u.NetConn()
 	}
 	return nil
 }

@@ -58,7 +58,7 @@ func TestPeerClosedSeesAHangUpButNotDataOrSilence(t *testing.T) {
 	}
 	defer server.Close()
 	// wrapped as cmd/ticketd's listener wraps its connections
-	wrapped := &struct{ net.Conn }{server}
+	wrapped := wrapper{server}
 	raw := rawConn(wrapped)
 	if raw == nil {
 		t.Fatal("no socket found under the wrapper")
@@ -87,3 +87,9 @@ func TestPeerClosedSeesAHangUpButNotDataOrSilence(t *testing.T) {
 		t.Fatal("a closed connection reads as open")
 	}
 }
+
+// wrapper wraps a connection as cmd/ticketd's listener does: the socket's methods are
+// hidden, NetConn hands it over.
+type wrapper struct{ net.Conn }
+
+func (w wrapper) NetConn() net.Conn { return w.Conn }

@@ -347,6 +347,10 @@ type trackedConn struct {
 	closed atomic.Bool
 }
 
+// NetConn returns the connection c wraps (the socket), as crypto/tls's Conn does: the
+// replay of a past version peeks at it to notice a client that hung up.
+func (c *trackedConn) NetConn() net.Conn { return c.Conn }
+
 func (c *trackedConn) Close() error {
 	err := c.Conn.Close()
 	if c.closed.CompareAndSwap(false, true) {
