@@ -51,16 +51,7 @@ func freeAddr(t testing.TB) string {
 // (gracefully, as on SIGTERM) when the test ends.
 func startServer(t testing.TB, env map[string]string) *testServer {
 	t.Helper()
-	full := map[string]string{
-		"DATABASE_DSN": dbtest.NewDatabase(t),
-		"REDIS_ADDRS":  redisAddrs(),
-		"HTTP_ADDR":    freeAddr(t),
-		"LOG_LEVEL":    "warn",
-		// many test servers share one Postgres (max_connections 100): small pools
-		"PG_MAX_CONNS": "6",
-		// each server its own Redis keys, so parallel tests never see each other's documents
-		"REDIS_PREFIX": "test-" + strings.ReplaceAll(uuid.NewString(), "-", ""),
-	}
+	full := processEnv(t, dbtest.NewDatabase(t))
 	for k, v := range env {
 		full[k] = v
 	}
@@ -237,4 +228,19 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// processEnv is the environment of a test's ticketd on database dsn: the test Redis
+// Cluster, a free port, warn-level logs, a small pool (many test servers share one
+// Postgres of max_connections 100) and Redis keys of its own (parallel tests never see
+// each other's documents).
+func processEnv(t testing.TB, dsn string) map[string]string {
+	return map[string]string{
+		"DATABASE_DSN": dsn,
+		"REDIS_ADDRS":  redisAddrs(),
+		"HTTP_ADDR":    freeAddr(t),
+		"LOG_LEVEL":    "warn",
+		"PG_MAX_CONNS": "6",
+		"REDIS_PREFIX": "test-" + strings.ReplaceAll(uuid.NewString(), "-", ""),
+	}
 }

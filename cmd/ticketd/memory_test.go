@@ -12,8 +12,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/google/uuid"
-
 	"github.com/ticketd/ticketd/db/dbtest"
 )
 
@@ -23,13 +21,7 @@ import (
 func TestMemoryUnderMaximumSizeCreates(t *testing.T) {
 	t.Parallel()
 	bin := buildTicketd(t)
-	env := map[string]string{
-		"DATABASE_DSN": dbtest.NewDatabase(t),
-		"REDIS_ADDRS":  redisAddrs(),
-		"HTTP_ADDR":    freeAddr(t),
-		"LOG_LEVEL":    "warn",
-		"REDIS_PREFIX": "test-" + strings.ReplaceAll(uuid.NewString(), "-", ""),
-	}
+	env := processEnv(t, dbtest.NewDatabase(t))
 	p := startProcess(t, bin, env)
 	base := "http://" + env["HTTP_ADDR"]
 

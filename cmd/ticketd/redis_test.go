@@ -545,14 +545,7 @@ func startProcess(t testing.TB, bin string, env map[string]string) *process {
 func TestKilledServerLosesNoAcknowledgedWrite(t *testing.T) {
 	t.Parallel()
 	bin := buildTicketd(t)
-	env := map[string]string{
-		"DATABASE_DSN": dbtest.NewDatabase(t),
-		"REDIS_ADDRS":  redisAddrs(),
-		"HTTP_ADDR":    freeAddr(t),
-		"LOG_LEVEL":    "warn",
-		"PG_MAX_CONNS": "6",
-		"REDIS_PREFIX": "test-" + strings.ReplaceAll(uuid.NewString(), "-", ""),
-	}
+	env := processEnv(t, dbtest.NewDatabase(t))
 	s := &testServer{URL: "http://" + env["HTTP_ADDR"], DSN: env["DATABASE_DSN"], Env: env}
 	m := openReadModels(t, env)
 

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -144,14 +143,8 @@ func startTogether(t *testing.T, envs ...map[string]string) []*testServer {
 // testEnv is startServer's environment for a server on dsn.
 func testEnv(t *testing.T, dsn string, extra ...string) map[string]string {
 	t.Helper()
-	env := map[string]string{
-		"DATABASE_DSN": dsn,
-		"REDIS_ADDRS":  redisAddrs(),
-		"HTTP_ADDR":    freeAddr(t),
-		"LOG_LEVEL":    "warn",
-		"PG_MAX_CONNS": "4",
-		"REDIS_PREFIX": "test-" + strings.ReplaceAll(uuid.NewString(), "-", ""),
-	}
+	env := processEnv(t, dsn)
+	env["PG_MAX_CONNS"] = "4"
 	for i := 0; i+1 < len(extra); i += 2 {
 		env[extra[i]] = extra[i+1]
 	}
