@@ -3,7 +3,6 @@ package eventstore
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -84,11 +83,11 @@ type encodedRow struct {
 func newPending(recs []Record, idem *Idempotency, answer []byte) (*pending, error) {
 	p := &pending{recs: recs, rows: make([]encodedRow, len(recs)), idem: idem, answer: answer, done: make(chan error, 1)}
 	for i, r := range recs {
-		d, err := json.Marshal(r.Data)
+		d, err := EncodeJSON(r.Data)
 		if err != nil {
 			return nil, fmt.Errorf("encode %s: %w", r.Type(), err)
 		}
-		md, err := json.Marshal(r.Metadata)
+		md, err := EncodeJSON(r.Metadata)
 		if err != nil {
 			return nil, fmt.Errorf("encode metadata: %w", err)
 		}

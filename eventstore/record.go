@@ -45,7 +45,7 @@ type envelope struct {
 
 // EncodeMessage returns the outbox payload of a record.
 func EncodeMessage(r Record) ([]byte, error) {
-	data, err := json.Marshal(r.Data)
+	data, err := EncodeJSON(r.Data)
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", r.Type(), err)
 	}
@@ -54,7 +54,7 @@ func EncodeMessage(r Record) ([]byte, error) {
 
 // encodeMessage is EncodeMessage with the event's data already encoded.
 func encodeMessage(r Record, data json.RawMessage) ([]byte, error) {
-	return json.Marshal(envelope{
+	return EncodeJSON(envelope{
 		Position: r.Position, StreamID: r.TicketID, Version: r.Version, Type: r.Type(),
 		At: r.At, Data: data, Metadata: r.Metadata, RecordedAt: r.RecordedAt,
 	})

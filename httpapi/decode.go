@@ -16,6 +16,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
+	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/ticket"
 )
 
@@ -282,7 +283,7 @@ func clip(s string) string {
 }
 
 func strconvQuote(s string) string {
-	b, _ := json.Marshal(s)
+	b, _ := eventstore.EncodeJSON(s)
 	return string(b)
 }
 

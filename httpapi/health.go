@@ -2,10 +2,10 @@ package httpapi
 
 import (
 	"context"
-	"encoding/json"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/ticketd/ticketd/eventstore"
 )
 
 // readyTimeout bounds each dependency check of /readyz.
@@ -40,7 +40,7 @@ func (s *Server) ready(c *fiber.Ctx) error {
 	}
 	p := problem(fiber.StatusServiceUnavailable, "not-ready", "postgres: unavailable")
 	p.Instance = c.Path()
-	body, _ := json.Marshal(struct {
+	body, _ := eventstore.EncodeJSON(struct {
 		*Problem
 		Postgres  string `json:"postgres"`
 		Redis     string `json:"redis"`

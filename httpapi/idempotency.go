@@ -87,7 +87,7 @@ func (s *Server) idempotency(c *fiber.Ctx, scope string, request any, render fun
 	if err != nil || key == "" {
 		return k, err
 	}
-	canonical, err := json.Marshal(request)
+	canonical, err := eventstore.EncodeJSON(request)
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +106,7 @@ func (s *Server) idempotency(c *fiber.Ctx, scope string, request any, render fun
 				return nil, err
 			}
 			k.last = &a
-			return json.Marshal(a)
+			return eventstore.EncodeJSON(a)
 		},
 	}
 	return k, nil
@@ -131,7 +131,7 @@ func (k *keyed) answer(res eventstore.Result) (answer, bool, error) {
 
 // jsonAnswer renders a JSON answer with the headers that matter to a retry.
 func jsonAnswer(status int, body any, header map[string]string) (answer, error) {
-	raw, err := json.Marshal(body)
+	raw, err := eventstore.EncodeJSON(body)
 	if err != nil {
 		return answer{}, err
 	}

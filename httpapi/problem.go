@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -132,7 +131,7 @@ func errorHandler(log *slog.Logger) fiber.ErrorHandler {
 		if p.Instance == "" {
 			p.Instance = c.Path()
 		}
-		body, _ := json.Marshal(p)
+		body, _ := eventstore.EncodeJSON(p)
 		c.Set(fiber.HeaderContentType, "application/problem+json")
 		return c.Status(p.Status).Send(body)
 	}

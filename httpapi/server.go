@@ -149,6 +149,7 @@ func New(cfg Config) *fiber.App {
 		BodyLimit:             cfg.BodyLimit,
 		ReadBufferSize:        16 << 10, // also the header size limit (431 above it)
 		ErrorHandler:          errorHandler(cfg.Log),
+		JSONEncoder:           eventstore.EncodeJSON, // no HTML escaping, as stored
 		DisableStartupMessage: true,
 		ReadTimeout:           30 * time.Second,
 		WriteTimeout:          30 * time.Second,

@@ -2,10 +2,10 @@ package projections
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 
 	gojson "github.com/goccy/go-json"
+	"github.com/ticketd/ticketd/eventstore"
 )
 
 // encodedComments is the JSON array of a view's first n comments. Comments never change
@@ -24,7 +24,7 @@ func (e *encodedComments) covers(comments []Comment) bool {
 	return e != nil && e.n <= len(comments) && (e.n == 0 || e.last == comments[e.n-1].ID)
 }
 
-// Encode returns v as JSON, byte for byte what json.Marshal(v) returns, and keeps the
+// Encode returns v as JSON, byte for byte what eventstore.EncodeJSON(v) returns, and keeps the
 // encoding of v's comments in v for the views later folded from it (see
 // encodedComments). Encode a view that is kept (a cache's copy), so its successors
 // start from its encoding.
@@ -33,7 +33,7 @@ func (v *View) Encode() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	summary, err := json.Marshal(v.Summary)
+	summary, err := eventstore.EncodeJSON(v.Summary)
 	if err != nil {
 		return nil, err
 	}
@@ -67,7 +67,7 @@ func (v *View) encodeComments() (*encodedComments, error) {
 	out := make([]byte, 0, len(e.json)+300*(len(v.Comments)-e.n))
 	out = append(out, e.json[:len(e.json)-1]...) // without its ']'
 	for i, c := range v.Comments[e.n:] {
-		b, err := json.Marshal(c)
+		b, err := eventstore.EncodeJSON(c)
 		if err != nil {
 			return nil, fmt.Errorf("encode comment %s: %w", c.ID, err)
 		}

@@ -2,23 +2,23 @@ package projections_test
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 
+	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
 	"github.com/ticketd/ticketd/ticket"
 )
 
-// TestEncodeIsJSONMarshal: Encode writes exactly what json.Marshal writes, for a view
+// TestEncodeIsEncodeJSON: Encode writes exactly what eventstore.EncodeJSON writes, for a view
 // folded event by event from the one encoded before it (the projector's and the
 // write-through's way), through a comment list that fills up, status changes, comments
 // past the embedded ones, a copy whose comments were replaced, and characters that
 // JSON escapes.
-func TestEncodeIsJSONMarshal(t *testing.T) {
+func TestEncodeIsEncodeJSON(t *testing.T) {
 	t.Parallel()
 	id := uuid.New()
 	at := time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
@@ -27,7 +27,7 @@ func TestEncodeIsJSONMarshal(t *testing.T) {
 	}
 	check := func(what string, v *projections.View) {
 		t.Helper()
-		want, err := json.Marshal(*v)
+		want, err := eventstore.EncodeJSON(*v)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -36,7 +36,7 @@ func TestEncodeIsJSONMarshal(t *testing.T) {
 			t.Fatalf("%s: %v", what, err)
 		}
 		if !bytes.Equal(got, want) {
-			t.Fatalf("%s: Encode differs from json.Marshal:\n got %s\nwant %s", what, got, want)
+			t.Fatalf("%s: Encode differs from EncodeJSON:\n got %s\nwant %s", what, got, want)
 		}
 	}
 	v, err := projections.Fold(projections.View{}, ev(1, ticket.Opened{Title: `<b>"quoted"</b> & more`, Email: "e@example.com", CreatedBy: "c"}))

@@ -91,7 +91,7 @@ func (m *readModels) replay(t testing.TB) replay {
 			r.docs[id] = ""
 			continue
 		}
-		b, _ := json.Marshal(v)
+		b, _ := eventstore.EncodeJSON(v)
 		r.docs[id] = string(b)
 		live = append(live, v.Summary)
 	}
@@ -102,7 +102,7 @@ func (m *readModels) replay(t testing.TB) replay {
 		return bytes.Compare(b.ID[:], a.ID[:])
 	})
 	for _, s := range live {
-		b, _ := json.Marshal(s)
+		b, _ := eventstore.EncodeJSON(s)
 		r.list = append(r.list, string(b))
 	}
 	return r

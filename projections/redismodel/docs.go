@@ -7,7 +7,6 @@ package redismodel
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -20,6 +19,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
 	"github.com/ticketd/ticketd/ticket"
 )
@@ -133,7 +133,7 @@ func (d *Docs) Put(ctx context.Context, v projections.View) error {
 
 // PutIfNewer is Put that also reports whether it wrote.
 func (d *Docs) PutIfNewer(ctx context.Context, v projections.View) (bool, error) {
-	body, err := json.Marshal(v)
+	body, err := eventstore.EncodeJSON(v)
 	if err != nil {
 		return false, fmt.Errorf("encode ticket %s: %w", v.ID, err)
 	}

@@ -2,7 +2,6 @@ package redismodel
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -53,7 +52,7 @@ func NewReader(docs *Docs, rm *pgmodel.ReadModel, pool *pgxpool.Pool, log *slog.
 		pending: map[uuid.UUID]int{}, refills: make(chan struct{}, 32)}
 }
 
-// GetRaw returns the document of ticket id as JSON ready to send (what json.Marshal of
+// GetRaw returns the document of ticket id as JSON ready to send (what eventstore.EncodeJSON of
 // its projections.View gives) and its version. A Redis hit costs one round trip and no decoding.
 // Errors: ticket.ErrNotFound for an unknown or deleted ticket, ticket.ErrUnavailable
 // when Postgres is needed and unreachable. A failing Redis is skipped, never an error.
@@ -74,7 +73,7 @@ func (r *Reader) GetRaw(ctx context.Context, id uuid.UUID) ([]byte, int, error) 
 	if err != nil {
 		return nil, 0, err
 	}
-	out, err := json.Marshal(v)
+	out, err := eventstore.EncodeJSON(v)
 	if err != nil {
 		return nil, 0, fmt.Errorf("encode ticket %s: %w", id, err)
 	}

@@ -2,7 +2,6 @@ package redismodel_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -81,7 +80,7 @@ func TestRedisDocsWriteOnlyNewerVersions(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want, _ := json.Marshal(view(id, 3, ticket.StatusWaitAnswer))
+		want, _ := eventstore.EncodeJSON(view(id, 3, ticket.StatusWaitAnswer))
 		if string(body) != string(want) {
 			t.Fatalf("body\n%s\nwant\n%s", body, want)
 		}
@@ -215,7 +214,7 @@ func rdWant(t testing.TB, store *eventstore.Store, id uuid.UUID, upTo int) (stri
 	if v.Deleted {
 		return "", v.Version
 	}
-	b, err := json.Marshal(v)
+	b, err := eventstore.EncodeJSON(v)
 	if err != nil {
 		t.Fatal(err)
 	}
