@@ -89,6 +89,9 @@ type Config struct {
 	// HistoryPageBytes caps a history page's events (their stored JSON) besides its
 	// limit; a page holds at least one event. 0: DefaultHistoryPageBytes.
 	HistoryPageBytes int
+	// PageBytes caps a page of the list or of a ticket's comments in bytes of its JSON,
+	// besides its limit; a page holds at least one item. 0: DefaultPageBytes.
+	PageBytes int
 }
 
 // Page sizes of the list and comment endpoints.
@@ -141,6 +144,9 @@ func New(cfg Config) *fiber.App {
 	}
 	if cfg.HistoryPageBytes <= 0 {
 		cfg.HistoryPageBytes = DefaultHistoryPageBytes
+	}
+	if cfg.PageBytes <= 0 {
+		cfg.PageBytes = DefaultPageBytes
 	}
 	s := &Server{cfg: cfg, cursors: cursors{key: cfg.CursorKey}, metrics: newHTTPMetrics(cfg.Metrics),
 		replays: make(replaySlots, cfg.ReplayConcurrency), versions: newVersionCache(cfg.ReplayCacheBytes)}
@@ -505,14 +511,15 @@ func (s *Server) listComments(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	if page == nil {
-		page = []projections.Comment{}
+	body, n, err := encodePage(page, s.cfg.PageBytes)
+	if err != nil {
+		return err
 	}
-	if more {
-		q := url.Values{"limit": {strconv.Itoa(limit)}, "cursor": {s.cursors.sign(cursorBody{Scope: scope, After: page[len(page)-1].Version})}}
+	if more || n < len(page) {
+		q := url.Values{"limit": {strconv.Itoa(limit)}, "cursor": {s.cursors.sign(cursorBody{Scope: scope, After: page[n-1].Version})}}
 		c.Set(fiber.HeaderLink, `</v1/ticket/`+id.String()+`/comments?`+q.Encode()+`>; rel="next"`)
 	}
-	return c.JSON(page)
+	return sendJSON(c, body)
 }
 
 func (s *Server) list(c *fiber.Ctx) error {
@@ -546,8 +553,12 @@ func (s *Server) list(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	if items == nil {
-		items = []projections.Summary{}
+	body, n, err := encodePage(items, s.cfg.PageBytes)
+	if err != nil {
+		return err
+	}
+	if n < len(items) {
+		next = &pgmodel.ListKey{CreatedAt: items[n-1].CreatedAt, ID: items[n-1].ID}
 	}
 	if next != nil {
 		v := url.Values{"limit": {strconv.Itoa(limit)}}
@@ -563,5 +574,5 @@ func (s *Server) list(c *fiber.Ctx) error {
 		v.Set("cursor", s.cursors.sign(cursorBody{Scope: scope, Time: next.CreatedAt, ID: next.ID}))
 		c.Set(fiber.HeaderLink, `</v1/ticket/?`+v.Encode()+`>; rel="next"`)
 	}
-	return c.JSON(items)
+	return sendJSON(c, body)
 }

@@ -14,9 +14,43 @@ import (
 	"github.com/ticketd/ticketd/ticket"
 )
 
-// EmbeddedComments is how many comments (oldest first) a ticket document carries;
-// longer threads are paged through /comments.
-const EmbeddedComments = 100
+// A ticket document carries its first comments, oldest first: at most EmbeddedComments
+// of them, and only while their text (body, email and name, in bytes) adds up to at most
+// EmbeddedCommentBytes. Longer threads are paged through /comments. The byte bound keeps
+// a document (and every write of it) under about 100 KB whatever its comments hold: 100
+// comments of 20,000 bytes would make a 2 MB document, rewritten for every later event.
+const (
+	EmbeddedComments     = 100
+	EmbeddedCommentBytes = 64 << 10
+)
+
+// commentBytes is what a comment counts against EmbeddedCommentBytes.
+func commentBytes(c Comment) int { return len(c.Body) + len(c.Email) + len(c.CreatedBy) }
+
+// fits reports whether c, after comments, is embedded (Embedded of comments+c is
+// len(comments)+1 when Embedded of comments is len(comments)).
+func fits(comments []Comment, c Comment) bool {
+	if len(comments) >= EmbeddedComments {
+		return false
+	}
+	total := commentBytes(c)
+	for _, x := range comments {
+		total += commentBytes(x)
+	}
+	return total <= EmbeddedCommentBytes
+}
+
+// Embedded returns how many of a thread's first comments (oldest first) a document
+// embeds: the longest prefix within EmbeddedComments and EmbeddedCommentBytes.
+func Embedded(comments []Comment) int {
+	total := 0
+	for i, c := range comments {
+		if total += commentBytes(c); i == EmbeddedComments || total > EmbeddedCommentBytes {
+			return i
+		}
+	}
+	return len(comments)
+}
 
 // Summary is a ticket as the list shows it.
 type Summary struct {
@@ -44,7 +78,7 @@ type Comment struct {
 }
 
 // View is a ticket as GET /v1/ticket/{id} shows it: the summary plus its first
-// EmbeddedComments comments. Deleted marks a tombstone: the read models keep one so a
+// comments (see Embedded). Deleted marks a tombstone: the read models keep one so a
 // late event cannot bring the ticket back, and no endpoint shows it.
 type View struct {
 	Summary
@@ -96,9 +130,10 @@ func fold(v View, e ticket.Event, owned bool) (View, error) {
 		}, Comments: []Comment{}}
 	case ticket.CommentAdded:
 		// The document embeds the first comments only; it appends when it holds all
-		// so far (a view folded from a row without its comments stays without).
-		if len(v.Comments) < EmbeddedComments && len(v.Comments) == v.CommentCount {
-			c, _ := CommentOf(e)
+		// so far (a view folded from a row without its comments stays without) and the
+		// comment fits (see Embedded: once one does not, none after it is embedded).
+		c, _ := CommentOf(e)
+		if len(v.Comments) == v.CommentCount && fits(v.Comments, c) {
 			if !owned {
 				v.Comments = v.Comments[:len(v.Comments):len(v.Comments)] // append copies
 			}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -80,6 +81,53 @@ func TestFoldEmbedsTheFirstCommentsAndCountsAll(t *testing.T) {
 	}
 	if last := v.Comments[len(v.Comments)-1]; last.Version != projections.EmbeddedComments+1 {
 		t.Fatalf("last embedded comment is v%d, want the %dth comment", last.Version, projections.EmbeddedComments)
+	}
+}
+
+// A document embeds its first comments only while their text stays within
+// EmbeddedCommentBytes: maximum-size comments stop it at three, a small comment after
+// them is not embedded either (the embedded comments stay a prefix of the thread), and
+// the read model's Embedded cuts a thread where the fold stopped.
+func TestFoldBoundsEmbeddedCommentsInBytes(t *testing.T) {
+	data := []ticket.EventData{ticket.Opened{Title: "t", Email: "a@example.com", CreatedBy: "a"}}
+	big := strings.Repeat("😀", ticket.MaxCommentBytes/4)
+	for range 10 {
+		data = append(data, ticket.CommentAdded{CommentID: uuid.New(), Body: big, CreatedBy: "c"})
+	}
+	data = append(data, ticket.CommentAdded{CommentID: uuid.New(), Body: "small", CreatedBy: "c"})
+	v, err := projections.FoldAll(projections.View{}, foldStream(data...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := projections.EmbeddedCommentBytes / (len(big) + 1)
+	if v.CommentCount != 11 || len(v.Comments) != want {
+		t.Fatalf("count %d, embedded %d; want 11 and %d", v.CommentCount, len(v.Comments), want)
+	}
+	var all []projections.Comment
+	for _, e := range foldStream(data...) {
+		if c, ok := projections.CommentOf(e); ok {
+			all = append(all, c)
+		}
+	}
+	if n := projections.Embedded(all); n != want {
+		t.Fatalf("Embedded of the thread is %d, the fold embedded %d", n, want)
+	}
+	doc, err := v.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(doc) > 100_000 {
+		t.Fatalf("document of %d bytes", len(doc))
+	}
+	// one event at a time (the projector's way) embeds the same
+	one := projections.View{}
+	for _, e := range foldStream(data...) {
+		if one, err = projections.Fold(one, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(one.Comments) != want {
+		t.Fatalf("folded one by one: %d embedded, want %d", len(one.Comments), want)
 	}
 }
 

@@ -76,6 +76,9 @@ type Config struct {
 	// HistoryPageBytes caps a history page in bytes of its events' JSON, besides its
 	// limit in events (a page holds at least one event).
 	HistoryPageBytes int `env:"HISTORY_PAGE_BYTES" envDefault:"1048576"`
+	// PageBytes caps a page of the list or of a ticket's comments in bytes of its JSON,
+	// besides its limit (a page holds at least one item).
+	PageBytes int `env:"PAGE_BYTES" envDefault:"262144"`
 }
 
 // loadConfig reads the configuration through getenv and validates it.
@@ -136,6 +139,9 @@ func (c Config) Validate() error {
 	}
 	if c.HistoryPageBytes < 1024 {
 		errs = append(errs, fmt.Errorf("HISTORY_PAGE_BYTES must be at least 1024, not %d", c.HistoryPageBytes))
+	}
+	if c.PageBytes < 1024 {
+		errs = append(errs, fmt.Errorf("PAGE_BYTES must be at least 1024, not %d", c.PageBytes))
 	}
 	if _, err := c.SlogLevel(); err != nil {
 		errs = append(errs, err)

@@ -200,6 +200,7 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 		// replays of past versions: bounded in number, cached; history pages in bytes
 		ReplayConcurrency: cfg.ReplayConcurrency,
 		HistoryPageBytes:  cfg.HistoryPageBytes,
+		PageBytes:         cfg.PageBytes,
 	})
 
 	projCtx, stopProj := context.WithCancel(context.WithoutCancel(ctx))

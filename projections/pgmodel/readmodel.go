@@ -140,7 +140,7 @@ func (m *ReadModel) Get(ctx context.Context, id uuid.UUID) (projections.View, er
 	if comments == nil {
 		comments = []projections.Comment{}
 	}
-	return projections.View{Summary: s, Comments: comments}, nil
+	return projections.View{Summary: s, Comments: comments[:projections.Embedded(comments)]}, nil
 }
 
 func scanComment(r pgx.CollectableRow) (projections.Comment, error) {
