@@ -46,6 +46,9 @@ func scanRaw(row pgx.Row, extra ...any) (rawEvent, error) {
 // decode turns a raw row into its record: the one place a stored event is decoded.
 func (r rawEvent) decode() (Record, error) {
 	rec := r.rec
+	if r.data == nil {
+		r.data = []byte("{}") // not read (StreamQuery.WithoutDataOf): the zero data
+	}
 	d, err := ticket.DecodeData(r.typ, r.data)
 	if err != nil {
 		return rec, fmt.Errorf("event %d of %s: %w", rec.Version, rec.TicketID, err)
@@ -224,8 +227,44 @@ func (s *Store) StreamAt(ctx context.Context, id uuid.UUID, version int) ([]Reco
 	if version < 1 {
 		return nil, 0, &ticket.ValidationError{Field: "version", Reason: "must be a whole number of at least 1"}
 	}
-	rows, err := s.pool.Query(ctx, `SELECT `+leanColumns+`, (`+HeadQuery+`)
-		FROM events WHERE stream_id = $1 AND version <= $2 ORDER BY version`, id, version)
+	recs, head, err := s.ReadStream(ctx, id, StreamQuery{UpTo: version})
+	if err == nil && len(recs) == 0 {
+		// No event at or below version means no stream at all: versions start at 1.
+		return nil, 0, fmt.Errorf("ticket %s has no events: %w", id, ticket.ErrNotFound)
+	}
+	return recs, head, err
+}
+
+// StreamQuery selects events of one stream for ReadStream.
+type StreamQuery struct {
+	// After and UpTo bound the versions: After < version <= UpTo (UpTo 0: no bound).
+	After, UpTo int
+	// Limit caps the events returned (0: no cap).
+	Limit int
+	// WithoutDataOf names an event type whose data is not read: those events come back
+	// with their kind's zero data. For a reader that needs such events' order and
+	// count but not their content; their payloads (large ones are TOASTed) are then
+	// neither read from disk, nor sent, nor decoded.
+	WithoutDataOf string
+}
+
+// ReadStream returns stream id's events that q selects, in version order, without
+// metadata, and the stream's head version read in the same statement (0 when no event
+// is selected). A read of many events checks ctx between batches of rows, so a request
+// whose client left stops reading. Errors wrap ticket.ErrUnavailable for an
+// unreachable database.
+func (s *Store) ReadStream(ctx context.Context, id uuid.UUID, q StreamQuery) ([]Record, int, error) {
+	upTo, limit := q.UpTo, q.Limit
+	if upTo <= 0 {
+		upTo = int(^uint32(0) >> 1)
+	}
+	if limit <= 0 {
+		limit = upTo
+	}
+	rows, err := s.pool.Query(ctx, `SELECT position, stream_id, version, type,
+		CASE WHEN type = $5 THEN NULL ELSE data END, NULL::jsonb, recorded_at, (`+HeadQuery+`)
+		FROM events WHERE stream_id = $1 AND version > $2 AND version <= $3
+		ORDER BY version LIMIT $4`, id, q.After, upTo, limit, q.WithoutDataOf)
 	if err != nil {
 		return nil, 0, interpret(err, id, 0)
 	}
@@ -248,10 +287,6 @@ func (s *Store) StreamAt(ctx context.Context, id uuid.UUID, version int) ([]Reco
 	}
 	if err := rows.Err(); err != nil {
 		return nil, 0, interpret(err, id, 0)
-	}
-	if len(recs) == 0 {
-		// No event at or below version means no stream at all: versions start at 1.
-		return nil, 0, fmt.Errorf("ticket %s has no events: %w", id, ticket.ErrNotFound)
 	}
 	return recs, head, nil
 }

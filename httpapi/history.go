@@ -140,13 +140,8 @@ func (s *Server) replayVersion(c *fiber.Ctx, id uuid.UUID, n int) error {
 	defer s.replays.release()
 	ctx, done := whileConnected(c.UserContext(), c)
 	defer done()
-	recs, head, err := s.cfg.Store.StreamAt(ctx, id, n)
+	v, head, err := projections.FoldStream(ctx, s.cfg.Store, id, n)
 	if err == nil && ctx.Err() == nil {
-		var v projections.View
-		v, err = projections.FoldAll(projections.View{}, projections.Events(recs)...)
-		if err != nil {
-			return err
-		}
 		if n > head {
 			p := invalidQuery("version", "is beyond the ticket's last event; its history has versions 1 to "+strconv.Itoa(head))
 			p.CurrentVersion = head

@@ -52,6 +52,65 @@ func ViewAt(ctx context.Context, events Streams, id uuid.UUID, upTo int) (View, 
 	return v, recs, nil
 }
 
+// StreamReader reads a stream's events in pages: the event store's ReadStream.
+type StreamReader interface {
+	ReadStream(ctx context.Context, id uuid.UUID, q eventstore.StreamQuery) ([]eventstore.Record, int, error)
+}
+
+// FoldStream folds ticket id's stream up to version upTo (all of it when upTo < 1) and
+// returns the view, a deletion's tombstone included, and the stream's head version as
+// last read. A stream without events is ticket.ErrNotFound.
+//
+// It reads the stream in growing pages with every event's data until the view's
+// embedded comments are closed (no later comment can be embedded: see Embedded), and
+// the rest without the comments' data, which the fold no longer reads: a replay of a
+// ticket with 1,000 comments of 20 KB reads the bodies of its first few, not 20 MB.
+func FoldStream(ctx context.Context, r StreamReader, id uuid.UUID, upTo int) (View, int, error) {
+	if upTo < 1 {
+		upTo = MaxVersion
+	}
+	var v View
+	head, page := 0, firstFoldPage
+	for v.Version < upTo {
+		q := eventstore.StreamQuery{After: v.Version, UpTo: upTo, Limit: page}
+		closed := v.Version > 0 && commentsClosed(v)
+		if closed {
+			q.Limit, q.WithoutDataOf = 0, ticket.CommentAdded{}.EventType()
+		}
+		recs, h, err := r.ReadStream(ctx, id, q)
+		if err != nil {
+			return View{}, 0, err
+		}
+		if len(recs) == 0 {
+			break
+		}
+		head = h
+		if v, err = FoldAll(v, Events(recs)...); err != nil {
+			return View{}, 0, fmt.Errorf("replay ticket %s: %w", id, err)
+		}
+		if closed || len(recs) < page {
+			break
+		}
+		page = min(2*page, maxFoldPage)
+	}
+	if v.Version == 0 {
+		return View{}, 0, fmt.Errorf("ticket %s: %w", id, ticket.ErrNotFound)
+	}
+	return v, head, nil
+}
+
+// The pages of FoldStream's reads with data: most streams fit the first.
+const (
+	firstFoldPage = 32
+	maxFoldPage   = 1024
+)
+
+// commentsClosed reports whether no comment after v's can be embedded in it: one was
+// left out already, or the count is full (see Fold).
+func commentsClosed(v View) bool {
+	return len(v.Comments) < v.CommentCount || len(v.Comments) >= EmbeddedComments
+}
+
 // Events returns the domain events of records.
 func Events(recs []eventstore.Record) []ticket.Event {
 	out := make([]ticket.Event, len(recs))

@@ -34,6 +34,15 @@ func randomText(r *rand.Rand, n int) string {
 // database.
 func seedComments(t testing.TB, s *testServer, comments, bodyBytes int) (uuid.UUID, *pgxpool.Pool) {
 	t.Helper()
+	return seedStream(t, s, func(tk *ticket.Ticket, r *rand.Rand, now time.Time) error {
+		return tk.AddComment(ticket.AddComment{ID: uuid.New(), Body: randomText(r, bodyBytes), CreatedBy: "bob"}, now)
+	}, comments)
+}
+
+// seedStream creates a ticket on s and appends n events that decide makes straight to
+// its stream; it returns the ticket's id and an open pool on s's database.
+func seedStream(t testing.TB, s *testServer, decide func(*ticket.Ticket, *rand.Rand, time.Time) error, n int) (uuid.UUID, *pgxpool.Pool) {
+	t.Helper()
 	id := uuid.MustParse(createTicket(t, s, sourceTicket).ID)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
@@ -47,31 +56,51 @@ func seedComments(t testing.TB, s *testServer, comments, bodyBytes int) (uuid.UU
 	if err != nil {
 		t.Fatalf("load: %v", err)
 	}
-	r := rand.New(rand.NewPCG(1, uint64(comments)))
+	r := rand.New(rand.NewPCG(1, uint64(n)))
 	now := time.Now().UTC().Truncate(time.Microsecond)
-	for range comments {
+	for range n {
 		now = now.Add(time.Millisecond)
-		if err := tk.AddComment(ticket.AddComment{ID: uuid.New(), Body: randomText(r, bodyBytes), CreatedBy: "bob"}, now); err != nil {
-			t.Fatalf("comment: %v", err)
+		if err := decide(tk, r, now); err != nil {
+			t.Fatalf("seed event: %v", err)
 		}
 	}
 	pending := tk.Pending()
-	for i := 0; i < len(pending); i += 100 {
-		if _, err := store.Append(ctx, 1+i, pending[i:min(i+100, len(pending))], eventstore.Metadata{RequestID: "seed"}); err != nil {
+	for i := 0; i < len(pending); i += 500 {
+		if _, err := store.Append(ctx, 1+i, pending[i:min(i+500, len(pending))], eventstore.Metadata{RequestID: "seed"}); err != nil {
 			t.Fatalf("append from version %d: %v", 2+i, err)
 		}
 	}
 	return id, pool
 }
 
-// activeReplays counts the statements reading a stream up to a version that are
-// running in s's database.
+// worstEvents is the length of the worst-case stream the replay tests seed: 30,000
+// status changes by 400-byte names, ~15 MB of event data, all of it read by a replay.
+const worstEvents = 30_000
+
+// seedStatusChanges creates a ticket on s and appends n status changes (answered and
+// wait_answer in turn) straight to its stream, each by a name of nameBytes random
+// bytes: the worst case of a replay, since every event's data is read and folded
+// (a replay skips the bodies of comments past those a document embeds). It returns the
+// ticket's id and an open pool on s's database.
+func seedStatusChanges(t testing.TB, s *testServer, n, nameBytes int) (uuid.UUID, *pgxpool.Pool) {
+	t.Helper()
+	return seedStream(t, s, func(tk *ticket.Ticket, r *rand.Rand, now time.Time) error {
+		to := map[ticket.Status]string{ticket.StatusAnswered: "wait_answer"}[tk.Status()]
+		if to == "" {
+			to = "answered"
+		}
+		return tk.ChangeStatus(ticket.ChangeStatus{Status: to, UpdatedBy: randomText(r, nameBytes)}, now)
+	}, n)
+}
+
+// activeReplays counts the statements of replays (eventstore.ReadStream) running in
+// s's database.
 func activeReplays(t testing.TB, pool *pgxpool.Pool) int {
 	t.Helper()
 	var n int
 	err := pool.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity
 		WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()
-		AND query LIKE '%FROM events WHERE stream_id = $1 AND version <= $2%'`).Scan(&n)
+		AND query LIKE '%CASE WHEN type = $5 THEN NULL ELSE data END%'`).Scan(&n)
 	if err != nil {
 		t.Fatalf("pg_stat_activity: %v", err)
 	}
@@ -91,12 +120,12 @@ func timedGet(t testing.TB, s *testServer, path string) (response, time.Duration
 func TestReplayEndsAtDeadlineOrWhenTheClientLeaves(t *testing.T) {
 	t.Parallel()
 	s2 := startServer(t, map[string]string{"REQUEST_TIMEOUT": "30s", "REPLAY_CONCURRENCY": "1"})
-	id, pool := seedComments(t, s2, 1500, 10_000)
-	path := fmt.Sprintf("/v1/ticket/%s?version=%d", id, 1501)
+	id, pool := seedStatusChanges(t, s2, worstEvents, 400)
+	path := fmt.Sprintf("/v1/ticket/%s?version=%d", id, worstEvents+1)
 
 	s := startServerOn(t, s2, map[string]string{"REQUEST_TIMEOUT": "150ms"})
 	r, d := timedGet(t, s, path)
-	t.Logf("GET ?version=1501 (15 MB stream) with a 150ms deadline: %d in %s", r.Status, d)
+	t.Logf("GET ?version=%d (%d status changes) with a 150ms deadline: %d in %s", worstEvents+1, worstEvents, r.Status, d)
 	if r.Status != http.StatusServiceUnavailable {
 		t.Fatalf("status %d, want 503 at the deadline; body %.300s", r.Status, r.Body)
 	}
@@ -106,9 +135,9 @@ func TestReplayEndsAtDeadlineOrWhenTheClientLeaves(t *testing.T) {
 	eventually(t, 2*time.Second, "the replay's statement to end in Postgres", func() bool { return activeReplays(t, pool) == 0 })
 
 	// the same stream with a generous deadline: the client gives up after 50ms
-	full, dFull := timedGet(t, s2, fmt.Sprintf("/v1/ticket/%s?version=%d", id, 1500))
+	full, dFull := timedGet(t, s2, fmt.Sprintf("/v1/ticket/%s?version=%d", id, worstEvents))
 	full.expect(t, 200)
-	t.Logf("a whole replay of version 1500 takes %s", dFull)
+	t.Logf("a whole replay of version %d takes %s", worstEvents, dFull)
 
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	req, _ := http.NewRequestWithContext(ctx, "GET", s2.URL+path, nil)
@@ -165,7 +194,7 @@ func TestReplaysBeyondTheLimitAre429(t *testing.T) {
 	t.Parallel()
 	const slots = 2
 	s := startServer(t, map[string]string{"REQUEST_TIMEOUT": "30s", "REPLAY_CONCURRENCY": strconv.Itoa(slots)})
-	id, pool := seedComments(t, s, 1500, 10_000)
+	id, pool := seedStatusChanges(t, s, worstEvents, 400)
 
 	var wg sync.WaitGroup
 	statuses := make(chan int, slots)
@@ -173,12 +202,12 @@ func TestReplaysBeyondTheLimitAre429(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r := s.do(t, "GET", fmt.Sprintf("/v1/ticket/%s?version=%d", id, 1400+i), nil)
+			r := s.do(t, "GET", fmt.Sprintf("/v1/ticket/%s?version=%d", id, worstEvents-i), nil)
 			statuses <- r.Status
 		}()
 	}
 	eventually(t, 10*time.Second, "both replays to run in Postgres", func() bool { return activeReplays(t, pool) == slots })
-	r, d := timedGet(t, s, fmt.Sprintf("/v1/ticket/%s?version=%d", id, 1300))
+	r, d := timedGet(t, s, fmt.Sprintf("/v1/ticket/%s?version=%d", id, worstEvents-100))
 	if r.Status != http.StatusTooManyRequests {
 		t.Fatalf("replay %d: status %d, want 429; body %.300s", slots+1, r.Status, r.Body)
 	}
