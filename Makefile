@@ -19,6 +19,7 @@ help: ## List the targets
 test: ## Run all tests (race detector, fuzz seed corpora) against real Postgres and Redis Cluster
 	@# Tests named TestDisruptive* stop the shared Redis Cluster (SIGSTOP): they run first,
 	@# alone (only cmd/ticketd has them), then everything else in parallel.
+	$(MAKE) --no-print-directory lint-spec
 	TICKETD_DISRUPTIVE_TESTS=1 scripts/test-env.sh $(GO) test -race -count=1 -timeout 5m -p 1 -run 'Disruptive' ./cmd/ticketd/
 	scripts/test-env.sh $(GO) test -race -count=1 -timeout 12m -skip 'Disruptive' ./...
 
@@ -40,6 +41,17 @@ lint: ## Check gofmt and run go vet
 	unformatted=$$(find . -name '*.go' -not -path './vendor/*' -not -path '*/testdata/*' -print0 | xargs -0 -r "$$gofmt" -l); \
 	if [[ -n $$unformatted ]]; then echo "gofmt needed on:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
+
+# The document as served (aliases included), linted by Redocly CLI's recommended rules,
+# warnings as errors (.redocly.yaml says which rules are off and why). The first run
+# installs the pinned linter into .tools/ (scripts/tools.sh); later runs are offline.
+.PHONY: lint-spec
+lint-spec: ## Lint the served OpenAPI document (Redocly CLI, recommended-strict)
+	scripts/tools.sh redocly
+	@mkdir -p .tools
+	$(GO) run ./httpapi/internal/openapijson .tools/openapi.json
+	REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true \
+		.tools/npm/node_modules/.bin/redocly lint --config .redocly.yaml --format=stylish .tools/openapi.json
 
 .PHONY: bench
 bench: ## Run the load benchmark tool (cmd/ticketbench, wrk); results in bench/out/ (git-ignored)

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -17,15 +19,18 @@ import (
 	"github.com/pb33f/libopenapi"
 	validator "github.com/pb33f/libopenapi-validator"
 	"golang.org/x/net/html"
+
+	"github.com/ticketd/ticketd/ticket"
 )
 
-// docsRoutes are served by the app but are not part of the API: the documentation UIs
-// and their files. Everything else the app routes must be in the OpenAPI document.
+// docsRoutes are the paths the app serves that are not part of the API: the
+// documentation UIs and their files. Everything else the app routes must be in the
+// OpenAPI document.
 var docsRoutes = map[string]bool{
-	"GET " + SwaggerUIPath:                    true,
-	"GET " + SwaggerUIPath + "/assets/{file}": true,
-	"GET " + RedocPath:                        true,
-	"GET " + RedocPath + "/assets/{file}":     true,
+	SwaggerUIPath:                    true,
+	SwaggerUIPath + "/assets/{file}": true,
+	RedocPath:                        true,
+	RedocPath + "/assets/{file}":     true,
 }
 
 func loadSpec(t *testing.T) libopenapi.Document {
@@ -90,14 +95,11 @@ func specOperations(t *testing.T) []string {
 }
 
 // appOperations returns "METHOD /path/{param}" for every route the app registers,
-// Fiber's :param written as {param}; HEAD (Fiber adds one per GET) is left out.
+// Fiber's :param written as {param}, the HEAD Fiber adds beside every GET included.
 func appOperations(app *fiber.App) []string {
 	seen := map[string]bool{}
 	var ops []string
 	for _, r := range app.GetRoutes(true) {
-		if r.Method == fiber.MethodHead {
-			continue
-		}
 		segs := strings.Split(r.Path, "/")
 		for i, s := range segs {
 			if strings.HasPrefix(s, ":") {
@@ -114,34 +116,40 @@ func appOperations(app *fiber.App) []string {
 	return ops
 }
 
-// normalize drops a trailing slash: the router answers both forms, so "/v1/ticket/"
-// in the document and "/v1/ticket" in the router are the same route.
-func normalize(op string) string {
-	if len(op) > 1 && strings.HasSuffix(op, "/") && !strings.HasSuffix(op, " /") {
-		return op[:len(op)-1]
+// otherSpelling returns path with its trailing slash dropped, or with one added: the
+// router (not strict) answers both.
+func otherSpelling(path string) string {
+	if strings.HasSuffix(path, "/") {
+		return strings.TrimSuffix(path, "/")
 	}
-	return op
+	return path + "/"
 }
 
+// The served document lists exactly what the router answers: every route (HEAD beside
+// GET included) under both spellings of its path, and nothing else, so a client or
+// proxy that checks requests against it accepts what the server accepts.
 func TestEveryRouteIsInTheOpenAPIDocumentAndBack(t *testing.T) {
 	app := newTestApp()
 	spec := map[string]bool{}
 	for _, op := range specOperations(t) {
-		spec[normalize(op)] = true
+		spec[op] = true
 	}
 	routes := map[string]bool{}
 	for _, op := range appOperations(app) {
-		if docsRoutes[op] {
+		method, path, _ := strings.Cut(op, " ")
+		if docsRoutes[path] {
 			continue
 		}
-		routes[normalize(op)] = true
-		if !spec[normalize(op)] {
-			t.Errorf("route %s is not documented in httpapi/openapi.yaml", op)
+		for _, p := range []string{path, otherSpelling(path)} {
+			routes[method+" "+p] = true
+			if !spec[method+" "+p] {
+				t.Errorf("the router answers %s %s, which the served OpenAPI document does not list", method, p)
+			}
 		}
 	}
 	for op := range spec {
 		if !routes[op] {
-			t.Errorf("httpapi/openapi.yaml documents %s, which no route serves", op)
+			t.Errorf("the served OpenAPI document lists %s, which no route serves", op)
 		}
 	}
 	if t.Failed() {
@@ -165,11 +173,22 @@ func TestEveryOperationDocumentsItsErrorsAsProblems(t *testing.T) {
 				continue
 			}
 			for code, resp := range op.Responses.Codes.FromOldest() {
-				if code[0] != '4' && code[0] != '5' || p == "/readyz" {
+				if method == "head" {
+					if resp.Content != nil && resp.Content.Len() > 0 {
+						t.Errorf("%s %s: a HEAD answer has no body, but content is described", name, code)
+					}
+					continue
+				}
+				if code[0] != '4' && code[0] != '5' || strings.TrimSuffix(p, "/") == "/readyz" {
 					continue
 				}
 				if resp.Content == nil || resp.Content.GetOrZero("application/problem+json") == nil {
 					t.Errorf("%s %s: not described as application/problem+json", name, code)
+				}
+			}
+			for _, code := range []string{"404", "405"} {
+				if resp := op.Responses.Codes.GetOrZero(code); resp == nil {
+					t.Errorf("%s: does not list %s (route-not-found, method-not-allowed)", name, code)
 				}
 			}
 			if strings.HasPrefix(p, "/v1/") {
@@ -371,4 +390,333 @@ func TestPanicIsA500ProblemNotACrash(t *testing.T) {
 // newTestApp is the app with no dependencies: enough for routes, docs and metrics.
 func newTestApp() *fiber.App {
 	return New(Config{Log: slog.New(slog.DiscardHandler)})
+}
+
+// servedDoc is the served document decoded into maps, for the structural checks.
+func servedDoc(t *testing.T) map[string]any {
+	t.Helper()
+	var doc map[string]any
+	if err := json.Unmarshal(OpenAPIJSON(), &doc); err != nil {
+		t.Fatalf("served document: %v", err)
+	}
+	return doc
+}
+
+// schemaKeywords are the keywords a Schema Object of OpenAPI 3.1 may hold: JSON Schema
+// 2020-12's vocabularies and OpenAPI's own; x- extensions aside, anything else is a
+// mistake (a property written at the wrong level, a YAML flow mapping cut at a comma)
+// that validators silently ignore.
+var schemaKeywords = map[string]bool{}
+
+func init() {
+	for _, k := range strings.Fields(`$schema $id $ref $anchor $dynamicRef $dynamicAnchor
+		$vocabulary $comment $defs allOf anyOf oneOf not if then else dependentSchemas
+		prefixItems items contains properties patternProperties additionalProperties
+		propertyNames unevaluatedItems unevaluatedProperties type enum const multipleOf
+		maximum exclusiveMaximum minimum exclusiveMinimum maxLength minLength pattern
+		maxItems minItems uniqueItems maxContains minContains maxProperties minProperties
+		required dependentRequired title description default deprecated readOnly writeOnly
+		examples format contentEncoding contentMediaType contentSchema discriminator xml
+		externalDocs example`) {
+		schemaKeywords[k] = true
+	}
+}
+
+// checkSchema reports every unknown keyword in schema s (at path) and in its subschemas.
+func checkSchema(t *testing.T, path string, s any) {
+	t.Helper()
+	m, ok := s.(map[string]any)
+	if !ok {
+		if _, isBool := s.(bool); !isBool {
+			t.Errorf("%s: a schema must be an object or a boolean, not %T", path, s)
+		}
+		return
+	}
+	for k, v := range m {
+		at := path + "/" + k
+		switch {
+		case strings.HasPrefix(k, "x-"):
+		case !schemaKeywords[k]:
+			t.Errorf("%s: %q is not a schema keyword (value %v)", path, k, v)
+		case k == "not" || k == "if" || k == "then" || k == "else" || k == "items" || k == "contains" ||
+			k == "additionalProperties" || k == "propertyNames" || k == "unevaluatedItems" ||
+			k == "unevaluatedProperties" || k == "contentSchema":
+			checkSchema(t, at, v)
+		case k == "allOf" || k == "anyOf" || k == "oneOf" || k == "prefixItems":
+			list, _ := v.([]any)
+			for i, sub := range list {
+				checkSchema(t, fmt.Sprintf("%s/%d", at, i), sub)
+			}
+		case k == "properties" || k == "patternProperties" || k == "$defs" || k == "dependentSchemas":
+			subs, _ := v.(map[string]any)
+			for name, sub := range subs {
+				checkSchema(t, at+"/"+name, sub)
+			}
+		}
+	}
+}
+
+// walkDoc calls visit for every value of the document outside examples, with its
+// JSON pointer and the key it stands under.
+func walkDoc(path, key string, v any, visit func(path, key string, v any)) {
+	visit(path, key, v)
+	if key == "example" || key == "examples" {
+		return
+	}
+	switch v := v.(type) {
+	case map[string]any:
+		for k, sub := range v {
+			walkDoc(path+"/"+strings.NewReplacer("~", "~0", "/", "~1").Replace(k), k, sub, visit)
+		}
+	case []any:
+		for i, sub := range v {
+			walkDoc(fmt.Sprintf("%s/%d", path, i), "", sub, visit)
+		}
+	}
+}
+
+// A strict structural check of the served document, beside make lint-spec's linter:
+// no null anywhere (YAML turns a stray `key:` into null) and no unknown keyword in any
+// schema. The HistoryEvent.actor flow mapping, cut at its commas, broke both.
+func TestOpenAPIDocumentHasNoNullsNorUnknownSchemaKeywords(t *testing.T) {
+	doc := servedDoc(t)
+	walkDoc("#", "", doc, func(path, key string, v any) {
+		if v == nil {
+			t.Errorf("%s: null", path)
+		}
+		if key == "schema" && !strings.Contains(path, "/properties/") {
+			checkSchema(t, path, v)
+		}
+	})
+	schemas, _ := doc["components"].(map[string]any)["schemas"].(map[string]any)
+	if len(schemas) == 0 {
+		t.Fatal("no components/schemas")
+	}
+	for name, s := range schemas {
+		checkSchema(t, "#/components/schemas/"+name, s)
+	}
+}
+
+// Swagger UI's "Try it out" fills every parameter that has an example with it and sends
+// it: an optional parameter with an example is sent by every reader who does not clear
+// it (the same Idempotency-Key for everyone, If-Match "1" against every ticket,
+// ?version=1 instead of the current ticket). Only required parameters may have one.
+func TestOptionalParametersCarryNoExampleValue(t *testing.T) {
+	m, err := loadSpec(t).BuildV3Model()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for p, item := range m.Model.Paths.PathItems.FromOldest() {
+		for method, op := range item.GetOperations().FromOldest() {
+			params := append(slices.Clone(item.Parameters), op.Parameters...)
+			for _, prm := range params {
+				if prm.Name == HeaderIdempotencyKey {
+					seen++
+				}
+				if prm.Required != nil && *prm.Required {
+					continue
+				}
+				if prm.Example != nil || prm.Examples != nil && prm.Examples.Len() > 0 {
+					t.Errorf("%s %s: optional parameter %s has an example, which Swagger UI sends", strings.ToUpper(method), p, prm.Name)
+				}
+				if prm.Schema != nil {
+					s := prm.Schema.Schema()
+					if s.Example != nil || len(s.Examples) > 0 {
+						t.Errorf("%s %s: the schema of optional parameter %s has an example, which Swagger UI sends", strings.ToUpper(method), p, prm.Name)
+					}
+				}
+			}
+		}
+	}
+	if seen == 0 {
+		t.Fatal("no operation takes an Idempotency-Key: the check looked at nothing")
+	}
+}
+
+// Swagger UI lists an operation under each of its tags: one tag each, so each is listed
+// once, and no two operations share a summary.
+func TestEveryOperationIsListedOnceInTheDocs(t *testing.T) {
+	m, err := loadSpec(t).BuildV3Model()
+	if err != nil {
+		t.Fatal(err)
+	}
+	declared := map[string]bool{}
+	for _, tag := range m.Model.Tags {
+		declared[tag.Name] = true
+	}
+	summaries := map[string]string{}
+	for p, item := range m.Model.Paths.PathItems.FromOldest() {
+		for method, op := range item.GetOperations().FromOldest() {
+			name := strings.ToUpper(method) + " " + p
+			if len(op.Tags) != 1 || !declared[op.Tags[0]] {
+				t.Errorf("%s: tags %v, want one of the declared tags", name, op.Tags)
+			}
+			if other, dup := summaries[op.Summary]; dup {
+				t.Errorf("%s and %s share the summary %q", name, other, op.Summary)
+			}
+			summaries[op.Summary] = name
+		}
+	}
+}
+
+// schemaPattern returns the compiled pattern of components/schemas/name.
+func schemaPattern(t *testing.T, doc map[string]any, name string) *regexp.Regexp {
+	t.Helper()
+	s, _ := doc["components"].(map[string]any)["schemas"].(map[string]any)[name].(map[string]any)
+	raw, ok := s["pattern"].(string)
+	if !ok {
+		t.Fatalf("components/schemas/%s has no pattern", name)
+	}
+	re, err := regexp.Compile(raw)
+	if err != nil {
+		t.Fatalf("components/schemas/%s: pattern does not compile: %v", name, err)
+	}
+	return re
+}
+
+// patternRunes are the code points the pattern checks compare on: the Basic
+// Multilingual Plane, the Supplementary Multilingual Plane and the tags and variation
+// selectors of plane 14, where every format and default-ignorable code point lives, and
+// a few beyond.
+func patternRunes() []rune {
+	var rs []rune
+	for r := rune(0); r <= 0x1FFFF; r++ {
+		if r < 0xD800 || r > 0xDFFF {
+			rs = append(rs, r)
+		}
+	}
+	for r := rune(0xE0000); r <= 0xE0FFF; r++ {
+		rs = append(rs, r)
+	}
+	return append(rs, 0x20000, 0x2FFFF, 0xF0000, 0x10FFFF)
+}
+
+// The text schemas' patterns say what the domain's rules say (ticket.checkText, Blank),
+// code point by code point: a body the document's schemas accept is one the server
+// accepts, as far as characters go (byte limits cannot be written in a schema).
+func TestTextPatternsAgreeWithTheDomain(t *testing.T) {
+	doc := servedDoc(t)
+	line := func(s string) bool { return ticket.ChangeStatus{Status: "open", UpdatedBy: s}.Validate() == nil }
+	cases := []struct {
+		schema string
+		accept func(string) bool
+	}{
+		{"NonBlankLine", line},
+		{"Text", func(s string) bool {
+			return ticket.OpenTicket{Title: "t", Email: "user@example.com", CreatedBy: "n", Description: s}.Validate() == nil
+		}},
+		{"NonBlankText", func(s string) bool { return ticket.AddComment{Body: s, CreatedBy: "n"}.Validate() == nil }},
+	}
+	runes := patternRunes()
+	for _, c := range cases {
+		t.Run(c.schema, func(t *testing.T) {
+			re := schemaPattern(t, doc, c.schema)
+			bad := 0
+			for _, r := range runes {
+				for _, s := range []string{string(r), "a" + string(r) + "a", " " + string(r)} {
+					if re.MatchString(s) != c.accept(s) && bad < 10 {
+						bad++
+						t.Errorf("%+q (U+%04X): pattern matches %v, the domain accepts %v", s, r, re.MatchString(s), c.accept(s))
+					}
+				}
+			}
+		})
+	}
+	// the fields use them
+	schemas := doc["components"].(map[string]any)["schemas"].(map[string]any)
+	for field, want := range map[string]string{
+		"NewTicket.title": "NonBlankLine", "NewTicket.created_by": "NonBlankLine", "NewTicket.description": "Text",
+		"StatusChange.updated_by": "NonBlankLine", "NewComment.body": "NonBlankText", "NewComment.created_by": "NonBlankLine",
+		"NewTicket.email": "Email",
+	} {
+		obj, prop, _ := strings.Cut(field, ".")
+		s, _ := schemas[obj].(map[string]any)["properties"].(map[string]any)[prop].(map[string]any)
+		if s["$ref"] != "#/components/schemas/"+want {
+			t.Errorf("%s: $ref %v, want the %s schema", field, s["$ref"], want)
+		}
+	}
+}
+
+// X-Actor's pattern names only the Basic Multilingual Plane (Swagger UI checks header
+// patterns with a RegExp without Unicode mode, where ranges beyond it are a syntax
+// error); there it agrees with the domain, an empty value being no header.
+func TestXActorPatternAgreesWithTheDomainInTheBMP(t *testing.T) {
+	m, err := loadSpec(t).BuildV3Model()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw string
+	for _, prm := range m.Model.Paths.PathItems.GetOrZero("/v1/ticket/{id}").Delete.Parameters {
+		if prm.Name == "X-Actor" {
+			raw = prm.Schema.Schema().Pattern
+		}
+	}
+	re, err := regexp.Compile(raw)
+	if raw == "" || err != nil {
+		t.Fatalf("X-Actor pattern %q: %v", raw, err)
+	}
+	for _, r := range raw {
+		if r > 0xFFFF {
+			t.Fatalf("X-Actor's pattern holds U+%04X, beyond the BMP", r)
+		}
+	}
+	for r := rune(0); r <= 0xFFFF; r++ {
+		if r >= 0xD800 && r <= 0xDFFF {
+			continue
+		}
+		for _, s := range []string{string(r), "a" + string(r) + "a"} {
+			if got, want := re.MatchString(s), (ticket.DeleteTicket{DeletedBy: s}).Validate() == nil; got != want {
+				t.Errorf("X-Actor %+q: pattern matches %v, the domain accepts %v", s, got, want)
+			}
+		}
+	}
+	if !re.MatchString("") {
+		t.Error("an empty X-Actor (no actor) is refused by the pattern")
+	}
+}
+
+// The header patterns say what the server's parsers say.
+func TestHeaderPatternsAgreeWithTheServer(t *testing.T) {
+	m, err := loadSpec(t).BuildV3Model()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pattern := func(name string) *regexp.Regexp {
+		t.Helper()
+		prm := m.Model.Components.Parameters.GetOrZero(name)
+		if prm == nil || prm.Schema == nil {
+			t.Fatalf("no components/parameters/%s with a schema", name)
+		}
+		re, err := regexp.Compile(prm.Schema.Schema().Pattern)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return re
+	}
+	key := pattern("IdempotencyKey")
+	for b := 0; b < 256; b++ {
+		// HTTP drops spaces at either end of a value, so only inner ones reach the server
+		for _, k := range []string{string(rune(b)), "k" + string(rune(b)) + "k", string([]byte{'k', byte(b), 'k'})} {
+			if k == " " {
+				continue // a value of one space arrives empty
+			}
+			if got, want := key.MatchString(k), validIdempotencyKey([]byte(k)); got != want {
+				t.Errorf("Idempotency-Key %q: pattern matches %v, the server accepts %v", k, got, want)
+			}
+		}
+	}
+	for _, k := range []string{strings.Repeat("k", 255), "with space", "a b c"} {
+		if !key.MatchString(k) || !validIdempotencyKey([]byte(k)) {
+			t.Errorf("Idempotency-Key %q: want accepted by both", k)
+		}
+	}
+	ifMatch := pattern("IfMatch")
+	for _, v := range []string{`"1"`, `"42"`, `W/"7"`, `"999999999"`, `*`, ``, `1`, `"`, `""`, `"0"`, `"01"`, `"-1"`, `"1.5"`, `"a"`,
+		`"1", "2"`, `'1'`, `w/"1"`, `W/1`, `"1234567890"`, `" 1"`, `"１"`, `**`, `*, "1"`} {
+		_, ok := parseETag(v)
+		if got, want := ifMatch.MatchString(v), ok || v == "*"; got != want {
+			t.Errorf("If-Match %q: pattern matches %v, the server accepts %v", v, got, want)
+		}
+	}
 }
