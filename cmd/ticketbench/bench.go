@@ -241,6 +241,7 @@ func (b *bench) runAll(ctx context.Context) error {
 	}{
 		{"get", b.runGet}, {"list", b.runList}, {"create", b.runCreate}, {"lag", b.runLag},
 		{"put", b.runPut}, {"comment", b.runComment}, {"mixed", b.runMixed}, {"overload", b.runOverload},
+		{"replay", b.runReplay},
 	}
 	for _, s := range steps {
 		if !b.o.runs(s.name) {
