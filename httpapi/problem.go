@@ -25,9 +25,11 @@ type Problem struct {
 	Code     string `json:"code"`
 	// Errors names the offending fields of a validation problem.
 	Errors []FieldError `json:"errors,omitempty"`
-	// CurrentStatus and AllowedStatuses explain a refused transition (409).
+	// CurrentStatus and AllowedStatuses explain a refused transition or comment (409).
+	// AllowedStatuses is sent whenever it is set, empty too: a closed ticket has no
+	// next status, and `[]` says so where an absent field would leave a client guessing.
 	CurrentStatus   ticket.Status   `json:"current_status,omitempty"`
-	AllowedStatuses []ticket.Status `json:"allowed_statuses,omitempty"`
+	AllowedStatuses []ticket.Status `json:"allowed_statuses,omitzero"`
 	// CurrentVersion is the ticket's version on a failed If-Match (412).
 	CurrentVersion int `json:"current_version,omitempty"`
 }
@@ -71,7 +73,15 @@ func toProblem(c *fiber.Ctx, err error, log *slog.Logger) *Problem {
 		if te.Wanted == "" {
 			code = "ticket-closed"
 		}
-		p = problem(fiber.StatusConflict, code, te.Error())
+		detail := te.Error()
+		if te.Current == ticket.StatusClosed {
+			// the domain's "(allowed: )" tells a client nothing: say why
+			detail = "the ticket is closed, and closed is final: it takes no status change and no comment"
+			if te.Wanted != "" {
+				detail = "cannot change status from closed to " + string(te.Wanted) + ": closed is final, no status change or comment is accepted"
+			}
+		}
+		p = problem(fiber.StatusConflict, code, detail)
 		p.CurrentStatus = te.Current
 		p.AllowedStatuses = te.Allowed
 		if p.AllowedStatuses == nil {
