@@ -40,51 +40,81 @@ func checkContentType(ct string) error {
 }
 
 // decodeJSON is the body decoder without the HTTP request, so it can be fuzzed alone.
-// Field names are matched exactly (encoding/json alone would also take "TITLE" for
-// "title", and a second spelling would silently win): every top-level key must be a
-// field of dst, spelled as its json tag.
-func decodeJSON(body []byte, dst any) error {
+// A body that is not one JSON object is a 400 problem (err). Otherwise every top-level
+// key is checked, and bad reports each one that is wrong, in the order of the body: a
+// key that is no field of dst (names are matched exactly: encoding/json alone would
+// also take "TITLE" for "title", and a second spelling would silently win), a value of
+// the wrong type or null, a lone UTF-16 surrogate escape in the key or anywhere in the
+// value. The other fields are decoded into dst, so their values can be validated too
+// and one answer names everything to fix; the fields in bad are left zero.
+func decodeJSON(body []byte, dst any) (bad []FieldError, err error) {
 	if len(bytes.TrimSpace(body)) == 0 {
-		return problem(fiber.StatusBadRequest, "malformed-json", "the request body is empty; send a JSON object")
+		return nil, problem(fiber.StatusBadRequest, "malformed-json", "the request body is empty; send a JSON object")
 	}
 	if !utf8.Valid(body) {
-		return problem(fiber.StatusBadRequest, "invalid-utf8", "the request body is not valid UTF-8")
+		return nil, problem(fiber.StatusBadRequest, "invalid-utf8", "the request body is not valid UTF-8")
 	}
 	sh, err := checkShape(body)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	known := jsonFields(dst)
+	fs := jsonFields(dst)
+	flagged := map[string]bool{}
 	for _, k := range sh.keys {
-		if _, ok := known[k]; !ok {
-			return invalidField(clip(k), "is not a known field (names are case-sensitive)")
+		want, known := fs.kinds[k]
+		reason := ""
+		switch got := sh.kinds[k]; {
+		case sh.lone[k]:
+			reason = "must not contain a lone UTF-16 surrogate escape (\\ud800 to \\udfff not in a pair): it is no character"
+		case !known:
+			reason = "is not a known field; this body accepts " + fs.list + " (names are case-sensitive)"
+		case got != want:
+			// every field ticketd reads is a string: null is never a value it accepts
+			reason = "must be a " + want + ", not " + got
+		default:
+			continue
 		}
+		flagged[k] = true
+		bad = append(bad, FieldError{Field: clip(k), Reason: reason})
 	}
-	if len(sh.nulls) > 0 {
-		// every field ticketd reads is a string: null is never a value it accepts
-		return invalidField(sh.nulls[0], "must be a string, not null")
+	if len(bad) > 0 {
+		// decode the well-formed known fields alone: the body has no repeated key, and
+		// without the flagged ones every key is a field's exact name
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(body, &m); err != nil {
+			return nil, jsonProblem(err)
+		}
+		for k := range flagged {
+			delete(m, k)
+		}
+		rest, _ := json.Marshal(m)
+		if err := json.Unmarshal(rest, dst); err != nil {
+			return nil, jsonProblem(err)
+		}
+		return bad, nil
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {
-		return jsonProblem(err)
+		return nil, jsonProblem(err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return problem(fiber.StatusBadRequest, "malformed-json", "the body has data after the JSON object")
+		return nil, problem(fiber.StatusBadRequest, "malformed-json", "the body has data after the JSON object")
 	}
-	return nil
+	return nil, nil
 }
 
 // shape is what checkShape learnt about the top-level object.
 type shape struct {
-	keys  []string // in order of appearance
-	nulls []string // keys whose value is null
+	keys  []string          // in order of appearance
+	kinds map[string]string // the JSON type of each key's value: string, number, boolean, null, object, array
+	lone  map[string]bool   // keys with a lone UTF-16 surrogate escape in the key or the value
 }
 
 // checkShape walks the tokens once: the top level must be one object, nesting bounded,
 // and no object may repeat a key (encoding/json would silently keep the last).
 func checkShape(body []byte) (shape, error) {
-	var sh shape
+	sh := shape{kinds: map[string]string{}, lone: map[string]bool{}}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber() // numbers stay text: 1e999 is a value of the wrong type, not an error here
 	type frame struct {
@@ -116,6 +146,25 @@ func checkShape(body []byte) (shape, error) {
 		if len(stack) > 0 {
 			top = stack[len(stack)-1]
 		}
+		// a value of the top-level object (not a key, not a closing delimiter)
+		if len(stack) == 1 && !top.expect {
+			switch t := tok.(type) {
+			case json.Delim:
+				if t == '{' {
+					sh.kinds[top.key] = "object"
+				} else if t == '[' {
+					sh.kinds[top.key] = "array"
+				}
+			case string:
+				sh.kinds[top.key] = "string"
+			case json.Number:
+				sh.kinds[top.key] = "number"
+			case bool:
+				sh.kinds[top.key] = "boolean"
+			case nil:
+				sh.kinds[top.key] = "null"
+			}
+		}
 		switch t := tok.(type) {
 		case json.Delim:
 			switch t {
@@ -137,13 +186,7 @@ func checkShape(body []byte) (shape, error) {
 			// encoding/json turns a lone UTF-16 surrogate escape ("\ud800") into U+FFFD
 			// without a word: refuse it instead of storing a character the client did
 			// not send. The raw token is what lies between the two offsets.
-			if loneSurrogate(body[start:dec.InputOffset()]) {
-				field := t // a key
-				if !(top != nil && top.object && top.expect) {
-					field = stack[0].key // a value, at any depth: the top-level field holding it
-				}
-				return sh, invalidField(clip(field), "must not contain a lone UTF-16 surrogate escape (\\ud800 to \\udfff not in a pair): it is no character")
-			}
+			lone := loneSurrogate(body[start:dec.InputOffset()])
 			if top != nil && top.object && top.expect {
 				if _, dup := top.keys[t]; dup {
 					return sh, problem(fiber.StatusBadRequest, "duplicate-key", "the JSON object repeats the key "+strconvQuote(clip(t)))
@@ -154,14 +197,13 @@ func checkShape(body []byte) (shape, error) {
 				if len(stack) == 1 {
 					sh.keys = append(sh.keys, t)
 				}
+				if lone {
+					sh.lone[stack[0].key] = true // the key itself, or the top-level field holding it
+				}
 				continue
 			}
-			if top != nil && top.object {
-				top.expect = true
-			}
-		case nil:
-			if top != nil && top.object && len(stack) == 1 {
-				sh.nulls = append(sh.nulls, top.key)
+			if lone {
+				sh.lone[stack[0].key] = true // a value, at any depth: the top-level field holding it
 			}
 			if top != nil && top.object {
 				top.expect = true
@@ -239,19 +281,27 @@ func hex4(b []byte) (rune, bool) {
 	return v, true
 }
 
-// fieldSets caches the json names of the request structs, by type.
-var fieldSets sync.Map // reflect.Type -> map[string]struct{}
+// fieldSet is what a request struct accepts: its json names, in the struct's order, with
+// the JSON type of each, and the names as a list for a problem's reason.
+type fieldSet struct {
+	kinds map[string]string
+	list  string // "title, description, email"
+}
 
-// jsonFields returns the json names of the fields of the struct dst points to.
-func jsonFields(dst any) map[string]struct{} {
+// fieldSets caches the fieldSet of the request structs, by type.
+var fieldSets sync.Map // reflect.Type -> fieldSet
+
+// jsonFields returns the fieldSet of the struct dst points to.
+func jsonFields(dst any) fieldSet {
 	t := reflect.TypeOf(dst)
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	if m, ok := fieldSets.Load(t); ok {
-		return m.(map[string]struct{})
+	if fs, ok := fieldSets.Load(t); ok {
+		return fs.(fieldSet)
 	}
-	m := map[string]struct{}{}
+	fs := fieldSet{kinds: map[string]string{}}
+	var names []string
 	if t.Kind() == reflect.Struct {
 		for i := range t.NumField() {
 			f := t.Field(i)
@@ -262,11 +312,13 @@ func jsonFields(dst any) map[string]struct{} {
 			if name == "" {
 				name = f.Name
 			}
-			m[name] = struct{}{}
+			fs.kinds[name] = jsonKind(f.Type.Kind().String())
+			names = append(names, name)
 		}
 	}
-	fieldSets.Store(t, m)
-	return m
+	fs.list = strings.Join(names, ", ")
+	fieldSets.Store(t, fs)
+	return fs
 }
 
 // clip shortens client text echoed in a problem to at most 64 bytes, on a rune boundary.
@@ -339,41 +391,56 @@ func requestBody(c *fiber.Ctx) ([]byte, error) {
 // parseCreate reads and validates a create body.
 func parseCreate(body []byte) (ticket.OpenTicket, error) {
 	var req createRequest
-	if err := decodeJSON(body, &req); err != nil {
+	bad, err := decodeJSON(body, &req)
+	if err != nil {
 		return ticket.OpenTicket{}, err
 	}
 	cmd := ticket.OpenTicket(req)
-	return cmd, validated(cmd.Validate())
+	return cmd, fieldsProblem(bad, cmd.FieldErrors())
 }
 
 // parseComment reads and validates a comment body. The command's ID is left zero: the
 // handler gives the comment its id.
 func parseComment(body []byte) (ticket.AddComment, error) {
 	var req commentRequest
-	if err := decodeJSON(body, &req); err != nil {
+	bad, err := decodeJSON(body, &req)
+	if err != nil {
 		return ticket.AddComment{}, err
 	}
 	cmd := ticket.AddComment{Body: req.Body, Email: req.Email, CreatedBy: req.CreatedBy}
-	return cmd, validated(cmd.Validate())
+	return cmd, fieldsProblem(bad, cmd.FieldErrors())
 }
 
 // parseStatus reads and validates a status change body.
 func parseStatus(body []byte) (ticket.ChangeStatus, error) {
 	var req statusRequest
-	if err := decodeJSON(body, &req); err != nil {
+	bad, err := decodeJSON(body, &req)
+	if err != nil {
 		return ticket.ChangeStatus{}, err
 	}
 	cmd := ticket.ChangeStatus(req)
-	return cmd, validated(cmd.Validate())
+	return cmd, fieldsProblem(bad, cmd.FieldErrors())
 }
 
-// validated turns a command's *ticket.ValidationError into its 422 problem.
-func validated(err error) error {
-	var ve *ticket.ValidationError
-	if errors.As(err, &ve) {
-		return invalidField(ve.Field, ve.Reason)
+// fieldsProblem is the 422 problem naming every bad field of a body: first those the
+// decoder refused (in the order of the body), then those whose values break a rule (in
+// the order of the command's fields), each field once. nil when there are none.
+func fieldsProblem(decoded []FieldError, invalid ticket.ValidationErrors) error {
+	errs := decoded
+	named := map[string]bool{}
+	for _, e := range decoded {
+		named[e.Field] = true
 	}
-	return err
+	for _, ve := range invalid {
+		if !named[ve.Field] {
+			named[ve.Field] = true
+			errs = append(errs, FieldError{Field: ve.Field, Reason: ve.Reason})
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return invalidFields(errs)
 }
 
 // queryText checks a text query value (a filter): valid UTF-8 (Postgres refuses

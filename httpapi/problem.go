@@ -51,8 +51,19 @@ func problem(status int, code, detail string) *Problem {
 }
 
 func invalidField(field, reason string) *Problem {
-	p := problem(fiber.StatusUnprocessableEntity, "validation-failed", field+": "+reason)
-	p.Errors = []FieldError{{Field: field, Reason: reason}}
+	return invalidFields([]FieldError{{Field: field, Reason: reason}})
+}
+
+// invalidFields is the 422 problem naming every offending field. Its detail is
+// "field: reason" of each, joined by "; ": with one field the detail it always was, and
+// a client that only reads the detail still learns the first field first.
+func invalidFields(errs []FieldError) *Problem {
+	parts := make([]string, len(errs))
+	for i, e := range errs {
+		parts[i] = e.Field + ": " + e.Reason
+	}
+	p := problem(fiber.StatusUnprocessableEntity, "validation-failed", strings.Join(parts, "; "))
+	p.Errors = errs
 	return p
 }
 
@@ -60,12 +71,19 @@ func invalidField(field, reason string) *Problem {
 // known kind are logged and answered with a bare 500: their text never reaches a client.
 func toProblem(c *fiber.Ctx, err error, log *slog.Logger) *Problem {
 	var p *Problem
+	var ves ticket.ValidationErrors
 	var ve *ticket.ValidationError
 	var te *ticket.TransitionError
 	var fe *fiber.Error
 	switch {
 	case errors.As(err, &p):
 		return p
+	case errors.As(err, &ves) && len(ves) > 0:
+		fes := make([]FieldError, len(ves))
+		for i, v := range ves {
+			fes[i] = FieldError{Field: v.Field, Reason: v.Reason}
+		}
+		return invalidFields(fes)
 	case errors.As(err, &ve):
 		return invalidField(ve.Field, ve.Reason)
 	case errors.As(err, &te):

@@ -137,3 +137,72 @@ func itoa(n int) string {
 		}
 	}
 }
+
+// ValidationErrors is every field of an input that breaks a rule, in the order of the
+// command's fields (a field is named once, for the first rule it breaks). Validate
+// returns the first of them; an API that answers a person reports them all, so one
+// round trip shows everything to fix.
+type ValidationErrors []*ValidationError
+
+// Error joins the fields' errors with "; ".
+func (e ValidationErrors) Error() string {
+	s := make([]string, len(e))
+	for i, v := range e {
+		s[i] = v.Error()
+	}
+	return strings.Join(s, "; ")
+}
+
+// Unwrap makes errors.Is(err, ErrInvalid) and errors.As(err, **ValidationError) (the
+// first field) hold.
+func (e ValidationErrors) Unwrap() []error {
+	out := make([]error, len(e))
+	for i, v := range e {
+		out[i] = v
+	}
+	return out
+}
+
+// collect keeps the *ValidationErrors among errs, in order.
+func collect(errs ...error) ValidationErrors {
+	var out ValidationErrors
+	for _, err := range errs {
+		if ve, ok := err.(*ValidationError); ok {
+			out = append(out, ve)
+		}
+	}
+	return out
+}
+
+// FieldErrors checks every field of the command and returns those that break a rule,
+// in the order Validate checks them (its error is the first of them); nil if none.
+func (c OpenTicket) FieldErrors() ValidationErrors {
+	var status error
+	if c.Status != "" && c.Status != string(StatusOpen) {
+		status = &ValidationError{Field: "status", Reason: "a ticket is created open; omit status or send \"open\""}
+	}
+	return collect(
+		status,
+		checkText("title", c.Title, 1, MaxTitle, MaxTitleBytes, false),
+		checkText("description", c.Description, 0, MaxDescription, MaxDescriptionBytes, true),
+		checkEmail("email", c.Email, true),
+		checkText("created_by", c.CreatedBy, 1, MaxName, MaxNameBytes, false),
+	)
+}
+
+// FieldErrors checks every field of the command and returns those that break a rule,
+// in the order Validate checks them (its error is the first of them); nil if none.
+func (c AddComment) FieldErrors() ValidationErrors {
+	return collect(
+		checkText("body", c.Body, 1, MaxComment, MaxCommentBytes, true),
+		checkText("created_by", c.CreatedBy, 1, MaxName, MaxNameBytes, false),
+		checkEmail("email", c.Email, false),
+	)
+}
+
+// FieldErrors checks every field of the command and returns those that break a rule,
+// in the order Validate checks them (its error is the first of them); nil if none.
+func (c ChangeStatus) FieldErrors() ValidationErrors {
+	_, status := ParseStatus("status", c.Status)
+	return collect(status, checkText("updated_by", c.UpdatedBy, 1, MaxName, MaxNameBytes, false))
+}
