@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"runtime"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -171,15 +172,16 @@ func New(cfg Config) *fiber.App {
 	app.Get("/metrics", metricsHandler(cfg.Metrics))
 	registerDocs(app)
 
+	// each route names the query parameters it takes; any other is refused (queryParams)
 	v1 := app.Group("/v1/ticket")
-	v1.Get("/", s.list)
-	v1.Post("/", s.create)
-	v1.Get("/:id", s.get)
-	v1.Put("/:id", s.changeStatus)
-	v1.Delete("/:id", s.delete)
-	v1.Post("/:id/comments", s.addComment)
-	v1.Get("/:id/comments", s.listComments)
-	v1.Get("/:id/history", s.history)
+	v1.Get("/", queryParams(s.list, "status", "email", "created_by", "limit", "cursor"))
+	v1.Post("/", queryParams(s.create))
+	v1.Get("/:id", queryParams(s.get, "version"))
+	v1.Put("/:id", queryParams(s.changeStatus))
+	v1.Delete("/:id", queryParams(s.delete))
+	v1.Post("/:id/comments", queryParams(s.addComment))
+	v1.Get("/:id/comments", queryParams(s.listComments, "limit", "cursor"))
+	v1.Get("/:id/history", queryParams(s.history, "limit", "cursor"))
 	guardMethods(app, s)
 	return app
 }
@@ -245,6 +247,47 @@ func ticketID(c *fiber.Ctx) (uuid.UUID, error) {
 		return uuid.Nil, invalidQuery("id", "must be a UUID like 01936f1e-7c4a-7000-8000-000000000000")
 	}
 	return id, nil
+}
+
+// queryParams runs h only if the request's query parameters are among names, each
+// given at most once. Otherwise it answers one 422 naming every offending parameter: an
+// unknown one (a typo such as ?size=2 must not quietly answer the first page, nor a
+// ?dry_run=1 a real DELETE), and one given twice (?limit=5&limit=50: which one the
+// server took would be a guess). Names are case-sensitive, like the body's fields.
+func queryParams(h fiber.Handler, names ...string) fiber.Handler {
+	takes := map[string]bool{}
+	for _, n := range names {
+		takes[n] = true
+	}
+	unknown := "is not a query parameter of this route, which takes none"
+	if len(names) > 0 {
+		unknown = "is not a query parameter of this route, which takes " + strings.Join(names, ", ") + " (names are case-sensitive)"
+	}
+	return func(c *fiber.Ctx) error {
+		args := c.Context().QueryArgs()
+		if args.Len() == 0 {
+			return h(c)
+		}
+		var errs []FieldError
+		seen := map[string]bool{}
+		args.VisitAll(func(k, _ []byte) {
+			key := string(k)
+			if seen[key] {
+				return
+			}
+			seen[key] = true
+			switch {
+			case !takes[key]:
+				errs = append(errs, FieldError{Field: clip(key), Reason: unknown})
+			case len(args.PeekMulti(key)) > 1:
+				errs = append(errs, FieldError{Field: key, Reason: "must be given once"})
+			}
+		})
+		if len(errs) > 0 {
+			return invalidFields(errs)
+		}
+		return h(c)
+	}
 }
 
 func invalidQuery(param, reason string) *Problem {

@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 // The answers a new user meets first (issue 13, items 9 to 15): each refusal says what
@@ -81,5 +82,93 @@ func TestValidationNamesEveryBadField(t *testing.T) {
 		if got := getTicket(t, s, d.ID); got.Version != 1 {
 			t.Fatalf("a refused comment changed the ticket: %+v", got)
 		}
+	})
+}
+
+// TestUnknownQueryParametersAreRefused: on every route of the API a query parameter the
+// route does not take is a 422 naming it (and what the route takes), as the body does
+// for an unknown field, and a parameter given twice is a 422 naming it: neither is
+// ignored, and a refused command changes nothing.
+func TestUnknownQueryParametersAreRefused(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, nil)
+	d := createTicket(t, s, sourceTicket)
+	tk := "/v1/ticket/" + d.ID
+	comment := map[string]any{"body": "hi", "created_by": "u"}
+	refused := func(t *testing.T, r response, reason string, fields ...string) {
+		t.Helper()
+		p := problemCode(t, r, 422, "validation-failed")
+		errs, _ := p["errors"].([]any)
+		if len(errs) != len(fields) {
+			t.Fatalf("errors %v, want %v", errs, fields)
+		}
+		for i, f := range fields {
+			e := errs[i].(map[string]any)
+			if e["field"] != f || !strings.Contains(e["reason"].(string), reason) {
+				t.Fatalf("error %d is %v, want field %q with a reason saying %q", i, e, f, reason)
+			}
+		}
+	}
+	for _, c := range []struct {
+		name, method, path string
+		body               any
+		fields             []string
+		takes              string
+	}{
+		{"list_page_and_size", "GET", "/v1/ticket/?page=2&size=2", nil, []string{"page", "size"}, "takes status, email, created_by, limit, cursor"},
+		{"list_without_slash", "GET", "/v1/ticket?offset=20", nil, []string{"offset"}, "takes status"},
+		{"list_case_variant", "GET", "/v1/ticket/?Limit=2", nil, []string{"Limit"}, "case-sensitive"},
+		{"list_empty_value", "GET", "/v1/ticket/?sort=", nil, []string{"sort"}, "takes status"},
+		{"get", "GET", tk + "?fields=title", nil, []string{"fields"}, "takes version"},
+		{"head", "HEAD", tk + "?fields=title", nil, nil, ""},
+		{"comments", "GET", tk + "/comments?offset=2", nil, []string{"offset"}, "takes limit, cursor"},
+		{"history", "GET", tk + "/history?after=1&limit=5", nil, []string{"after"}, "takes limit, cursor"},
+		{"create", "POST", "/v1/ticket/?notify=yes", sourceTicket, []string{"notify"}, "takes none"},
+		{"change_status", "PUT", tk + "?force=1", map[string]any{"status": "closed", "updated_by": "a"}, []string{"force"}, "takes none"},
+		{"delete", "DELETE", tk + "?dry_run=1", nil, []string{"dry_run"}, "takes none"},
+		{"comment", "POST", tk + "/comments?version=1", comment, []string{"version"}, "takes none"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := s.do(t, c.method, c.path, c.body)
+			if c.method == "HEAD" {
+				r.expect(t, 422) // no body to read; the status is the answer
+				return
+			}
+			refused(t, r, c.takes, c.fields...)
+		})
+	}
+	t.Run("repeated_parameter", func(t *testing.T) {
+		refused(t, s.do(t, "GET", "/v1/ticket/?limit=5&limit=50", nil), "given once", "limit")
+		refused(t, s.do(t, "GET", "/v1/ticket/?status=open&email=u@example.com&status=closed", nil), "given once", "status")
+		refused(t, s.do(t, "GET", tk+"?version=1&version=1", nil), "given once", "version")
+		refused(t, s.do(t, "GET", tk+"/history?cursor=a&cursor=b", nil), "given once", "cursor")
+	})
+	t.Run("unknown_and_repeated_together", func(t *testing.T) {
+		p := problemCode(t, s.do(t, "GET", "/v1/ticket/?limit=1&page=2&limit=2", nil), 422, "validation-failed")
+		if errs, _ := p["errors"].([]any); len(errs) != 2 || errs[0].(map[string]any)["field"] != "limit" || errs[1].(map[string]any)["field"] != "page" {
+			t.Fatalf("errors %v, want limit (twice) then page (unknown)", p["errors"])
+		}
+	})
+	t.Run("nothing_changed", func(t *testing.T) {
+		if got := getTicket(t, s, d.ID); got.Version != 1 || got.Status != "open" || got.CommentCount != 0 {
+			t.Fatalf("a refused command changed the ticket: %+v", got)
+		}
+		var list []ticketDoc
+		eventually(t, 5*time.Second, "the list holds the one ticket", func() bool {
+			s.do(t, "GET", "/v1/ticket/?limit=100", nil).expect(t, 200).JSON(t, &list)
+			return len(list) == 1
+		})
+		time.Sleep(200 * time.Millisecond)
+		s.do(t, "GET", "/v1/ticket/?limit=100", nil).expect(t, 200).JSON(t, &list)
+		if len(list) != 1 {
+			t.Fatalf("a refused create was stored: %d tickets", len(list))
+		}
+	})
+	t.Run("known_parameters_still_work", func(t *testing.T) {
+		s.do(t, "GET", "/v1/ticket/?limit=1&status=open&email=user@example.com&created_by=x", nil).expect(t, 200)
+		s.do(t, "GET", tk+"?version=1", nil).expect(t, 200)
+		s.do(t, "GET", tk+"/comments?limit=5", nil).expect(t, 200)
+		s.do(t, "GET", tk+"/history?limit=5", nil).expect(t, 200)
+		s.do(t, "GET", tk, nil).expect(t, 200)
 	})
 }
