@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -152,10 +153,14 @@ func fiberProblem(fe *fiber.Error) *Problem {
 	return problem(fe.Code, "bad-request", "the request could not be understood")
 }
 
-// errorHandler is Fiber's ErrorHandler: every error leaves as problem+json.
-func errorHandler(log *slog.Logger) fiber.ErrorHandler {
+// errorHandler is Fiber's ErrorHandler: every error leaves as problem+json. A 413
+// states bodyLimit, the largest body accepted, so a client knows what would fit.
+func errorHandler(log *slog.Logger, bodyLimit int) fiber.ErrorHandler {
 	return func(c *fiber.Ctx, err error) error {
 		p := toProblem(c, err, log)
+		if p.Status == fiber.StatusRequestEntityTooLarge {
+			p.Detail = "the request body is larger than the server accepts: at most " + strconv.Itoa(bodyLimit) + " bytes"
+		}
 		if p.Instance == "" {
 			p.Instance = c.Path()
 		}

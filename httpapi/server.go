@@ -155,7 +155,7 @@ func New(cfg Config) *fiber.App {
 		AppName:               "ticketd",
 		BodyLimit:             cfg.BodyLimit,
 		ReadBufferSize:        16 << 10, // also the header size limit (431 above it)
-		ErrorHandler:          errorHandler(cfg.Log),
+		ErrorHandler:          errorHandler(cfg.Log, cfg.BodyLimit),
 		JSONEncoder:           eventstore.EncodeJSON, // no HTML escaping, as stored
 		DisableStartupMessage: true,
 		ReadTimeout:           30 * time.Second,

@@ -49,6 +49,11 @@ func (NopMetrics) Backlog(string, int64) {}
 //	ticketd_projection_poisoned_total{group}  counter: events sent to the poison topic
 //	ticketd_projection_lag_seconds{group}     histogram: event recorded -> applied
 //	ticketd_projection_lag_events{group}      gauge: outbox events not yet acknowledged
+//
+// The failure and poison counters of a group are exported at zero from the group's first
+// report on (the router samples every group's backlog as it starts), not only once they
+// first count: an alert on their rate, or a dashboard, sees the series before anything
+// fails, and a missing series means a missing group.
 type PrometheusMetrics struct {
 	events, failures, poisoned *prometheus.CounterVec
 	lagSeconds                 *prometheus.HistogramVec
@@ -97,13 +102,23 @@ func (m *PrometheusMetrics) Projected(group string, lag time.Duration) {
 }
 
 // Failed counts a failed attempt.
-func (m *PrometheusMetrics) Failed(group string) { m.failures.WithLabelValues(group).Inc() }
+func (m *PrometheusMetrics) Failed(group string) {
+	m.known(group)
+	m.failures.WithLabelValues(group).Inc()
+}
+
+// known exports group's failure and poison counters, at zero if they never counted.
+func (m *PrometheusMetrics) known(group string) {
+	m.failures.WithLabelValues(group)
+	m.poisoned.WithLabelValues(group)
+}
 
 // Poisoned counts an event sent to the poison topic.
 func (m *PrometheusMetrics) Poisoned(group string) { m.poisoned.WithLabelValues(group).Inc() }
 
 // Backlog sets the group's lag in events.
 func (m *PrometheusMetrics) Backlog(group string, events int64) {
+	m.known(group)
 	m.lagEvents.WithLabelValues(group).Set(float64(events))
 }
 

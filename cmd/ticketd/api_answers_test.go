@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -170,5 +171,49 @@ func TestUnknownQueryParametersAreRefused(t *testing.T) {
 		s.do(t, "GET", tk+"/comments?limit=5", nil).expect(t, 200)
 		s.do(t, "GET", tk+"/history?limit=5", nil).expect(t, 200)
 		s.do(t, "GET", tk, nil).expect(t, 200)
+	})
+}
+
+// TestBodyTooLargeStatesTheLimit: a 413 says how many bytes the server accepts, with a
+// length given up front and with a chunked body alike.
+func TestBodyTooLargeStatesTheLimit(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, map[string]string{"BODY_LIMIT": "4096"})
+	const json = "Content-Type: application/json"
+	big := `{"title":"` + strings.Repeat("x", 5000) + `"}`
+	for name, req := range map[string]string{
+		"content_length": rawRequest("POST", "/v1/ticket/", big, json),
+		"chunked": "POST /v1/ticket/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + json + "\r\nTransfer-Encoding: chunked\r\n\r\n" +
+			fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(big), big),
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := problemCode(t, s.raw(t, req), 413, "body-too-large")
+			if d, _ := p["detail"].(string); !strings.Contains(d, "at most 4096 bytes") {
+				t.Fatalf("detail %q does not state the limit of 4096 bytes", d)
+			}
+		})
+	}
+}
+
+// TestProjectionFailureMetricsExportedAtZero: /metrics has the failure and poison
+// counters of each consumer group before anything failed, at zero.
+func TestProjectionFailureMetricsExportedAtZero(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, nil)
+	want := []string{
+		`ticketd_projection_failures_total{group="pg-readmodel"} 0`,
+		`ticketd_projection_failures_total{group="redis-readmodel"} 0`,
+		`ticketd_projection_poisoned_total{group="pg-readmodel"} 0`,
+		`ticketd_projection_poisoned_total{group="redis-readmodel"} 0`,
+	}
+	var body string
+	eventually(t, 10*time.Second, "projection failure counters at zero in /metrics", func() bool {
+		body = string(s.do(t, "GET", "/metrics", nil).expect(t, 200).Body)
+		for _, w := range want {
+			if !strings.Contains(body, w+"\n") {
+				return false
+			}
+		}
+		return true
 	})
 }
