@@ -69,24 +69,9 @@ func TestDocumentsAndPagesBoundedInBytes(t *testing.T) {
 	})
 
 	t.Run("comment_pages", func(t *testing.T) {
-		var seen []string
-		path := tk + "/comments?limit=100"
-		pages := 0
-		for path != "" {
-			r := s.do(t, "GET", path, nil).expect(t, 200)
-			if len(r.Body) > 262_144 {
-				t.Fatalf("comments page of %d bytes", len(r.Body))
-			}
-			var page []struct{ ID string }
-			r.JSON(t, &page)
-			for _, c := range page {
-				seen = append(seen, c.ID)
-			}
-			pages++
-			path = linkNext(r)
-		}
-		if len(seen) != 5 || pages != 1 {
-			t.Fatalf("%d comments in %d pages; want 5 in 1 (5 x 20 KB fit in 256 KiB)", len(seen), pages)
+		ids, pages := followPages(t, s, tk+"/comments?limit=100")
+		if len(ids) != 5 || pages != 1 {
+			t.Fatalf("%d comments in %d pages; want 5 in 1 (5 x 20 KB fit in 256 KiB)", len(ids), pages)
 		}
 	})
 
@@ -95,29 +80,11 @@ func TestDocumentsAndPagesBoundedInBytes(t *testing.T) {
 			createTicket(t, s, map[string]any{"title": "big", "description": big, "email": "list@example.com", "created_by": "u"})
 		}
 		var ids []string
-		path := "/v1/ticket/?limit=100&email=list%40example.com"
-		pages := 0
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			ids, pages = nil, 0
-			for p := path; p != ""; {
-				r := s.do(t, "GET", p, nil).expect(t, 200)
-				if len(r.Body) > 262_144 {
-					t.Fatalf("list page of %d bytes", len(r.Body))
-				}
-				var page []struct{ ID string }
-				r.JSON(t, &page)
-				for _, it := range page {
-					ids = append(ids, it.ID)
-				}
-				pages++
-				p = linkNext(r)
-			}
-			if len(ids) >= 14 || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		var pages int
+		eventually(t, 10*time.Second, "the list to show the 14 tickets", func() bool {
+			ids, pages = followPages(t, s, "/v1/ticket/?limit=100&email=list%40example.com")
+			return len(ids) >= 14
+		})
 		uniq := map[string]bool{}
 		for _, id := range ids {
 			uniq[id] = true
@@ -126,6 +93,26 @@ func TestDocumentsAndPagesBoundedInBytes(t *testing.T) {
 			t.Fatalf("%d tickets (%d distinct) in %d pages; want 14 in 2 (12 of ~20 KB fit in 256 KiB)", len(ids), len(uniq), pages)
 		}
 	})
+}
+
+// followPages follows path's pages to the end, checking that none passes the default
+// PAGE_BYTES, and returns the ids of their items and the number of pages.
+func followPages(t *testing.T, s *testServer, path string) (ids []string, pages int) {
+	t.Helper()
+	for path != "" {
+		r := s.do(t, "GET", path, nil).expect(t, 200)
+		if len(r.Body) > 262_144 {
+			t.Fatalf("a page of %d bytes: %s", len(r.Body), path)
+		}
+		var page []struct{ ID string }
+		r.JSON(t, &page)
+		for _, it := range page {
+			ids = append(ids, it.ID)
+		}
+		pages++
+		path = linkNext(r)
+	}
+	return ids, pages
 }
 
 // linkNext is the target of r's Link rel="next", "" when it has none.
