@@ -157,6 +157,7 @@ func New(cfg Config) *fiber.App {
 		ReadBufferSize:        16 << 10, // also the header size limit (431 above it)
 		ErrorHandler:          errorHandler(cfg.Log, cfg.BodyLimit),
 		JSONEncoder:           eventstore.EncodeJSON, // no HTML escaping, as stored
+		CaseSensitive:         true,                  // /V1/TICKET/ is no route, as in the spec
 		DisableStartupMessage: true,
 		ReadTimeout:           30 * time.Second,
 		WriteTimeout:          30 * time.Second,

@@ -108,6 +108,9 @@ func TestHostileInput(t *testing.T) {
 		{"percent_invalid_utf8", rawRequest("GET", "/v1/ticket/%ff%fe/comments", ""), 422, "validation-failed", "id"},
 		{"percent_traversal", rawRequest("GET", "/v1/ticket/..%2f..%2fetc%2fpasswd", ""), 422, "validation-failed", "id"},
 		{"unknown_route", rawRequest("GET", "/v1/tickets/x/y/z", ""), 404, "route-not-found", ""},
+		// paths are case-sensitive, as in the spec and the FastAPI service replaced
+		{"uppercase_path", rawRequest("GET", "/V1/TICKET/", ""), 404, "route-not-found", ""},
+		{"uppercase_ticket_path", rawRequest("GET", strings.Replace(tk, "/v1/ticket", "/v1/Ticket", 1), ""), 404, "route-not-found", ""},
 		{"bad_limit", rawRequest("GET", "/v1/ticket/?limit=1%00", ""), 422, "validation-failed", "limit"},
 		{"bad_status_filter", rawRequest("GET", "/v1/ticket/?status=%27%20OR%201=1--", ""), 422, "validation-failed", "status"},
 		{"bad_email_filter", rawRequest("GET", "/v1/ticket/?email=%c3%28", ""), 422, "validation-failed", "email"},
