@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/MicahParks/keyfunc/v3"
@@ -369,15 +370,17 @@ func (v *JWTVerifier) principal(claims jwt.MapClaims) (Principal, error) {
 		return Principal{}, fmt.Errorf("%w: jwt: %s", ErrUnauthenticated, fmt.Sprintf(format, args...))
 	}
 	sub, _ := claims["sub"].(string)
-	if sub == "" || len(sub) > maxSubjectBytes || !utf8.ValidString(sub) {
-		return refuse("the sub claim must be a string of 1 to %d bytes", maxSubjectBytes)
+	if sub == "" || len(sub) > maxSubjectBytes || !printable(sub) {
+		return refuse("the sub claim must be a printable string of 1 to %d bytes", maxSubjectBytes)
 	}
 	role, err := roleFromClaim(lookupClaim(claims, v.cfg.RoleClaim))
 	if err != nil {
 		return refuse("claim %q: %v", v.cfg.RoleClaim, err)
 	}
 	p := Principal{ID: "jwt:" + v.cfg.Issuer + "#" + sub, Role: role, Name: sub}
-	if name, ok := lookupClaim(claims, v.cfg.NameClaim).(string); ok && strings.TrimSpace(name) != "" && utf8.ValidString(name) {
+	// The name is shown in histories and on terminals: one without control characters
+	// or it is not used.
+	if name, ok := lookupClaim(claims, v.cfg.NameClaim).(string); ok && strings.TrimSpace(name) != "" && printable(name) {
 		p.Name = truncate(strings.TrimSpace(name), maxNameBytes)
 	}
 	email, _ := lookupClaim(claims, v.cfg.EmailClaim).(string)
@@ -447,6 +450,19 @@ func roleFromClaim(v any) (Role, error) {
 	default:
 		return "", fmt.Errorf("must be a string or an array of strings, not %T", v)
 	}
+}
+
+// printable reports whether s is valid UTF-8 without control characters.
+func printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			return false
+		}
+	}
+	return true
 }
 
 func validEmail(s string) bool {

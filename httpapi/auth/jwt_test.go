@@ -240,6 +240,8 @@ func TestJWTPrincipalFromClaims(t *testing.T) {
 			auth.Principal{ID: "jwt:" + testIssuer + "#u-42", Name: "Ada Agent", Role: auth.RoleAuditor, Email: "ada@example.com"}},
 		{"audience_as_single_string", with(claims(), "aud", testAudience),
 			auth.Principal{ID: "jwt:" + testIssuer + "#u-42", Name: "Ada Agent", Role: auth.RoleAgent, Email: "ada@example.com"}},
+		{"name_with_control_characters_falls_back_to_subject", with(claims(), "name", "Ada\x1b[2J\nAgent"),
+			auth.Principal{ID: "jwt:" + testIssuer + "#u-42", Name: "u-42", Role: auth.RoleAgent, Email: "ada@example.com"}},
 		{"expired_within_leeway", with(claims(), "exp", t0.Add(-20*time.Second).Unix()),
 			auth.Principal{ID: "jwt:" + testIssuer + "#u-42", Name: "Ada Agent", Role: auth.RoleAgent, Email: "ada@example.com"}},
 	}
@@ -359,6 +361,7 @@ func TestJWTRefusals(t *testing.T) {
 		{"requester_with_invalid_email", sign(t, rsaA, with(claims(), "ticketd_role", "requester", "email", "ada at example"))},
 		{"requester_email_not_verified", sign(t, rsaA, with(claims(), "ticketd_role", "requester", "email_verified", false))},
 		{"subject_missing", sign(t, rsaA, with(claims(), "sub", nil))},
+		{"subject_with_newline", sign(t, rsaA, with(claims(), "sub", "u-42\nadmin"))},
 		{"api_token_shape", "tkd_abc.def.ghi"},
 		{"not_a_jwt", "hello"},
 		{"huge", strings.Repeat("a", 20<<10) + ".b.c"},
@@ -400,6 +403,11 @@ func TestJWTAlgorithmsOnlyThoseConfigured(t *testing.T) {
 
 	v := newVerifier(t, testConfig(srv.URL))
 	mustVerify(t, v, sign(t, rsaA, claims()))
+	noKid, err := jwt.NewWithClaims(jwt.SigningMethodRS256, claims()).SignedString(rsaA.signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustVerify(t, v, noKid) // no kid: each published key is tried
 	if _, err := v.Verify(context.Background(), sign(t, rs384, claims())); !errors.Is(err, auth.ErrUnauthenticated) {
 		t.Fatalf("RS384 with the default algorithms: err = %v, want ErrUnauthenticated", err)
 	}
