@@ -667,3 +667,15 @@ func TestOIDCConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+func TestJWTOversizedJWKSRefused(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, `{"keys":[],"padding":"`+strings.Repeat("x", 2<<20)+`"}`)
+	}))
+	t.Cleanup(srv.Close)
+	v := newVerifier(t, testConfig(srv.URL))
+	err := v.Health()
+	if !errors.Is(err, auth.ErrJWKSUnavailable) || !strings.Contains(err.Error(), "larger than") {
+		t.Fatalf("Health after a 2 MiB JWKS = %v, want ErrJWKSUnavailable saying it is too large", err)
+	}
+}
