@@ -25,7 +25,7 @@ import (
 
 // cluster returns a new client of the test Redis Cluster: each is what one ticketd
 // instance would hold.
-func cluster(t *testing.T) *redis.ClusterClient {
+func cluster(t testing.TB) *redis.ClusterClient {
 	t.Helper()
 	addrs := os.Getenv("TEST_REDIS_ADDRS")
 	if addrs == "" {
@@ -43,7 +43,7 @@ func cluster(t *testing.T) *redis.ClusterClient {
 
 // prefix is a key prefix of the test's own. The budgets' keys expire by themselves
 // (GCRA sets each key's TTL to when its budget is whole again).
-func prefix(t *testing.T) string {
+func prefix(t testing.TB) string {
 	t.Helper()
 	var b [6]byte
 	_, _ = rand.Read(b[:])
