@@ -27,9 +27,6 @@ const historyPage = 1000
 // like GET /v1/ticket/{id}/history entries, and returns. It only reads: no migrations,
 // no server, no projectors, a pool of two connections.
 func printHistory(ctx context.Context, cfg Config, rawID string, asJSON bool, out io.Writer) error {
-	if rawID == "" {
-		return errors.New("-json only applies to -history <ticket-id>")
-	}
 	id, err := uuid.Parse(rawID)
 	if err != nil || len(rawID) != 36 {
 		return fmt.Errorf("-history: %q is not a ticket id (a UUID like 01936f1e-7c4a-7000-8000-000000000000)", rawID)

@@ -14,6 +14,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -30,59 +31,135 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintln(os.Stderr, "ticketd:", err)
-		os.Exit(1)
+	os.Exit(exitCode(run(ctx, os.Args[1:], os.Getenv, os.Stdout), os.Stderr))
+}
+
+// exitCode reports err on stderr, once, and returns the process's exit status: 0 for
+// success and -h, 2 for a usage mistake (flags, arguments: nothing was done), 1 for
+// any other failure.
+func exitCode(err error, stderr io.Writer) int {
+	var uerr usageError
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &uerr):
+		fmt.Fprintf(stderr, "ticketd: %v\nRun 'ticketd -h' for the flags.\n", err)
+		return 2
+	default:
+		fmt.Fprintln(stderr, "ticketd:", err)
+		return 1
 	}
 }
 
 const usage = `Usage: ticketd [flags]
 
-Serves the ticket API on HTTP_ADDR (default :8000), applying migrations first.
-Configuration comes from the environment; see README.md for every variable.
+Without a task flag, serves the ticket API on HTTP_ADDR (default :8000), applying
+migrations first. -migrate, -rebuild-projections, -history and -healthcheck are tasks:
+at most one per invocation. Configuration comes from the environment (and .env); see
+README.md for every variable.
 
 Flags:
 `
 
+// usageError is a mistake in the command line: nothing was done, the exit status is 2.
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
+
+// The tasks an invocation may name, at most one; without one ticketd serves.
+const (
+	taskServe       = ""
+	taskMigrate     = "migrate"
+	taskRebuild     = "rebuild-projections"
+	taskHistory     = "history"
+	taskHealthcheck = "healthcheck"
+)
+
+// options is the parsed command line.
+type options struct {
+	task        string // one of the task constants
+	historyID   string // with taskHistory
+	historyJSON bool   // with taskHistory
+}
+
+// parseFlags parses the command line. -h prints the usage on stdout and returns
+// flag.ErrHelp; any mistake (an unknown flag, a flag without its value, stray
+// arguments, two tasks, -json without -history, -history with an empty id) is a
+// usageError, printed by nobody here: main prints it once, on stderr.
+func parseFlags(args []string, stdout io.Writer) (options, error) {
+	fs := flag.NewFlagSet("ticketd", flag.ContinueOnError)
+	// The flag package would print its error and the whole usage; main prints the error
+	// once and points to -h instead.
+	fs.SetOutput(io.Discard)
+	fs.Bool(taskMigrate, false, "apply the database migrations and exit")
+	fs.Bool(taskHealthcheck, false, "ask the ticketd on HTTP_ADDR for /healthz; exit 0 if it answers 200, else 1 (the container HEALTHCHECK)")
+	historyOf := fs.String(taskHistory, "", "print the event history of the ticket with this id and exit (reads only)")
+	historyJSON := fs.Bool("json", false, "with -history: print JSON lines instead of a table")
+	fs.Bool(taskRebuild, false,
+		"replay the event store into fresh read models (Postgres and Redis), move the projectors to the replayed point and exit; safe while other instances serve")
+	tasks := map[string]bool{taskMigrate: true, taskHealthcheck: true, taskHistory: true, taskRebuild: true}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fmt.Fprint(stdout, usage)
+			fs.PrintDefaults()
+			return options{}, err
+		}
+		return options{}, usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return options{}, usagef("unexpected arguments %q: flags come first, and -history takes one id", fs.Args())
+	}
+	var o options
+	var named []string
+	fs.Visit(func(f *flag.Flag) {
+		if !tasks[f.Name] {
+			return
+		}
+		// A boolean task given as -migrate=false is not asked for.
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() && f.Value.String() != "true" {
+			return
+		}
+		named = append(named, "-"+f.Name)
+		o.task = f.Name
+	})
+	if len(named) > 1 {
+		return options{}, usagef("%s: one task per invocation; run them one after the other", strings.Join(named, " and "))
+	}
+	o.historyID, o.historyJSON = *historyOf, *historyJSON
+	if o.task == taskHistory && o.historyID == "" {
+		return options{}, usagef("-history needs a ticket id: ticketd -history <id> [-json]")
+	}
+	if o.historyJSON && o.task != taskHistory {
+		return options{}, usagef("-json only applies to -history <ticket-id>")
+	}
+	return o, nil
+}
+
 // run wires everything; main only calls it. It returns when ctx ends (after a graceful
 // drain) or on a fatal error.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("ticketd", flag.ContinueOnError)
-	fs.SetOutput(stdout)
-	migrateOnly := fs.Bool("migrate", false, "apply the database migrations and exit")
-	healthOnly := fs.Bool("healthcheck", false, "ask the ticketd on HTTP_ADDR for /healthz; exit 0 if it answers 200, else 1 (the container HEALTHCHECK)")
-	historyOf := fs.String("history", "", "print the event history of the ticket with this id and exit (reads only)")
-	historyJSON := fs.Bool("json", false, "with -history: print JSON lines instead of a table")
-	rebuild := fs.Bool("rebuild-projections", false,
-		"replay the event store into fresh read models (Postgres and Redis), move the projectors to the replayed point and exit; safe while other instances serve")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), usage)
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
+	opts, err := parseFlags(args, stdout)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		fs.Usage()
-		return fmt.Errorf("unexpected arguments: %v", fs.Args())
-	}
+	migrateOnly, rebuild := opts.task == taskMigrate, opts.task == taskRebuild
 	cfg, err := loadConfig(getenv)
 	if err != nil {
 		return err
 	}
-	if *healthOnly {
+	switch opts.task {
+	case taskHealthcheck:
 		return healthcheck(ctx, cfg, stdout)
-	}
-	if *historyOf != "" || *historyJSON {
-		return printHistory(ctx, cfg, *historyOf, *historyJSON, stdout)
+	case taskHistory:
+		return printHistory(ctx, cfg, opts.historyID, opts.historyJSON, stdout)
 	}
 	level, _ := cfg.SlogLevel()
 	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: level}))
 	var ln *connListener
-	if !*migrateOnly && !*rebuild {
+	if !migrateOnly && !rebuild {
 		// Bind before anything else: a taken or unusable HTTP_ADDR fails the start at
 		// once, with the reason, before migrations and dependencies are waited for.
 		// Connections made meanwhile wait in the backlog until the server serves.
@@ -101,7 +178,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		switch {
 		case err == nil:
 			defer stopPprof()
-		case *rebuild || *migrateOnly:
+		case rebuild || migrateOnly:
 			// An operator task run beside a serving instance, with its environment, finds
 			// the port taken by that instance's profiler: it does its work unprofiled.
 			log.Warn("pprof not served", "addr", cfg.PprofAddr, "err", err)
@@ -115,7 +192,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err := db.Migrate(migrateCtx, cfg.DatabaseDSN, logWriter{log}); err != nil {
 		return err
 	}
-	if *migrateOnly {
+	if migrateOnly {
 		log.Info("migrations applied")
 		return nil
 	}
@@ -125,7 +202,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return err
 	}
 	defer pool.Close()
-	if *rebuild {
+	if rebuild {
 		return rebuildProjections(ctx, cfg, pool, log, stdout)
 	}
 	return serve(ctx, cfg, pool, log, ln)
