@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -81,7 +82,9 @@ type Config struct {
 	PageBytes int `env:"PAGE_BYTES" envDefault:"262144"`
 }
 
-// loadConfig reads the configuration through getenv and validates it.
+// loadConfig reads the configuration through getenv and validates it. Every problem
+// is reported at once, each naming its environment variable and the form it expects
+// (see ConfigError); a variable that does not parse is not also judged by Validate.
 func loadConfig(getenv func(string) string) (Config, error) {
 	var cfg Config
 	params, err := env.GetFieldParams(&cfg)
@@ -94,10 +97,104 @@ func loadConfig(getenv func(string) string) (Config, error) {
 			vars[p.Key] = v
 		}
 	}
+	var problems []error
 	if err := env.ParseWithOptions(&cfg, env.Options{Environment: vars}); err != nil {
-		return cfg, fmt.Errorf("config: %w", err)
+		var bad []string
+		problems, bad = parseProblems(err, vars)
+		// The rest is validated as if the unparsable variables were unset, so each of
+		// them is reported once, for what it is.
+		for _, k := range bad {
+			delete(vars, k)
+		}
+		cfg = Config{}
+		if err := env.ParseWithOptions(&cfg, env.Options{Environment: vars}); err != nil {
+			return cfg, fmt.Errorf("config: %w", err) // a default that does not parse: a programmer's mistake
+		}
 	}
-	return cfg, cfg.Validate()
+	if err := cfg.Validate(); err != nil {
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			problems = append(problems, j.Unwrap()...)
+		} else {
+			problems = append(problems, err)
+		}
+	}
+	if len(problems) > 0 {
+		return cfg, &ConfigError{Problems: problems}
+	}
+	return cfg, nil
+}
+
+// ConfigError lists every problem of the configuration, each naming its variable.
+type ConfigError struct {
+	Problems []error
+}
+
+func (e *ConfigError) Error() string {
+	if len(e.Problems) == 1 {
+		return "invalid configuration: " + e.Problems[0].Error()
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "invalid configuration (%d problems):", len(e.Problems))
+	for _, p := range e.Problems {
+		b.WriteString("\n  ")
+		b.WriteString(p.Error())
+	}
+	return b.String()
+}
+
+// Unwrap gives errors.Is and errors.As every problem.
+func (e *ConfigError) Unwrap() []error { return e.Problems }
+
+// parseProblems turns caarlos0/env's errors, which name Go fields and types, into
+// messages naming the variable, its value and the form expected; bad lists the
+// variables concerned.
+func parseProblems(err error, vars map[string]string) (problems []error, bad []string) {
+	var agg env.AggregateError
+	if !errors.As(err, &agg) {
+		return []error{err}, nil
+	}
+	t := reflect.TypeFor[Config]()
+	for _, e := range agg.Errors {
+		var pe env.ParseError
+		if !errors.As(e, &pe) {
+			problems = append(problems, e)
+			continue
+		}
+		f, ok := t.FieldByName(pe.Name)
+		if !ok {
+			problems = append(problems, e)
+			continue
+		}
+		key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+		bad = append(bad, key)
+		problems = append(problems, fmt.Errorf("%s: %q %s", key, vars[key], expectedForm(f.Type, pe.Err, f.Tag.Get("envDefault"))))
+	}
+	return problems, bad
+}
+
+// expectedForm says what a value of type t looks like, for a value that failed to
+// parse with err; def is the variable's default, shown as an example.
+func expectedForm(t reflect.Type, err error, def string) string {
+	example := func(generic string) string {
+		if def != "" {
+			return generic + "; the default is " + def
+		}
+		return generic
+	}
+	switch {
+	case t == reflect.TypeFor[time.Duration]():
+		return "is not a duration (" + example("a number and a unit: 150ms, 2s, 1m, 24h; units ns, us, ms, s, m, h") + ")"
+	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Int64:
+		if errors.Is(err, strconv.ErrRange) {
+			return fmt.Sprintf("is too large (a whole number, at most %d)", int64(1)<<(t.Bits()-1)-1)
+		}
+		return "is not a whole number (" + example("digits only, e.g. 32") + ")"
+	case t.Kind() == reflect.Float32 || t.Kind() == reflect.Float64:
+		return "is not a number (" + example("e.g. 0.5") + ")"
+	case t.Kind() == reflect.Bool:
+		return "is not a boolean (true or false)"
+	}
+	return fmt.Sprintf("cannot be read: %v", err)
 }
 
 // Validate checks every value and says precisely what is wrong.
@@ -106,16 +203,22 @@ func (c Config) Validate() error {
 	if _, err := db.ParseDSN(c.DatabaseDSN); err != nil {
 		errs = append(errs, err)
 	}
-	for _, a := range c.RedisAddresses() {
-		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
-			errs = append(errs, fmt.Errorf("redis address %q must be host:port", a))
+	for _, a := range c.RedisAddrs {
+		if a = strings.TrimSpace(a); a == "" {
+			continue
 		}
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			errs = append(errs, fmt.Errorf("REDIS_ADDRS: %q must be host:port (comma-separated seeds, e.g. 127.0.0.1:7001,127.0.0.1:7002)", a))
+		}
+	}
+	if strings.TrimSpace(c.RedisHost) == "" || strings.ContainsAny(c.RedisHost, " \t,/") {
+		errs = append(errs, fmt.Errorf("REDIS_HOST: %q must be a host name or IP address, e.g. 127.0.0.1", c.RedisHost))
 	}
 	if c.RedisPort < 1 || c.RedisPort > 65535 {
 		errs = append(errs, fmt.Errorf("REDIS_PORT must be 1..65535, not %d", c.RedisPort))
 	}
 	if c.RedisTimeout <= 0 {
-		errs = append(errs, errors.New("REDIS_TIMEOUT must be positive"))
+		errs = append(errs, fmt.Errorf("REDIS_TIMEOUT must be a positive duration (e.g. 150ms), not %s", c.RedisTimeout))
 	}
 	if err := redismodel.ValidPrefix(c.RedisPrefix); err != nil {
 		errs = append(errs, fmt.Errorf("REDIS_PREFIX: %w", err))
@@ -169,8 +272,11 @@ func (c Config) Validate() error {
 	if c.IdempotencyTTL <= 0 {
 		errs = append(errs, fmt.Errorf("IDEMPOTENCY_TTL must be positive, not %s", c.IdempotencyTTL))
 	}
-	if c.RequestTimeout <= 0 || c.ShutdownTimeout <= 0 {
-		errs = append(errs, errors.New("REQUEST_TIMEOUT and SHUTDOWN_TIMEOUT must be positive"))
+	if c.RequestTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("REQUEST_TIMEOUT must be a positive duration (e.g. 5s), not %s", c.RequestTimeout))
+	}
+	if c.ShutdownTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("SHUTDOWN_TIMEOUT must be a positive duration (e.g. 15s), not %s", c.ShutdownTimeout))
 	}
 	if c.PGMaxConns < 2 {
 		errs = append(errs, fmt.Errorf("PG_MAX_CONNS must be at least 2, not %d", c.PGMaxConns))
