@@ -5,6 +5,11 @@ GO ?= go
 # Flags for cmd/ticketbench, e.g. make bench BENCH_ARGS='-duration 4s -only get,list' (-h lists them).
 BENCH_ARGS ?=
 
+# Every target that runs ticketd (the server and its tasks) runs it through this one
+# definition: scripts/local-env.sh gives it the environment (.env, then the local
+# Postgres and Redis Cluster), so a task reaches the services the server uses.
+TICKETD = scripts/local-env.sh $(GO) run ./cmd/ticketd
+
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -24,10 +29,8 @@ test: ## Run all tests (race detector, fuzz seed corpora) against real Postgres 
 	scripts/test-env.sh $(GO) test -race -count=1 -timeout 12m -skip 'Disruptive' ./...
 
 .PHONY: run
-run: ## Run ticketd locally against Postgres and the Redis Cluster
-	scripts/postgres.sh
-	scripts/redis-cluster.sh start
-	REDIS_ADDRS=$$(scripts/redis-cluster.sh addrs) $(GO) run ./cmd/ticketd
+run: ## Run ticketd locally against Postgres and the Redis Cluster (reads .env if present)
+	$(TICKETD)
 
 .PHONY: build
 build: ## Build a static binary into bin/ticketd
@@ -72,6 +75,14 @@ cluster-down: ## Stop the local Redis Cluster
 	scripts/redis-cluster.sh stop
 
 .PHONY: migrate
-migrate: ## Apply database migrations (ticketd -migrate)
-	scripts/postgres.sh
-	$(GO) run ./cmd/ticketd -migrate
+migrate: ## Apply database migrations (ticketd -migrate), with make run's environment
+	$(TICKETD) -migrate
+
+.PHONY: rebuild
+rebuild: ## Rebuild the read models (ticketd -rebuild-projections), with make run's environment
+	$(TICKETD) -rebuild-projections
+
+.PHONY: history
+history: ## Print a ticket's history: make history ID=<ticket id> [JSON=1], with make run's environment
+	@[[ -n '$(ID)' ]] || { echo 'make history needs the ticket: make history ID=<ticket id> [JSON=1]' >&2; exit 2; }
+	$(TICKETD) -history '$(ID)'$(if $(JSON), -json)

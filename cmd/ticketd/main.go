@@ -55,8 +55,8 @@ const usage = `Usage: ticketd [flags]
 
 Without a task flag, serves the ticket API on HTTP_ADDR (default :8000), applying
 migrations first. -migrate, -rebuild-projections, -history and -healthcheck are tasks:
-at most one per invocation. Configuration comes from the environment (and .env); see
-README.md for every variable.
+at most one per invocation. Configuration comes from the environment; see README.md
+for every variable (make run and the make task targets add .env and the local services).
 
 Flags:
 `
