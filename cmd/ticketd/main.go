@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/ticketd/ticketd/db"
 	"github.com/ticketd/ticketd/eventstore"
@@ -39,9 +40,12 @@ func main() {
 // any other failure.
 func exitCode(err error, stderr io.Writer) int {
 	var uerr usageError
+	var lerr loggedError
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return 0
+	case errors.As(err, &lerr):
+		return 1
 	case errors.As(err, &uerr):
 		fmt.Fprintf(stderr, "ticketd: %v\nRun 'ticketd -h' for the flags.\n", err)
 		return 2
@@ -138,13 +142,40 @@ func parseFlags(args []string, stdout io.Writer) (options, error) {
 	return o, nil
 }
 
+// loggedError is a failure of the server already written to its JSON log: main
+// prints it no more, and exits 1.
+type loggedError struct{ error }
+
+func (e loggedError) Unwrap() error { return e.error }
+
 // run wires everything; main only calls it. It returns when ctx ends (after a graceful
-// drain) or on a fatal error.
+// drain) or on a fatal error. The server's fatal error is also its last JSON log line
+// (level ERROR), so that every line the server writes is JSON; the tasks, run by a
+// person, leave their error to main.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	opts, err := parseFlags(args, stdout)
 	if err != nil {
 		return err
 	}
+	err = runTask(ctx, opts, getenv, stdout)
+	if err == nil || opts.task != taskServe {
+		return err
+	}
+	log := slog.New(slog.NewJSONHandler(stdout, nil))
+	if ce := (*ConfigError)(nil); errors.As(err, &ce) {
+		problems := make([]string, len(ce.Problems))
+		for i, p := range ce.Problems {
+			problems[i] = p.Error()
+		}
+		log.Error("invalid configuration", "problems", problems)
+	} else {
+		log.Error("ticketd failed", "err", err)
+	}
+	return loggedError{err}
+}
+
+// runTask runs the task of opts: the server, or one operator task.
+func runTask(ctx context.Context, opts options, getenv func(string) string, stdout io.Writer) error {
 	migrateOnly, rebuild := opts.task == taskMigrate, opts.task == taskRebuild
 	cfg, err := loadConfig(getenv)
 	if err != nil {
@@ -158,6 +189,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	level, _ := cfg.SlogLevel()
 	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: level}))
+	// go-redis writes its own plain-text lines to stderr; they go through the JSON log.
+	redis.SetLogger(redisLogger{log})
 	var ln *connListener
 	if !migrateOnly && !rebuild {
 		// Bind before anything else: a taken or unusable HTTP_ADDR fails the start at
@@ -215,9 +248,16 @@ const projectorConns = 3
 // serve runs the HTTP server on ln (bound by run) and the projectors until ctx ends,
 // then drains.
 func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger, ln *connListener) error {
-	rdb, isCluster := connectRedis(ctx, cfg.RedisAddresses(), cfg.RedisTimeout)
+	rdb, isCluster, err := connectRedis(ctx, cfg.RedisAddresses(), cfg.RedisTimeout)
 	defer rdb.Close()
-	log.Info("redis", "addrs", cfg.RedisAddresses(), "cluster", isCluster)
+	if err != nil {
+		// Not fatal: reads fall back to Postgres and the Redis documents are repaired once
+		// it answers. Said once here; go-redis's own lines about it are at debug level.
+		log.Warn("redis unreachable at start; reads fall back to Postgres until it answers",
+			"addrs", cfg.RedisAddresses(), "cluster", isCluster, "err", err)
+	} else {
+		log.Info("redis", "addrs", cfg.RedisAddresses(), "cluster", isCluster)
+	}
 
 	store := eventstore.New(pool)
 	// Appends of this instance wake its projectors at once; other instances' events

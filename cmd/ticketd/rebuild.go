@@ -36,8 +36,11 @@ func rebuildProjections(ctx context.Context, cfg Config, pool *pgxpool.Pool, log
 	}
 	// A rebuild writes documents in bulk; it may wait longer for Redis than a request.
 	timeout := max(cfg.RedisTimeout, 2*time.Second)
-	rdb, isCluster := connectRedis(ctx, cfg.RedisAddresses(), timeout)
+	rdb, isCluster, err := connectRedis(ctx, cfg.RedisAddresses(), timeout)
 	defer rdb.Close()
+	if err != nil {
+		return fmt.Errorf("rebuild: redis %v does not answer: %w", cfg.RedisAddresses(), err)
+	}
 	docs := redismodel.NewDocs(rdb, cfg.RedisPrefix, timeout)
 	store := eventstore.New(pool)
 	log.Info("rebuilding projections", "redis_addrs", cfg.RedisAddresses(), "cluster", isCluster, "redis_prefix", cfg.RedisPrefix)

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -10,13 +12,16 @@ import (
 
 // connectRedis returns a cluster client when the target is a Redis Cluster and a plain
 // client otherwise, detected with INFO cluster on the first reachable address. When
-// no node answers at start, several addresses mean a cluster and one means a single node.
-func connectRedis(ctx context.Context, addrs []string, timeout time.Duration) (redis.UniversalClient, bool) {
-	cluster := len(addrs) > 1
+// no node answers at start, several addresses mean a cluster and one means a single
+// node, and err says why the last one did not answer (the client is usable still: it
+// connects when Redis comes).
+func connectRedis(ctx context.Context, addrs []string, timeout time.Duration) (_ redis.UniversalClient, cluster bool, err error) {
+	cluster = len(addrs) > 1
 	for _, a := range addrs {
 		probe := redis.NewClient(&redis.Options{Addr: a, DialTimeout: time.Second, ReadTimeout: time.Second, MaxRetries: -1})
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		info, err := probe.Info(pctx, "cluster").Result()
+		var info string
+		info, err = probe.Info(pctx, "cluster").Result()
 		cancel()
 		_ = probe.Close()
 		if err == nil {
@@ -24,6 +29,10 @@ func connectRedis(ctx context.Context, addrs []string, timeout time.Duration) (r
 			break
 		}
 	}
+	return newRedisClient(addrs, cluster, timeout), cluster, err
+}
+
+func newRedisClient(addrs []string, cluster bool, timeout time.Duration) redis.UniversalClient {
 	if cluster {
 		return redis.NewClusterClient(&redis.ClusterOptions{
 			Addrs:        addrs,
@@ -32,7 +41,7 @@ func connectRedis(ctx context.Context, addrs []string, timeout time.Duration) (r
 			WriteTimeout: timeout,
 			MaxRetries:   1,
 			PoolTimeout:  timeout,
-		}), true
+		})
 	}
 	return redis.NewClient(&redis.Options{
 		Addr:         addrs[0],
@@ -41,5 +50,20 @@ func connectRedis(ctx context.Context, addrs []string, timeout time.Duration) (r
 		WriteTimeout: timeout,
 		MaxRetries:   1,
 		PoolTimeout:  timeout,
-	}), false
+	})
+}
+
+// redisLogger takes go-redis's internal log lines (dial failures, pool and cluster
+// state), which it would print as plain text on stderr, into the JSON log at debug
+// level: while Redis is down they come at every attempt, and ticketd reports Redis's
+// state itself (a warning at start, /readyz, the repairer's warnings, /metrics).
+type redisLogger struct{ log *slog.Logger }
+
+// Printf implements go-redis's internal.Logging.
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	if !l.log.Enabled(ctx, slog.LevelDebug) {
+		return
+	}
+	line := strings.TrimPrefix(strings.TrimSpace(fmt.Sprintf(format, v...)), "redis: ")
+	l.log.DebugContext(ctx, "go-redis", "line", line)
 }
