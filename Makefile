@@ -22,10 +22,16 @@ help: ## List the targets
 
 .PHONY: test
 test: ## Run all tests (race detector, fuzz seed corpora) against real Postgres and Redis Cluster
+	@# First the race-enabled build of everything, each package named as it compiles, with
+	@# full parallelism: minutes on a fresh machine (go test is silent meanwhile), seconds
+	@# once cached. The two test steps share its build flags (-race), so they only link.
 	@# Tests named TestDisruptive* stop the shared Redis Cluster (SIGSTOP): they run first,
 	@# alone (only cmd/ticketd has them), then everything else in parallel.
 	$(MAKE) --no-print-directory lint-spec
+	GO=$(GO) scripts/test-build.sh
+	@echo "make test: step 1 of 2: the TestDisruptive* tests alone (they pause the shared Redis Cluster)"
 	TICKETD_DISRUPTIVE_TESTS=1 scripts/test-env.sh $(GO) test -race -count=1 -timeout 5m -p 1 -run 'Disruptive' ./cmd/ticketd/
+	@echo "make test: step 2 of 2: every other test, packages in parallel (about 1-2 minutes; a line per package as it ends)"
 	scripts/test-env.sh $(GO) test -race -count=1 -timeout 12m -skip 'Disruptive' ./...
 
 .PHONY: run

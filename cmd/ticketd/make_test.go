@@ -92,3 +92,70 @@ func TestMakeTasksReachTheServicesOfMakeRun(t *testing.T) {
 		}
 	})
 }
+
+// make test compiles everything first (scripts/test-build.sh, which names packages as
+// they compile) and its test steps use the same build flags, so they find every package
+// in the build cache instead of compiling silently for minutes; CI runs make test.
+func TestMakeTestCompilesOnceBeforeItsSteps(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("make is not installed")
+	}
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("make", "-s", "-n", "-C", root, "test").Output()
+	if err != nil {
+		t.Fatalf("make -n test: %v", err)
+	}
+	var cmds []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") && !strings.HasPrefix(l, "echo ") {
+			cmds = append(cmds, l)
+		}
+	}
+	if len(cmds) < 3 || !strings.Contains(cmds[0], "scripts/test-build.sh") {
+		t.Fatalf("make test runs %q first, want scripts/test-build.sh", cmds)
+	}
+	script, err := os.ReadFile(filepath.Join(root, "scripts/test-build.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(script), "\nFLAGS=(-race)\n") {
+		t.Fatalf("scripts/test-build.sh does not build with FLAGS=(-race)")
+	}
+	// Flags of go test that change what is compiled: the steps must give exactly -race.
+	buildFlags := []string{"-race", "-msan", "-asan", "-cover", "-covermode", "-coverpkg", "-tags", "-gcflags",
+		"-ldflags", "-asmflags", "-trimpath", "-mod", "-pgo", "-buildmode", "-compiler", "-installsuffix", "-linkshared"}
+	steps := 0
+	for _, c := range cmds[1:] {
+		_, args, ok := strings.Cut(c, " test ")
+		if !ok {
+			continue
+		}
+		steps++
+		var got []string
+		for _, a := range strings.Fields(args) {
+			name, _, _ := strings.Cut(a, "=")
+			for _, f := range buildFlags {
+				if name == f {
+					got = append(got, a)
+				}
+			}
+		}
+		if strings.Join(got, " ") != "-race" {
+			t.Errorf("the test step %q has the build flags %q, want exactly -race (those of test-build.sh)", c, got)
+		}
+	}
+	if steps != 2 {
+		t.Errorf("%d go test steps in make test, want 2: %q", steps, cmds)
+	}
+	ci, err := os.ReadFile(filepath.Join(root, ".ci/run"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(ci), "\nmake test\n") {
+		t.Errorf(".ci/run does not call make test")
+	}
+}
