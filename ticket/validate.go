@@ -206,3 +206,13 @@ func (c ChangeStatus) FieldErrors() ValidationErrors {
 	_, status := ParseStatus("status", c.Status)
 	return collect(status, checkText("updated_by", c.UpdatedBy, 1, MaxName, MaxNameBytes, false))
 }
+
+// CheckEmail checks a required bare email address (user@domain) as the ticket's fields
+// are checked; the error is a *ValidationError naming field.
+func CheckEmail(field, v string) error { return checkEmail(field, v, true) }
+
+// CheckName checks a required one-line name (1..MaxName characters) as created_by is
+// checked; the error is a *ValidationError naming field.
+func CheckName(field, v string) error {
+	return checkText(field, v, 1, MaxName, MaxNameBytes, false)
+}
