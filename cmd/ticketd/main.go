@@ -58,7 +58,8 @@ func exitCode(err error, stderr io.Writer) int {
 const usage = `Usage: ticketd [flags]
 
 Without a task flag, serves the ticket API on HTTP_ADDR (default :8000), applying
-migrations first. -migrate, -rebuild-projections, -history and -healthcheck are tasks:
+migrations first. -migrate, -rebuild-projections, -history, -healthcheck, -create-token, -list-tokens
+and -revoke-token are tasks:
 at most one per invocation. Configuration comes from the environment; see README.md
 for every variable (make run and the make task targets add .env and the local services).
 
@@ -79,13 +80,17 @@ const (
 	taskRebuild     = "rebuild-projections"
 	taskHistory     = "history"
 	taskHealthcheck = "healthcheck"
+	taskCreateToken = "create-token"
+	taskListTokens  = "list-tokens"
+	taskRevokeToken = "revoke-token"
 )
 
 // options is the parsed command line.
 type options struct {
-	task        string // one of the task constants
-	historyID   string // with taskHistory
-	historyJSON bool   // with taskHistory
+	task        string     // one of the task constants
+	historyID   string     // with taskHistory
+	historyJSON bool       // with taskHistory
+	tokens      *tokenTask // the token tasks' flags
 }
 
 // parseFlags parses the command line. -h prints the usage on stdout and returns
@@ -103,7 +108,9 @@ func parseFlags(args []string, stdout io.Writer) (options, error) {
 	historyJSON := fs.Bool("json", false, "with -history: print JSON lines instead of a table")
 	fs.Bool(taskRebuild, false,
 		"replay the event store into fresh read models (Postgres and Redis), move the projectors to the replayed point and exit; safe while other instances serve")
-	tasks := map[string]bool{taskMigrate: true, taskHealthcheck: true, taskHistory: true, taskRebuild: true}
+	tokens := addTokenFlags(fs)
+	tasks := map[string]bool{taskMigrate: true, taskHealthcheck: true, taskHistory: true, taskRebuild: true,
+		taskCreateToken: true, taskListTokens: true, taskRevokeToken: true}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stdout)
@@ -138,6 +145,10 @@ func parseFlags(args []string, stdout io.Writer) (options, error) {
 	}
 	if o.historyJSON && o.task != taskHistory {
 		return options{}, usagef("-json only applies to -history <ticket-id>")
+	}
+	o.tokens = tokens
+	if _, err := tokens.requested(); err != nil {
+		return options{}, usageError{err}
 	}
 	return o, nil
 }
@@ -186,6 +197,8 @@ func runTask(ctx context.Context, opts options, getenv func(string) string, stdo
 		return healthcheck(ctx, cfg, stdout)
 	case taskHistory:
 		return printHistory(ctx, cfg, opts.historyID, opts.historyJSON, stdout)
+	case taskCreateToken, taskListTokens, taskRevokeToken:
+		return opts.tokens.run(ctx, cfg, stdout)
 	}
 	level, _ := cfg.SlogLevel()
 	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: level}))
