@@ -35,7 +35,10 @@ test: ## Run all tests (race detector, fuzz seed corpora) against real Postgres 
 	scripts/test-env.sh $(GO) test -race -count=1 -timeout 12m -skip 'Disruptive' ./...
 
 .PHONY: run
-run: ## Run ticketd locally against Postgres and the Redis Cluster (reads .env if present)
+run: ## Run ticketd locally against Postgres and the Redis Cluster (reads .env if present); prints an admin token
+	@# An admin token for the README's curl examples (valid 24 h; -revoke-token ends it).
+	@token=$$(LOG_LEVEL=warn $(TICKETD) -create-token -role admin -name 'make run' -ttl 24h); \
+		printf '\nAdmin token (24 h):\n  export TOKEN=%s\n\n' "$$token" >&2
 	$(TICKETD)
 
 .PHONY: build

@@ -35,8 +35,12 @@ func (s *Server) ready(c *fiber.Ctx) error {
 			rd = "unavailable"
 		}
 	}
+	authState := "on"
+	if s.cfg.Auth == nil {
+		authState = "off: every request is served as an admin (AUTH=off, for local development only)"
+	}
 	if pg == "ok" {
-		return c.JSON(fiber.Map{"status": "ok", "postgres": pg, "redis": rd, "redis_mode": mode})
+		return c.JSON(fiber.Map{"status": "ok", "postgres": pg, "redis": rd, "redis_mode": mode, "auth": authState})
 	}
 	p := problem(fiber.StatusServiceUnavailable, "not-ready", "postgres: unavailable")
 	p.Instance = c.Path()
@@ -45,7 +49,8 @@ func (s *Server) ready(c *fiber.Ctx) error {
 		Postgres  string `json:"postgres"`
 		Redis     string `json:"redis"`
 		RedisMode string `json:"redis_mode"`
-	}{p, pg, rd, mode})
+		Auth      string `json:"auth"`
+	}{p, pg, rd, mode, authState})
 	c.Set(fiber.HeaderContentType, "application/problem+json")
 	c.Set(fiber.HeaderCacheControl, "no-store")
 	return c.Status(fiber.StatusServiceUnavailable).Send(body)

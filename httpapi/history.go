@@ -83,6 +83,9 @@ func (s *Server) history(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	if err := s.ownTicket(c, id); err != nil {
+		return err
+	}
 	limit, err := limitParam(c, DefaultHistoryLimit, MaxHistoryLimit)
 	if err != nil {
 		return err

@@ -33,6 +33,8 @@ type Problem struct {
 	AllowedStatuses []ticket.Status `json:"allowed_statuses,omitzero"`
 	// CurrentVersion is the ticket's version on a failed If-Match (412).
 	CurrentVersion int `json:"current_version,omitempty"`
+	// Permission names the permission the principal's role lacks (403).
+	Permission string `json:"permission,omitempty"`
 }
 
 // FieldError says which field is wrong and why.

@@ -19,6 +19,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/httpapi/auth"
 	"github.com/ticketd/ticketd/projections"
 	"github.com/ticketd/ticketd/projections/pgmodel"
 	"github.com/ticketd/ticketd/ticket"
@@ -93,6 +94,12 @@ type Config struct {
 	// PageBytes caps a page of the list or of a ticket's comments in bytes of its JSON,
 	// besides its limit; a page holds at least one item. 0: DefaultPageBytes.
 	PageBytes int
+	// Auth verifies the bearer credential of every /v1 request (and /metrics). nil: no
+	// authentication, every request is an admin ("anonymous"), and /readyz says so;
+	// cmd/ticketd passes nil only with AUTH=off, for local development.
+	Auth auth.Verifier
+	// Tokens serves /v1/tokens (admins); nil: those routes answer 404.
+	Tokens TokenStore
 }
 
 // Page sizes of the list and comment endpoints.
@@ -170,19 +177,27 @@ func New(cfg Config) *fiber.App {
 	app.Use(s.observe)
 	app.Get("/healthz", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"status": "ok"}) })
 	app.Get("/readyz", s.ready)
-	app.Get("/metrics", metricsHandler(cfg.Metrics))
+	app.Get("/metrics", s.need(auth.PermMetrics), metricsHandler(cfg.Metrics))
 	registerDocs(app)
 
-	// each route names the query parameters it takes; any other is refused (queryParams)
+	// Every route names its permission (httpapi/auth; a requester is further bound to
+	// its own tickets in the handlers: ownTicket, the list's email) and the query
+	// parameters it takes; any other is refused (queryParams).
 	v1 := app.Group("/v1/ticket")
-	v1.Get("/", queryParams(s.list, "status", "email", "created_by", "limit", "cursor"))
-	v1.Post("/", queryParams(s.create))
-	v1.Get("/:id", queryParams(s.get, "version"))
-	v1.Put("/:id", queryParams(s.changeStatus))
-	v1.Delete("/:id", queryParams(s.delete))
-	v1.Post("/:id/comments", queryParams(s.addComment))
-	v1.Get("/:id/comments", queryParams(s.listComments, "limit", "cursor"))
-	v1.Get("/:id/history", queryParams(s.history, "limit", "cursor"))
+	v1.Get("/", s.need(auth.PermRead), queryParams(s.list, "status", "email", "created_by", "limit", "cursor"))
+	v1.Post("/", s.need(auth.PermCreate), queryParams(s.create))
+	v1.Get("/:id", s.need(auth.PermRead), queryParams(s.get, "version"))
+	v1.Put("/:id", s.need(auth.PermChangeStatus), queryParams(s.changeStatus))
+	v1.Delete("/:id", s.need(auth.PermDelete), queryParams(s.delete))
+	v1.Post("/:id/comments", s.need(auth.PermComment), queryParams(s.addComment))
+	v1.Get("/:id/comments", s.need(auth.PermRead), queryParams(s.listComments, "limit", "cursor"))
+	v1.Get("/:id/history", s.need(auth.PermHistory), queryParams(s.history, "limit", "cursor"))
+	if cfg.Tokens != nil {
+		tokens := app.Group("/v1/tokens")
+		tokens.Post("/", s.need(auth.PermTokens), queryParams(s.createToken))
+		tokens.Get("/", s.need(auth.PermTokens), queryParams(s.listTokens))
+		tokens.Delete("/:id", s.need(auth.PermTokens), queryParams(s.revokeToken))
+	}
 	guardMethods(app, s)
 	return app
 }
@@ -344,6 +359,9 @@ func (s *Server) create(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	if email, ok := requester(c); ok && cmd.Email != email {
+		return invalidField("email", "a requester creates tickets only as its own email, "+email)
+	}
 	id, err := uuid.NewV7()
 	if err != nil {
 		return err
@@ -382,10 +400,15 @@ func (s *Server) get(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	if err := s.ownTicket(c, id); err != nil {
+		return err
+	}
 	if wantsVersion(c) {
 		return s.getAtVersion(c, id)
 	}
-	if raw, ok := s.cfg.Reader.(RawReader); ok {
+	if _, isRequester := requester(c); isRequester {
+		// ownTicket read the view already; a requester's reads skip the raw fast path
+	} else if raw, ok := s.cfg.Reader.(RawReader); ok {
 		body, version, err := raw.GetRaw(c.UserContext(), id)
 		if err != nil {
 			return err
@@ -433,6 +456,12 @@ func (s *Server) changeStatus(c *fiber.Ctx) error {
 	cmd, err := parseStatus(body)
 	if err != nil {
 		return err
+	}
+	if err := s.ownTicket(c, id); err != nil {
+		return err
+	}
+	if _, ok := requester(c); ok && ticket.Status(cmd.Status) != ticket.StatusClosed {
+		return forbidden(auth.PermChangeStatus, "a requester may only close its tickets (status closed)")
 	}
 	im, err := ifMatch(c)
 	if err != nil {
@@ -500,6 +529,9 @@ func (s *Server) addComment(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	if err := s.ownTicket(c, id); err != nil {
+		return err
+	}
 	im, err := ifMatch(c)
 	if err != nil {
 		return err
@@ -540,6 +572,9 @@ func (s *Server) addComment(c *fiber.Ctx) error {
 func (s *Server) listComments(c *fiber.Ctx) error {
 	id, err := ticketID(c)
 	if err != nil {
+		return err
+	}
+	if err := s.ownTicket(c, id); err != nil {
 		return err
 	}
 	limit, err := limitParam(c, DefaultLimit, MaxLimit)
@@ -584,6 +619,14 @@ func (s *Server) list(c *fiber.Ctx) error {
 	}
 	if err := queryText("created_by", q.CreatedBy, ticket.MaxName); err != nil {
 		return err
+	}
+	if email, ok := requester(c); ok {
+		// A requester lists only its tickets: the filter is theirs whatever the query
+		// says, and so is the cursor's scope (a cursor of a wider listing is refused).
+		if q.Email != "" && q.Email != email {
+			return invalidQuery("email", "a requester lists only its own tickets, "+email)
+		}
+		q.Email = email
 	}
 	scope := "list:" + string(q.Status) + "\x00" + q.Email + "\x00" + q.CreatedBy
 	if raw := c.Query("cursor"); raw != "" {

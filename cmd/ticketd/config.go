@@ -13,6 +13,7 @@ import (
 	"github.com/caarlos0/env/v11"
 
 	"github.com/ticketd/ticketd/db"
+	"github.com/ticketd/ticketd/httpapi/auth"
 	"github.com/ticketd/ticketd/projections/redismodel"
 )
 
@@ -80,6 +81,14 @@ type Config struct {
 	// PageBytes caps a page of the list or of a ticket's comments in bytes of its JSON,
 	// besides its limit (a page holds at least one item).
 	PageBytes int `env:"PAGE_BYTES" envDefault:"262144"`
+	// Auth is "on" (every /v1 request and /metrics need a bearer token) or "off" (local
+	// development only: every request is an admin; a WARN at start, /readyz says so).
+	Auth string `env:"AUTH" envDefault:"on"`
+	// AuthBootstrapToken, when set, is an admin API token (tkd_ + 43 base64url
+	// characters) registered at start, stored hashed like any token, named "bootstrap":
+	// the first admin of an automated deployment, and of the tests. Revoking it holds
+	// across restarts.
+	AuthBootstrapToken string `env:"AUTH_BOOTSTRAP_TOKEN"`
 }
 
 // loadConfig reads the configuration through getenv and validates it. Every problem
@@ -248,6 +257,13 @@ func (c Config) Validate() error {
 	}
 	if _, err := c.SlogLevel(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.Auth != "on" && c.Auth != "off" {
+		errs = append(errs, fmt.Errorf("AUTH must be on or off, not %q", c.Auth))
+	}
+	if c.AuthBootstrapToken != "" && !auth.WellFormed(c.AuthBootstrapToken) {
+		// the value is a secret: never repeated in an error
+		errs = append(errs, errors.New("AUTH_BOOTSTRAP_TOKEN must be tkd_ and 43 base64url characters (ticketd -create-token makes such tokens)"))
 	}
 	if !(c.AccessLogSample >= 0 && c.AccessLogSample <= 1) { // also refuses NaN
 		errs = append(errs, fmt.Errorf("ACCESS_LOG_SAMPLE must be a fraction from 0 to 1, not %v", c.AccessLogSample))

@@ -321,5 +321,5 @@ func conformanceRequest(t *testing.T, base, method, path string, body any, heade
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])
 	}
-	return req
+	return authorize(req)
 }

@@ -541,7 +541,9 @@ func TestConnsPerAddressCapRefusesTheExcessAndServesOthers(t *testing.T) {
 	}
 	resp.Body.Close()
 	body, _ := json.Marshal(sourceTicket)
-	resp, err = hc.Post(s.URL+"/v1/ticket/", "application/json", strings.NewReader(string(body)))
+	req, _ := http.NewRequest("POST", s.URL+"/v1/ticket/", strings.NewReader(string(body)))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err = hc.Do(authorize(req))
 	if err != nil || resp.StatusCode != 201 {
 		t.Fatalf("create from 127.0.0.2: %v %v", resp, err)
 	}
@@ -622,12 +624,13 @@ func TestConnsDescriptorExhaustionLeavesTheProcessServing(t *testing.T) {
 	bin := buildTicketd(t)
 	env := func(extra ...string) map[string]string {
 		e := map[string]string{
-			"REDIS_ADDRS":      redisAddrs(),
-			"HTTP_ADDR":        freeAddr(t),
-			"LOG_LEVEL":        "info",
-			"PG_MAX_CONNS":     "6",
-			"SHUTDOWN_TIMEOUT": "5s",
-			"REDIS_PREFIX":     "test-" + strings.ReplaceAll(uuid.NewString(), "-", ""),
+			"REDIS_ADDRS":          redisAddrs(),
+			"HTTP_ADDR":            freeAddr(t),
+			"LOG_LEVEL":            "info",
+			"PG_MAX_CONNS":         "6",
+			"SHUTDOWN_TIMEOUT":     "5s",
+			"REDIS_PREFIX":         "test-" + strings.ReplaceAll(uuid.NewString(), "-", ""),
+			"AUTH_BOOTSTRAP_TOKEN": testAdminToken,
 		}
 		for i := 0; i+1 < len(extra); i += 2 {
 			e[extra[i]] = extra[i+1]

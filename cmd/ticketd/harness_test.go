@@ -17,6 +17,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/ticketd/ticketd/db/dbtest"
+	"github.com/ticketd/ticketd/httpapi/auth"
 )
 
 // testServer is a ticketd started through run, as main starts it, on a free port
@@ -176,7 +177,12 @@ func (s *testServer) tryDo(method, path string, body any, headers ...string) (re
 	if isJSON {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	authorize(req)
 	for i := 0; i+1 < len(headers); i += 2 {
+		if headers[i+1] == "" && strings.EqualFold(headers[i], "Authorization") {
+			req.Header.Del("Authorization") // an explicit "no token"
+			continue
+		}
 		req.Header.Set(headers[i], headers[i+1])
 	}
 	resp, err := client.Do(req)
@@ -230,6 +236,43 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
+// testAdminToken is the admin token every test server accepts (processEnv registers
+// it as AUTH_BOOTSTRAP_TOKEN) and the harness sends by default: tests that need
+// another role or none say so (asRole, an empty Authorization header).
+var testAdminToken = func() string {
+	tok, err := auth.GenerateToken()
+	if err != nil {
+		panic(err)
+	}
+	return tok
+}()
+
+// authorize gives req the test admin token unless it carries credentials already.
+func authorize(req *http.Request) *http.Request {
+	if req.Header.Get("Authorization") == "" {
+		req.Header.Set("Authorization", "Bearer "+testAdminToken)
+	}
+	return req
+}
+
+// adminGet and adminPost are http.Get and http.Post with the test admin token.
+func adminGet(url string) (*http.Response, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	return http.DefaultClient.Do(authorize(req))
+}
+
+func adminPost(url, contentType string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequest(http.MethodPost, url, body)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", contentType)
+	return http.DefaultClient.Do(authorize(req))
+}
+
 // processEnv is the environment of a test's ticketd on database dsn: the test Redis
 // Cluster, a free port, warn-level logs, a small pool (many test servers share one
 // Postgres of max_connections 100) and Redis keys of its own (parallel tests never see
@@ -242,5 +285,7 @@ func processEnv(t testing.TB, dsn string) map[string]string {
 		"LOG_LEVEL":    "warn",
 		"PG_MAX_CONNS": "6",
 		"REDIS_PREFIX": "test-" + strings.ReplaceAll(uuid.NewString(), "-", ""),
+		// auth is on, as in production; the harness sends this admin token by default
+		"AUTH_BOOTSTRAP_TOKEN": testAdminToken,
 	}
 }

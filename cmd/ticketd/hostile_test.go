@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -38,6 +39,10 @@ func (s *testServer) raw(t testing.TB, req string) response {
 func rawRequest(method, target, body string, headers ...string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: ticketd.test\r\nConnection: close\r\n", method, target)
+	// the test admin token, unless the request names its own credentials
+	if !slices.ContainsFunc(headers, func(h string) bool { return strings.HasPrefix(strings.ToLower(h), "authorization:") }) {
+		b.WriteString("Authorization: Bearer " + testAdminToken + "\r\n")
+	}
 	for _, h := range headers {
 		b.WriteString(h + "\r\n")
 	}

@@ -44,11 +44,12 @@ func TestTwoInstances(t *testing.T) {
 	built := time.Since(began)
 	runID := strings.ReplaceAll(uuid.NewString(), "-", "")[:12]
 	shared := map[string]string{
-		"DATABASE_DSN": dbtest.NewDatabase(t),
-		"REDIS_ADDRS":  redisAddrs(),
-		"REDIS_PREFIX": "test-two-" + runID,
-		"LOG_LEVEL":    "warn",
-		"PG_MAX_CONNS": "6",
+		"DATABASE_DSN":         dbtest.NewDatabase(t),
+		"REDIS_ADDRS":          redisAddrs(),
+		"REDIS_PREFIX":         "test-two-" + runID,
+		"AUTH_BOOTSTRAP_TOKEN": testAdminToken,
+		"LOG_LEVEL":            "warn",
+		"PG_MAX_CONNS":         "6",
 		// no CURSOR_SECRET: the default must work across instances
 	}
 	m := openReadModels(t, shared) // before the instances: its cleanup runs after they are killed
@@ -322,7 +323,7 @@ func callInstance(hc *http.Client, base, method, path string, body any, headers 
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])
 	}
-	resp, err := hc.Do(req)
+	resp, err := hc.Do(authorize(req))
 	if err != nil {
 		return exchange{}, err
 	}

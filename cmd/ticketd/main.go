@@ -313,6 +313,10 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	if err != nil {
 		return err
 	}
+	tokens, verifier, err := setupAuth(ctx, cfg, pool, log)
+	if err != nil {
+		return err
+	}
 	app := httpapi.New(httpapi.Config{
 		Store: store, Reader: reader, Log: log,
 		OnCommitted:    reader.Committed,
@@ -331,6 +335,8 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 		ReplayConcurrency: cfg.ReplayConcurrency,
 		HistoryPageBytes:  cfg.HistoryPageBytes,
 		PageBytes:         cfg.PageBytes,
+		Auth:              verifier,
+		Tokens:            tokens,
 	})
 
 	projCtx, stopProj := context.WithCancel(context.WithoutCancel(ctx))
@@ -349,6 +355,7 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 		Interval:        cfg.HousekeepingInterval,
 		Log:             log,
 	}
+	go tokens.Run(projCtx) // last_used_at, off the request path
 	housekeepingDone := make(chan struct{})
 	go func() { defer close(housekeepingDone); housekeeper.Run(projCtx) }()
 

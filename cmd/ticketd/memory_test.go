@@ -42,7 +42,7 @@ func TestMemoryUnderMaximumSizeCreates(t *testing.T) {
 	for range workers {
 		wg.Go(func() {
 			for range each {
-				resp, err := http.Post(base+"/v1/ticket/", "application/json", bytes.NewReader(body))
+				resp, err := adminPost(base+"/v1/ticket/", "application/json", bytes.NewReader(body))
 				if err != nil {
 					t.Error(err)
 					return
@@ -57,7 +57,7 @@ func TestMemoryUnderMaximumSizeCreates(t *testing.T) {
 					return
 				}
 				created.Add(1)
-				get, err := http.Get(base + "/v1/ticket/" + doc.ID)
+				get, err := adminGet(base + "/v1/ticket/" + doc.ID)
 				if err != nil {
 					t.Error(err)
 					return

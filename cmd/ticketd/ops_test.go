@@ -309,7 +309,7 @@ func (sc *specChecker) check(t *testing.T, method, path string, body any, want i
 		for i := 0; i+1 < len(headers); i += 2 {
 			req.Header.Set(headers[i], headers[i+1])
 		}
-		return req
+		return authorize(req)
 	}
 	resp := &http.Response{
 		StatusCode: r.Status, Header: r.Header, Request: newReq(),
@@ -481,7 +481,9 @@ func writeLoad(t *testing.T, url string, workers int, stop <-chan struct{}, acke
 			c := &http.Client{Timeout: 20 * time.Second}
 			failures := 0
 			for i := 0; i < 100_000 && failures < 3; i++ {
-				resp, err := c.Post(url+"/v1/ticket/", "application/json", bytes.NewReader(body))
+				req, _ := http.NewRequest("POST", url+"/v1/ticket/", bytes.NewReader(body))
+				req.Header.Set("Content-Type", "application/json")
+				resp, err := c.Do(authorize(req))
 				if err != nil {
 					mu.Lock()
 					res.refused++
@@ -585,7 +587,8 @@ func TestSIGTERMDrainsInFlightRequestsAndExitsZero(t *testing.T) {
 	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(),
 		"DATABASE_DSN="+dsn, "REDIS_ADDRS="+redisAddrs(), "HTTP_ADDR="+addr, "LOG_LEVEL=info",
-		"PG_MAX_CONNS=6", "SHUTDOWN_TIMEOUT=10s", "REDIS_PREFIX=test-sigterm-"+strings.ReplaceAll(uuid.NewString(), "-", ""))
+		"PG_MAX_CONNS=6", "SHUTDOWN_TIMEOUT=10s", "REDIS_PREFIX=test-sigterm-"+strings.ReplaceAll(uuid.NewString(), "-", ""),
+		"AUTH_BOOTSTRAP_TOKEN="+testAdminToken)
 	logs := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {

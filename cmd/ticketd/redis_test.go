@@ -195,7 +195,7 @@ func load(t testing.TB, base string, workers, n int, stop <-chan struct{}) []ack
 		raw, _ := json.Marshal(body)
 		req, _ := http.NewRequest(method, base+path, bytes.NewReader(raw))
 		req.Header.Set("Content-Type", "application/json")
-		resp, err := hc.Do(req)
+		resp, err := hc.Do(authorize(req))
 		if err != nil {
 			return 0, nil, nil, err
 		}

@@ -25,7 +25,7 @@ func getRate(t testing.TB, s *testServer, path string, conns int, d time.Duratio
 			defer wg.Done()
 			for ctx.Err() == nil {
 				req, _ := http.NewRequestWithContext(ctx, "GET", s.URL+path, nil)
-				resp, err := client.Do(req)
+				resp, err := client.Do(authorize(req))
 				if err != nil {
 					continue
 				}
@@ -76,7 +76,7 @@ func TestGetRateUnderConcurrentWorstCaseReplays(t *testing.T) {
 				for ctx.Err() == nil {
 					v := next.Add(-1)
 					req, _ := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("%s/v1/ticket/%s?version=%d", srv.URL, long, v), nil)
-					resp, err := client.Do(req)
+					resp, err := client.Do(authorize(req))
 					if err != nil {
 						continue
 					}

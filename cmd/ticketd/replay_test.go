@@ -142,7 +142,7 @@ func TestReplayEndsAtDeadlineOrWhenTheClientLeaves(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	req, _ := http.NewRequestWithContext(ctx, "GET", s2.URL+path, nil)
 	start := time.Now()
-	if resp, err := (&http.Client{}).Do(req); err == nil {
+	if resp, err := (&http.Client{}).Do(authorize(req)); err == nil {
 		resp.Body.Close()
 		t.Fatalf("the replay answered %d within 50ms; the stream is too small for this test", resp.StatusCode)
 	}

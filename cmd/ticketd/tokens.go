@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ticketd/ticketd/db"
 	"github.com/ticketd/ticketd/httpapi/auth"
@@ -150,4 +151,26 @@ func printTokens(out io.Writer, ts []auth.Token, now time.Time) error {
 			t.CreatedAt.UTC().Format(f), t.ExpiresAt.UTC().Format(f), state, used)
 	}
 	return tw.Flush()
+}
+
+// setupAuth returns the token store and the verifier of the server: nil with AUTH=off
+// (logged as a warning). AUTH_BOOTSTRAP_TOKEN, when set, is registered as an admin
+// token first (only its id is logged).
+func setupAuth(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger) (*auth.TokenStore, auth.Verifier, error) {
+	store := auth.NewTokenStore(pool)
+	store.Log = log
+	if cfg.AuthBootstrapToken != "" {
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		rec, err := store.Register(rctx, cfg.AuthBootstrapToken, auth.NewToken{Name: "bootstrap", Role: auth.RoleAdmin, TTL: auth.MaxTokenTTL})
+		if err != nil {
+			return nil, nil, fmt.Errorf("AUTH_BOOTSTRAP_TOKEN: %w", err)
+		}
+		log.Info("bootstrap admin token registered", "token_id", rec.ID, "revoked", rec.RevokedAt != nil)
+	}
+	if cfg.Auth == "off" {
+		log.Warn("AUTH=off: authentication is disabled, every request is served as an admin; for local development only")
+		return store, nil, nil
+	}
+	return store, store, nil
 }
