@@ -71,7 +71,7 @@ func TestTokenCLI(t *testing.T) {
 		{[]string{"-create-token", "-role", "root", "-name", "x"}, "-role"},
 		{[]string{"-create-token", "-role", "agent"}, "-name"},
 		{[]string{"-list-tokens", "-role", "agent"}, "-role"},
-		{[]string{"-list-tokens", "-create-token"}, "separate tasks"},
+		{[]string{"-list-tokens", "-create-token"}, "one task per invocation"},
 		{[]string{"-revoke-token", "nope"}, "not a token id"},
 		{[]string{"-revoke-token", "01936f1e-7c4a-7000-8000-000000000000"}, "no token"},
 	} {
