@@ -80,7 +80,7 @@ func (b *bench) attack(ctx context.Context, s loadSpec) measured {
 	)
 	var c collector
 	win := startCPUWindow(s.serverPID)
-	results := atk.Attack(b.targeter(s), vegeta.ConstantPacer{}, b.o.duration, s.name)
+	results := atk.Attack(b.withToken(b.targeter(s)), vegeta.ConstantPacer{}, b.o.duration, s.name)
 	func() {
 		for {
 			select {
@@ -303,4 +303,37 @@ func newTogglers(ids []uuid.UUID, n int) []*toggler {
 		t.ids = append(t.ids, id)
 	}
 	return ts
+}
+
+// withToken adds the bench's API token to every target of tr.
+func (b *bench) withToken(tr vegeta.Targeter) vegeta.Targeter {
+	if b.token == "" {
+		return tr
+	}
+	return func(t *vegeta.Target) error {
+		if err := tr(t); err != nil {
+			return err
+		}
+		h := t.Header.Clone()
+		if h == nil {
+			h = http.Header{}
+		}
+		h.Set("Authorization", "Bearer "+b.token)
+		t.Header = h
+		return nil
+	}
+}
+
+// bearer is a RoundTripper that sends the bench's API token with every request.
+type bearer struct {
+	token string
+	next  http.RoundTripper
+}
+
+func (a bearer) RoundTrip(req *http.Request) (*http.Response, error) {
+	if a.token != "" && req.Header.Get("Authorization") == "" {
+		req = req.Clone(req.Context())
+		req.Header.Set("Authorization", "Bearer "+a.token)
+	}
+	return a.next.RoundTrip(req)
 }

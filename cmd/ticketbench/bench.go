@@ -21,6 +21,7 @@ import (
 
 	"github.com/ticketd/ticketd/db"
 	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/httpapi/auth"
 	"github.com/ticketd/ticketd/ticket"
 )
 
@@ -30,6 +31,8 @@ type bench struct {
 	out    io.Writer
 	runID  string
 	client *http.Client
+	// token is the API token every request to ticketd carries (Authorization: Bearer).
+	token string
 
 	// ticketd under test
 	base      string
@@ -94,6 +97,16 @@ func newBench(ctx context.Context, o options, getenv func(string) string, out io
 			b.close()
 		}
 	}()
+	if b.token = o.token; b.token == "" {
+		b.token = getenv("TICKETD_TOKEN")
+	}
+	if b.ownServer {
+		// the ticketd the bench starts registers this admin token (AUTH_BOOTSTRAP_TOKEN)
+		if b.token, err = auth.GenerateToken(); err != nil {
+			return nil, err
+		}
+	}
+	b.client.Transport = bearer{token: b.token, next: b.client.Transport}
 	b.report = newReport(b.runID, now, o)
 	if b.serverDSN == "" {
 		b.serverDSN = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
@@ -175,6 +188,8 @@ func (b *bench) startServer(ctx context.Context, redisAddrs string) error {
 		// The generator is one address standing in for many clients: ticketd's
 		// per-address cap (256 by default) would refuse the overload row's connections.
 		"MAX_CONNS_PER_IP": "0",
+		// every request of the bench carries this admin token (b.token)
+		"AUTH_BOOTSTRAP_TOKEN": b.token,
 	}
 	b.pprofURL = b.o.pprofURL
 	if len(b.o.pprofScenarios) > 0 && b.pprofURL == "" {

@@ -44,6 +44,7 @@ func main() {
 // options are the command-line flags.
 type options struct {
 	url           string
+	token         string
 	duration      time.Duration
 	conns         int
 	overloadConns int
@@ -99,6 +100,7 @@ func parseOptions(args []string, stdout io.Writer) (options, error) {
 	fs := flag.NewFlagSet("ticketbench", flag.ContinueOnError)
 	fs.SetOutput(stdout)
 	fs.StringVar(&o.url, "url", "", "target a running ticketd at this base URL instead of starting one")
+	fs.StringVar(&o.token, "token", "", "with -url: the API token to send (default $TICKETD_TOKEN); a started ticketd gets a bootstrap admin token of the bench's own")
 	fs.DurationVar(&o.duration, "duration", 6*time.Second, "how long each scenario runs")
 	fs.IntVar(&o.conns, "c", 64, "connections (concurrent requests) per scenario")
 	fs.IntVar(&o.overloadConns, "overload-c", 256, "connections of the overload scenario")

@@ -307,6 +307,14 @@ func parseProcStatCPU(stat string) (time.Duration, bool) {
 	return time.Duration(ut+st) * clockTick, true
 }
 
+// authorization is the Authorization header of the bench's requests ("" without a token).
+func (b *bench) authorization() string {
+	if b.token == "" {
+		return ""
+	}
+	return "Bearer " + b.token
+}
+
 // wrkScript is the Lua script of a run: the data (paths, bodies, ids as one string of
 // 36-character UUIDs per list, which keeps the script small to parse and far from Lua's
 // limits on constants), then the program below.
@@ -317,6 +325,7 @@ func (b *bench) wrkScript(s loadSpec, prefix string, threads int) string {
 	fmt.Fprintf(&sb, "nthreads = %d\n", threads)
 	fmt.Fprintf(&sb, "prefix = %s\n", luaQuote(prefix+"/v1/ticket/"))
 	fmt.Fprintf(&sb, "list_path = %s\n", luaQuote(prefix+listPath))
+	fmt.Fprintf(&sb, "authorization = %s\n", luaQuote(b.authorization()))
 	fmt.Fprintf(&sb, "create_body = %s\n", luaQuote(string(createBody)))
 	fmt.Fprintf(&sb, "comment_body = %s\n", luaQuote(string(commentBody)))
 	fmt.Fprintf(&sb, "answered_body = %s\n", luaQuote(string(statusBody("answered"))))
@@ -404,12 +413,16 @@ local function part(s, t)
 end
 
 function init(args)
-  local json = { ["Content-Type"] = "application/json" }
-  list_req = wrk.format("GET", list_path)
+  local plain, json = {}, { ["Content-Type"] = "application/json" }
+  if authorization ~= "" then
+    plain["Authorization"], json["Authorization"] = authorization, authorization
+    wrk.headers["Authorization"] = authorization
+  end
+  list_req = wrk.format("GET", list_path, plain)
   create_req = wrk.format("POST", prefix, json, create_body)
   gets, comments, answered, waiting = {}, {}, {}, {}
   for _, id in ipairs(part(get_ids, tid)) do
-    gets[#gets + 1] = wrk.format("GET", prefix .. id)
+    gets[#gets + 1] = wrk.format("GET", prefix .. id, plain)
   end
   for _, id in ipairs(part(comment_ids, tid)) do
     comments[#comments + 1] = wrk.format("POST", prefix .. id .. "/comments", json, comment_body)
