@@ -143,7 +143,25 @@ func (s *Server) replayVersion(c *fiber.Ctx, id uuid.UUID, n int) error {
 	defer s.replays.release()
 	ctx, done := whileConnected(c.UserContext(), c)
 	defer done()
-	v, head, err := projections.FoldStream(ctx, s.cfg.Store, id, n)
+	// start from the nearest version kept, and keep a state every checkpointEvery
+	// events on the way: a long stream is folded from its start once, not per version
+	var base projections.View
+	if r, ok := s.versions.nearest(id, n); ok {
+		var err error
+		if base, err = projections.DecodeView(r.body); err != nil {
+			return err
+		}
+	}
+	last := base.Version
+	v, head, err := projections.FoldStreamFrom(ctx, s.cfg.Store, id, base, n, func(v projections.View) {
+		if v.Version-last < checkpointEvery || v.Version == n {
+			return
+		}
+		if body, err := c.App().Config().JSONEncoder(v); err == nil {
+			last = v.Version
+			s.versions.put(&replayed{key: versionKey{id: id, version: v.Version}, body: body})
+		}
+	})
 	if err == nil && ctx.Err() == nil {
 		if n > head {
 			p := invalidQuery("version", "is beyond the ticket's last event; its history has versions 1 to "+strconv.Itoa(head))

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -26,6 +27,9 @@ const (
 	// clientProbeEvery is how often a running replay checks that its client is still
 	// connected.
 	clientProbeEvery = 10 * time.Millisecond
+	// checkpointEvery is how many events apart a replay keeps the states it passes in
+	// the version cache, for later replays of the stream to start from.
+	checkpointEvery = 1000
 )
 
 // replaySlots limits the replays running at once; a replay that finds no free slot is
@@ -66,17 +70,21 @@ type replayed struct {
 func (r *replayed) size() int { return len(r.body) + 64 }
 
 // versionCache is an LRU of replayed versions bounded by the bytes of their JSON; an
-// answer larger than a quarter of the budget is not kept. Safe for concurrent use.
+// answer larger than a quarter of the budget is not kept. Besides answering a repeated
+// version, a kept version is where a replay of a later version of the same stream
+// starts (nearest), so a long stream is folded from its start once, not per version
+// asked. Safe for concurrent use.
 type versionCache struct {
-	mu      sync.Mutex
-	max     int
-	size    int
-	order   *list.List // front: most recently used
-	entries map[versionKey]*list.Element
+	mu       sync.Mutex
+	max      int
+	size     int
+	order    *list.List // front: most recently used
+	entries  map[versionKey]*list.Element
+	byStream map[uuid.UUID][]int // the kept versions of each stream, ascending
 }
 
 func newVersionCache(maxBytes int) *versionCache {
-	return &versionCache{max: maxBytes, order: list.New(), entries: map[versionKey]*list.Element{}}
+	return &versionCache{max: maxBytes, order: list.New(), entries: map[versionKey]*list.Element{}, byStream: map[uuid.UUID][]int{}}
 }
 
 func (c *versionCache) get(k versionKey) (*replayed, bool) {
@@ -93,6 +101,25 @@ func (c *versionCache) get(k versionKey) (*replayed, bool) {
 	return e.Value.(*replayed), true
 }
 
+// nearest returns the kept version of stream id closest below or at version that shows
+// a ticket (not a deletion), to start a replay from.
+func (c *versionCache) nearest(id uuid.UUID, version int) (*replayed, bool) {
+	if c.max <= 0 {
+		return nil, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	vs := c.byStream[id]
+	for i, _ := slices.BinarySearch(vs, version+1); i > 0; i-- {
+		e := c.entries[versionKey{id: id, version: vs[i-1]}]
+		if r := e.Value.(*replayed); !r.deleted {
+			c.order.MoveToFront(e)
+			return r, true
+		}
+	}
+	return nil, false
+}
+
 func (c *versionCache) put(r *replayed) {
 	if r.size() > c.max/4 {
 		return
@@ -103,12 +130,24 @@ func (c *versionCache) put(r *replayed) {
 		return
 	}
 	c.entries[r.key] = c.order.PushFront(r)
+	vs := c.byStream[r.key.id]
+	i, _ := slices.BinarySearch(vs, r.key.version)
+	c.byStream[r.key.id] = slices.Insert(vs, i, r.key.version)
 	c.size += r.size()
 	for c.size > c.max {
 		last := c.order.Back()
 		old := last.Value.(*replayed)
 		c.order.Remove(last)
 		delete(c.entries, old.key)
+		vs := c.byStream[old.key.id]
+		if i, ok := slices.BinarySearch(vs, old.key.version); ok {
+			vs = slices.Delete(vs, i, i+1)
+		}
+		if len(vs) == 0 {
+			delete(c.byStream, old.key.id)
+		} else {
+			c.byStream[old.key.id] = vs
+		}
 		c.size -= old.size()
 	}
 }

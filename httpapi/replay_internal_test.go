@@ -9,6 +9,38 @@ import (
 	"github.com/google/uuid"
 )
 
+// nearest finds the kept version of a stream closest below or at the one asked, never
+// a deletion nor another stream's, and forgets evicted versions.
+func TestVersionCacheNearestKeptVersion(t *testing.T) {
+	c := newVersionCache(4 * 164) // room for four answers of 100 bytes (+64 each)
+	id, other := uuid.New(), uuid.New()
+	for _, v := range []int{1000, 3000, 2000} {
+		c.put(&replayed{key: versionKey{id, v}, body: make([]byte, 100)})
+	}
+	c.put(&replayed{key: versionKey{other, 2500}, body: make([]byte, 100)})
+	for _, tc := range []struct{ ask, want int }{{999, 0}, {1000, 1000}, {2999, 2000}, {3000, 3000}, {9999, 3000}} {
+		r, ok := c.nearest(id, tc.ask)
+		got := 0
+		if ok {
+			got = r.key.version
+		}
+		if got != tc.want {
+			t.Errorf("nearest to %d: %d, want %d", tc.ask, got, tc.want)
+		}
+	}
+	c.get(versionKey{other, 2500})                             // 1000 is now the least recently used
+	c.put(&replayed{key: versionKey{id, 3500}, deleted: true}) // and is evicted
+	if r, ok := c.nearest(id, 4000); !ok || r.key.version != 3000 {
+		t.Errorf("nearest to 4000 past a deletion at 3500: %v, want 3000", r)
+	}
+	if r, ok := c.nearest(id, 1500); ok {
+		t.Errorf("nearest to 1500 after version 1000 was evicted: %d", r.key.version)
+	}
+	if vs := c.byStream[id]; len(vs) != 3 {
+		t.Errorf("kept versions of the stream: %v", vs)
+	}
+}
+
 func TestVersionCacheIsBoundedInBytesAndKeepsTheRecentlyUsed(t *testing.T) {
 	c := newVersionCache(4 * 1064) // room for four answers of 1000 bytes (+64 each)
 	id := uuid.New()

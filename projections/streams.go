@@ -66,10 +66,19 @@ type StreamReader interface {
 // the rest without the comments' data, which the fold no longer reads: a replay of a
 // ticket with 1,000 comments of 20 KB reads the bodies of its first few, not 20 MB.
 func FoldStream(ctx context.Context, r StreamReader, id uuid.UUID, upTo int) (View, int, error) {
+	return FoldStreamFrom(ctx, r, id, View{}, upTo, nil)
+}
+
+// FoldStreamFrom is FoldStream starting from base, a view of the stream at base.Version
+// (the zero View: from the start), and calling checkpoint, if not nil, with the view
+// after each page read: a caller may keep some of them to start later folds from. With
+// base already at upTo nothing is read, and the head returned is base.Version (the
+// stream is at least that long).
+func FoldStreamFrom(ctx context.Context, r StreamReader, id uuid.UUID, base View, upTo int, checkpoint func(View)) (View, int, error) {
 	if upTo < 1 {
 		upTo = MaxVersion
 	}
-	var v View
+	v := base
 	head, page := 0, firstFoldPage
 	for v.Version < upTo {
 		q := eventstore.StreamQuery{After: v.Version, UpTo: upTo, Limit: page}
@@ -82,11 +91,16 @@ func FoldStream(ctx context.Context, r StreamReader, id uuid.UUID, upTo int) (Vi
 			return View{}, 0, err
 		}
 		if len(recs) == 0 {
+			// nothing after v up to upTo: the stream ends at v (versions have no gaps)
+			head = max(head, v.Version)
 			break
 		}
 		head = h
 		if v, err = FoldAll(v, Events(recs)...); err != nil {
 			return View{}, 0, fmt.Errorf("replay ticket %s: %w", id, err)
+		}
+		if checkpoint != nil && !v.Deleted {
+			checkpoint(v)
 		}
 		if closed || len(recs) < page {
 			break
@@ -96,7 +110,7 @@ func FoldStream(ctx context.Context, r StreamReader, id uuid.UUID, upTo int) (Vi
 	if v.Version == 0 {
 		return View{}, 0, fmt.Errorf("ticket %s: %w", id, ticket.ErrNotFound)
 	}
-	return v, head, nil
+	return v, max(head, v.Version), nil
 }
 
 // The pages of FoldStream's reads with data: most streams fit the first.

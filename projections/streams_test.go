@@ -18,10 +18,12 @@ import (
 type countingReader struct {
 	*eventstore.Store
 	bodyBytes int
+	rows      int
 }
 
 func (r *countingReader) ReadStream(ctx context.Context, id uuid.UUID, q eventstore.StreamQuery) ([]eventstore.Record, int, error) {
 	recs, head, err := r.Store.ReadStream(ctx, id, q)
+	r.rows += len(recs)
 	for _, rec := range recs {
 		if c, ok := rec.Data.(ticket.CommentAdded); ok {
 			r.bodyBytes += len(c.Body)
@@ -85,6 +87,38 @@ func TestFoldStreamEqualsTheFullFold(t *testing.T) {
 			}
 		}
 	}
+	// from a checkpoint kept as JSON (as the replay's version cache keeps it): the same
+	// view, reading only the events after it
+	full, head, _ := store.StreamAt(ctx, small, projections.MaxVersion)
+	for _, from := range []int{1, 40, 100, head - 1, head} {
+		base, _ := projections.FoldAll(projections.View{}, projections.Events(full[:from])...)
+		doc, _ := eventstore.EncodeJSON(base)
+		kept, err := projections.DecodeView(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, upTo := range []int{from, from + 1, head, head + 3} {
+			want, _ := projections.FoldAll(projections.View{}, projections.Events(full[:min(upTo, head)])...)
+			r := &countingReader{Store: store}
+			var checkpoints []int
+			got, gotHead, err := projections.FoldStreamFrom(ctx, r, small, kept, upTo, func(v projections.View) { checkpoints = append(checkpoints, v.Version) })
+			if err != nil {
+				t.Fatalf("from v%d to v%d: %v", from, upTo, err)
+			}
+			a, _ := eventstore.EncodeJSON(got)
+			b, _ := eventstore.EncodeJSON(want)
+			if string(a) != string(b) || (gotHead != head && upTo > from) || gotHead < got.Version {
+				t.Fatalf("from v%d to v%d: head %d (want %d)\n got %.300s\nwant %.300s", from, upTo, gotHead, head, a, b)
+			}
+			if r.rows > min(upTo, head)-from {
+				t.Fatalf("from v%d to v%d read %d events", from, upTo, r.rows)
+			}
+			if len(checkpoints) > 0 && checkpoints[len(checkpoints)-1] != got.Version {
+				t.Fatalf("from v%d to v%d: checkpoints %v do not end at v%d", from, upTo, checkpoints, got.Version)
+			}
+		}
+	}
+
 	if _, _, err := projections.FoldStream(ctx, store, uuid.New(), 0); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Fatalf("unknown stream: %v", err)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ticketd/ticketd/db"
 	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/projections"
 	"github.com/ticketd/ticketd/ticket"
 )
 
@@ -134,8 +135,11 @@ func TestReplayEndsAtDeadlineOrWhenTheClientLeaves(t *testing.T) {
 	}
 	eventually(t, 2*time.Second, "the replay's statement to end in Postgres", func() bool { return activeReplays(t, pool) == 0 })
 
-	// the same stream with a generous deadline: the client gives up after 50ms
-	full, dFull := timedGet(t, s2, fmt.Sprintf("/v1/ticket/%s?version=%d", id, worstEvents))
+	// the same stream with a generous deadline: the client gives up after 50ms. A whole
+	// replay is timed on another instance: a replay keeps states on its way (every
+	// 1,000 events) that later replays start from, and this one must start from scratch.
+	s3 := startServerOn(t, s2, nil)
+	full, dFull := timedGet(t, s3, fmt.Sprintf("/v1/ticket/%s?version=%d", id, worstEvents))
 	full.expect(t, 200)
 	t.Logf("a whole replay of version %d takes %s", worstEvents, dFull)
 
@@ -320,5 +324,37 @@ func TestHistoryPagesAreCappedInBytes(t *testing.T) {
 	hist, n := fullHistory(t, s2, "/v1/ticket/"+id.String()+"/history?limit=10")
 	if len(hist) != 61 || n < 60 {
 		t.Errorf("a 1024-byte cap: %d events in %d pages, want 61 in about 61", len(hist), n)
+	}
+}
+
+// Replays start from the states earlier replays kept (every 1,000 events, in the cache
+// of replayed versions): asked in any order, every version equals the fold of the
+// stream from its start.
+func TestReplaysFromKeptStatesEqualTheFullFold(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, nil)
+	n := 0
+	id, pool := seedStream(t, s, func(tk *ticket.Ticket, r *rand.Rand, now time.Time) error {
+		n++
+		if n%3 == 0 {
+			return tk.AddComment(ticket.AddComment{ID: uuid.New(), Body: randomText(r, 100), CreatedBy: "bob"}, now)
+		}
+		to := map[ticket.Status]string{ticket.StatusAnswered: "wait_answer"}[tk.Status()]
+		if to == "" {
+			to = "answered"
+		}
+		return tk.ChangeStatus(ticket.ChangeStatus{Status: to, UpdatedBy: "agent"}, now)
+	}, 2600)
+	store := eventstore.New(pool)
+	for _, v := range []int{2400, 1200, 2499, 10, 2601, 1001, 2000, 1500, 2} {
+		want, _, err := projections.ViewAt(t.Context(), store, id, v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := eventstore.EncodeJSON(want)
+		r := s.do(t, "GET", fmt.Sprintf("/v1/ticket/%s?version=%d", id, v), nil).expect(t, 200)
+		if string(r.Body) != string(body) {
+			t.Fatalf("version %d differs from the fold from the start:\n got %.300s\nwant %.300s", v, r.Body, body)
+		}
 	}
 }
