@@ -20,6 +20,7 @@ import (
 	validator "github.com/pb33f/libopenapi-validator"
 	"golang.org/x/net/html"
 
+	"github.com/ticketd/ticketd/httpapi/auth"
 	"github.com/ticketd/ticketd/ticket"
 )
 
@@ -387,9 +388,11 @@ func TestPanicIsA500ProblemNotACrash(t *testing.T) {
 	}
 }
 
-// newTestApp is the app with no dependencies: enough for routes, docs and metrics.
+// newTestApp is the app with no dependencies: enough for routes, docs and metrics. It
+// has a token store (on no database: no test here sends it a request) so that the
+// /v1/tokens routes, registered only with one, are among the routes checked.
 func newTestApp() *fiber.App {
-	return New(Config{Log: slog.New(slog.DiscardHandler)})
+	return New(Config{Log: slog.New(slog.DiscardHandler), Tokens: auth.NewTokenStore(nil)})
 }
 
 // servedDoc is the served document decoded into maps, for the structural checks.

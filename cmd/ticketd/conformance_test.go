@@ -197,6 +197,32 @@ func TestSpecAndServerAgreeOnWhichRequestsAreAccepted(t *testing.T) {
 		{name: "history HEAD with a trailing slash", method: "HEAD", path: id + "/history/"},
 		{name: "history limit 1001", method: "GET", path: id + "/history?limit=1001"},
 
+		// tokens (admins; the harness sends the test admin token). {token} is a fresh
+		// token's id of the case's own.
+		{name: "create token", method: "POST", path: "/v1/tokens", body: map[string]any{"name": "conformance bot", "role": "agent"}},
+		{name: "create token with a trailing slash", method: "POST", path: "/v1/tokens/", body: map[string]any{"name": "conformance bot", "role": "auditor", "ttl": "1h30m"}},
+		{name: "create requester token", method: "POST", path: "/v1/tokens", body: map[string]any{"name": "Иван", "role": "requester", "email": "user@example.com", "ttl": "720h"}},
+		{name: "create token, empty email", method: "POST", path: "/v1/tokens", body: map[string]any{"name": "bot", "role": "admin", "email": ""}},
+		{name: "create requester token without email", method: "POST", path: "/v1/tokens", body: map[string]any{"name": "Иван", "role": "requester"}},
+		{name: "create requester token, empty email", method: "POST", path: "/v1/tokens", body: map[string]any{"name": "Иван", "role": "requester", "email": ""}},
+		{name: "create token, unknown role", method: "POST", path: "/v1/tokens", body: map[string]any{"name": "bot", "role": "root"}},
+		{name: "create token, no name", method: "POST", path: "/v1/tokens", body: map[string]any{"role": "agent"}},
+		{name: "create token, blank name", method: "POST", path: "/v1/tokens", body: map[string]any{"name": "\u3164", "role": "agent"}},
+		{name: "create token, name too long", method: "POST", path: "/v1/tokens", body: map[string]any{"name": long(201), "role": "agent"}},
+		{name: "create token, malformed email", method: "POST", path: "/v1/tokens", body: map[string]any{"name": "bot", "role": "agent", "email": "nobody"}},
+		{name: "create token, ttl not a duration", method: "POST", path: "/v1/tokens", body: map[string]any{"name": "bot", "role": "agent", "ttl": "30 days"}},
+		{name: "create token, ttl a number", method: "POST", path: "/v1/tokens", body: map[string]any{"name": "bot", "role": "agent", "ttl": 3600}},
+		{name: "create token, ttl of zero", method: "POST", path: "/v1/tokens", body: map[string]any{"name": "bot", "role": "agent", "ttl": "0h"}, known: "the schema cannot say a duration is positive"},
+		{name: "create token, unknown field", method: "POST", path: "/v1/tokens", body: map[string]any{"name": "bot", "role": "agent", "scopes": "all"}},
+		{name: "list tokens", method: "GET", path: "/v1/tokens"},
+		{name: "list tokens with a trailing slash", method: "GET", path: "/v1/tokens/"},
+		{name: "list tokens HEAD", method: "HEAD", path: "/v1/tokens"},
+		{name: "list tokens HEAD with a trailing slash", method: "HEAD", path: "/v1/tokens/"},
+		{name: "revoke token", method: "DELETE", path: "/v1/tokens/{token}"},
+		{name: "revoke token with a trailing slash", method: "DELETE", path: "/v1/tokens/{token}/"},
+		{name: "revoke token, not a UUID", method: "DELETE", path: "/v1/tokens/not-a-uuid"},
+		{name: "PUT a token", method: "PUT", path: "/v1/tokens/{token}", body: map[string]any{"name": "bot"}},
+
 		// operations
 		{name: "healthz", method: "GET", path: "/healthz"},
 		{name: "healthz with a trailing slash", method: "GET", path: "/healthz/"},
@@ -230,6 +256,11 @@ func TestSpecAndServerAgreeOnWhichRequestsAreAccepted(t *testing.T) {
 			var created ticketDoc
 			s.do(t, "POST", "/v1/ticket/", sourceTicket).expect(t, 201).JSON(t, &created)
 			path = strings.ReplaceAll(path, "{id}", created.ID)
+		}
+		if strings.Contains(path, "{token}") {
+			var created struct{ ID string }
+			s.do(t, "POST", "/v1/tokens", map[string]any{"name": "conformance", "role": "agent"}).expect(t, 201).JSON(t, &created)
+			path = strings.ReplaceAll(path, "{token}", created.ID)
 		}
 		req := conformanceRequest(t, s.URL, c.method, path, c.body, c.headers)
 		specOK, verrs := v.ValidateHttpRequest(req)
@@ -286,12 +317,12 @@ func verdict(ok bool) string {
 	return "refuses"
 }
 
-// templatePath turns a request path into its document path: the ticket id becomes
-// {id}, the query goes.
+// templatePath turns a request path into its document path: the ticket or token id
+// becomes {id}, the query goes.
 func templatePath(path string) string {
 	path, _, _ = strings.Cut(path, "?")
 	segs := strings.Split(path, "/")
-	if len(segs) > 3 && segs[1] == "v1" && segs[2] == "ticket" && len(segs[3]) == 36 {
+	if len(segs) > 3 && segs[1] == "v1" && (segs[2] == "ticket" || segs[2] == "tokens") && len(segs[3]) == 36 {
 		segs[3] = "{id}"
 	}
 	return strings.Join(segs, "/")

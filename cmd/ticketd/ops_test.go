@@ -390,6 +390,15 @@ func TestResponsesMatchTheOpenAPIDocument(t *testing.T) {
 	sc.check(t, "GET", id, nil, 404)
 	sc.check(t, "GET", id+"/history", nil, 200)
 
+	var tok struct{ ID string }
+	sc.check(t, "POST", "/v1/tokens", map[string]any{"name": "spec bot", "role": "requester", "email": "user@example.com", "ttl": "1h"}, 201).JSON(t, &tok)
+	sc.check(t, "POST", "/v1/tokens", map[string]any{"name": "spec bot", "role": "requester"}, 422)
+	sc.check(t, "GET", "/v1/tokens", nil, 200)
+	sc.check(t, "DELETE", "/v1/tokens/"+tok.ID, nil, 204)
+	sc.check(t, "GET", "/v1/tokens", nil, 200) // now with a revoked_at
+	sc.check(t, "DELETE", "/v1/tokens/"+uuid.NewString(), nil, 404)
+	sc.check(t, "GET", "/v1/tokens", nil, 401, "Authorization", "Bearer tkd_nope")
+
 	sc.check(t, "GET", "/healthz", nil, 200)
 	sc.check(t, "GET", "/readyz", nil, 200)
 	sc.check(t, "GET", "/metrics", nil, 200)
@@ -400,6 +409,7 @@ func TestResponsesMatchTheOpenAPIDocument(t *testing.T) {
 	for _, op := range []string{
 		"GET /v1/ticket/", "POST /v1/ticket/", "GET /v1/ticket/{id}", "PUT /v1/ticket/{id}", "DELETE /v1/ticket/{id}",
 		"POST /v1/ticket/{id}/comments", "GET /v1/ticket/{id}/comments", "GET /v1/ticket/{id}/history",
+		"POST /v1/tokens", "GET /v1/tokens", "DELETE /v1/tokens/{id}",
 		"GET /healthz", "GET /readyz", "GET /metrics", "GET /api/openapi.json",
 	} {
 		if !sc.covered[op] {
