@@ -16,10 +16,24 @@ const Topic = "ticket_events"
 
 // Metadata is recorded with every event at append: who did it and through which request.
 type Metadata struct {
-	Actor          string `json:"actor,omitempty"`
-	RequestID      string `json:"request_id,omitempty"`
-	CorrelationID  string `json:"correlation_id,omitempty"`
-	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	// Actor is the display name the request gave (created_by, updated_by, X-Actor):
+	// what the client says, kept for compatibility. Principal is who it was.
+	Actor string `json:"actor,omitempty"`
+	// Principal is the authenticated caller that recorded the event, whatever the body
+	// says; nil for events recorded before authentication existed or outside a request.
+	Principal      *Principal `json:"principal,omitempty"`
+	RequestID      string     `json:"request_id,omitempty"`
+	CorrelationID  string     `json:"correlation_id,omitempty"`
+	IdempotencyKey string     `json:"idempotency_key,omitempty"`
+}
+
+// Principal is the authenticated caller an event is recorded for: a credential's id (an
+// API token's id, or "jwt:<issuer>#<subject>"; "anonymous" when the server runs with
+// AUTH=off), its name and its role. The store keeps it as given.
+type Principal struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	Role string `json:"role"`
 }
 
 // Record is an event as stored: the domain event plus its global position, metadata and

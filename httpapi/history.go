@@ -30,11 +30,14 @@ const (
 // HistoryEntry is one event as the history shows it, over HTTP and in `ticketd
 // -history -json` alike.
 type HistoryEntry struct {
-	Version  int             `json:"version"`
-	Type     string          `json:"type"`
-	Time     time.Time       `json:"time"`
-	Actor    string          `json:"actor"`
-	Metadata HistoryMetadata `json:"metadata,omitzero"`
+	Version int       `json:"version"`
+	Type    string    `json:"type"`
+	Time    time.Time `json:"time"`
+	Actor   string    `json:"actor"`
+	// Principal is who recorded the event, authenticated (token id, name, role);
+	// absent for events recorded before authentication existed.
+	Principal *eventstore.Principal `json:"principal,omitempty"`
+	Metadata  HistoryMetadata       `json:"metadata,omitzero"`
 	// Data is the event's payload: TicketOpened {title, description, email,
 	// created_by}; CommentAdded the comment {id, body, email, created_by};
 	// StatusChanged {from, to, updated_by}; TicketDeleted {deleted_by}.
@@ -61,6 +64,7 @@ type HistoryComment struct {
 func NewHistoryEntry(r eventstore.Record) HistoryEntry {
 	e := HistoryEntry{
 		Version: r.Version, Type: r.Type(), Time: r.RecordedAt.UTC(), Actor: r.Actor,
+		Principal: r.Metadata.Principal,
 		Metadata: HistoryMetadata{
 			RequestID: r.Metadata.RequestID, CorrelationID: r.Metadata.CorrelationID,
 			IdempotencyKey: r.Metadata.IdempotencyKey,

@@ -240,12 +240,19 @@ func RequestID(ctx context.Context) string {
 	return s
 }
 
+// metadata is what the request's events record besides their data: the principal that
+// authenticated it (whatever names the body gives: those stay the events' display
+// names; with AUTH=off the principal "anonymous", role admin), and the request's ids.
 func (s *Server) metadata(c *fiber.Ctx) eventstore.Metadata {
 	corr := c.Get("X-Correlation-ID")
 	if !validRequestID(corr) {
 		corr = "" // like a bad X-Request-ID: junk is not recorded
 	}
-	return eventstore.Metadata{RequestID: RequestID(c.UserContext()), CorrelationID: corr}
+	md := eventstore.Metadata{RequestID: RequestID(c.UserContext()), CorrelationID: corr}
+	if p := principal(c); p.ID != "" {
+		md.Principal = &eventstore.Principal{ID: p.ID, Name: p.Name, Role: string(p.Role)}
+	}
+	return md
 }
 
 // committed runs the OnCommitted hook for a command that appended events.

@@ -45,7 +45,7 @@ func printHistory(ctx context.Context, cfg Config, rawID string, asJSON bool, ou
 		enc.SetEscapeHTML(false)
 	} else {
 		table = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(table, "VERSION\tTIME\tTYPE\tACTOR\tDETAILS")
+		fmt.Fprintln(table, "VERSION\tTIME\tTYPE\tACTOR\tPRINCIPAL\tDETAILS")
 	}
 	after := 0
 	for {
@@ -62,8 +62,8 @@ func printHistory(ctx context.Context, cfg Config, rawID string, asJSON bool, ou
 					return err
 				}
 			} else {
-				fmt.Fprintf(table, "%d\t%s\t%s\t%s\t%s\n", r.Version, r.RecordedAt.UTC().Format("2006-01-02T15:04:05.000Z"),
-					r.Type(), printable(r.Actor, 40), details(r.Data))
+				fmt.Fprintf(table, "%d\t%s\t%s\t%s\t%s\t%s\n", r.Version, r.RecordedAt.UTC().Format("2006-01-02T15:04:05.000Z"),
+					r.Type(), printable(r.Actor, 40), principalColumn(r.Metadata.Principal), details(r.Data))
 			}
 			after = r.Version
 		}
@@ -75,6 +75,15 @@ func printHistory(ctx context.Context, cfg Config, rawID string, asJSON bool, ou
 		return table.Flush()
 	}
 	return nil
+}
+
+// principalColumn is the PRINCIPAL column: who recorded the event, authenticated, as
+// "role name (id)"; "-" for an event recorded before authentication existed.
+func principalColumn(p *eventstore.Principal) string {
+	if p == nil {
+		return "-"
+	}
+	return printable(p.Role, 20) + " " + printable(p.Name, 40) + " (" + printable(p.ID, 80) + ")"
 }
 
 // details is the DETAILS column: what the event changed, in a few words.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ticketd/ticketd/db"
 	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/httpapi/auth"
 	"github.com/ticketd/ticketd/ticket"
 )
 
@@ -29,12 +30,13 @@ func raceDetector() bool {
 
 // historyEntry is one element of GET /v1/ticket/{id}/history as a client reads it.
 type historyEntry struct {
-	Version  int            `json:"version"`
-	Type     string         `json:"type"`
-	Time     time.Time      `json:"time"`
-	Actor    string         `json:"actor"`
-	Metadata map[string]any `json:"metadata"`
-	Data     map[string]any `json:"data"`
+	Version   int               `json:"version"`
+	Type      string            `json:"type"`
+	Time      time.Time         `json:"time"`
+	Actor     string            `json:"actor"`
+	Principal map[string]string `json:"principal"`
+	Metadata  map[string]any    `json:"metadata"`
+	Data      map[string]any    `json:"data"`
 }
 
 // historyNext returns the path of a Link rel="next" header, "" when there is none.
@@ -418,5 +420,85 @@ func TestHistoryOfTenThousandEvents(t *testing.T) {
 		if best > time.Second && !raceDetector() {
 			t.Errorf("GET ?version=%d took %s: not well under a second", v, best)
 		}
+	}
+}
+
+// The actor of an event is the principal that sent the request, whatever name the body
+// gives: an agent writing created_by "Mallory" is recorded as the agent's token (id,
+// name, role), shown by GET …/history and by ticketd -history beside the display name.
+func TestHistoryRecordsThePrincipalWhateverTheBodySays(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, nil)
+	agentTok, agent := tokenFor(t, s, auth.RoleAgent, "", time.Hour)
+	as := bearerOf(agentTok)
+	var created ticketDoc
+	s.do(t, "POST", "/v1/ticket/", map[string]any{"title": "Printer", "email": "user@example.com", "created_by": "Mallory"}, as...).
+		expect(t, 201).JSON(t, &created)
+	id := created.ID
+	s.do(t, "POST", "/v1/ticket/"+id+"/comments", map[string]any{"body": "hi", "created_by": "Mallory"}, as...).expect(t, 201)
+	s.do(t, "PUT", "/v1/ticket/"+id, map[string]any{"status": "answered", "updated_by": "Mallory"}, as...).expect(t, 200)
+	s.do(t, "DELETE", "/v1/ticket/"+id, nil, "X-Actor", "Mallory").expect(t, 204) // the harness's admin token
+
+	wantAgent := map[string]string{"id": agent.ID.String(), "name": agent.Name, "role": "agent"}
+	var hist []historyEntry
+	s.do(t, "GET", "/v1/ticket/"+id+"/history", nil).expect(t, 200).JSON(t, &hist)
+	if len(hist) != 4 {
+		t.Fatalf("history has %d events, want 4: %+v", len(hist), hist)
+	}
+	for i, e := range hist {
+		if e.Actor != "Mallory" {
+			t.Errorf("event %d (%s): actor %q, want the display name Mallory", i+1, e.Type, e.Actor)
+		}
+		if i < 3 && !reflect.DeepEqual(e.Principal, wantAgent) {
+			t.Errorf("event %d (%s): principal %v, want the agent's token %v", i+1, e.Type, e.Principal, wantAgent)
+		}
+	}
+	if p := hist[3].Principal; p["role"] != "admin" || p["id"] == "" || p["id"] == agent.ID.String() {
+		t.Errorf("the deletion's principal %v, want the admin token that sent it", p)
+	}
+
+	getenv := func(k string) string { return s.Env[k] }
+	var table bytes.Buffer
+	if err := run(t.Context(), []string{"-history", id}, getenv, &table); err != nil {
+		t.Fatalf("ticketd -history: %v\n%s", err, table.String())
+	}
+	lines := strings.Split(strings.TrimRight(table.String(), "\n"), "\n")
+	if len(lines) != 5 || !strings.Contains(lines[0], "ACTOR") || !strings.Contains(lines[0], "PRINCIPAL") {
+		t.Fatalf("table has no PRINCIPAL column or not 4 rows:\n%s", table.String())
+	}
+	shown := "agent " + agent.Name + " (" + agent.ID.String() + ")"
+	for i, row := range lines[1:4] {
+		if !strings.Contains(row, "Mallory") || !strings.Contains(row, shown) {
+			t.Errorf("row %d %q: want the actor Mallory and the principal %q", i+1, row, shown)
+		}
+	}
+	if !strings.Contains(lines[4], "admin ") || strings.Contains(lines[4], agent.ID.String()) {
+		t.Errorf("row 4 %q: want the admin principal", lines[4])
+	}
+	var jsonl bytes.Buffer
+	if err := run(t.Context(), []string{"-history", id, "-json"}, getenv, &jsonl); err != nil {
+		t.Fatalf("ticketd -history -json: %v", err)
+	}
+	var first historyEntry
+	if err := json.Unmarshal([]byte(strings.SplitN(jsonl.String(), "\n", 2)[0]), &first); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(first.Principal, wantAgent) {
+		t.Errorf("-history -json: principal %v, want %v", first.Principal, wantAgent)
+	}
+}
+
+// With AUTH=off every request is the principal "anonymous", role admin, and its events
+// say so: an audit can tell them from authenticated ones.
+func TestHistoryRecordsTheAnonymousPrincipalWithAuthOff(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, map[string]string{"AUTH": "off"})
+	var created ticketDoc
+	s.do(t, "POST", "/v1/ticket/", map[string]any{"title": "Printer", "email": "user@example.com", "created_by": "Mallory"}, "Authorization", "").
+		expect(t, 201).JSON(t, &created)
+	var hist []historyEntry
+	s.do(t, "GET", "/v1/ticket/"+created.ID+"/history", nil, "Authorization", "").expect(t, 200).JSON(t, &hist)
+	if len(hist) != 1 || hist[0].Principal["id"] != "anonymous" || hist[0].Principal["role"] != "admin" {
+		t.Fatalf("history %+v, want one event by the principal anonymous, role admin", hist)
 	}
 }
