@@ -21,10 +21,14 @@ type Metadata struct {
 	Actor string `json:"actor,omitempty"`
 	// Principal is the authenticated caller that recorded the event, whatever the body
 	// says; nil for events recorded before authentication existed or outside a request.
-	Principal      *Principal `json:"principal,omitempty"`
-	RequestID      string     `json:"request_id,omitempty"`
-	CorrelationID  string     `json:"correlation_id,omitempty"`
-	IdempotencyKey string     `json:"idempotency_key,omitempty"`
+	Principal *Principal `json:"principal,omitempty"`
+	// RequestID is the server's id of the request that recorded the event (unique per
+	// request); ClientRequestID and CorrelationID are what the client sent as
+	// X-Request-ID and X-Correlation-ID: its own labels, which it may reuse.
+	RequestID       string `json:"request_id,omitempty"`
+	ClientRequestID string `json:"client_request_id,omitempty"`
+	CorrelationID   string `json:"correlation_id,omitempty"`
+	IdempotencyKey  string `json:"idempotency_key,omitempty"`
 }
 
 // Principal is the authenticated caller an event is recorded for: a credential's id (an

@@ -46,9 +46,10 @@ type HistoryEntry struct {
 
 // HistoryMetadata is what the event's request left on it; empty fields are omitted.
 type HistoryMetadata struct {
-	RequestID      string `json:"request_id,omitempty"`
-	CorrelationID  string `json:"correlation_id,omitempty"`
-	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	RequestID       string `json:"request_id,omitempty"`
+	ClientRequestID string `json:"client_request_id,omitempty"`
+	CorrelationID   string `json:"correlation_id,omitempty"`
+	IdempotencyKey  string `json:"idempotency_key,omitempty"`
 }
 
 // HistoryComment is the data of a CommentAdded entry: the comment as the API shows it
@@ -66,7 +67,8 @@ func NewHistoryEntry(r eventstore.Record) HistoryEntry {
 		Version: r.Version, Type: r.Type(), Time: r.RecordedAt.UTC(), Actor: r.Actor,
 		Principal: r.Metadata.Principal,
 		Metadata: HistoryMetadata{
-			RequestID: r.Metadata.RequestID, CorrelationID: r.Metadata.CorrelationID,
+			RequestID: r.Metadata.RequestID, ClientRequestID: r.Metadata.ClientRequestID,
+			CorrelationID:  r.Metadata.CorrelationID,
 			IdempotencyKey: r.Metadata.IdempotencyKey,
 		},
 		Data: r.Data,

@@ -76,7 +76,7 @@ func (s *Server) record(c *fiber.Ctx, r *fiber.Route, route string, start time.T
 	if !s.cfg.Log.Enabled(ctx, level) {
 		return
 	}
-	attrs := [11]slog.Attr{
+	attrs := [12]slog.Attr{
 		slog.String("method", method),
 		slog.String("route", route),
 		slog.String("path", c.Path()),
@@ -87,6 +87,10 @@ func (s *Server) record(c *fiber.Ctx, r *fiber.Route, route string, start time.T
 		slog.Int("bytes", len(c.Response().Body())),
 	}
 	n := 8
+	if own := ClientRequestID(c.UserContext()); own != "" {
+		attrs[n] = slog.String("client_request_id", own)
+		n++
+	}
 	if sampled {
 		// one line stands for 1/rate requests like it
 		attrs[n] = slog.Float64("sample_rate", s.cfg.AccessLogSample)

@@ -204,19 +204,26 @@ func New(cfg Config) *fiber.App {
 
 type ctxKey int
 
-const requestIDKey ctxKey = 0
+const (
+	requestIDKey ctxKey = iota
+	clientRequestIDKey
+)
 
-// requestContext gives every request an id (X-Request-ID if the client sent a sane
-// one), echoes it, and bounds the request's work with a deadline.
+// requestContext gives every request an id of the server's own, 32 random hex digits,
+// answered in X-Request-ID and written in the log line and in the metadata of the
+// events the request records, and bounds the request's work with a deadline. A client's
+// X-Request-ID is never the request's id (clients could make several requests share
+// one, and so blur the audit trail): a sane one is kept beside it, as the client's.
 func (s *Server) requestContext(c *fiber.Ctx) error {
-	rid := c.Get("X-Request-ID")
-	if !validRequestID(rid) {
-		var b [16]byte
-		_, _ = rand.Read(b[:])
-		rid = hex.EncodeToString(b[:])
-	}
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	rid := hex.EncodeToString(b[:])
 	c.Set("X-Request-ID", rid)
-	ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), requestIDKey, rid), s.cfg.RequestTimeout)
+	ctx := context.WithValue(context.Background(), requestIDKey, rid)
+	if own := c.Get("X-Request-ID"); validRequestID(own) {
+		ctx = context.WithValue(ctx, clientRequestIDKey, own)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
 	c.SetUserContext(ctx)
 	return c.Next()
@@ -234,21 +241,29 @@ func validRequestID(s string) bool {
 	return true
 }
 
-// RequestID returns the request id carried by ctx, if any.
+// RequestID returns the request id carried by ctx, if any: the server's own.
 func RequestID(ctx context.Context) string {
 	s, _ := ctx.Value(requestIDKey).(string)
 	return s
 }
 
+// ClientRequestID returns the X-Request-ID the client sent with the request carried
+// by ctx, if it was sane (1-128 visible ASCII characters); "" otherwise.
+func ClientRequestID(ctx context.Context) string {
+	s, _ := ctx.Value(clientRequestIDKey).(string)
+	return s
+}
+
 // metadata is what the request's events record besides their data: the principal that
 // authenticated it (whatever names the body gives: those stay the events' display
-// names; with AUTH=off the principal "anonymous", role admin), and the request's ids.
+// names; with AUTH=off the principal "anonymous", role admin), the server's request id,
+// and the ids the client sent (X-Request-ID, X-Correlation-ID) in fields of their own.
 func (s *Server) metadata(c *fiber.Ctx) eventstore.Metadata {
 	corr := c.Get("X-Correlation-ID")
 	if !validRequestID(corr) {
 		corr = "" // like a bad X-Request-ID: junk is not recorded
 	}
-	md := eventstore.Metadata{RequestID: RequestID(c.UserContext()), CorrelationID: corr}
+	md := eventstore.Metadata{RequestID: RequestID(c.UserContext()), ClientRequestID: ClientRequestID(c.UserContext()), CorrelationID: corr}
 	if p := principal(c); p.ID != "" {
 		md.Principal = &eventstore.Principal{ID: p.ID, Name: p.Name, Role: string(p.Role)}
 	}

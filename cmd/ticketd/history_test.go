@@ -141,9 +141,9 @@ func TestHistoryRecordsEveryEventWithItsStateAtEachVersion(t *testing.T) {
 		}
 		for i, e := range hist {
 			w := want[i]
-			if e.Version != i+1 || e.Type != w.typ || e.Actor != w.actor || e.Metadata["request_id"] != w.rid {
+			if e.Version != i+1 || e.Type != w.typ || e.Actor != w.actor || e.Metadata["client_request_id"] != w.rid {
 				t.Errorf("event %d: version %d type %s actor %q request id %v; want version %d %s %q %s",
-					i, e.Version, e.Type, e.Actor, e.Metadata["request_id"], i+1, w.typ, w.actor, w.rid)
+					i, e.Version, e.Type, e.Actor, e.Metadata["client_request_id"], i+1, w.typ, w.actor, w.rid)
 			}
 			if w.from != "" && (e.Data["from"] != w.from || e.Data["to"] != w.to || e.Data["updated_by"] != w.actor) {
 				t.Errorf("event %d: data %v, want from %s to %s by %s", i, e.Data, w.from, w.to, w.actor)

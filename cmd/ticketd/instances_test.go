@@ -962,7 +962,7 @@ func checkStored(t *testing.T, m *readModels, res twoLoadResult) storedFigures {
 		typ     string
 		data    map[string]any
 	}
-	rows, err := m.pool.Query(ctx, `SELECT stream_id::text, version, type, data, coalesce(metadata->>'request_id', '') FROM events`)
+	rows, err := m.pool.Query(ctx, `SELECT stream_id::text, version, type, data, coalesce(metadata->>'client_request_id', '') FROM events`)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -147,19 +147,22 @@ func logLines(t *testing.T, s *testServer) []map[string]any {
 	return out
 }
 
-func requestLog(t *testing.T, s *testServer, rid string) map[string]any {
+// requestLog returns the request log line whose field key (request_id,
+// client_request_id) is rid.
+func requestLog(t *testing.T, s *testServer, key, rid string) map[string]any {
 	t.Helper()
 	for _, m := range logLines(t, s) {
-		if m["msg"] == "request" && m["request_id"] == rid {
+		if m["msg"] == "request" && m[key] == rid {
 			return m
 		}
 	}
-	t.Fatalf("no request log line with request_id %q in:\n%s", rid, s.logs.String())
+	t.Fatalf("no request log line with %s %q in:\n%s", key, rid, s.logs.String())
 	return nil
 }
 
-// eventRequestIDs returns the request ids recorded in the metadata of a stream's events.
-func eventRequestIDs(t *testing.T, dsn, stream string) []string {
+// eventRequestIDs returns the metadata field key (request_id, client_request_id) of a
+// stream's events.
+func eventRequestIDs(t *testing.T, dsn, stream, key string) []string {
 	t.Helper()
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, dsn)
@@ -167,7 +170,7 @@ func eventRequestIDs(t *testing.T, dsn, stream string) []string {
 		t.Fatalf("connect: %v", err)
 	}
 	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, `SELECT coalesce(metadata->>'request_id', '') FROM events WHERE stream_id = $1 ORDER BY version`, stream)
+	rows, err := conn.Query(ctx, `SELECT coalesce(metadata->>$2, '') FROM events WHERE stream_id = $1 ORDER BY version`, stream, key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,33 +184,39 @@ func eventRequestIDs(t *testing.T, dsn, stream string) []string {
 func TestRequestIDRoundTripsIntoEventMetadataAndTheLog(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, map[string]string{"LOG_LEVEL": "info"})
+	hex32 := regexp.MustCompile(`^[0-9a-f]{32}$`)
 
-	const rid = "client-chosen-id-42"
-	created := s.do(t, "POST", "/v1/ticket/", sourceTicket, "X-Request-ID", rid).expect(t, 201)
-	if got := created.Header.Get("X-Request-ID"); got != rid {
-		t.Fatalf("X-Request-ID echoed as %q, want %q", got, rid)
+	// the client's id is kept as its own; the request's id is the server's
+	const own = "client-chosen-id-42"
+	created := s.do(t, "POST", "/v1/ticket/", sourceTicket, "X-Request-ID", own).expect(t, 201)
+	first := created.Header.Get("X-Request-ID")
+	if !hex32.MatchString(first) {
+		t.Fatalf("X-Request-ID answered %q, want the server's id, 32 hex digits (the client sent %q)", first, own)
 	}
 	var doc ticketDoc
 	created.JSON(t, &doc)
 
-	// no id sent: one is generated, echoed, and stored just the same
+	// no id sent: one is generated, answered, and stored just the same
 	put := s.do(t, "PUT", "/v1/ticket/"+doc.ID, map[string]any{"status": "answered", "updated_by": "Администратор"}).expect(t, 200)
 	generated := put.Header.Get("X-Request-ID")
-	if !regexp.MustCompile(`^[0-9a-f]{32}$`).MatchString(generated) {
-		t.Fatalf("generated X-Request-ID %q, want 32 hex digits", generated)
+	if !hex32.MatchString(generated) || generated == first {
+		t.Fatalf("generated X-Request-ID %q, want 32 hex digits of its own", generated)
 	}
-	// a header that is no sane id is replaced, not echoed
+	// a header that is no sane id is ignored
 	bad := s.do(t, "GET", "/v1/ticket/"+doc.ID, nil, "X-Request-ID", strings.Repeat("x", 300)).expect(t, 200)
-	if got := bad.Header.Get("X-Request-ID"); len(got) != 32 {
+	if got := bad.Header.Get("X-Request-ID"); !hex32.MatchString(got) {
 		t.Fatalf("a 300-byte X-Request-ID came back as %q", got)
 	}
 
-	if got := eventRequestIDs(t, s.DSN, doc.ID); len(got) != 2 || got[0] != rid || got[1] != generated {
-		t.Fatalf("events carry request ids %q, want [%s %s]", got, rid, generated)
+	if got := eventRequestIDs(t, s.DSN, doc.ID, "request_id"); len(got) != 2 || got[0] != first || got[1] != generated {
+		t.Fatalf("events carry request ids %q, want [%s %s]", got, first, generated)
+	}
+	if got := eventRequestIDs(t, s.DSN, doc.ID, "client_request_id"); len(got) != 2 || got[0] != own || got[1] != "" {
+		t.Fatalf("events carry client request ids %q, want [%s \"\"]", got, own)
 	}
 
-	line := requestLog(t, s, rid)
-	for k, want := range map[string]any{"level": "INFO", "method": "POST", "route": "/v1/ticket/", "path": "/v1/ticket/", "status": float64(201), "remote_ip": "127.0.0.1"} {
+	line := requestLog(t, s, "request_id", first)
+	for k, want := range map[string]any{"level": "INFO", "method": "POST", "route": "/v1/ticket/", "path": "/v1/ticket/", "status": float64(201), "remote_ip": "127.0.0.1", "client_request_id": own} {
 		if line[k] != want {
 			t.Errorf("log %s = %v, want %v (line %v)", k, line[k], want, line)
 		}
@@ -215,21 +224,50 @@ func TestRequestIDRoundTripsIntoEventMetadataAndTheLog(t *testing.T) {
 	if d, ok := line["duration_ms"].(float64); !ok || d <= 0 || d > 10_000 {
 		t.Errorf("log duration_ms = %v", line["duration_ms"])
 	}
-	line = requestLog(t, s, generated)
-	if line["route"] != "/v1/ticket/:id" || line["path"] != "/v1/ticket/"+doc.ID {
-		t.Errorf("PUT logged with route %v, path %v", line["route"], line["path"])
+	line = requestLog(t, s, "request_id", generated)
+	if line["route"] != "/v1/ticket/:id" || line["path"] != "/v1/ticket/"+doc.ID || line["client_request_id"] != nil {
+		t.Errorf("PUT logged with route %v, path %v, client_request_id %v", line["route"], line["path"], line["client_request_id"])
 	}
 
 	// 4xx at info, probes quiet (debug) when they succeed
 	s.do(t, "GET", "/v1/ticket/"+uuid.NewString(), nil, "X-Request-ID", "missing-one").expect(t, 404)
-	if l := requestLog(t, s, "missing-one"); l["level"] != "INFO" || l["status"] != float64(404) {
+	if l := requestLog(t, s, "client_request_id", "missing-one"); l["level"] != "INFO" || l["status"] != float64(404) {
 		t.Errorf("404 logged as %v", l)
 	}
 	s.do(t, "GET", "/healthz", nil, "X-Request-ID", "probe-1").expect(t, 200)
 	for _, m := range logLines(t, s) {
-		if m["request_id"] == "probe-1" {
+		if m["client_request_id"] == "probe-1" {
 			t.Errorf("a successful /healthz was logged at info: %v", m)
 		}
+	}
+}
+
+// Clients choose their X-Request-ID: three separate requests sending the same one get
+// three request ids of the server's own, in their answers and their events, each event
+// keeping the client's value in client_request_id (before, all three recorded
+// request_id "req-shared", and an audit could not tell them apart).
+func TestRequestIDOfEventsIsTheServersNotTheClients(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, nil)
+	seen := map[string]bool{}
+	for i := range 3 {
+		r := s.do(t, "POST", "/v1/ticket/", sourceTicket, "X-Request-ID", "req-shared", "X-Correlation-ID", "case-7").expect(t, 201)
+		var doc ticketDoc
+		r.JSON(t, &doc)
+		answered := r.Header.Get("X-Request-ID")
+		var hist []historyEntry
+		s.do(t, "GET", "/v1/ticket/"+doc.ID+"/history", nil).expect(t, 200).JSON(t, &hist)
+		if len(hist) != 1 {
+			t.Fatalf("request %d: history %+v, want one event", i+1, hist)
+		}
+		md := hist[0].Metadata
+		if md["request_id"] != answered || answered == "req-shared" || seen[answered] {
+			t.Errorf("request %d: event request_id %v, answered X-Request-ID %q; want the server's own id, new each time (seen %v)", i+1, md["request_id"], answered, seen)
+		}
+		if md["client_request_id"] != "req-shared" || md["correlation_id"] != "case-7" {
+			t.Errorf("request %d: metadata %v, want client_request_id req-shared and correlation_id case-7", i+1, md)
+		}
+		seen[answered] = true
 	}
 }
 
