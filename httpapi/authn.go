@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/ticketd/ticketd/httpapi/auth"
+	"github.com/ticketd/ticketd/httpapi/ratelimit"
 	"github.com/ticketd/ticketd/ticket"
 )
 
@@ -48,12 +49,23 @@ func forbidden(perm auth.Permission, detail string) *Problem {
 	return p
 }
 
-// need returns the middleware of a route that needs perm.
-func (s *Server) need(perm auth.Permission) fiber.Handler {
+// need returns the middleware of a /v1 route that needs perm: the request is
+// authenticated, then spends one request of its principal's rate limit (a principal
+// over its limit is refused whatever it asks, forbidden routes too), then perm is
+// checked against the principal's role.
+func (s *Server) need(perm auth.Permission) fiber.Handler { return s.guard(perm, true) }
+
+// guard is need, with the rate limit only when limited.
+func (s *Server) guard(perm auth.Permission, limited bool) fiber.Handler {
 	return func(c *fiber.Ctx) error {
 		p, err := s.authenticate(c)
 		if err != nil {
 			return err
+		}
+		if limited && s.cfg.Limiter != nil && s.cfg.Auth != nil {
+			if err := ratelimit.Enforce(c, s.cfg.Limiter.Allow(c.UserContext(), p), false); err != nil {
+				return err
+			}
 		}
 		if !p.Role.Can(perm) {
 			return forbidden(perm, "the role "+string(p.Role)+" does not have the permission "+string(perm))
@@ -63,8 +75,14 @@ func (s *Server) need(perm auth.Permission) fiber.Handler {
 	}
 }
 
+// errJWTOff is why a JWT is refused when JWT login is off (for the debug log only:
+// the client gets the same 401 as for any bad credential).
+var errJWTOff = errors.New("a JWT was sent but JWT login is off (OIDC_ISSUER is empty)")
+
 // authenticate returns the request's principal, or the 401 problem (400 for a
-// credential in the query string, 503 when the credential cannot be checked).
+// credential in the query string, 429 for a client address over its limit of failed
+// authentications, 503 when the credential cannot be checked). A credential shaped
+// like a JWT goes to the JWT verifier, any other to the token store.
 func (s *Server) authenticate(c *fiber.Ctx) (auth.Principal, error) {
 	args := c.Context().QueryArgs()
 	for _, name := range queryCredentialParams {
@@ -80,17 +98,49 @@ func (s *Server) authenticate(c *fiber.Ctx) (auth.Principal, error) {
 	}
 	cred, ok := bearer(c.Get(fiber.HeaderAuthorization))
 	if !ok {
-		return auth.Principal{}, s.challenge(c)
+		return auth.Principal{}, s.refuse(c, errors.New("no bearer credential"))
 	}
-	p, err := s.cfg.Auth.Verify(c.UserContext(), cred)
-	if errors.Is(err, auth.ErrUnauthenticated) {
-		return auth.Principal{}, s.challenge(c)
+	var v auth.Verifier = s.cfg.Auth
+	if auth.LooksLikeJWT(cred) {
+		if s.cfg.JWT == nil {
+			return auth.Principal{}, s.refuse(c, errJWTOff)
+		}
+		v = s.cfg.JWT
 	}
-	if err != nil {
+	p, err := v.Verify(c.UserContext(), cred)
+	switch {
+	case err == nil:
+		return p, nil
+	case errors.Is(err, auth.ErrJWKSUnavailable):
+		// the token may be good: it cannot be checked now, which is no 401
+		return auth.Principal{}, problem(fiber.StatusServiceUnavailable, "unavailable",
+			"the identity provider's keys cannot be fetched, so this JWT cannot be checked; retry later (API tokens are unaffected)")
+	case errors.Is(err, auth.ErrUnauthenticated):
+		return auth.Principal{}, s.refuse(c, err)
+	default:
 		// the credential could not be checked (Postgres down or too slow): 503
 		return auth.Principal{}, fmt.Errorf("verify credential: %w", errors.Join(ticket.ErrUnavailable, err))
 	}
-	return p, nil
+}
+
+// refuse answers a failed authentication: it spends one of the client address's
+// failed authentications, and returns the 401 problem, or the 429 one over the limit.
+// why goes to the debug log only (verifiers never put the credential in an error).
+func (s *Server) refuse(c *fiber.Ctx, why error) error {
+	s.cfg.Log.Debug("authentication failed", "reason", why.Error(), "ip", c.IP(), "path", c.Path())
+	if s.cfg.Limiter != nil {
+		if err := ratelimit.Enforce(c, s.cfg.Limiter.AllowAuthFailure(c.UserContext(), c.IP()), true); err != nil {
+			return err
+		}
+	}
+	return s.challenge(c)
+}
+
+// JWTVerifier is what the HTTP layer needs of auth.JWTVerifier: Verify, and Health
+// for /readyz.
+type JWTVerifier interface {
+	auth.Verifier
+	Health() error
 }
 
 // challenge sets WWW-Authenticate and returns the 401 problem.

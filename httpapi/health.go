@@ -39,8 +39,22 @@ func (s *Server) ready(c *fiber.Ctx) error {
 	if s.cfg.Auth == nil {
 		authState = "off: every request is served as an admin (AUTH=off, for local development only)"
 	}
+	// JWT login, when on, is reported and never decides readiness: API tokens work
+	// without the provider, and an instance taken out of rotation would not fetch its
+	// keys sooner. The fetch's error stays in the log: /readyz is open to anyone.
+	jwt := ""
+	if s.cfg.JWT != nil {
+		jwt = "ok"
+		if s.cfg.JWT.Health() != nil {
+			jwt = "unavailable: the provider's keys could not be fetched; JWTs are answered 503, API tokens work"
+		}
+	}
 	if pg == "ok" {
-		return c.JSON(fiber.Map{"status": "ok", "postgres": pg, "redis": rd, "redis_mode": mode, "auth": authState})
+		body := fiber.Map{"status": "ok", "postgres": pg, "redis": rd, "redis_mode": mode, "auth": authState}
+		if jwt != "" {
+			body["jwt"] = jwt
+		}
+		return c.JSON(body)
 	}
 	p := problem(fiber.StatusServiceUnavailable, "not-ready", "postgres: unavailable")
 	p.Instance = c.Path()
@@ -50,7 +64,8 @@ func (s *Server) ready(c *fiber.Ctx) error {
 		Redis     string `json:"redis"`
 		RedisMode string `json:"redis_mode"`
 		Auth      string `json:"auth"`
-	}{p, pg, rd, mode, authState})
+		JWT       string `json:"jwt,omitempty"`
+	}{p, pg, rd, mode, authState, jwt})
 	c.Set(fiber.HeaderContentType, "application/problem+json")
 	c.Set(fiber.HeaderCacheControl, "no-store")
 	return c.Status(fiber.StatusServiceUnavailable).Send(body)

@@ -12,6 +12,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/httpapi/ratelimit"
 	"github.com/ticketd/ticketd/ticket"
 )
 
@@ -78,9 +79,13 @@ func toProblem(c *fiber.Ctx, err error, log *slog.Logger) *Problem {
 	var ve *ticket.ValidationError
 	var te *ticket.TransitionError
 	var fe *fiber.Error
+	var rl *ratelimit.Error
 	switch {
 	case errors.As(err, &p):
 		return p
+	case errors.As(err, &rl):
+		// ratelimit.Enforce has set RateLimit-* and Retry-After on the response
+		return problem(fiber.StatusTooManyRequests, ratelimit.ProblemCode, rl.Detail())
 	case errors.As(err, &ves) && len(ves) > 0:
 		fes := make([]FieldError, len(ves))
 		for i, v := range ves {

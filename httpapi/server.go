@@ -20,6 +20,7 @@ import (
 
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/httpapi/auth"
+	"github.com/ticketd/ticketd/httpapi/ratelimit"
 	"github.com/ticketd/ticketd/projections"
 	"github.com/ticketd/ticketd/projections/pgmodel"
 	"github.com/ticketd/ticketd/ticket"
@@ -98,6 +99,12 @@ type Config struct {
 	// authentication, every request is an admin ("anonymous"), and /readyz says so;
 	// cmd/ticketd passes nil only with AUTH=off, for local development.
 	Auth auth.Verifier
+	// JWT verifies bearer credentials shaped like a JWT (auth.LooksLikeJWT); nil: JWT
+	// login is off and such a credential is a 401. Its Health is reported by /readyz.
+	JWT JWTVerifier
+	// Limiter limits each principal's /v1 requests, and failed authentications per
+	// client address; nil: no limits.
+	Limiter *ratelimit.Limiter
 	// Tokens serves /v1/tokens (admins); nil: those routes answer 404.
 	Tokens TokenStore
 }
@@ -177,7 +184,8 @@ func New(cfg Config) *fiber.App {
 	app.Use(s.observe)
 	app.Get("/healthz", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"status": "ok"}) })
 	app.Get("/readyz", s.ready)
-	app.Get("/metrics", s.need(auth.PermMetrics), metricsHandler(cfg.Metrics))
+	// /metrics is scraped by a monitoring system: authenticated, not rate limited
+	app.Get("/metrics", s.guard(auth.PermMetrics, false), metricsHandler(cfg.Metrics))
 	registerDocs(app)
 
 	// Every route names its permission (httpapi/auth; a requester is further bound to

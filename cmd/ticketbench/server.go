@@ -88,7 +88,8 @@ func freePort() (int, error) {
 func ticketdEnv(vars map[string]string) []string {
 	own := map[string]bool{}
 	for _, k := range []string{"DATABASE_DSN", "REDIS_HOST", "REDIS_PORT", "REDIS_ADDRS", "REDIS_PREFIX",
-		"HTTP_ADDR", "LOG_LEVEL", "PG_MAX_CONNS", "PPROF_ADDR", "CURSOR_SECRET"} {
+		"HTTP_ADDR", "LOG_LEVEL", "PG_MAX_CONNS", "PPROF_ADDR", "CURSOR_SECRET",
+		"RATE_LIMIT_ADMIN", "RATE_LIMIT_AGENT", "RATE_LIMIT_AUDITOR", "RATE_LIMIT_REQUESTER", "RATE_LIMIT_AUTH_FAILURES"} {
 		own[k] = true
 	}
 	var env []string

@@ -14,6 +14,7 @@ import (
 
 	"github.com/ticketd/ticketd/db"
 	"github.com/ticketd/ticketd/httpapi/auth"
+	"github.com/ticketd/ticketd/httpapi/ratelimit"
 	"github.com/ticketd/ticketd/projections/redismodel"
 )
 
@@ -89,6 +90,12 @@ type Config struct {
 	// the first admin of an automated deployment, and of the tests. Revoking it holds
 	// across restarts.
 	AuthBootstrapToken string `env:"AUTH_BOOTSTRAP_TOKEN"`
+	// OIDC turns on JWT bearer tokens from an OIDC provider as a second way in
+	// (OIDC_ISSUER and the other OIDC_* variables); off while OIDC_ISSUER is empty.
+	OIDC auth.OIDCConfig
+	// RateLimit is the per-role request limits and the per-address limit of failed
+	// authentications (RATE_LIMIT_*), kept in Redis and shared by every instance.
+	RateLimit ratelimit.Config
 }
 
 // loadConfig reads the configuration through getenv and validates it. Every problem
@@ -169,7 +176,7 @@ func parseProblems(err error, vars map[string]string) (problems []error, bad []s
 			problems = append(problems, e)
 			continue
 		}
-		f, ok := t.FieldByName(pe.Name)
+		f, ok := fieldNamed(t, pe.Name)
 		if !ok {
 			problems = append(problems, e)
 			continue
@@ -179,6 +186,23 @@ func parseProblems(err error, vars map[string]string) (problems []error, bad []s
 		problems = append(problems, fmt.Errorf("%s: %q %s", key, vars[key], expectedForm(f.Type, pe.Err, f.Tag.Get("envDefault"))))
 	}
 	return problems, bad
+}
+
+// fieldNamed finds the field called name in struct t or in the structs it nests
+// (OIDC, RateLimit): caarlos0/env's ParseError names only the field. Field names that
+// hold a variable are unique across them (TestEveryVariableHasAnErrorCase).
+func fieldNamed(t reflect.Type, name string) (reflect.StructField, bool) {
+	if f, ok := t.FieldByName(name); ok {
+		return f, true
+	}
+	for i := range t.NumField() {
+		if f := t.Field(i); f.Type.Kind() == reflect.Struct && f.Tag.Get("env") == "" {
+			if nf, ok := fieldNamed(f.Type, name); ok {
+				return nf, true
+			}
+		}
+	}
+	return reflect.StructField{}, false
 }
 
 // expectedForm says what a value of type t looks like, for a value that failed to
@@ -265,6 +289,14 @@ func (c Config) Validate() error {
 		// the value is a secret: never repeated in an error
 		errs = append(errs, errors.New("AUTH_BOOTSTRAP_TOKEN must be tkd_ and 43 base64url characters (ticketd -create-token makes such tokens)"))
 	}
+	// Each message names its variable (OIDC_*, RATE_LIMIT_*): the packages that own
+	// these settings write them so.
+	if err := c.OIDC.Validate(); err != nil {
+		errs = append(errs, unjoin(err)...)
+	}
+	if err := c.RateLimit.Validate(); err != nil {
+		errs = append(errs, unjoin(err)...)
+	}
 	if !(c.AccessLogSample >= 0 && c.AccessLogSample <= 1) { // also refuses NaN
 		errs = append(errs, fmt.Errorf("ACCESS_LOG_SAMPLE must be a fraction from 0 to 1, not %v", c.AccessLogSample))
 	}
@@ -298,6 +330,14 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("PG_MAX_CONNS must be at least 2, not %d", c.PGMaxConns))
 	}
 	return errors.Join(errs...)
+}
+
+// unjoin returns the errors joined in err, so each is one problem of ConfigError.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 // loopbackAddr accepts host:port whose host is localhost or a loopback IP: the

@@ -61,6 +61,14 @@ func TestConfigErrorsNameTheVariableAndTheForm(t *testing.T) {
 		{"PPROF_ADDR", ":6060", `PPROF_ADDR ":6060": must be a loopback address (…`},
 		{"DATABASE_DSN", "mysql://x/y", `DATABASE_DSN must be a URL like postgres://user@host:5432/dbname?sslmode=disable`},
 		{"DATABASE_DSN", "postgres://x", `DATABASE_DSN must name a database (the path of the URL)`},
+		{"OIDC_LEEWAY", "30", `OIDC_LEEWAY: "30" is not a duration (a number and a unit: 150ms, 2s, 1m, 24h; units ns, us, ms, s, m, h; the default is 30s)`},
+		{"OIDC_JWKS_REFRESH", "hourly", `OIDC_JWKS_REFRESH: "hourly" is not a duration (…`},
+		{"OIDC_AUDIENCE", "ticketd", `OIDC_AUDIENCE or OIDC_JWKS_URL is set but OIDC_ISSUER is empty…`},
+		{"OIDC_JWKS_URL", "https://idp.example/jwks", `OIDC_AUDIENCE or OIDC_JWKS_URL is set but OIDC_ISSUER is empty…`},
+		{"RATE_LIMIT_AGENT", "10/d", `RATE_LIMIT_AGENT: "10/d": unit "d"…`},
+		{"RATE_LIMIT_AUTH_FAILURES", "-1/m", `RATE_LIMIT_AUTH_FAILURES: "-1/m": rate…`},
+		{"RATE_LIMIT_TIMEOUT", "50", `RATE_LIMIT_TIMEOUT: "50" is not a duration (…`},
+		{"RATE_LIMIT_TIMEOUT", "1m", `RATE_LIMIT_TIMEOUT must be from 1ms to 5s, not 1m0s`},
 	} {
 		t.Run(c.key+"="+c.value, func(t *testing.T) {
 			_, err := loadConfig(func(k string) string {
@@ -98,6 +106,9 @@ func TestEveryVariableHasAnErrorCase(t *testing.T) {
 	}
 	// Variables whose every value is accepted: free text.
 	free := map[string]bool{"CURSOR_SECRET": true}
+	// The OIDC_* variables are judged only when JWT login is on: each is tried in an
+	// otherwise good OIDC configuration.
+	oidc := map[string]string{"OIDC_ISSUER": "https://idp.example", "OIDC_AUDIENCE": "ticketd", "OIDC_JWKS_URL": "https://idp.example/jwks"}
 	for _, p := range params {
 		if free[p.Key] {
 			continue
@@ -105,6 +116,9 @@ func TestEveryVariableHasAnErrorCase(t *testing.T) {
 		_, err := loadConfig(func(k string) string {
 			if k == p.Key {
 				return "\x01not valid\x01"
+			}
+			if strings.HasPrefix(p.Key, "OIDC_") {
+				return oidc[k]
 			}
 			return ""
 		})

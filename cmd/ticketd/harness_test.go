@@ -287,5 +287,11 @@ func processEnv(t testing.TB, dsn string) map[string]string {
 		"REDIS_PREFIX": "test-" + strings.ReplaceAll(uuid.NewString(), "-", ""),
 		// auth is on, as in production; the harness sends this admin token by default
 		"AUTH_BOOTSTRAP_TOKEN": testAdminToken,
+		// No rate limits: every test comes from 127.0.0.1 with a handful of tokens, and
+		// load, hostile-corpus and 401 tests would be throttled by the production
+		// defaults (10 failed authentications per address, 200 admin requests at once).
+		// The limits' own tests set theirs.
+		"RATE_LIMIT_ADMIN": "off", "RATE_LIMIT_AGENT": "off", "RATE_LIMIT_AUDITOR": "off",
+		"RATE_LIMIT_REQUESTER": "off", "RATE_LIMIT_AUTH_FAILURES": "off",
 	}
 }

@@ -317,7 +317,15 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	if err != nil {
 		return err
 	}
-	app := httpapi.New(httpapi.Config{
+	jwtVerifier, err := setupJWT(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	limiter, err := setupRateLimit(cfg, rdb, reg, log)
+	if err != nil {
+		return err
+	}
+	httpCfg := httpapi.Config{
 		Store: store, Reader: reader, Log: log,
 		OnCommitted:    reader.Committed,
 		CursorKey:      cursorKey,
@@ -337,7 +345,12 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 		PageBytes:         cfg.PageBytes,
 		Auth:              verifier,
 		Tokens:            tokens,
-	})
+		Limiter:           limiter,
+	}
+	if jwtVerifier != nil { // a nil *JWTVerifier in the interface would not be nil
+		httpCfg.JWT = jwtVerifier
+	}
+	app := httpapi.New(httpCfg)
 
 	projCtx, stopProj := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopProj()

@@ -174,3 +174,23 @@ func setupAuth(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Lo
 	}
 	return store, store, nil
 }
+
+// setupJWT returns the verifier of JWTs from the OIDC provider, or nil when JWT login
+// is off (OIDC_ISSUER empty) or authentication is (AUTH=off: every request is an admin
+// anyway). A provider that cannot be reached at start is no error: the verifier logs it,
+// answers JWTs 503 until its keys are fetched, and /readyz says so. ctx bounds the
+// verifier's key refreshes.
+func setupJWT(ctx context.Context, cfg Config, log *slog.Logger) (*auth.JWTVerifier, error) {
+	if !cfg.OIDC.Enabled() {
+		return nil, nil
+	}
+	if cfg.Auth == "off" {
+		log.Warn("OIDC_ISSUER is set but AUTH=off: JWTs are not checked, every request is an admin")
+		return nil, nil
+	}
+	v, err := auth.NewJWTVerifier(ctx, cfg.OIDC, log)
+	if err != nil {
+		return nil, fmt.Errorf("OIDC: %w", err)
+	}
+	return v, nil
+}

@@ -120,15 +120,24 @@ func (c OIDCConfig) Validate() error {
 		return nil
 	}
 	var errs []error
+	// The issuer is compared with iss as it is, so it is not rewritten; a value that is
+	// no URL can never match a provider's tokens (OIDC Discovery 1.0, section 3).
+	if u, err := url.Parse(c.Issuer); err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") || !printable(c.Issuer) {
+		errs = append(errs, fmt.Errorf("OIDC_ISSUER %q must be the provider's issuer URL, exactly as its tokens' iss claim has it (e.g. https://idp.example/realms/x)", c.Issuer))
+	}
 	if c.Audience == "" {
 		errs = append(errs, errors.New("OIDC_AUDIENCE must be set when OIDC_ISSUER is: without it a token the provider issued to any other client would be accepted"))
+	} else if !printable(c.Audience) {
+		errs = append(errs, fmt.Errorf("OIDC_AUDIENCE %q must be printable: the client id the provider gives ticketd", c.Audience))
 	}
 	if err := checkJWKSURL(c.JWKSURL); err != nil {
 		errs = append(errs, err)
 	}
-	for name, v := range map[string]string{"OIDC_ROLE_CLAIM": c.RoleClaim, "OIDC_EMAIL_CLAIM": c.EmailClaim, "OIDC_NAME_CLAIM": c.NameClaim} {
-		if strings.TrimSpace(v) == "" {
-			errs = append(errs, fmt.Errorf("%s must name a claim", name))
+	for _, cl := range []struct{ name, v string }{{"OIDC_ROLE_CLAIM", c.RoleClaim}, {"OIDC_EMAIL_CLAIM", c.EmailClaim}, {"OIDC_NAME_CLAIM", c.NameClaim}} {
+		if strings.TrimSpace(cl.v) == "" {
+			errs = append(errs, fmt.Errorf("%s must name a claim", cl.name))
+		} else if !printable(cl.v) || strings.ContainsAny(cl.v, " \t") {
+			errs = append(errs, fmt.Errorf("%s %q must name a claim: no spaces or control characters", cl.name, cl.v))
 		}
 	}
 	if len(c.Algorithms) == 0 {

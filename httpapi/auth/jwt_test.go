@@ -646,6 +646,9 @@ func TestOIDCConfigValidate(t *testing.T) {
 		{"alg_unknown", func(c *auth.OIDCConfig) { c.Algorithms = []string{"RS1"} }, `"RS1" is not one of`},
 		{"leeway_too_long", func(c *auth.OIDCConfig) { c.Leeway = time.Hour }, "OIDC_LEEWAY must be from 0 to 5m"},
 		{"empty_role_claim", func(c *auth.OIDCConfig) { c.RoleClaim = " " }, "OIDC_ROLE_CLAIM must name a claim"},
+		{"role_claim_with_control", func(c *auth.OIDCConfig) { c.RoleClaim = "role\x01" }, `OIDC_ROLE_CLAIM "role\x01" must name a claim: no spaces`},
+		{"issuer_no_url", func(c *auth.OIDCConfig) { c.Issuer = "my idp" }, `OIDC_ISSUER "my idp" must be the provider's issuer URL`},
+		{"audience_control", func(c *auth.OIDCConfig) { c.Audience = "a\nb" }, `OIDC_AUDIENCE "a\nb" must be printable`},
 		{"off_but_audience_set", func(c *auth.OIDCConfig) { c.Issuer = "" }, "OIDC_ISSUER is empty"},
 	}
 	for _, tt := range tests {
