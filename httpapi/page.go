@@ -1,9 +1,10 @@
 package httpapi
 
 import (
-	"github.com/gofiber/fiber/v2"
+	"bytes"
+	"encoding/json"
 
-	"github.com/ticketd/ticketd/eventstore"
+	"github.com/gofiber/fiber/v2"
 )
 
 // DefaultPageBytes caps a page of the list or of comments in bytes of its JSON.
@@ -14,24 +15,31 @@ const DefaultPageBytes = 256 << 10
 // encodePage encodes the longest prefix of items whose JSON array stays within max
 // bytes (at least one item, so every page moves its reader on) and says how many it
 // holds. Items past it are left for the next page, which the caller links to from the
-// last item encoded.
+// last item encoded. The encoding is eventstore.EncodeJSON's (no HTML escaping), with
+// one encoder and one buffer for the page.
 func encodePage[T any](items []T, max int) (body []byte, n int, err error) {
-	body = append(make([]byte, 0, 1024), '[')
+	var buf bytes.Buffer
+	buf.Grow(min(512*len(items)+2, max+2))
+	buf.WriteByte('[')
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
 	for i, it := range items {
-		b, err := eventstore.EncodeJSON(it)
-		if err != nil {
+		mark := buf.Len()
+		if i > 0 {
+			buf.WriteByte(',')
+		}
+		if err := enc.Encode(it); err != nil {
 			return nil, 0, err
 		}
-		if i > 0 && len(body)+len(b)+2 > max {
+		buf.Truncate(buf.Len() - 1) // Encode's newline
+		if i > 0 && buf.Len()+1 > max {
+			buf.Truncate(mark)
 			break
 		}
-		if i > 0 {
-			body = append(body, ',')
-		}
-		body = append(body, b...)
 		n++
 	}
-	return append(body, ']'), n, nil
+	buf.WriteByte(']')
+	return buf.Bytes(), n, nil
 }
 
 // sendJSON sends body, already encoded JSON, as a 200.
