@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -632,6 +633,7 @@ func TestConnsDescriptorExhaustionLeavesTheProcessServing(t *testing.T) {
 			"REDIS_PREFIX":         "test-" + strings.ReplaceAll(uuid.NewString(), "-", ""),
 			"AUTH_BOOTSTRAP_TOKEN": testAdminToken,
 		}
+		maps.Copy(e, noRateLimits)
 		for i := 0; i+1 < len(extra); i += 2 {
 			e[extra[i]] = extra[i+1]
 		}

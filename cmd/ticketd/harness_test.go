@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -278,7 +279,7 @@ func adminPost(url, contentType string, body io.Reader) (*http.Response, error) 
 // Postgres of max_connections 100) and Redis keys of its own (parallel tests never see
 // each other's documents).
 func processEnv(t testing.TB, dsn string) map[string]string {
-	return map[string]string{
+	env := map[string]string{
 		"DATABASE_DSN": dsn,
 		"REDIS_ADDRS":  redisAddrs(),
 		"HTTP_ADDR":    freeAddr(t),
@@ -287,11 +288,16 @@ func processEnv(t testing.TB, dsn string) map[string]string {
 		"REDIS_PREFIX": "test-" + strings.ReplaceAll(uuid.NewString(), "-", ""),
 		// auth is on, as in production; the harness sends this admin token by default
 		"AUTH_BOOTSTRAP_TOKEN": testAdminToken,
-		// No rate limits: every test comes from 127.0.0.1 with a handful of tokens, and
-		// load, hostile-corpus and 401 tests would be throttled by the production
-		// defaults (10 failed authentications per address, 200 admin requests at once).
-		// The limits' own tests set theirs.
-		"RATE_LIMIT_ADMIN": "off", "RATE_LIMIT_AGENT": "off", "RATE_LIMIT_AUDITOR": "off",
-		"RATE_LIMIT_REQUESTER": "off", "RATE_LIMIT_AUTH_FAILURES": "off",
 	}
+	maps.Copy(env, noRateLimits)
+	return env
+}
+
+// noRateLimits turns the rate limits off for a test's ticketd: every test comes from
+// 127.0.0.1 with a handful of tokens, and load, hostile-corpus and 401 tests would be
+// throttled by the production defaults (10 failed authentications per address, 200
+// admin requests at once). The limits' own tests set theirs.
+var noRateLimits = map[string]string{
+	"RATE_LIMIT_ADMIN": "off", "RATE_LIMIT_AGENT": "off", "RATE_LIMIT_AUDITOR": "off",
+	"RATE_LIMIT_REQUESTER": "off", "RATE_LIMIT_AUTH_FAILURES": "off",
 }

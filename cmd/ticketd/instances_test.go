@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"os/exec"
@@ -52,6 +53,7 @@ func TestTwoInstances(t *testing.T) {
 		"PG_MAX_CONNS":         "6",
 		// no CURSOR_SECRET: the default must work across instances
 	}
+	maps.Copy(shared, noRateLimits)
 	m := openReadModels(t, shared) // before the instances: its cleanup runs after they are killed
 	envOf := func() map[string]string {
 		env := map[string]string{"HTTP_ADDR": freeAddr(t)}

@@ -637,6 +637,9 @@ func TestSIGTERMDrainsInFlightRequestsAndExitsZero(t *testing.T) {
 		"DATABASE_DSN="+dsn, "REDIS_ADDRS="+redisAddrs(), "HTTP_ADDR="+addr, "LOG_LEVEL=info",
 		"PG_MAX_CONNS=6", "SHUTDOWN_TIMEOUT=10s", "REDIS_PREFIX=test-sigterm-"+strings.ReplaceAll(uuid.NewString(), "-", ""),
 		"AUTH_BOOTSTRAP_TOKEN="+testAdminToken)
+	for k, v := range noRateLimits {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
 	logs := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
