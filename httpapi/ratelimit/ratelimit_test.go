@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http/httptest"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,34 +20,16 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/ticketd/ticketd/httpapi/auth"
+	"github.com/ticketd/ticketd/projections/projectionstest"
 )
 
 // cluster returns a new client of the test Redis Cluster: each is what one ticketd
 // instance would hold.
-func cluster(t testing.TB) *redis.ClusterClient {
-	t.Helper()
-	addrs := os.Getenv("TEST_REDIS_ADDRS")
-	if addrs == "" {
-		addrs = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
-	}
-	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: strings.Split(addrs, ",")})
-	t.Cleanup(func() { _ = rdb.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		t.Fatalf("test Redis Cluster at %s: %v (run the tests through scripts/test-env.sh)", addrs, err)
-	}
-	return rdb
-}
+func cluster(t testing.TB) *redis.ClusterClient { return projectionstest.Redis(t) }
 
 // prefix is a key prefix of the test's own. The budgets' keys expire by themselves
 // (GCRA sets each key's TTL to when its budget is whole again).
-func prefix(t testing.TB) string {
-	t.Helper()
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	return "test-rl-" + hex.EncodeToString(b[:])
-}
+func prefix(t testing.TB) string { return projectionstest.Prefix(t) }
 
 // limits are all off but those given: tests read more plainly with slow rates (per
 // minute), which do not refill during a test.
