@@ -21,6 +21,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ticketd/ticketd/projections/redismodel"
+
 	"github.com/go-redis/redis_rate/v10"
 	"github.com/redis/go-redis/v9"
 
@@ -68,7 +70,7 @@ type Limiter struct {
 	rl       *redis_rate.Limiter
 	limits   Limits
 	prefix   string
-	br       breaker
+	br       redismodel.Breaker // as the Redis read model's
 	refusals refusals
 	metrics  *Metrics
 	log      *slog.Logger
@@ -196,7 +198,7 @@ func (l *Limiter) decide(ctx context.Context, kind, key string, r Rate) Decision
 		l.metrics.refused(kind)
 		return d
 	}
-	if !l.br.allow() {
+	if !l.br.Allow() {
 		l.failed(kind, "circuit-open", errCircuitOpen)
 		return Decision{Allowed: true}
 	}
@@ -204,17 +206,17 @@ func (l *Limiter) decide(ctx context.Context, kind, key string, r Rate) Decision
 	took := time.Since(now)
 	switch {
 	case err == nil && took > l.limits.Timeout/2:
-		l.br.failure() // answered, but slowly: a few more and the breaker opens
+		l.br.Failure() // answered, but slowly: a few more and the breaker opens
 	case err == nil:
-		l.br.success()
+		l.br.Success()
 	case ctx.Err() != nil:
 		return Decision{Allowed: true} // the request went away: no news about Redis
 	case errors.Is(err, context.DeadlineExceeded):
-		l.br.failure()
+		l.br.Failure()
 		l.failed(kind, "timeout", err)
 		return Decision{Allowed: true}
 	default:
-		l.br.failure()
+		l.br.Failure()
 		l.failed(kind, "error", err)
 		return Decision{Allowed: true}
 	}

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ticketd/ticketd/projections/redismodel"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
@@ -152,7 +154,7 @@ func TestRedisHangingFailsOpenWithinTheTimeoutThenCostsNoRoundTrip(t *testing.T)
 	ctx := context.Background()
 	p := principal(auth.RoleAdmin)
 
-	for i := range breakerThreshold {
+	for i := range redismodel.BreakerThreshold {
 		start := time.Now()
 		d := lim.Allow(ctx, p)
 		took := time.Since(start)
@@ -166,8 +168,8 @@ func TestRedisHangingFailsOpenWithinTheTimeoutThenCostsNoRoundTrip(t *testing.T)
 	if accepted.Load() == 0 {
 		t.Fatal("the silent Redis accepted no connection: the calls did not reach it")
 	}
-	if got := failures(m, kindPrincipal, "timeout"); got != breakerThreshold {
-		t.Errorf("timeouts counted: want %d, got %d", breakerThreshold, got)
+	if got := failures(m, kindPrincipal, "timeout"); got != redismodel.BreakerThreshold {
+		t.Errorf("timeouts counted: want %d, got %d", redismodel.BreakerThreshold, got)
 	}
 	// the breaker is open: a request costs no round trip
 	const n = 200

@@ -12,8 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -57,7 +55,7 @@ type Docs struct {
 	rdb     redis.UniversalClient
 	prefix  string
 	timeout time.Duration
-	br      breaker
+	br      Breaker
 	views   *projections.ViewCache
 }
 
@@ -97,7 +95,7 @@ func (d *Docs) Prefix() string { return d.prefix }
 // Up reports whether the circuit breaker holds Redis to be reachable. The projector
 // does not even try Redis while it is not, so a dead Redis never lengthens the
 // projector's transaction.
-func (d *Docs) Up() bool { return d.br.up() }
+func (d *Docs) Up() bool { return d.br.Up() }
 
 // putScript writes ARGV[2] under KEYS[1] unless the stored value's version (the digits
 // before its first newline) is at least ARGV[1]. ARGV[3] is a TTL in milliseconds, 0
@@ -151,7 +149,7 @@ func (d *Docs) set(ctx context.Context, id uuid.UUID, version int, body []byte, 
 	if version < 1 {
 		return false, fmt.Errorf("redis document of %s: version %d: %w", id, version, ticket.ErrInvalid)
 	}
-	if !d.br.allow() {
+	if !d.br.Allow() {
 		return false, ErrDown
 	}
 	val := make([]byte, 0, len(body)+12)
@@ -173,7 +171,7 @@ func (d *Docs) set(ctx context.Context, id uuid.UUID, version int, body []byte, 
 // found with its version, a nil body and ErrDeleted. Other errors: ErrDown while
 // the breaker is open, otherwise the Redis error.
 func (d *Docs) Get(ctx context.Context, id uuid.UUID) (body []byte, version int, found bool, err error) {
-	if !d.br.allow() {
+	if !d.br.Allow() {
 		return nil, 0, false, ErrDown
 	}
 	start := time.Now()
@@ -293,68 +291,14 @@ func (d *Docs) Wipe(ctx context.Context) error {
 func (d *Docs) done(parent context.Context, err error, start time.Time) error {
 	switch {
 	case err == nil && !start.IsZero() && time.Since(start) > d.timeout/2:
-		d.br.failure()
+		d.br.Failure()
 	case err == nil:
-		d.br.success()
+		d.br.Success()
 	case parent.Err() != nil:
 	default:
-		d.br.failure()
+		d.br.Failure()
 	}
 	return err
-}
-
-// breaker is a small circuit breaker: after breakerThreshold consecutive failures it
-// opens for a cooldown (doubling up to breakerMaxCooldown while failures go on), during
-// which calls fail without a round trip; after the cooldown one call at a time is let
-// through as a probe, and its success closes the breaker.
-type breaker struct {
-	fails     atomic.Int32
-	openUntil atomic.Int64 // unix nanoseconds
-	mu        sync.Mutex
-	cooldown  time.Duration
-}
-
-const (
-	breakerThreshold   = 3
-	breakerMinCooldown = 200 * time.Millisecond
-	breakerMaxCooldown = 2 * time.Second
-)
-
-// up reports whether the breaker is closed.
-func (b *breaker) up() bool { return b.fails.Load() < breakerThreshold }
-
-// allow reports whether a call may go to Redis now.
-func (b *breaker) allow() bool {
-	if b.up() {
-		return true
-	}
-	until := b.openUntil.Load()
-	now := time.Now().UnixNano()
-	if now < until {
-		return false
-	}
-	// Half open: the caller that wins this swap is the probe; the others keep failing
-	// fast until it reports.
-	return b.openUntil.CompareAndSwap(until, now+int64(breakerMinCooldown))
-}
-
-func (b *breaker) success() {
-	if b.fails.Load() != 0 {
-		b.fails.Store(0)
-		b.mu.Lock()
-		b.cooldown = 0
-		b.mu.Unlock()
-	}
-}
-
-func (b *breaker) failure() {
-	if b.fails.Add(1) < breakerThreshold {
-		return
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.cooldown = min(max(b.cooldown*2, breakerMinCooldown), breakerMaxCooldown)
-	b.openUntil.Store(time.Now().Add(b.cooldown).UnixNano())
 }
 
 // readEach runs one read per ticket's key in one pipelined round trip per node,
@@ -362,7 +306,7 @@ func (b *breaker) failure() {
 // not an error: its command says so. A batch may take longer than one call, so its
 // speed is not judged.
 func (d *Docs) readEach(ctx context.Context, ids []uuid.UUID, read func(context.Context, redis.Pipeliner, string) *redis.StringCmd) ([]*redis.StringCmd, error) {
-	if !d.br.allow() {
+	if !d.br.Allow() {
 		return nil, ErrDown
 	}
 	cctx, cancel := context.WithTimeout(ctx, d.timeout)
@@ -425,7 +369,7 @@ func (d *Docs) PutMany(ctx context.Context, views []projections.View, force bool
 	if len(views) == 0 {
 		return nil, nil
 	}
-	if !force && !d.br.allow() {
+	if !force && !d.br.Allow() {
 		return views, ErrDown
 	}
 	vals := make([][]byte, len(views))
