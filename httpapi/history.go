@@ -105,9 +105,13 @@ func (s *Server) history(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	viewer := principal(c)
 	page := make([]HistoryEntry, len(recs))
 	for i, r := range recs {
 		page[i] = NewHistoryEntry(r)
+		if !showsKeyOf(viewer, r.Metadata.Principal) {
+			page[i].Metadata.IdempotencyKey = ""
+		}
 	}
 	if more {
 		q := url.Values{"limit": {strconv.Itoa(limit)}, "cursor": {s.cursors.sign(cursorBody{Scope: scope, After: recs[len(recs)-1].Version})}}

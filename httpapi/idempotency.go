@@ -4,11 +4,13 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/httpapi/auth"
 )
 
 // Idempotency-Key on the POSTs (create, comment): the first successful response is
@@ -47,6 +49,23 @@ func idempotencyKey(c *fiber.Ctx) (string, error) {
 	return string(vals[0]), nil
 }
 
+// keyScope is where an Idempotency-Key of principal p on route is valid. The principal's
+// id is length-prefixed so that no id and route can run into another pair.
+func keyScope(p auth.Principal, route string) string {
+	return strconv.Itoa(len(p.ID)) + ":" + p.ID + " " + route
+}
+
+// showsKeyOf reports whether viewer may see the Idempotency-Key an event recorded for
+// principal by: its own, or any when the viewer reads everything's history as an admin
+// or auditor. A key is a client's secret-ish handle on a stored answer (within its
+// principal's scope), so other requesters and agents do not see it.
+func showsKeyOf(viewer auth.Principal, by *eventstore.Principal) bool {
+	if viewer.Role == auth.RoleAdmin || viewer.Role == auth.RoleAuditor {
+		return true
+	}
+	return by != nil && by.ID == viewer.ID
+}
+
 func validIdempotencyKey(k []byte) bool {
 	if len(k) == 0 || len(k) > MaxIdempotencyKey {
 		return false
@@ -78,15 +97,20 @@ type keyed struct {
 
 // idempotency prepares a command's answer: with an Idempotency-Key, a store option that
 // renders it once, stores it with the events and remembers it; without, the rendering
-// alone. scope names the route (and ticket); request is the decoded request, whose
+// alone. route names the route (and ticket); request is the decoded request, whose
 // canonical JSON (not the bytes sent: spacing and key order do not matter) identifies
-// the request together with the scope.
-func (s *Server) idempotency(c *fiber.Ctx, scope string, request any, render func(eventstore.Result) (answer, error)) (*keyed, error) {
+// the request together with the route.
+//
+// A key is scoped to its principal as well as its route: another principal sending the
+// same key sends another key, so it can neither read the first one's answer nor claim
+// a key before its owner does.
+func (s *Server) idempotency(c *fiber.Ctx, route string, request any, render func(eventstore.Result) (answer, error)) (*keyed, error) {
 	k := &keyed{render: render}
 	key, err := idempotencyKey(c)
 	if err != nil || key == "" {
 		return k, err
 	}
+	scope := keyScope(principal(c), route)
 	canonical, err := eventstore.EncodeJSON(request)
 	if err != nil {
 		return nil, err

@@ -223,3 +223,60 @@ func TestAuthRequesterIsolation(t *testing.T) {
 		t.Fatalf("another's email filter: %d %s, want 422 naming email", r.Status, r.Body)
 	}
 }
+
+// TestIdempotencyKeyScopedToPrincipal: the same Idempotency-Key from two principals is
+// two keys (B never gets A's ticket back, and B claiming a key first with a junk body
+// does not refuse A's request), and the history shows a key to its principal, admins
+// and auditors only.
+func TestIdempotencyKeyScopedToPrincipal(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, nil)
+	a, recA := tokenFor(t, s, auth.RoleAgent, "", time.Hour)
+	b, _ := tokenFor(t, s, auth.RoleAgent, "", time.Hour)
+	auditor, _ := tokenFor(t, s, auth.RoleAuditor, "", time.Hour)
+	body := map[string]any{"title": "t", "email": "e@example.com", "created_by": "c"}
+	create := func(tok, key string, body any) (string, bool) {
+		t.Helper()
+		var v struct{ ID string }
+		r := s.do(t, "POST", "/v1/ticket/", body, append(bearerOf(tok), "Idempotency-Key", key)...).expect(t, 201)
+		r.JSON(t, &v)
+		return v.ID, r.Header.Get("Idempotent-Replayed") == "true"
+	}
+	idA, _ := create(a, "k-shared", body)
+	idB, replayed := create(b, "k-shared", body)
+	if idB == idA || replayed {
+		t.Fatalf("B with A's key got %s (replayed %v), A's is %s", idB, replayed, idA)
+	}
+	if again, replayed := create(a, "k-shared", body); again != idA || !replayed {
+		t.Fatalf("A's retry got %s (replayed %v), want %s replayed", again, replayed, idA)
+	}
+	// B claims a key first with a junk body: A's request under that key still runs
+	create(b, "k-claimed", map[string]any{"title": "junk", "email": "j@example.com", "created_by": "j"})
+	if _, replayed := create(a, "k-claimed", body); replayed {
+		t.Fatal("A's request under B's claimed key was replayed")
+	}
+
+	keyShown := func(tok string) any {
+		t.Helper()
+		var h []struct {
+			Metadata map[string]any `json:"metadata"`
+		}
+		s.do(t, "GET", "/v1/ticket/"+idA+"/history", nil, bearerOf(tok)...).expect(t, 200).JSON(t, &h)
+		return h[0].Metadata["idempotency_key"]
+	}
+	for who, tok := range map[string]string{"its principal": a, "an admin": testAdminToken, "an auditor": auditor} {
+		if k := keyShown(tok); k != "k-shared" {
+			t.Errorf("%s sees key %v, want k-shared", who, k)
+		}
+	}
+	if k := keyShown(b); k != nil {
+		t.Errorf("another agent sees key %v", k)
+	}
+	var h []struct {
+		Principal map[string]any `json:"principal"`
+	}
+	s.do(t, "GET", "/v1/ticket/"+idA+"/history", nil, bearerOf(b)...).JSON(t, &h)
+	if h[0].Principal["id"] != recA.ID.String() {
+		t.Errorf("history principal %v, want A's token %s", h[0].Principal, recA.ID)
+	}
+}
