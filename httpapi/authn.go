@@ -96,6 +96,10 @@ func (s *Server) authenticate(c *fiber.Ctx) (auth.Principal, error) {
 	if s.cfg.Auth == nil {
 		return anonymousAdmin, nil
 	}
+	if len(c.Request().Header.PeekAll(fiber.HeaderAuthorization)) > 1 {
+		// which one counts would be a guess (proxies differ): neither
+		return auth.Principal{}, s.refuse(c, errors.New("more than one Authorization header"))
+	}
 	cred, ok := bearer(c.Get(fiber.HeaderAuthorization))
 	if !ok {
 		return auth.Principal{}, s.refuse(c, errors.New("no bearer credential"))

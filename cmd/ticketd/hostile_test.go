@@ -173,3 +173,91 @@ func TestHostileInput(t *testing.T) {
 		}
 	})
 }
+
+// TestHostileAuth throws malformed and hostile credentials at a write: each is a 4xx
+// problem (401 with its challenge for a credential that is not a good bearer token,
+// one answer for all; 400 for one in the query string; 431 for one over the header
+// limit), nothing is stored, no credential reaches the logs, and the server serves
+// afterwards.
+func TestHostileAuth(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, nil)
+	before := s.eventCount(t)
+	const json = "Content-Type: application/json"
+	valid := `{"title":"a","email":"u@example.com","created_by":"u"}`
+	huge := "tkd_" + strings.Repeat("A", 8<<10)
+	giant := "tkd_" + strings.Repeat("B", 20<<10)
+	post := func(headers ...string) string {
+		return rawRequest("POST", "/v1/ticket/", valid, append([]string{json}, headers...)...)
+	}
+	cases := []struct {
+		name   string
+		req    string
+		status int
+		code   string
+	}{
+		{"no_header", post("Authorization:"), 401, "unauthenticated"},
+		{"no_scheme", post("Authorization: " + testAdminToken), 401, "unauthenticated"},
+		{"basic_scheme", post("Authorization: Basic YWRtaW46YWRtaW4="), 401, "unauthenticated"},
+		{"digest_scheme", post(`Authorization: Digest username="admin", response="x"`), 401, "unauthenticated"},
+		{"token_scheme", post("Authorization: Token " + testAdminToken), 401, "unauthenticated"},
+		{"scheme_glued_to_token", post("Authorization: Bearer" + testAdminToken), 401, "unauthenticated"},
+		{"bearer_alone", post("Authorization: Bearer"), 401, "unauthenticated"},
+		{"bearer_blank", post("Authorization: Bearer    "), 401, "unauthenticated"},
+		{"two_credentials", post("Authorization: Bearer " + testAdminToken + " tkd_other"), 401, "unauthenticated"},
+		{"tab_inside", post("Authorization: Bearer tkd_a\tb"), 401, "unauthenticated"},
+		{"valid_prefix_unknown", post("Authorization: Bearer tkd_" + strings.Repeat("0", 43)), 401, "unauthenticated"},
+		{"token_with_suffix", post("Authorization: Bearer " + testAdminToken + "x"), 401, "unauthenticated"},
+		{"truncated_token", post("Authorization: Bearer " + testAdminToken[:len(testAdminToken)-1]), 401, "unauthenticated"},
+		{"non_ascii_token", post("Authorization: Bearer tkd_\xc3\xa9\xc3\xa9"), 401, "unauthenticated"},
+		{"control_byte_token", post("Authorization: Bearer tkd_\x01\x02"), 401, "unauthenticated"},
+		{"sql_in_token", post("Authorization: Bearer ' OR '1'='1"), 401, "unauthenticated"},
+		{"alg_none_jwt", post("Authorization: Bearer eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhZG1pbiIsInJvbGUiOiJhZG1pbiJ9."), 401, "unauthenticated"},
+		{"huge_token", post("Authorization: Bearer " + huge), 401, "unauthenticated"},
+		{"token_over_header_limit", post("Authorization: Bearer " + giant), 431, "headers-too-large"},
+		// two headers, a good one among them: neither counts
+		{"good_then_bad_header", post("Authorization: Bearer "+testAdminToken, "Authorization: Bearer junk"), 401, "unauthenticated"},
+		{"bad_then_good_header", post("Authorization: Bearer junk", "Authorization: Bearer "+testAdminToken), 401, "unauthenticated"},
+		// a header "injected" into the credential through a line break is only another
+		// header: the credential before it is what is checked
+		{"crlf_injection", post("Authorization: Bearer junk\r\nX-Actor: admin"), 401, "unauthenticated"},
+		// a folded line is joined with a space (RFC 9112 5.2): a folded bad credential is
+		// still a bad credential
+		{"obs_fold", post("Authorization: Bearer\r\n tkd_junk"), 401, "unauthenticated"},
+		{"token_in_query", rawRequest("POST", "/v1/ticket/?access_token="+testAdminToken, valid, json, "Authorization:"), 400, "credentials-in-query"},
+		{"token_in_query_with_header", rawRequest("POST", "/v1/ticket/?api_key=x", valid, json), 400, "credentials-in-query"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := s.raw(t, c.req)
+			if r.Status != c.status {
+				t.Fatalf("%d %s, want %d", r.Status, r.Body, c.status)
+			}
+			if c.status == 431 {
+				return // answered before any route: the header's size is the problem
+			}
+			problemCode(t, r, c.status, c.code)
+			if c.status == 401 && !strings.HasPrefix(r.Header.Get("WWW-Authenticate"), "Bearer") {
+				t.Fatalf("401 without a Bearer challenge: %v", r.Header)
+			}
+		})
+	}
+	t.Run("nothing_stored_no_credential_logged", func(t *testing.T) {
+		if n := s.eventCount(t); n != before {
+			t.Fatalf("the refused requests stored %d events", n-before)
+		}
+		s.raw(t, rawRequest("POST", "/v1/ticket/", valid, json, "Authorization: bearer "+testAdminToken)) // scheme case-insensitive
+		if n := s.eventCount(t); n != before+1 {
+			t.Fatalf("a good token (lowercase scheme) stored %d events, want 1", n-before)
+		}
+		logs := s.logs.String()
+		for _, secret := range []string{testAdminToken, huge[:64], "YWRtaW46YWRtaW4="} {
+			if strings.Contains(logs, secret) {
+				t.Fatalf("the logs hold a credential %.20q…", secret)
+			}
+		}
+		if strings.Contains(logs, "unexpected error") || strings.Contains(logs, "panic") {
+			t.Fatalf("the server logged unexpected errors:\n%s", logs)
+		}
+	})
+}
