@@ -115,3 +115,42 @@ func TestRateLimitFailsOpenWithoutRedis(t *testing.T) {
 	}
 	t.Errorf("no principal rate limit failure counted in /metrics:\n%s", metrics)
 }
+
+// TestRevocationAcrossInstances: a token revoked over HTTP on one instance stops
+// working on the other, which had it cached: no request sent a second or more after
+// the revocation is accepted (the cache keeps a verified token one second), and once
+// refused it stays refused.
+func TestRevocationAcrossInstances(t *testing.T) {
+	t.Parallel()
+	a := startServer(t, nil)
+	b := startServer(t, map[string]string{"DATABASE_DSN": a.DSN, "REDIS_PREFIX": a.Env["REDIS_PREFIX"]})
+	agent, rec := tokenFor(t, a, auth.RoleAgent, "", time.Hour)
+	for _, s := range []*testServer{a, b} {
+		s.do(t, "GET", "/v1/ticket/", nil, bearerOf(agent)...).expect(t, 200) // verified, now cached
+	}
+	a.do(t, "DELETE", "/v1/tokens/"+rec.ID.String(), nil).expect(t, 204)
+	revoked := time.Now()
+	var lastAccepted time.Duration // when the last request that got a 200 was sent
+	for {
+		sent := time.Since(revoked)
+		r := b.do(t, "GET", "/v1/ticket/", nil, bearerOf(agent)...)
+		if r.Status == 401 {
+			break
+		}
+		if r.Status != 200 {
+			t.Fatalf("while revoking: %d %s", r.Status, r.Body)
+		}
+		lastAccepted = sent
+		if sent > 3*time.Second {
+			t.Fatalf("the other instance still accepts the token %s after its revocation", sent)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Logf("the other instance last accepted the revoked token in a request sent %s after the revocation", lastAccepted)
+	if lastAccepted >= time.Second {
+		t.Fatalf("a request sent %s after the revocation was accepted, want under 1s", lastAccepted)
+	}
+	for _, s := range []*testServer{a, b, a, b} {
+		s.do(t, "GET", "/v1/ticket/", nil, bearerOf(agent)...).expect(t, 401)
+	}
+}
