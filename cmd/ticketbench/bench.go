@@ -259,7 +259,7 @@ func (b *bench) runAll(ctx context.Context) error {
 		name string
 		fn   func(context.Context) error
 	}{
-		{"get", b.runGet}, {"list", b.runList}, {"create", b.runCreate}, {"lag", b.runLag},
+		{"get", b.runGet}, {"auth", b.runAuth}, {"list", b.runList}, {"create", b.runCreate}, {"lag", b.runLag},
 		{"put", b.runPut}, {"comment", b.runComment}, {"mixed", b.runMixed}, {"overload", b.runOverload},
 		{"replay", b.runReplay},
 	}
