@@ -72,6 +72,7 @@ type Limiter struct {
 	prefix   string
 	br       redismodel.Breaker // as the Redis read model's
 	refusals refusals
+	batches  sync.Map // budget key -> *batcher, while its call is out (batch.go)
 	metrics  *Metrics
 	log      *slog.Logger
 	logEvery time.Duration
@@ -202,7 +203,7 @@ func (l *Limiter) decide(ctx context.Context, kind, key string, r Rate) Decision
 		l.failed(kind, "circuit-open", errCircuitOpen)
 		return Decision{Allowed: true}
 	}
-	res, err := l.call(ctx, key, r)
+	res, err := l.spend(ctx, key, r)
 	took := time.Since(now)
 	switch {
 	case err == nil && took > l.limits.Timeout/2:
@@ -235,10 +236,11 @@ func (l *Limiter) decide(ctx context.Context, kind, key string, r Rate) Decision
 	return d
 }
 
-// call runs the GCRA script, bounded by the timeout even when rdb does not honour
-// contexts (go-redis does not, unless ContextTimeoutEnabled): the script runs in its
-// own goroutine, which is abandoned at the deadline.
-func (l *Limiter) call(ctx context.Context, key string, r Rate) (*redis_rate.Result, error) {
+// call runs the GCRA script for n requests (at most n allowed), bounded by the timeout
+// even when rdb does not honour contexts (go-redis does not, unless
+// ContextTimeoutEnabled): the script runs in its own goroutine, which is abandoned at
+// the deadline.
+func (l *Limiter) call(ctx context.Context, key string, r Rate, n int) (*redis_rate.Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, l.limits.Timeout)
 	defer cancel()
 	type answer struct {
@@ -247,7 +249,14 @@ func (l *Limiter) call(ctx context.Context, key string, r Rate) (*redis_rate.Res
 	}
 	ch := make(chan answer, 1)
 	go func() {
-		res, err := l.rl.Allow(ctx, key, redis_rate.Limit{Rate: r.Rate, Period: r.Period, Burst: r.Burst})
+		limit := redis_rate.Limit{Rate: r.Rate, Period: r.Period, Burst: r.Burst}
+		var res *redis_rate.Result
+		var err error
+		if n == 1 {
+			res, err = l.rl.Allow(ctx, key, limit)
+		} else {
+			res, err = l.rl.AllowAtMost(ctx, key, limit, n)
+		}
 		ch <- answer{res, err}
 	}()
 	select {

@@ -312,3 +312,71 @@ func TestRefusalIsRememberedWithoutAskingRedis(t *testing.T) {
 		t.Errorf("other instance after the key was deleted: want allowed, got %+v", d)
 	}
 }
+
+// scriptCalls counts the rate limit scripts a client runs.
+type scriptCalls struct{ n atomic.Int32 }
+
+func (h *scriptCalls) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *scriptCalls) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if n := strings.ToLower(cmd.Name()); n == "evalsha" || n == "eval" {
+			h.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h *scriptCalls) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestConcurrentRequestsShareScriptCalls: a principal's concurrent requests go to Redis
+// together, in fewer calls than requests, and still each spend exactly one request of
+// the budget: every Remaining from burst-1 down is seen once.
+func TestConcurrentRequestsShareScriptCalls(t *testing.T) {
+	t.Parallel()
+	rdb := cluster(t)
+	calls := &scriptCalls{}
+	rdb.AddHook(calls)
+	const burst, n = 1000, 64
+	lim := newLimiter(t, rdb, limits(map[auth.Role]string{auth.RoleAgent: "1/h,burst=" + strconv.Itoa(burst)}, ""), Options{})
+	p := principal(auth.RoleAgent)
+	lim.Allow(context.Background(), p) // loads the slot map and the script
+	calls.n.Store(0)
+	remaining := make(chan int, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for range n {
+		wg.Go(func() {
+			<-start
+			d := lim.Allow(context.Background(), p)
+			if !d.Enforced || !d.Allowed {
+				t.Errorf("refused or not enforced: %+v", d)
+			}
+			remaining <- d.Remaining
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(remaining)
+	seen := map[int]bool{}
+	for r := range remaining {
+		if seen[r] {
+			t.Errorf("Remaining %d seen twice", r)
+		}
+		seen[r] = true
+	}
+	for r := burst - 1 - n; r < burst-1; r++ {
+		if !seen[r] {
+			t.Errorf("Remaining %d never seen: each request must spend exactly one", r)
+		}
+	}
+	got := calls.n.Load()
+	t.Logf("%d concurrent requests, %d script calls", n, got)
+	if got >= n {
+		t.Errorf("%d concurrent requests made %d script calls, want fewer", n, got)
+	}
+	// and the budget in Redis agrees: the next request sees burst-2-n remaining
+	if d := lim.Allow(context.Background(), p); d.Remaining != burst-2-n {
+		t.Errorf("after %d+1 requests Remaining %d, want %d", n, d.Remaining, burst-2-n)
+	}
+}
