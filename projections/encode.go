@@ -8,7 +8,8 @@ import (
 	"github.com/ticketd/ticketd/eventstore"
 )
 
-// encodedComments is the JSON array of a view's first n comments. Comments never change
+// encodedComments is the JSON array of a view's first n comments (n and last are
+// unused in a compact view, which has no comments to compare them with). Comments never change
 // once embedded, and a fold only appends to them, so the encoding of a view's comments
 // carries over to the views folded from it: a document whose comment list is full (or
 // unchanged) costs the encoding of its summary only, however many comments it embeds.
@@ -55,6 +56,9 @@ func (v *View) EncodedSize() int {
 // encodeComments returns the encoding of all of v's comments, extending the one v
 // carries when it covers a prefix of them, and keeps it in v.
 func (v *View) encodeComments() (*encodedComments, error) {
+	if v.encOnly {
+		return v.enc, nil
+	}
 	e := v.enc
 	if !e.covers(v.Comments) {
 		e = &encodedComments{json: []byte("[]")}
@@ -88,6 +92,26 @@ func (v *View) encodeComments() (*encodedComments, error) {
 
 // commentsKey introduces the comments array, the last member of an encoded view.
 const commentsKey = `,"comments":`
+
+// DecodeViewToFold is DecodeView for a view that is only folded onto and encoded
+// again (a read model's base): a document whose thread has gone past its embedded
+// comments gives a compact view (see View.Compact), and its comments are skipped, not
+// decoded. Whether it has can be told without them only when comment_count exceeds
+// EmbeddedComments; other documents are decoded whole.
+func DecodeViewToFold(doc []byte) (View, error) {
+	var s struct {
+		Summary
+		Comments gojson.RawMessage `json:"comments"`
+	}
+	if err := gojson.Unmarshal(doc, &s); err != nil {
+		return View{}, err
+	}
+	if s.CommentCount <= EmbeddedComments || len(s.Comments) < 2 || s.Comments[0] != '[' {
+		return DecodeView(doc)
+	}
+	return View{Summary: s.Summary, Comments: []Comment{}, encOnly: true,
+		enc: &encodedComments{json: s.Comments}}, nil
+}
 
 // DecodeView decodes a view's JSON document (as Encode writes it) and keeps the
 // document's comments array in the view as their encoding, so that the view folded

@@ -90,3 +90,78 @@ func TestEncodeIsEncodeJSON(t *testing.T) {
 	check("replaced comments", &other)
 	check("the original again", &v)
 }
+
+// TestCompactViewsFoldAndEncodeAsTheFullOnes: a view held compact (View.Compact, or
+// DecodeViewToFold of its document) folds and encodes to exactly what the full view
+// does, at every version of a thread that goes past its embedded comments, and a view
+// whose thread is all embedded is never made compact.
+func TestCompactViewsFoldAndEncodeAsTheFullOnes(t *testing.T) {
+	t.Parallel()
+	id := uuid.New()
+	at := time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC)
+	ev := func(v int, d ticket.EventData) ticket.Event {
+		return ticket.Event{TicketID: id, Version: v, At: at.Add(time.Duration(v) * time.Second), Actor: "a", Data: d}
+	}
+	event := func(v int, prev ticket.Status) ticket.Event {
+		if v%9 == 0 {
+			to := ticket.StatusAnswered
+			if prev == ticket.StatusAnswered {
+				to = ticket.StatusWaitAnswer
+			}
+			return ev(v, ticket.StatusChanged{From: prev, To: to, UpdatedBy: "u"})
+		}
+		return ev(v, ticket.CommentAdded{CommentID: uuid.New(), Body: fmt.Sprintf("comment <%d> & \u2028", v), CreatedBy: "c"})
+	}
+	full, err := projections.Fold(projections.View{}, ev(1, ticket.Opened{Title: "t", Email: "e@example.com", CreatedBy: "c"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	encode := func(what string, v *projections.View) []byte {
+		t.Helper()
+		b, err := v.Encode()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return b
+	}
+	compacted := 0
+	for version := 2; version <= 2*projections.EmbeddedComments+20; version++ {
+		doc := encode("full", &full)
+		compact := full.Compact()
+		if full.CommentCount <= len(full.Comments) && len(compact.Comments) != len(full.Comments) {
+			t.Fatalf("v%d: a view with every comment embedded was made compact", full.Version)
+		}
+		if len(compact.Comments) == 0 && len(full.Comments) > 0 {
+			compacted++
+		}
+		if got := encode("compact", &compact); !bytes.Equal(got, doc) {
+			t.Fatalf("v%d: the compact view encodes differently:\n got %s\nwant %s", full.Version, got, doc)
+		}
+		decoded, err := projections.DecodeViewToFold(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if full.CommentCount > projections.EmbeddedComments && len(decoded.Comments) != 0 {
+			t.Fatalf("v%d: a document past its embedded comments was decoded whole", full.Version)
+		}
+		e := event(version, full.Status)
+		next, err := projections.Fold(full, e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := encode("next", &next)
+		for name, base := range map[string]projections.View{"compact": compact, "decoded to fold": decoded} {
+			got, err := projections.FoldAll(base, e)
+			if err != nil {
+				t.Fatalf("v%d %s: %v", version, name, err)
+			}
+			if b := encode(name, &got); !bytes.Equal(b, want) {
+				t.Fatalf("v%d: folded onto the %s view:\n got %s\nwant %s", version, name, b, want)
+			}
+		}
+		full = next
+	}
+	if compacted == 0 {
+		t.Fatal("no view was made compact: the thread never went past its embedded comments")
+	}
+}

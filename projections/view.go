@@ -86,6 +86,24 @@ type View struct {
 	Deleted  bool      `json:"-"`
 	// enc is the encoding of the first comments, kept by Encode (see encodedComments).
 	enc *encodedComments
+	// encOnly says the embedded comments are held in enc alone and Comments is empty:
+	// a compact view (see Compact), for folding and Encode only.
+	encOnly bool
+}
+
+// Compact returns v holding its embedded comments only as their encoding, when its
+// thread has gone past them (CommentCount > len(Comments)): those comments never change
+// again, and a fold never reads them (it appends only to a thread that is all
+// embedded). A cache of views to fold onto then holds a long ticket's comments once,
+// encoded, instead of twice. A compact view is for Fold, FoldAll and Encode only: its
+// Comments is empty, so it must not be marshalled as it is or shown. Any other view is
+// returned as it is.
+func (v View) Compact() View {
+	if v.encOnly || v.CommentCount <= len(v.Comments) || v.enc == nil || v.enc.n != len(v.Comments) || !v.enc.covers(v.Comments) {
+		return v
+	}
+	v.Comments, v.encOnly = []Comment{}, true
+	return v
 }
 
 // ErrOutOfOrder is returned by Fold for an event that does not follow the view: a
@@ -133,7 +151,7 @@ func fold(v View, e ticket.Event, owned bool) (View, error) {
 		// so far (a view folded from a row without its comments stays without) and the
 		// comment fits (see Embedded: once one does not, none after it is embedded).
 		c, _ := CommentOf(e)
-		if len(v.Comments) == v.CommentCount && fits(v.Comments, c) {
+		if !v.encOnly && len(v.Comments) == v.CommentCount && fits(v.Comments, c) {
 			if !owned {
 				v.Comments = v.Comments[:len(v.Comments):len(v.Comments)] // append copies
 			}

@@ -454,8 +454,15 @@ func (d *Docs) PutMany(ctx context.Context, views []projections.View, force bool
 		}
 		return failed, fmt.Errorf("redis put documents: %w", err)
 	}
+	// A long ticket's view is cached compact: its comments once, encoded (they are in
+	// vals too, but vals is not kept). Other views hold them decoded as well.
 	for i := range kept {
-		d.views.Put(kept[i], len(vals[i])+kept[i].EncodedSize())
+		v := kept[i].Compact()
+		size := len(vals[i])
+		if len(v.Comments) > 0 {
+			size += v.EncodedSize()
+		}
+		d.views.Put(v, size)
 	}
 	return nil, nil
 }

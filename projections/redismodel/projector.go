@@ -143,7 +143,7 @@ func (p *Projector) Project(ctx context.Context, evs []ticket.Event) ([]uuid.UUI
 			var base projections.View
 			if docs[i].Found && !docs[i].Deleted {
 				var err error
-				if base, err = projections.DecodeView(docs[i].Body); err != nil {
+				if base, err = projections.DecodeViewToFold(docs[i].Body); err != nil {
 					base = projections.View{} // unreadable: folded afresh
 				}
 			}

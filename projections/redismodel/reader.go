@@ -132,7 +132,7 @@ func (r *Reader) Committed(ctx context.Context, events []ticket.Event) {
 			r.clean(id, version)
 			return
 		case err == nil && found && version == first-1:
-			if base, err = projections.DecodeView(body); err != nil {
+			if base, err = projections.DecodeViewToFold(body); err != nil {
 				r.behind(id, last)
 				return
 			}
