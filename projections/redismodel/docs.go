@@ -57,6 +57,7 @@ type Docs struct {
 	timeout time.Duration
 	br      Breaker
 	views   *projections.ViewCache
+	gets    getQueue // reads waiting to share a round trip (getbatch.go)
 }
 
 // NewDocs returns the Redis read model on rdb under prefix (no '{', '}', '*', '?',
@@ -177,7 +178,7 @@ func (d *Docs) Get(ctx context.Context, id uuid.UUID) (body []byte, version int,
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
-	raw, err := d.rdb.Get(cctx, d.Key(id)).Bytes()
+	raw, err := d.getValue(cctx, d.Key(id))
 	if errors.Is(err, redis.Nil) {
 		_ = d.done(ctx, nil, start)
 		return nil, 0, false, nil
