@@ -21,10 +21,7 @@ import (
 func TestEncodeIsEncodeJSON(t *testing.T) {
 	t.Parallel()
 	id := uuid.New()
-	at := time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
-	ev := func(v int, d ticket.EventData) ticket.Event {
-		return ticket.Event{TicketID: id, Version: v, At: at.Add(time.Duration(v) * time.Second), Actor: "a", Data: d}
-	}
+	ev := eventsOf(id)
 	check := func(what string, v *projections.View) {
 		t.Helper()
 		want, err := eventstore.EncodeJSON(*v)
@@ -98,10 +95,7 @@ func TestEncodeIsEncodeJSON(t *testing.T) {
 func TestCompactViewsFoldAndEncodeAsTheFullOnes(t *testing.T) {
 	t.Parallel()
 	id := uuid.New()
-	at := time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC)
-	ev := func(v int, d ticket.EventData) ticket.Event {
-		return ticket.Event{TicketID: id, Version: v, At: at.Add(time.Duration(v) * time.Second), Actor: "a", Data: d}
-	}
+	ev := eventsOf(id)
 	event := func(v int, prev ticket.Status) ticket.Event {
 		if v%9 == 0 {
 			to := ticket.StatusAnswered
@@ -163,5 +157,13 @@ func TestCompactViewsFoldAndEncodeAsTheFullOnes(t *testing.T) {
 	}
 	if compacted == 0 {
 		t.Fatal("no view was made compact: the thread never went past its embedded comments")
+	}
+}
+
+// eventsOf returns a maker of ticket id's events, version v a second after v-1.
+func eventsOf(id uuid.UUID) func(v int, d ticket.EventData) ticket.Event {
+	at := time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
+	return func(v int, d ticket.EventData) ticket.Event {
+		return ticket.Event{TicketID: id, Version: v, At: at.Add(time.Duration(v) * time.Second), Actor: "a", Data: d}
 	}
 }
