@@ -45,6 +45,12 @@ func ParseDSN(dsn string) (*url.URL, error) {
 // Progress lines go to log. Any failure is returned: a service must not start on a
 // schema it does not know.
 func Migrate(ctx context.Context, dsn string, log io.Writer) error {
+	return MigrateFS(ctx, dsn, migrations, log)
+}
+
+// MigrateFS is Migrate with the migration files of fsys (a "migrations" directory),
+// for tests that build a database as an older ticketd left it (dbtest.NewDatabaseAt).
+func MigrateFS(ctx context.Context, dsn string, fsys fs.FS, log io.Writer) error {
 	u, err := ParseDSN(dsn)
 	if err != nil {
 		return err
@@ -63,7 +69,7 @@ func Migrate(ctx context.Context, dsn string, log io.Writer) error {
 	defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", migrateLock) //nolint:errcheck // closing the session releases it anyway
 
 	m := dbmate.New(u)
-	m.FS = migrations
+	m.FS = fsys
 	m.MigrationsDir = []string{"migrations"}
 	m.AutoDumpSchema = false
 	m.Log = log

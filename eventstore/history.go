@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/ticketd/ticketd/ticket"
 )
@@ -13,7 +14,7 @@ import (
 // any version. Both read the events table only, never a read model, and both see a
 // deleted ticket's stream in full (the deletion is its last event).
 
-const selectHistory = `SELECT ` + eventColumns + `
+const selectHistory = `SELECT ` + eventColumns + `, hash
 	FROM events WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3`
 
 // History returns up to limit events of stream id with version > after, in version
@@ -32,8 +33,8 @@ func (s *Store) History(ctx context.Context, id uuid.UUID, after, limit int) ([]
 // stored up to and including each. pg_column_size reads a value's stored (possibly
 // compressed) size without detoasting it, and a row the filter drops is never
 // detoasted, so Postgres reads and sends about a budget's worth of events, not limit's.
-const selectHistoryCapped = `SELECT ` + eventColumns + `, upto FROM (
-	SELECT ` + eventColumns + `,
+const selectHistoryCapped = `SELECT ` + eventColumns + `, hash, upto FROM (
+	SELECT ` + eventColumns + `, hash,
 		sum(pg_column_size(data) + coalesce(pg_column_size(metadata), 0)) OVER w AS upto,
 		pg_column_size(data) + coalesce(pg_column_size(metadata), 0) AS own
 	FROM events WHERE stream_id = $1 AND version > $2
@@ -56,7 +57,12 @@ func (s *Store) HistoryPage(ctx context.Context, id uuid.UUID, after, limit, max
 	if err != nil {
 		return nil, false, interpret(err, id, 0)
 	}
-	recs, err := collect(rows)
+	recs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Record, error) {
+		var hash []byte
+		r, err := scanEvent(row, &hash)
+		r.Hash = hash
+		return r, err
+	})
 	if err != nil {
 		return nil, false, interpret(err, id, 0)
 	}
@@ -79,11 +85,12 @@ func (s *Store) historyCapped(ctx context.Context, id uuid.UUID, after, limit, m
 	var recs []Record
 	more, size := false, 0
 	var upto int64
+	var hash []byte
 	for rows.Next() {
 		if more {
 			continue // the rest of the (at most one-row) tail, past the page
 		}
-		r, err := scanRaw(rows, &upto)
+		r, err := scanRaw(rows, &hash, &upto)
 		if err != nil {
 			return nil, false, interpret(err, id, 0)
 		}
@@ -96,6 +103,7 @@ func (s *Store) historyCapped(ctx context.Context, id uuid.UUID, after, limit, m
 		if err != nil {
 			return nil, false, interpret(err, id, 0)
 		}
+		rec.Hash = hash
 		recs = append(recs, rec)
 		size += n
 	}

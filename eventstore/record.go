@@ -47,6 +47,10 @@ type Record struct {
 	Position   int64
 	Metadata   Metadata
 	RecordedAt time.Time
+	// Hash is the event's link in its stream's hash chain (EventHash), as stored: set
+	// only by the auditors' reads (History, HistoryPage); nil elsewhere, and on records
+	// just appended (Postgres computes it at insert).
+	Hash []byte
 }
 
 // envelope is the outbox payload: a stored event in a self-contained JSON form.

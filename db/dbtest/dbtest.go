@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -129,4 +130,48 @@ func NewPool(t testing.TB) *pgxpool.Pool {
 	}
 	t.Cleanup(pool.Close)
 	return pool
+}
+
+// NewDatabaseAt creates a fresh database for t migrated only up to and including the
+// migration whose version (the file name's leading number) is upTo, as a ticketd of
+// that schema left it; it drops it when t ends and returns its DSN. db.Migrate on the
+// DSN then applies the rest, as a newer ticketd's start would.
+func NewDatabaseAt(t testing.TB, upTo string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	older := fstest.MapFS{}
+	found := false
+	err := fs.WalkDir(db.Migrations(), "migrations", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		version, _, _ := strings.Cut(d.Name(), "_")
+		if version > upTo {
+			return nil
+		}
+		found = found || version == upTo
+		b, err := fs.ReadFile(db.Migrations(), path)
+		older[path] = &fstest.MapFile{Data: b}
+		return err
+	})
+	if err != nil || !found {
+		t.Fatalf("no migration %s (%v)", upTo, err)
+	}
+	name := fmt.Sprintf("ticketd_at_%d_%d_%d", os.Getpid(), time.Now().UnixNano()%1e9, counter.Add(1))
+	dsn := WithDatabase(ServerDSN(), name)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c, err := pgx.Connect(ctx, ServerDSN())
+		if err != nil {
+			return
+		}
+		defer c.Close(ctx)
+		_, _ = c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+	})
+	if err := db.MigrateFS(ctx, dsn, older, io.Discard); err != nil {
+		t.Fatalf("migrate a database up to %s: %v", upTo, err)
+	}
+	return dsn
 }
