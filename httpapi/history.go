@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/url"
@@ -42,6 +43,9 @@ type HistoryEntry struct {
 	// created_by}; CommentAdded the comment {id, body, email, created_by};
 	// StatusChanged {from, to, updated_by}; TicketDeleted {deleted_by}.
 	Data any `json:"data"`
+	// Hash is the event's link in its ticket's hash chain, in hex: SHA-256 over the
+	// event as stored and the previous event's hash (README, "Audit: the hash chain").
+	Hash string `json:"hash"`
 }
 
 // HistoryMetadata is what the event's request left on it; empty fields are omitted.
@@ -72,6 +76,7 @@ func NewHistoryEntry(r eventstore.Record) HistoryEntry {
 			IdempotencyKey: r.Metadata.IdempotencyKey,
 		},
 		Data: r.Data,
+		Hash: hex.EncodeToString(r.Hash),
 	}
 	if c, ok := r.Data.(ticket.CommentAdded); ok {
 		e.Data = HistoryComment{ID: c.CommentID, Body: c.Body, Email: c.Email, CreatedBy: c.CreatedBy}

@@ -77,6 +77,9 @@ func TestOneTaskPerInvocation(t *testing.T) {
 		{"json_with_migrate", []string{"-migrate", "-json"}, "-json only applies to -history"},
 		{"unknown_flag", []string{"-rebuild"}, "flag provided but not defined: -rebuild"},
 		{"stray_argument", []string{"-history", id, "extra"}, `unexpected arguments ["extra"]`},
+		{"verify_and_migrate", []string{"-migrate", "-verify"}, "-migrate and -verify: one task per invocation"},
+		{"verify_with_two_ids", []string{"-verify", id, id}, `unexpected arguments ["` + id + `"]: -verify takes at most one ticket id`},
+		{"verify_with_a_bad_id", []string{"-verify", "nope"}, `-verify: "nope" is not a ticket id`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			r := runBinary(t, bin, env, c.args...)

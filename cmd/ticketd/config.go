@@ -47,6 +47,9 @@ type Config struct {
 	// HousekeepingInterval is how often an instance tries a housekeeping round (purge of
 	// expired idempotency keys, pruning of the outbox); one instance at a time does it.
 	HousekeepingInterval time.Duration `env:"HOUSEKEEPING_INTERVAL" envDefault:"1m"`
+	// AuditAnchorInterval is how often one instance anchors every stream's head hash
+	// (audit_anchors, and a log line with the root); 0 writes none.
+	AuditAnchorInterval time.Duration `env:"AUDIT_ANCHOR_INTERVAL" envDefault:"1h"`
 	// OutboxRetention is how long an outbox row every consumer group has passed is kept;
 	// 0 prunes it at once, negative never.
 	OutboxRetention time.Duration `env:"OUTBOX_RETENTION" envDefault:"1h"`
@@ -316,6 +319,9 @@ func (c Config) Validate() error {
 	}
 	if c.HousekeepingInterval <= 0 {
 		errs = append(errs, fmt.Errorf("HOUSEKEEPING_INTERVAL must be positive, not %s", c.HousekeepingInterval))
+	}
+	if c.AuditAnchorInterval < 0 {
+		errs = append(errs, fmt.Errorf("AUDIT_ANCHOR_INTERVAL must be 0 (no anchors) or positive, not %s", c.AuditAnchorInterval))
 	}
 	if c.IdempotencyTTL <= 0 {
 		errs = append(errs, fmt.Errorf("IDEMPOTENCY_TTL must be positive, not %s", c.IdempotencyTTL))

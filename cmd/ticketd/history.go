@@ -45,7 +45,7 @@ func printHistory(ctx context.Context, cfg Config, rawID string, asJSON bool, ou
 		enc.SetEscapeHTML(false)
 	} else {
 		table = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(table, "VERSION\tTIME\tTYPE\tACTOR\tPRINCIPAL\tDETAILS")
+		fmt.Fprintln(table, "VERSION\tTIME\tTYPE\tACTOR\tPRINCIPAL\tDETAILS\tHASH")
 	}
 	after := 0
 	for {
@@ -62,8 +62,8 @@ func printHistory(ctx context.Context, cfg Config, rawID string, asJSON bool, ou
 					return err
 				}
 			} else {
-				fmt.Fprintf(table, "%d\t%s\t%s\t%s\t%s\t%s\n", r.Version, r.RecordedAt.UTC().Format("2006-01-02T15:04:05.000Z"),
-					r.Type(), printable(r.Actor, 40), principalColumn(r.Metadata.Principal), details(r.Data))
+				fmt.Fprintf(table, "%d\t%s\t%s\t%s\t%s\t%s\t%x\n", r.Version, r.RecordedAt.UTC().Format("2006-01-02T15:04:05.000Z"),
+					r.Type(), printable(r.Actor, 40), principalColumn(r.Metadata.Principal), details(r.Data), r.Hash)
 			}
 			after = r.Version
 		}

@@ -58,8 +58,8 @@ func exitCode(err error, stderr io.Writer) int {
 const usage = `Usage: ticketd [flags]
 
 Without a task flag, serves the ticket API on HTTP_ADDR (default :8000), applying
-migrations first. -migrate, -rebuild-projections, -history, -healthcheck, -create-token, -list-tokens
-and -revoke-token are tasks:
+migrations first. -migrate, -rebuild-projections, -history, -verify, -healthcheck, -create-token,
+-list-tokens and -revoke-token are tasks:
 at most one per invocation. Configuration comes from the environment; see README.md
 for every variable (make run and the make task targets add .env and the local services).
 
@@ -83,6 +83,7 @@ const (
 	taskCreateToken = "create-token"
 	taskListTokens  = "list-tokens"
 	taskRevokeToken = "revoke-token"
+	taskVerify      = "verify"
 )
 
 // options is the parsed command line.
@@ -91,6 +92,7 @@ type options struct {
 	historyID   string     // with taskHistory
 	historyJSON bool       // with taskHistory
 	tokens      *tokenTask // the token tasks' flags
+	verifyID    string     // with taskVerify: the one ticket to check ("" for all)
 }
 
 // parseFlags parses the command line. -h prints the usage on stdout and returns
@@ -109,8 +111,9 @@ func parseFlags(args []string, stdout io.Writer) (options, error) {
 	fs.Bool(taskRebuild, false,
 		"replay the event store into fresh read models (Postgres and Redis), move the projectors to the replayed point and exit; safe while other instances serve")
 	tokens := addTokenFlags(fs)
+	verify := addVerifyFlag(fs) // audit.go
 	tasks := map[string]bool{taskMigrate: true, taskHealthcheck: true, taskHistory: true, taskRebuild: true,
-		taskCreateToken: true, taskListTokens: true, taskRevokeToken: true}
+		taskCreateToken: true, taskListTokens: true, taskRevokeToken: true, taskVerify: true}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stdout)
@@ -120,10 +123,14 @@ func parseFlags(args []string, stdout io.Writer) (options, error) {
 		}
 		return options{}, usageError{err}
 	}
-	if fs.NArg() > 0 {
+	var o options
+	if *verify && fs.NArg() > 0 {
+		if err := o.verifyArgs(fs.Args()); err != nil {
+			return options{}, err
+		}
+	} else if fs.NArg() > 0 {
 		return options{}, usagef("unexpected arguments %q: flags come first, and -history takes one id", fs.Args())
 	}
-	var o options
 	var named []string
 	fs.Visit(func(f *flag.Flag) {
 		if !tasks[f.Name] {
@@ -199,6 +206,8 @@ func runTask(ctx context.Context, opts options, getenv func(string) string, stdo
 		return printHistory(ctx, cfg, opts.historyID, opts.historyJSON, stdout)
 	case taskCreateToken, taskListTokens, taskRevokeToken:
 		return opts.tokens.run(ctx, cfg, stdout)
+	case taskVerify:
+		return verifyChains(ctx, cfg, opts.verifyID, stdout)
 	}
 	level, _ := cfg.SlogLevel()
 	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: level}))
@@ -368,7 +377,8 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 		Interval:        cfg.HousekeepingInterval,
 		Log:             log,
 	}
-	go tokens.Run(projCtx) // last_used_at, off the request path
+	go tokens.Run(projCtx)                             // last_used_at, off the request path
+	anchorsDone := runAnchors(projCtx, cfg, pool, log) // audit.go
 	housekeepingDone := make(chan struct{})
 	go func() { defer close(housekeepingDone); housekeeper.Run(projCtx) }()
 
@@ -407,6 +417,7 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	case <-time.After(cfg.ShutdownTimeout):
 		log.Warn("housekeeping did not stop in time")
 	}
+	<-anchorsDone
 	log.Info("stopped")
 	return runErr
 }
