@@ -49,6 +49,17 @@ type chainHasher struct {
 }
 
 func (c *chainHasher) sum(stream uuid.UUID, version int, typ string, recordedAt time.Time, metadata, data, prev []byte) [HashSize]byte {
+	var v [4]byte
+	var at [8]byte
+	binary.BigEndian.PutUint32(v[:], uint32(int32(version)))
+	binary.BigEndian.PutUint64(at[:], uint64(recordedAt.UnixMicro()-pgEpochMicros))
+	return c.sumWire(stream[:], v[:], []byte(typ), at[:], metadata, data, prev)
+}
+
+// sumWire is sum on the fields as Postgres sends them in binary: the uuid's 16 bytes,
+// the version's 4, the type's text, the timestamptz's 8 (microseconds since 2000,
+// big-endian: what the hash takes), and the JSON texts.
+func (c *chainHasher) sumWire(stream, version, typ, at, metadata, data, prev []byte) [HashSize]byte {
 	if c.h == nil {
 		c.h = sha256.New()
 	}
@@ -57,12 +68,12 @@ func (c *chainHasher) sum(stream uuid.UUID, version int, typ string, recordedAt 
 	}
 	h, b := c.h, c.buf[:0]
 	h.Reset()
-	b = append(b, stream[:]...)
-	b = binary.BigEndian.AppendUint32(b, uint32(int32(version)))
+	b = append(b, stream...)
+	b = append(b, version...)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(typ)))
 	h.Write(b)
-	h.Write([]byte(typ))
-	b = binary.BigEndian.AppendUint64(c.buf[:0], uint64(recordedAt.UnixMicro()-pgEpochMicros))
+	h.Write(typ)
+	b = append(c.buf[:0], at...)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(metadata)))
 	h.Write(b)
 	h.Write(metadata)

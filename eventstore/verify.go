@@ -3,6 +3,7 @@ package eventstore
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"slices"
@@ -151,19 +152,39 @@ func (s *Store) verifyChains(ctx context.Context, opts VerifyOptions, v *Verific
 		return interpret(err, opts.Stream, 0)
 	}
 	defer rows.Close()
+	// The rows are read as Postgres sends them, without decoding: in binary, the
+	// uuid, version and timestamptz bytes are what the hash takes; text is its UTF-8
+	// bytes in either format, and jsonb its text (in binary after a version byte, 1).
+	// The chain of 200,000 events is then checked at the speed Postgres sends it.
+	fields := rows.FieldDescriptions()
+	for _, i := range []int{0, 1, 3, 6} {
+		if fields[i].Format != pgx.BinaryFormatCode {
+			return fmt.Errorf("verify: column %s came in text format", fields[i].Name)
+		}
+	}
+	mdSkip, dataSkip := 0, 0
+	if fields[4].Format == pgx.BinaryFormatCode {
+		mdSkip = 1
+	}
+	if fields[5].Format == pgx.BinaryFormatCode {
+		dataSkip = 1
+	}
 	var (
-		h                      chainHasher
-		stream, cur            uuid.UUID
-		version, want          int
-		typ                    string
-		at                     time.Time
-		md, data, stored, prev []byte
-		broken                 bool
+		h           chainHasher
+		cur         uuid.UUID
+		want        int
+		prev        []byte
+		broken      bool
+		versionWire [4]byte
 	)
 	for rows.Next() {
-		if err := rows.Scan(&stream, &version, &typ, &at, &md, &data, &stored); err != nil {
-			return interpret(err, opts.Stream, 0)
+		raw := rows.RawValues()
+		if len(raw) != 7 || len(raw[0]) != 16 || len(raw[1]) != 4 || len(raw[3]) != 8 ||
+			(mdSkip == 1 && (len(raw[4]) < 1 || raw[4][0] != 1)) || (dataSkip == 1 && (len(raw[5]) < 1 || raw[5][0] != 1)) {
+			return fmt.Errorf("verify: unexpected row encoding")
 		}
+		stream := uuid.UUID(raw[0])
+		version := int(int32(binary.BigEndian.Uint32(raw[1])))
 		v.Events++
 		if v.Events%progressEvery == 0 {
 			if err := ctx.Err(); err != nil {
@@ -180,6 +201,7 @@ func (s *Store) verifyChains(ctx context.Context, opts VerifyOptions, v *Verific
 		if broken {
 			continue // only a stream's first break is reported
 		}
+		stored := raw[6]
 		switch {
 		case version != want:
 			found.add(Break{Stream: stream, Version: want, Reason: missingReason(want, version)})
@@ -190,7 +212,8 @@ func (s *Store) verifyChains(ctx context.Context, opts VerifyOptions, v *Verific
 			broken = true
 			continue
 		}
-		if sum := h.sum(stream, version, typ, at, md, data, prev); !bytes.Equal(sum[:], stored) {
+		binary.BigEndian.PutUint32(versionWire[:], uint32(int32(version)))
+		if sum := h.sumWire(raw[0], versionWire[:], raw[2], raw[3], raw[4][mdSkip:], raw[5][dataSkip:], prev); !bytes.Equal(sum[:], stored) {
 			found.add(Break{Stream: stream, Version: version, Reason: fmt.Sprintf(
 				"hash mismatch: stored %s, the content and the previous hash give %s (the event was edited, or an event before it was replaced)",
 				short(stored), short(sum[:]))})
