@@ -95,7 +95,7 @@ func BenchmarkAppendChain(b *testing.B) {
 			b.Run(fmt.Sprintf("%s/round=%d", name, round), func(b *testing.B) {
 				s := eventstore.New(pool)
 				var n atomic.Int64
-				b.SetParallelism(1)
+				b.SetParallelism(16) // 32 goroutines on 2 cores
 				b.RunParallel(func(pb *testing.PB) {
 					id := uuid.New()
 					if _, err := s.Append(ctx, 0, []ticket.Event{openedEvent(id)}, eventstore.Metadata{Actor: "bench"}); err != nil {
