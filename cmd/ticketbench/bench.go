@@ -291,6 +291,11 @@ func (b *bench) runAll(ctx context.Context) error {
 			return fmt.Errorf("scenario rebuild: %w", err)
 		}
 	}
+	if b.o.runs("verify") {
+		if err := b.runVerify(ctx); err != nil {
+			return fmt.Errorf("scenario verify: %w", err)
+		}
+	}
 	if b.o.runs("backlog") {
 		if err := b.runBacklog(ctx); err != nil {
 			return fmt.Errorf("scenario backlog: %w", err)
