@@ -22,7 +22,7 @@ import (
 // only as far as its root is kept somewhere the database's writers cannot reach: the
 // log line, shipped elsewhere (README, "Audit: the hash chain").
 //
-// Tables (migration 20261216000001_event_chain.sql): audit_anchors, one row per anchor
+// Tables (migration 20261216000002_event_chain.sql): audit_anchors, one row per anchor
 // with its root and counts; audit_anchor_heads, the heads that moved since the previous
 // anchor, so the heads as of anchor N are per stream the row with the highest
 // anchor_id <= N and the table grows with the streams written per interval, not with

@@ -12,7 +12,7 @@ import (
 // The hash chain (issue 16). Every event stores, in the events table's hash column,
 // EventHash of its content and of its predecessor's hash. Postgres computes it at
 // insert (the events_chain trigger calling event_hash, migration
-// 20261216000001_event_chain.sql), so no writer can skip it or choose it; this file
+// 20261216000002_event_chain.sql), so no writer can skip it or choose it; this file
 // computes the same thing in Go for Verify, and the tests hold the two equal on the
 // same rows.
 
