@@ -49,6 +49,10 @@ func (s *Server) observe(c *fiber.Ctx) error {
 	if r != self {
 		route = r.Path
 	}
+	if l, ok := c.Locals(streamLogKey).(*streamLog); ok {
+		l.begin(s, c, r, route, start) // a stream is logged and counted once, at its end
+		return nil
+	}
 	s.record(c, r, route, start, elapsed)
 	return nil
 }

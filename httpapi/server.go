@@ -107,6 +107,8 @@ type Config struct {
 	Limiter *ratelimit.Limiter
 	// Tokens serves /v1/tokens (admins); nil: those routes answer 404.
 	Tokens TokenStore
+	// Streams configures the live event streams (GET /v1/ticket/{id}/events, events.go).
+	Streams StreamConfig
 }
 
 // Page sizes of the list and comment endpoints.
@@ -125,6 +127,8 @@ type Server struct {
 	versions *versionCache
 	// clientErrors bounds the 4xx lines of the access log.
 	clientErrors lineBudget
+	// streams counts the open live event streams (events.go).
+	streams *streams
 }
 
 // New returns the Fiber app serving the whole API.
@@ -165,6 +169,7 @@ func New(cfg Config) *fiber.App {
 	}
 	s := &Server{cfg: cfg, cursors: cursors{key: cfg.CursorKey}, metrics: newHTTPMetrics(cfg.Metrics),
 		replays: make(replaySlots, cfg.ReplayConcurrency), versions: newVersionCache(cfg.ReplayCacheBytes)}
+	s.streams = newStreams(cfg.Streams, cfg.Metrics)
 	app := fiber.New(fiber.Config{
 		AppName:               "ticketd",
 		BodyLimit:             cfg.BodyLimit,
@@ -200,6 +205,7 @@ func New(cfg Config) *fiber.App {
 	v1.Post("/:id/comments", s.need(auth.PermComment), queryParams(s.addComment))
 	v1.Get("/:id/comments", s.need(auth.PermRead), queryParams(s.listComments, "limit", "cursor"))
 	v1.Get("/:id/history", s.need(auth.PermHistory), queryParams(s.history, "limit", "cursor"))
+	v1.Get("/:id/events", s.need(auth.PermRead), queryParams(s.events, "after"))
 	if cfg.Tokens != nil {
 		tokens := app.Group("/v1/tokens")
 		tokens.Post("/", s.need(auth.PermTokens), queryParams(s.createToken))

@@ -90,6 +90,8 @@ func TestAuthRolesByRoute(t *testing.T) {
 		{"comments_other", "GET", fixed(other + "/comments"), nil, map[string]want{"admin": ok(200), "agent": ok(200), "auditor": ok(200), "requester": hidden}},
 		{"history_own", "GET", fixed(own + "/history"), nil, map[string]want{"admin": ok(200), "agent": ok(200), "auditor": ok(200), "requester": ok(200)}},
 		{"history_other", "GET", fixed(other + "/history"), nil, map[string]want{"admin": ok(200), "agent": ok(200), "auditor": ok(200), "requester": hidden}},
+		{"events_own", "GET", fixed(own + "/events"), nil, map[string]want{"admin": ok(200), "agent": ok(200), "auditor": ok(200), "requester": ok(200)}},
+		{"events_other", "GET", fixed(other + "/events"), nil, map[string]want{"admin": ok(200), "agent": ok(200), "auditor": ok(200), "requester": hidden}},
 		{"comment_own", "POST", fixed(own + "/comments"), comment, map[string]want{"admin": ok(201), "agent": ok(201), "auditor": deny(auth.PermComment), "requester": ok(201)}},
 		{"comment_other", "POST", fixed(other + "/comments"), comment, map[string]want{"admin": ok(201), "agent": ok(201), "auditor": deny(auth.PermComment), "requester": hidden}},
 		{"answer_own", "PUT", fresh(mine), answer, map[string]want{"admin": ok(200), "agent": ok(200), "auditor": deny(auth.PermChangeStatus), "requester": deny(auth.PermChangeStatus)}},

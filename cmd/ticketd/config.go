@@ -99,6 +99,8 @@ type Config struct {
 	// RateLimit is the per-role request limits and the per-address limit of failed
 	// authentications (RATE_LIMIT_*), kept in Redis and shared by every instance.
 	RateLimit ratelimit.Config
+	// SSE is the live event streams' settings (SSE_*, sse.go).
+	SSE sseConfig
 }
 
 // loadConfig reads the configuration through getenv and validates it. Every problem
@@ -298,6 +300,9 @@ func (c Config) Validate() error {
 		errs = append(errs, unjoin(err)...)
 	}
 	if err := c.RateLimit.Validate(); err != nil {
+		errs = append(errs, unjoin(err)...)
+	}
+	if err := c.SSE.Validate(); err != nil {
 		errs = append(errs, unjoin(err)...)
 	}
 	if !(c.AccessLogSample >= 0 && c.AccessLogSample <= 1) { // also refuses NaN

@@ -197,6 +197,17 @@ func TestSpecAndServerAgreeOnWhichRequestsAreAccepted(t *testing.T) {
 		{name: "history HEAD with a trailing slash", method: "HEAD", path: id + "/history/"},
 		{name: "history limit 1001", method: "GET", path: id + "/history?limit=1001"},
 
+		// live events (a stream's body is not read: its status and headers)
+		{name: "events", method: "GET", path: id + "/events"},
+		{name: "events with a trailing slash", method: "GET", path: id + "/events/?after=1"},
+		{name: "events HEAD", method: "HEAD", path: id + "/events"},
+		{name: "events HEAD with a trailing slash", method: "HEAD", path: id + "/events/"},
+		{name: "events, Last-Event-ID", method: "GET", path: id + "/events", headers: []string{"Last-Event-ID", "1"}},
+		{name: "events, after -1", method: "GET", path: id + "/events?after=-1"},
+		{name: "events, after not a number", method: "GET", path: id + "/events?after=one"},
+		{name: "events, Last-Event-ID not a number", method: "GET", path: id + "/events", headers: []string{"Last-Event-ID", "v1"}},
+		{name: "events, after beyond the stream", method: "GET", path: id + "/events?after=5", known: "how long a ticket's stream is, is state, not schema"},
+
 		// tokens (admins; the harness sends the test admin token). {token} is a fresh
 		// token's id of the case's own.
 		{name: "create token", method: "POST", path: "/v1/tokens", body: map[string]any{"name": "conformance bot", "role": "agent"}},

@@ -191,6 +191,10 @@ func (s *testServer) tryDo(method, path string, body any, headers ...string) (re
 		return response{}, err
 	}
 	defer resp.Body.Close()
+	if strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		// a live event stream does not end: its status and headers only
+		return response{Status: resp.StatusCode, Header: resp.Header}, nil
+	}
 	raw, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return response{}, fmt.Errorf("read body: %w", err)

@@ -334,6 +334,9 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	if err != nil {
 		return err
 	}
+	// live event streams: a hub woken by this instance's appends, polling for others'
+	streamCfg, stopStreams := setupStreams(ctx, cfg.SSE, store, log)
+	defer stopStreams()
 	httpCfg := httpapi.Config{
 		Store: store, Reader: reader, Log: log,
 		OnCommitted:    reader.Committed,
@@ -355,6 +358,7 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 		Auth:              verifier,
 		Tokens:            tokens,
 		Limiter:           limiter,
+		Streams:           streamCfg,
 	}
 	if jwtVerifier != nil { // a nil *JWTVerifier in the interface would not be nil
 		httpCfg.JWT = jwtVerifier
