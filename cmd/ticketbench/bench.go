@@ -195,6 +195,8 @@ func (b *bench) startServer(ctx context.Context, redisAddrs string) error {
 		// most of the load into 429s and measure the refusal path, not the API's.
 		"RATE_LIMIT_ADMIN": "off", "RATE_LIMIT_AGENT": "off", "RATE_LIMIT_AUDITOR": "off",
 		"RATE_LIMIT_REQUESTER": "off", "RATE_LIMIT_AUTH_FAILURES": "off",
+		// the sse row opens 1,000 streams with the bench's one token
+		"SSE_MAX_STREAMS_PER_PRINCIPAL": "0",
 		// the webhook row's receiver listens on loopback
 		"WEBHOOK_ALLOW_PRIVATE": "true",
 	}
@@ -263,7 +265,7 @@ func (b *bench) runAll(ctx context.Context) error {
 	}{
 		{"get", b.runGet}, {"auth", b.runAuth}, {"list", b.runList}, {"create", b.runCreate}, {"lag", b.runLag}, {"webhook", b.runWebhook},
 		{"put", b.runPut}, {"comment", b.runComment}, {"mixed", b.runMixed}, {"overload", b.runOverload},
-		{"replay", b.runReplay},
+		{"replay", b.runReplay}, {"sse", b.runSSE},
 	}
 	for _, s := range steps {
 		if !b.o.runs(s.name) {
