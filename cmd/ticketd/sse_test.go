@@ -370,7 +370,7 @@ func TestIdleStreamsHoldNoPostgresConnections(t *testing.T) {
 // its place released.
 func TestGoneClientIsNoticedAtTheNextHeartbeat(t *testing.T) {
 	t.Parallel()
-	s := startServer(t, map[string]string{"SSE_HEARTBEAT": "1s"})
+	s := startServer(t, map[string]string{"SSE_HEARTBEAT": "1s", "LOG_LEVEL": "info"})
 	id := newTicketOn(t, s, "a@example.com")
 	open := func() float64 {
 		r := s.do(t, "GET", "/metrics", nil).expect(t, 200)
@@ -389,6 +389,17 @@ func TestGoneClientIsNoticedAtTheNextHeartbeat(t *testing.T) {
 	}
 	c.Close()
 	eventually(t, 4*time.Second, "the gone client's stream is closed", func() bool { return open() == 0 })
+	// one access log line, at the stream's end
+	var lines []map[string]any
+	for _, line := range strings.Split(s.logs.String(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil && m["route"] == "/v1/ticket/:id/events" {
+			lines = append(lines, m)
+		}
+	}
+	if len(lines) != 1 || lines[0]["msg"] != "stream" || lines[0]["end"] != "client_gone" || lines[0]["events"] != 1.0 {
+		t.Errorf("access log lines of the stream: %v, want one, msg stream, end client_gone, events 1", lines)
+	}
 }
 
 // The SSE_* variables' error cases, as TestConfigErrorsNameTheVariableAndTheForm's.

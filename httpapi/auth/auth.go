@@ -44,7 +44,7 @@ type Permission string
 
 // The permissions routes check.
 const (
-	PermRead         Permission = "tickets:read"          // list, get, comments, ?version=N
+	PermRead         Permission = "tickets:read"          // list, get, comments, ?version=N, …/events
 	PermHistory      Permission = "tickets:history"       // GET …/history
 	PermCreate       Permission = "tickets:create"        // POST /v1/ticket/
 	PermComment      Permission = "tickets:comment"       // POST …/comments
