@@ -3,10 +3,12 @@ package httpapi
 import (
 	"context"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/google/uuid"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/ticketd/ticketd/eventstore"
 )
@@ -37,6 +39,10 @@ type EventHub struct {
 	kick chan struct{}
 	done chan struct{}
 	once sync.Once
+
+	// reads shares one read of a ticket's new events among its streams that stand at
+	// the same version (a write wakes them all at once)
+	reads singleflight.Group
 
 	mu     sync.Mutex
 	topics map[uuid.UUID]*topic
@@ -205,4 +211,23 @@ func (h *EventHub) Following() (tickets, streams int) {
 		streams += len(t.subs)
 	}
 	return len(h.topics), streams
+}
+
+// readAfter returns read(), shared with the streams of ticket id that ask for the
+// events after the same version at the same time: a write to a ticket followed by
+// many streams costs one read, not one per stream. read must not depend on one
+// caller's context (a caller that leaves must not fail the others' read).
+//
+// The key holds the last version the hub's polls saw of the ticket: a stream woken
+// for a newer event than a read in flight was started for does not join that read
+// (it could miss the event), it starts its own.
+func (h *EventHub) readAfter(id uuid.UUID, after int, read func() (any, error)) (any, error) {
+	h.mu.Lock()
+	seen := 0
+	if t := h.topics[id]; t != nil {
+		seen = t.head
+	}
+	h.mu.Unlock()
+	v, err, _ := h.reads.Do(id.String()+"/"+strconv.Itoa(after)+"/"+strconv.Itoa(seen), read)
+	return v, err
 }

@@ -302,9 +302,12 @@ func (st *stream) sendNew(w *bufio.Writer, flush func() error) string {
 		return streamEndDeleted
 	}
 	for {
-		ctx, cancel := context.WithTimeout(st.ctx, st.s.cfg.RequestTimeout)
-		recs, more, err := st.s.cfg.Store.HistoryPage(ctx, st.id, st.after, streamPage, st.s.cfg.HistoryPageBytes)
-		cancel()
+		page, err := st.hub.readAfter(st.id, st.after, func() (any, error) {
+			ctx, cancel := context.WithTimeout(st.ctx, st.s.cfg.RequestTimeout)
+			defer cancel()
+			recs, more, err := st.s.cfg.Store.HistoryPage(ctx, st.id, st.after, streamPage, st.s.cfg.HistoryPageBytes)
+			return historyPage{recs, more}, err
+		})
 		if err != nil {
 			st.s.cfg.Log.Warn("event stream: read failed; retried at the next heartbeat", "ticket", st.id, "after", st.after, "err", err,
 				"request_id", RequestID(st.ctx))
@@ -313,6 +316,7 @@ func (st *stream) sendNew(w *bufio.Writer, flush func() error) string {
 			}
 			return streamEndReadFailed
 		}
+		recs, more := page.(historyPage).recs, page.(historyPage).more
 		for _, r := range recs {
 			n, err := st.writeEvent(w, r)
 			if err != nil {
@@ -337,6 +341,12 @@ func (st *stream) sendNew(w *bufio.Writer, flush func() error) string {
 			return ""
 		}
 	}
+}
+
+// historyPage is a page of events read for the streams of a ticket (shared: read only).
+type historyPage struct {
+	recs []eventstore.Record
+	more bool
 }
 
 // writeEvent writes one event in the SSE form and returns the bytes written.
