@@ -109,6 +109,8 @@ type Config struct {
 	Tokens TokenStore
 	// Streams configures the live event streams (GET /v1/ticket/{id}/events, events.go).
 	Streams StreamConfig
+	// Webhooks serves /v1/webhooks (admins; httpapi/webhooks.go); nil: no such routes.
+	Webhooks Webhooks
 }
 
 // Page sizes of the list and comment endpoints.
@@ -211,6 +213,9 @@ func New(cfg Config) *fiber.App {
 		tokens.Post("/", s.need(auth.PermTokens), queryParams(s.createToken))
 		tokens.Get("/", s.need(auth.PermTokens), queryParams(s.listTokens))
 		tokens.Delete("/:id", s.need(auth.PermTokens), queryParams(s.revokeToken))
+	}
+	if cfg.Webhooks != nil {
+		s.webhookRoutes(app)
 	}
 	guardMethods(app, s)
 	return app

@@ -74,6 +74,10 @@ type Handler struct {
 	Group string
 	Apply ApplyFunc
 	Queue QueueFunc
+	// Committed, when set, is called after each transaction of the group that applied
+	// events has committed (the webhooks group wakes its dispatcher with it: what Apply
+	// wrote is visible to others only then).
+	Committed func()
 }
 
 // Config tunes the projectors' consumers.
@@ -490,6 +494,7 @@ func (c *consumer) batch(ctx context.Context) (n, failed int, err error) {
 	if err := tx.Commit(bctx); err != nil {
 		return 0, 0, Unavailable(fmt.Errorf("commit %s: %w", c.Group, err))
 	}
+	c.committed(len(recs))
 	c.projected(recs)
 	c.poisoned(bad)
 	return len(rows), 0, nil
@@ -556,6 +561,7 @@ func (c *consumer) one(ctx context.Context) (int, error) {
 		o.err = cause
 		c.poisoned([]outboxRow{o})
 	} else {
+		c.committed(1)
 		c.projected([]eventstore.Record{o.rec})
 	}
 	return 1, nil
@@ -590,6 +596,13 @@ func (c *consumer) poison(ctx context.Context, tx pgx.Tx, o outboxRow, cause err
 		return Unavailable(fmt.Errorf("poison publish: %w", err))
 	}
 	return nil
+}
+
+// committed calls the handler's Committed after a commit that applied n > 0 events.
+func (c *consumer) committed(n int) {
+	if n > 0 && c.Committed != nil {
+		c.Committed()
+	}
 }
 
 func (c *consumer) projected(recs []eventstore.Record) {

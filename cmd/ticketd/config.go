@@ -16,6 +16,7 @@ import (
 	"github.com/ticketd/ticketd/httpapi/auth"
 	"github.com/ticketd/ticketd/httpapi/ratelimit"
 	"github.com/ticketd/ticketd/projections/redismodel"
+	"github.com/ticketd/ticketd/webhooks"
 )
 
 // Config is ticketd's configuration, read from the environment. Every variable is
@@ -101,6 +102,8 @@ type Config struct {
 	RateLimit ratelimit.Config
 	// SSE is the live event streams' settings (SSE_*, sse.go).
 	SSE sseConfig
+	// Webhooks is the webhook delivery settings (WEBHOOK_*).
+	Webhooks webhooks.Config
 }
 
 // loadConfig reads the configuration through getenv and validates it. Every problem
@@ -303,6 +306,9 @@ func (c Config) Validate() error {
 		errs = append(errs, unjoin(err)...)
 	}
 	if err := c.SSE.Validate(); err != nil {
+		errs = append(errs, unjoin(err)...)
+	}
+	if err := c.Webhooks.Validate(); err != nil {
 		errs = append(errs, unjoin(err)...)
 	}
 	if !(c.AccessLogSample >= 0 && c.AccessLogSample <= 1) { // also refuses NaN

@@ -27,6 +27,7 @@ import (
 	"github.com/ticketd/ticketd/projections"
 	"github.com/ticketd/ticketd/projections/pgmodel"
 	"github.com/ticketd/ticketd/projections/redismodel"
+	"github.com/ticketd/ticketd/webhooks"
 )
 
 func main() {
@@ -264,8 +265,8 @@ func runTask(ctx context.Context, opts options, getenv func(string) string, stdo
 }
 
 // projectorConns is the size of the projectors' own pool: one connection per consumer
-// group, one for the backlog sampler.
-const projectorConns = 3
+// group (Postgres, Redis, webhooks), one for the backlog sampler.
+const projectorConns = 4
 
 // serve runs the HTTP server on ln (bound by run) and the projectors until ctx ends,
 // then drains.
@@ -313,8 +314,13 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 		return err
 	}
 	defer projPool.Close()
+	hooks, err := webhooks.New(pool, store, cfg.Webhooks, log, reg)
+	if err != nil {
+		return err
+	}
 	router, err := projections.NewRouter(projPool, projections.Config{Metrics: projMetrics, Wake: wake}, log,
-		pgmodel.Projector{Events: store, Cache: projections.NewViewCache(pgmodel.RowCacheBytes)}.Handler(), redisProj.Handler())
+		pgmodel.Projector{Events: store, Cache: projections.NewViewCache(pgmodel.RowCacheBytes)}.Handler(), redisProj.Handler(),
+		hooks.Handler())
 	if err != nil {
 		return err
 	}
@@ -359,6 +365,7 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 		Tokens:            tokens,
 		Limiter:           limiter,
 		Streams:           streamCfg,
+		Webhooks:          hooks,
 	}
 	if jwtVerifier != nil { // a nil *JWTVerifier in the interface would not be nil
 		httpCfg.JWT = jwtVerifier
@@ -371,13 +378,15 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	go func() { projDone <- router.Run(projCtx) }()
 	repairDone := make(chan error, 1)
 	go func() { repairDone <- repairer.Run(projCtx) }()
+	hooksDone := make(chan struct{})
+	go func() { defer close(hooksDone); hooks.Run(projCtx) }() // webhook deliveries (webhooks/dispatch.go)
 	// Expired idempotency keys and outbox rows every projector has passed are deleted
 	// in the background, one instance at a time (eventstore/housekeeping.go).
 	housekeeper := &eventstore.Housekeeper{
 		Pool:            pool,
 		IdempotencyTTL:  cfg.IdempotencyTTL,
 		OutboxRetention: cfg.OutboxRetention,
-		Groups:          []string{pgmodel.Group, redismodel.Group},
+		Groups:          []string{pgmodel.Group, redismodel.Group, webhooks.Group},
 		Interval:        cfg.HousekeepingInterval,
 		Log:             log,
 	}
@@ -415,6 +424,11 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	case <-repairDone:
 	case <-time.After(cfg.ShutdownTimeout):
 		log.Warn("redis repairer did not stop in time")
+	}
+	select {
+	case <-hooksDone:
+	case <-time.After(cfg.ShutdownTimeout):
+		log.Warn("webhook dispatcher did not stop in time")
 	}
 	select {
 	case <-housekeepingDone:

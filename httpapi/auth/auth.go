@@ -51,11 +51,12 @@ const (
 	PermChangeStatus Permission = "tickets:change-status" // PUT …/{id} (a requester: close only)
 	PermDelete       Permission = "tickets:delete"        // DELETE …/{id}
 	PermTokens       Permission = "tokens:manage"         // /v1/tokens
+	PermWebhooks     Permission = "webhooks:manage"       // /v1/webhooks
 	PermMetrics      Permission = "metrics:read"          // /metrics
 )
 
 var permissions = map[Role][]Permission{
-	RoleAdmin:     {PermRead, PermHistory, PermCreate, PermComment, PermChangeStatus, PermDelete, PermTokens, PermMetrics},
+	RoleAdmin:     {PermRead, PermHistory, PermCreate, PermComment, PermChangeStatus, PermDelete, PermTokens, PermWebhooks, PermMetrics},
 	RoleAgent:     {PermRead, PermHistory, PermCreate, PermComment, PermChangeStatus},
 	RoleAuditor:   {PermRead, PermHistory, PermMetrics},
 	RoleRequester: {PermRead, PermHistory, PermCreate, PermComment, PermChangeStatus},

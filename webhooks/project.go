@@ -1,0 +1,195 @@
+package webhooks
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/ticketd/ticketd/eventstore"
+	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/ticket"
+)
+
+// Payload is the JSON body of a delivery.
+type Payload struct {
+	// ID is the delivery's id, also sent as webhook-id: the same at every attempt and
+	// redelivery, so a receiver dedupes on it.
+	ID       uuid.UUID  `json:"id"`
+	Type     string     `json:"type"`
+	TicketID *uuid.UUID `json:"ticket_id,omitempty"`
+	Version  int        `json:"version,omitempty"`
+	// OccurredAt is when the event happened (the ticket's updated_at after it).
+	OccurredAt time.Time `json:"occurred_at"`
+	Actor      *Actor    `json:"actor,omitempty"`
+	// Data is the event's own data, as the history shows it.
+	Data any `json:"data"`
+	// Ticket is the ticket as GET /v1/ticket/{id} showed it right after the event;
+	// null for ticket.deleted (the ticket is gone).
+	Ticket *projections.View `json:"ticket"`
+}
+
+// Actor is who recorded the event: the display name the request gave and the
+// authenticated principal (absent for events recorded before authentication existed).
+type Actor struct {
+	Name      string                `json:"name"`
+	Principal *eventstore.Principal `json:"principal,omitempty"`
+}
+
+// comment is the data of a ticket.comment_added event.
+type comment struct {
+	ID        uuid.UUID `json:"id"`
+	Body      string    `json:"body"`
+	Email     string    `json:"email,omitempty"`
+	CreatedBy string    `json:"created_by"`
+}
+
+// Handler returns the projector of the webhooks consumer group: for every event of a
+// batch, one delivery per enabled endpoint subscribed to its type, written in the
+// transaction that moves the group's position, so a crash loses or invents none.
+func (s *Service) Handler() projections.Handler {
+	return projections.Handler{Group: Group, Apply: s.Apply, Queue: s.Queue, Committed: s.committed}
+}
+
+func (s *Service) committed() {
+	if s.recorded.Swap(false) {
+		s.Wake()
+	}
+}
+
+// Apply records the deliveries of recs in tx (see Handler). It is idempotent: a
+// delivery of an (endpoint, ticket, version) already recorded is not recorded again.
+func (s *Service) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Record) error {
+	b := &pgx.Batch{}
+	if err := s.Queue(ctx, tx, recs, b); err != nil || b.Len() == 0 {
+		return err
+	}
+	return projections.Unavailable(tx.SendBatch(ctx, b).Close())
+}
+
+type target struct {
+	id     uuid.UUID
+	events []string
+}
+
+func (t target) wants(typ string) bool {
+	return slices.Contains(t.events, AllEvents) || slices.Contains(t.events, typ)
+}
+
+// Queue is Apply queueing its one insert into b.
+func (s *Service) Queue(ctx context.Context, tx pgx.Tx, recs []eventstore.Record, b *pgx.Batch) error {
+	rows, err := tx.Query(ctx, `SELECT id, events FROM webhook_endpoints WHERE enabled`)
+	if err != nil {
+		return projections.Unavailable(err)
+	}
+	targets, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (target, error) {
+		var t target
+		return t, r.Scan(&t.id, &t.events)
+	})
+	if err != nil {
+		return projections.Unavailable(err)
+	}
+	if len(targets) == 0 {
+		return nil
+	}
+	var (
+		ids, endpoints, tickets []uuid.UUID
+		types, payloads         []string
+		versions                []int32
+		recorded                []time.Time
+	)
+	retryUntil := s.Now().Add(s.cfg.MaxAge)
+	for _, r := range recs {
+		typ, ok := eventTypes[r.Type()]
+		if !ok {
+			return fmt.Errorf("webhooks: %w: %s", projections.ErrUnknownEvent, r.Type())
+		}
+		var to []uuid.UUID
+		for _, t := range targets {
+			if t.wants(typ) {
+				to = append(to, t.id)
+			}
+		}
+		if len(to) == 0 {
+			continue
+		}
+		view, err := s.viewAfter(ctx, r)
+		if err != nil {
+			return err
+		}
+		p := payloadOf(r, typ, view)
+		for _, ep := range to {
+			p.ID = uuid.Must(uuid.NewV7())
+			body, err := eventstore.EncodeJSON(p)
+			if err != nil {
+				return err
+			}
+			ids, endpoints, tickets = append(ids, p.ID), append(endpoints, ep), append(tickets, r.TicketID)
+			types, payloads = append(types, typ), append(payloads, string(body))
+			versions, recorded = append(versions, int32(r.Version)), append(recorded, r.RecordedAt)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	b.Queue(`INSERT INTO webhook_deliveries (id, endpoint_id, ticket_id, version, event_type, payload, event_recorded_at, retry_until)
+		SELECT d.*, $8::timestamptz FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int[], $5::text[], $6::text[], $7::timestamptz[]) AS d
+		ON CONFLICT (endpoint_id, ticket_id, version) DO NOTHING`,
+		ids, endpoints, tickets, versions, types, payloads, recorded, retryUntil)
+	s.recorded.Store(true)
+	return nil
+}
+
+// viewAfter returns the ticket as it stood right after r: folded onto the view the
+// service last made of the ticket when that is the one before r, else folded from the
+// event store (projections.FoldStream: the one fold, never one of our own).
+func (s *Service) viewAfter(ctx context.Context, r eventstore.Record) (projections.View, error) {
+	if v, ok := s.views.Get(r.TicketID); ok {
+		if v.Version == r.Version {
+			return v, nil
+		}
+		if v.Version == r.Version-1 {
+			if next, err := projections.Fold(v, r.Event); err == nil {
+				s.remember(next)
+				return next, nil
+			}
+		}
+	}
+	v, _, err := projections.FoldStream(ctx, s.streams, r.TicketID, r.Version)
+	if err != nil {
+		return projections.View{}, projections.Unavailable(fmt.Errorf("webhooks: fold %s up to v%d: %w", r.TicketID, r.Version, err))
+	}
+	if v.Version != r.Version {
+		return projections.View{}, fmt.Errorf("webhooks: %w: ticket %s folded to v%d, not v%d", projections.ErrOutOfOrder, r.TicketID, v.Version, r.Version)
+	}
+	s.remember(v)
+	return v, nil
+}
+
+func (s *Service) remember(v projections.View) {
+	if v.Deleted {
+		return
+	}
+	size := 300 + len(v.Title) + len(v.Description) + len(v.Email) + len(v.CreatedBy) + len(v.UpdatedBy)
+	for _, c := range v.Comments {
+		size += 120 + len(c.Body) + len(c.Email) + len(c.CreatedBy)
+	}
+	s.views.Put(v, size)
+}
+
+// payloadOf is the payload of r (without its id).
+func payloadOf(r eventstore.Record, typ string, v projections.View) Payload {
+	id := r.TicketID
+	p := Payload{Type: typ, TicketID: &id, Version: r.Version, OccurredAt: r.At.UTC(),
+		Actor: &Actor{Name: r.Actor, Principal: r.Metadata.Principal}, Data: r.Data}
+	if c, ok := r.Data.(ticket.CommentAdded); ok {
+		p.Data = comment{ID: c.CommentID, Body: c.Body, Email: c.Email, CreatedBy: c.CreatedBy}
+	}
+	if !v.Deleted {
+		p.Ticket = &v
+	}
+	return p
+}
