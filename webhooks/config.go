@@ -14,7 +14,7 @@ type Config struct {
 	AllowPrivate bool `env:"WEBHOOK_ALLOW_PRIVATE" envDefault:"false"`
 	// Timeout bounds one delivery attempt: connecting, sending, and the answer's
 	// headers and (bounded) body. A slower endpoint's attempt fails.
-	Timeout time.Duration `env:"WEBHOOK_TIMEOUT" envDefault:"10s"`
+	AttemptTimeout time.Duration `env:"WEBHOOK_TIMEOUT" envDefault:"10s"`
 	// MaxAge is how long a delivery is retried after its event was recorded; an attempt
 	// that fails after it marks the delivery failed.
 	MaxAge time.Duration `env:"WEBHOOK_MAX_AGE" envDefault:"24h"`
@@ -47,8 +47,8 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s must be a positive duration, not %s", name, d))
 		}
 	}
-	if c.Timeout <= 0 || c.Timeout > 5*time.Minute {
-		errs = append(errs, fmt.Errorf("WEBHOOK_TIMEOUT must be from 1ms to 5m, not %s", c.Timeout))
+	if c.AttemptTimeout <= 0 || c.AttemptTimeout > 5*time.Minute {
+		errs = append(errs, fmt.Errorf("WEBHOOK_TIMEOUT must be from 1ms to 5m, not %s", c.AttemptTimeout))
 	}
 	positive("WEBHOOK_MAX_AGE", c.MaxAge)
 	positive("WEBHOOK_BACKOFF_MIN", c.BackoffMin)
@@ -80,7 +80,7 @@ func (c Config) withDefaults() Config {
 			*d = v
 		}
 	}
-	def(&c.Timeout, 10*time.Second)
+	def(&c.AttemptTimeout, 10*time.Second)
 	def(&c.MaxAge, 24*time.Hour)
 	def(&c.BackoffMin, 5*time.Second)
 	def(&c.BackoffMax, time.Hour)

@@ -33,7 +33,7 @@ import (
 // webhook-id: at least once.
 
 // lease is how long a taken delivery is not taken again: its attempt ends before.
-func (s *Service) lease() time.Duration { return s.cfg.Timeout + 5*time.Second }
+func (s *Service) lease() time.Duration { return s.cfg.AttemptTimeout + 5*time.Second }
 
 // claimed is a delivery taken for an attempt.
 type claimed struct {
@@ -202,7 +202,7 @@ func (s *Service) attempt(ctx context.Context, c claimed) {
 
 // send makes one signed POST of c and reads at most readBytes of the answer.
 func (s *Service) send(ctx context.Context, c claimed) result {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.AttemptTimeout)
 	defer cancel()
 	body := []byte(c.payload)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))

@@ -172,20 +172,20 @@ func New(pool *pgxpool.Pool, streams projections.StreamReader, cfg Config, log *
 // target), the dial-time address check unless private targets are allowed, no
 // redirects followed (a 3xx is a failed attempt), every phase bounded by Timeout.
 func newClient(cfg Config) *http.Client {
-	d := &net.Dialer{Timeout: cfg.Timeout, KeepAlive: 30 * time.Second}
+	d := &net.Dialer{Timeout: cfg.AttemptTimeout, KeepAlive: 30 * time.Second}
 	if !cfg.AllowPrivate {
 		d.Control = dialControl
 	}
 	tr := &http.Transport{
 		Proxy:                  nil,
 		DialContext:            d.DialContext,
-		TLSHandshakeTimeout:    cfg.Timeout,
-		ResponseHeaderTimeout:  cfg.Timeout,
+		TLSHandshakeTimeout:    cfg.AttemptTimeout,
+		ResponseHeaderTimeout:  cfg.AttemptTimeout,
 		MaxIdleConnsPerHost:    cfg.EndpointConcurrency,
 		IdleConnTimeout:        90 * time.Second,
 		MaxResponseHeaderBytes: 16 << 10,
 	}
-	return &http.Client{Transport: tr, Timeout: cfg.Timeout,
+	return &http.Client{Transport: tr, Timeout: cfg.AttemptTimeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 }
 

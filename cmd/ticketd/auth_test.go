@@ -58,6 +58,7 @@ func TestAuthRolesByRoute(t *testing.T) {
 	answer := map[string]any{"status": "answered", "updated_by": "u"}
 	closeIt := map[string]any{"status": "closed", "updated_by": "u"}
 	newToken := map[string]any{"name": "n", "role": "agent"}
+	newWebhook := map[string]any{"url": "https://hooks.example.com/ticketd", "events": []string{"*"}}
 
 	type want struct {
 		status int
@@ -100,6 +101,8 @@ func TestAuthRolesByRoute(t *testing.T) {
 		{"delete", "DELETE", fresh(mine), nil, map[string]want{"admin": ok(204), "agent": deny(auth.PermDelete), "auditor": deny(auth.PermDelete), "requester": deny(auth.PermDelete)}},
 		{"tokens_list", "GET", fixed("/v1/tokens"), nil, map[string]want{"admin": ok(200), "agent": deny(auth.PermTokens), "auditor": deny(auth.PermTokens), "requester": deny(auth.PermTokens)}},
 		{"tokens_create", "POST", fixed("/v1/tokens"), newToken, map[string]want{"admin": ok(201), "agent": deny(auth.PermTokens), "auditor": deny(auth.PermTokens), "requester": deny(auth.PermTokens)}},
+		{"webhooks_list", "GET", fixed("/v1/webhooks"), nil, map[string]want{"admin": ok(200), "agent": deny(auth.PermWebhooks), "auditor": deny(auth.PermWebhooks), "requester": deny(auth.PermWebhooks)}},
+		{"webhooks_create", "POST", fixed("/v1/webhooks"), newWebhook, map[string]want{"admin": ok(201), "agent": deny(auth.PermWebhooks), "auditor": deny(auth.PermWebhooks), "requester": deny(auth.PermWebhooks)}},
 		{"metrics", "GET", fixed("/metrics"), nil, map[string]want{"admin": ok(200), "agent": deny(auth.PermMetrics), "auditor": ok(200), "requester": deny(auth.PermMetrics)}},
 	}
 	var unauthenticated []byte

@@ -71,6 +71,19 @@ func TestConfigErrorsNameTheVariableAndTheForm(t *testing.T) {
 		{"RATE_LIMIT_AUTH_FAILURES", "-1/m", `RATE_LIMIT_AUTH_FAILURES: "-1/m": rate…`},
 		{"RATE_LIMIT_TIMEOUT", "50", `RATE_LIMIT_TIMEOUT: "50" is not a duration (…`},
 		{"RATE_LIMIT_TIMEOUT", "1m", `RATE_LIMIT_TIMEOUT must be from 1ms to 5s, not 1m0s`},
+		{"WEBHOOK_ALLOW_PRIVATE", "yes please", `WEBHOOK_ALLOW_PRIVATE: "yes please" is not a boolean (true or false)`},
+		{"WEBHOOK_TIMEOUT", "10", `WEBHOOK_TIMEOUT: "10" is not a duration (…`},
+		{"WEBHOOK_TIMEOUT", "1h", `WEBHOOK_TIMEOUT must be from 1ms to 5m, not 1h0m0s`},
+		{"WEBHOOK_MAX_AGE", "1d", `WEBHOOK_MAX_AGE: "1d" is not a duration (…`},
+		{"WEBHOOK_MAX_AGE", "0s", `WEBHOOK_MAX_AGE must be a positive duration, not 0s`},
+		{"WEBHOOK_BACKOFF_MIN", "-1s", `WEBHOOK_BACKOFF_MIN must be a positive duration, not -1s`},
+		{"WEBHOOK_BACKOFF_MAX", "1s", `WEBHOOK_BACKOFF_MAX (1s) must be at least WEBHOOK_BACKOFF_MIN (5s)`},
+		{"WEBHOOK_DISABLE_AFTER", "-1", `WEBHOOK_DISABLE_AFTER must be 0 (never) or more, not -1`},
+		{"WEBHOOK_CONCURRENCY", "0", `WEBHOOK_CONCURRENCY must be at least 1, not 0`},
+		{"WEBHOOK_ENDPOINT_CONCURRENCY", "0", `WEBHOOK_ENDPOINT_CONCURRENCY must be at least 1, not 0`},
+		{"WEBHOOK_POLL_INTERVAL", "0s", `WEBHOOK_POLL_INTERVAL must be a positive duration, not 0s`},
+		{"WEBHOOK_RETENTION", "week", `WEBHOOK_RETENTION: "week" is not a duration (…`},
+		{"WEBHOOK_ROTATION_GRACE", "-1h", `WEBHOOK_ROTATION_GRACE must be 0 or more, not -1h0m0s`},
 	} {
 		t.Run(c.key+"="+c.value, func(t *testing.T) {
 			_, err := loadConfig(func(k string) string {
