@@ -21,6 +21,7 @@ import (
 	"golang.org/x/net/html"
 
 	"github.com/ticketd/ticketd/httpapi/auth"
+	"github.com/ticketd/ticketd/webhooks"
 	"github.com/ticketd/ticketd/ticket"
 )
 
@@ -392,7 +393,11 @@ func TestPanicIsA500ProblemNotACrash(t *testing.T) {
 // has a token store (on no database: no test here sends it a request) so that the
 // /v1/tokens routes, registered only with one, are among the routes checked.
 func newTestApp() *fiber.App {
-	return New(Config{Log: slog.New(slog.DiscardHandler), Tokens: auth.NewTokenStore(nil)})
+	hooks, err := webhooks.New(nil, nil, webhooks.Config{}, nil, nil) // routes only: never called
+	if err != nil {
+		panic(err)
+	}
+	return New(Config{Log: slog.New(slog.DiscardHandler), Tokens: auth.NewTokenStore(nil), Webhooks: hooks})
 }
 
 // servedDoc is the served document decoded into maps, for the structural checks.
