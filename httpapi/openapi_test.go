@@ -21,8 +21,8 @@ import (
 	"golang.org/x/net/html"
 
 	"github.com/ticketd/ticketd/httpapi/auth"
-	"github.com/ticketd/ticketd/webhooks"
 	"github.com/ticketd/ticketd/ticket"
+	"github.com/ticketd/ticketd/webhooks"
 )
 
 // docsRoutes are the paths the app serves that are not part of the API: the

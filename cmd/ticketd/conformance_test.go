@@ -234,6 +234,47 @@ func TestSpecAndServerAgreeOnWhichRequestsAreAccepted(t *testing.T) {
 		{name: "revoke token, not a UUID", method: "DELETE", path: "/v1/tokens/not-a-uuid"},
 		{name: "PUT a token", method: "PUT", path: "/v1/tokens/{token}", body: map[string]any{"name": "bot"}},
 
+		// webhooks (admins). {webhook} is a fresh endpoint of the case's own, {delivery}
+		// a ping delivery of it.
+		{name: "create webhook", method: "POST", path: "/v1/webhooks", body: map[string]any{"url": "https://hooks.example.com/ticketd", "events": []string{"*"}, "description": "conformance"}},
+		{name: "create webhook with a trailing slash", method: "POST", path: "/v1/webhooks/", body: map[string]any{"url": "http://hooks.example.com/t", "events": []string{"ticket.opened", "ticket.deleted"}}},
+		{name: "create webhook, unknown event", method: "POST", path: "/v1/webhooks", body: map[string]any{"url": "https://hooks.example.com/", "events": []string{"ticket.exploded"}}},
+		{name: "create webhook, no events", method: "POST", path: "/v1/webhooks", body: map[string]any{"url": "https://hooks.example.com/", "events": []string{}}},
+		{name: "create webhook, ftp", method: "POST", path: "/v1/webhooks", body: map[string]any{"url": "ftp://hooks.example.com/", "events": []string{"*"}}},
+		{name: "create webhook, no url", method: "POST", path: "/v1/webhooks", body: map[string]any{"events": []string{"*"}}},
+		{name: "create webhook, unknown field", method: "POST", path: "/v1/webhooks", body: map[string]any{"url": "https://hooks.example.com/", "events": []string{"*"}, "secret": "x"}},
+		{name: "create webhook, loopback", method: "POST", path: "/v1/webhooks", body: map[string]any{"url": "http://127.0.0.1/", "events": []string{"*"}}, known: "the schema cannot say which addresses are internal"},
+		{name: "create webhook, star and a type", method: "POST", path: "/v1/webhooks", body: map[string]any{"url": "https://hooks.example.com/", "events": []string{"*", "ticket.opened"}}, known: "the schema cannot say that * stands alone"},
+		{name: "list webhooks", method: "GET", path: "/v1/webhooks"},
+		{name: "list webhooks with a trailing slash", method: "GET", path: "/v1/webhooks/"},
+		{name: "list webhooks HEAD", method: "HEAD", path: "/v1/webhooks"},
+		{name: "list webhooks HEAD with a trailing slash", method: "HEAD", path: "/v1/webhooks/"},
+		{name: "get webhook", method: "GET", path: "/v1/webhooks/{webhook}"},
+		{name: "get webhook with a trailing slash", method: "GET", path: "/v1/webhooks/{webhook}/"},
+		{name: "get webhook HEAD", method: "HEAD", path: "/v1/webhooks/{webhook}"},
+		{name: "get webhook HEAD with a trailing slash", method: "HEAD", path: "/v1/webhooks/{webhook}/"},
+		{name: "get webhook, not a UUID", method: "GET", path: "/v1/webhooks/not-a-uuid"},
+		{name: "patch webhook", method: "PATCH", path: "/v1/webhooks/{webhook}", body: map[string]any{"enabled": false, "description": "off"}},
+		{name: "patch webhook with a trailing slash", method: "PATCH", path: "/v1/webhooks/{webhook}/", body: map[string]any{"events": []string{"ticket.status_changed"}}},
+		{name: "patch webhook, unknown field", method: "PATCH", path: "/v1/webhooks/{webhook}", body: map[string]any{"active": true}},
+		{name: "patch webhook, enabled a string", method: "PATCH", path: "/v1/webhooks/{webhook}", body: map[string]any{"enabled": "yes"}},
+		{name: "delete webhook", method: "DELETE", path: "/v1/webhooks/{webhook}"},
+		{name: "delete webhook with a trailing slash", method: "DELETE", path: "/v1/webhooks/{webhook}/"},
+		{name: "ping webhook", method: "POST", path: "/v1/webhooks/{webhook}/ping"},
+		{name: "ping webhook with a trailing slash", method: "POST", path: "/v1/webhooks/{webhook}/ping/"},
+		{name: "rotate secret", method: "POST", path: "/v1/webhooks/{webhook}/rotate-secret"},
+		{name: "rotate secret with a trailing slash", method: "POST", path: "/v1/webhooks/{webhook}/rotate-secret/", body: map[string]any{"grace": "1h"}},
+		{name: "rotate secret, grace not a duration", method: "POST", path: "/v1/webhooks/{webhook}/rotate-secret", body: map[string]any{"grace": "a day"}},
+		{name: "deliveries", method: "GET", path: "/v1/webhooks/{webhook}/deliveries"},
+		{name: "deliveries with a trailing slash", method: "GET", path: "/v1/webhooks/{webhook}/deliveries/?status=pending&limit=5"},
+		{name: "deliveries HEAD", method: "HEAD", path: "/v1/webhooks/{webhook}/deliveries"},
+		{name: "deliveries HEAD with a trailing slash", method: "HEAD", path: "/v1/webhooks/{webhook}/deliveries/"},
+		{name: "deliveries, unknown status", method: "GET", path: "/v1/webhooks/{webhook}/deliveries?status=lost"},
+		{name: "deliveries, limit 0", method: "GET", path: "/v1/webhooks/{webhook}/deliveries?limit=0"},
+		{name: "redeliver", method: "POST", path: "/v1/webhooks/{webhook}/deliveries/{delivery}/redeliver"},
+		{name: "redeliver with a trailing slash", method: "POST", path: "/v1/webhooks/{webhook}/deliveries/{delivery}/redeliver/"},
+		{name: "redeliver, not a UUID", method: "POST", path: "/v1/webhooks/{webhook}/deliveries/nope/redeliver"},
+
 		// operations
 		{name: "healthz", method: "GET", path: "/healthz"},
 		{name: "healthz with a trailing slash", method: "GET", path: "/healthz/"},
@@ -272,6 +313,16 @@ func TestSpecAndServerAgreeOnWhichRequestsAreAccepted(t *testing.T) {
 			var created struct{ ID string }
 			s.do(t, "POST", "/v1/tokens", map[string]any{"name": "conformance", "role": "agent"}).expect(t, 201).JSON(t, &created)
 			path = strings.ReplaceAll(path, "{token}", created.ID)
+		}
+		if strings.Contains(path, "{webhook}") {
+			var created struct{ ID string }
+			s.do(t, "POST", "/v1/webhooks", map[string]any{"url": "https://hooks.example.com/conformance", "events": []string{"*"}}).expect(t, 201).JSON(t, &created)
+			path = strings.ReplaceAll(path, "{webhook}", created.ID)
+			if strings.Contains(path, "{delivery}") {
+				var ping struct{ ID string }
+				s.do(t, "POST", "/v1/webhooks/"+created.ID+"/ping", nil).expect(t, 202).JSON(t, &ping)
+				path = strings.ReplaceAll(path, "{delivery}", ping.ID)
+			}
 		}
 		req := conformanceRequest(t, s.URL, c.method, path, c.body, c.headers)
 		specOK, verrs := v.ValidateHttpRequest(req)
@@ -333,8 +384,11 @@ func verdict(ok bool) string {
 func templatePath(path string) string {
 	path, _, _ = strings.Cut(path, "?")
 	segs := strings.Split(path, "/")
-	if len(segs) > 3 && segs[1] == "v1" && (segs[2] == "ticket" || segs[2] == "tokens") && len(segs[3]) == 36 {
+	if len(segs) > 3 && segs[1] == "v1" && (segs[2] == "ticket" || segs[2] == "tokens" || segs[2] == "webhooks") && len(segs[3]) == 36 {
 		segs[3] = "{id}"
+	}
+	if len(segs) > 5 && segs[2] == "webhooks" && segs[4] == "deliveries" && len(segs[5]) == 36 {
+		segs[5] = "{delivery}"
 	}
 	return strings.Join(segs, "/")
 }
