@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ticketd/ticketd/db/dbtest"
 )
 
 // hookReceiver is a webhook receiver on a loopback port: it records every request and
@@ -432,4 +434,54 @@ func TestWebhooksRefuseInternalTargetsAndBadInput(t *testing.T) {
 	s.do(t, "GET", "/v1/webhooks/"+h.ID+"/deliveries?status=lost", nil).expect(t, 422)
 	s.do(t, "GET", "/v1/webhooks/not-a-uuid", nil).expect(t, 422)
 	s.do(t, "GET", "/v1/webhooks/00000000-0000-0000-0000-000000000000", nil).expect(t, 404)
+}
+
+// A ticketd SIGKILLed while deliveries are in flight loses none: the next process
+// delivers every event, duplicates (an attempt cut off) with the same webhook-id.
+func TestWebhooksSurviveKill9MidDelivery(t *testing.T) {
+	t.Parallel()
+	bin := buildBinary(t)
+	env := processEnv(t, dbtest.NewDatabase(t))
+	for k, v := range withEnv(map[string]string{"WEBHOOK_TIMEOUT": "1s", "WEBHOOK_DISABLE_AFTER": "0"}) {
+		env[k] = v
+	}
+	recv := newHookReceiver(t)
+	recv.delay.Store(int64(100 * time.Millisecond))
+	a := launchInstance(t, bin, "A", env)
+	a.waitHealthy(t, 30*time.Second)
+	subscribe(t, a.srv, recv.URL)
+	const tickets = 40
+	var ids []string
+	for range tickets {
+		ids = append(ids, newTicketID(t, a.srv))
+	}
+	eventually(t, 10*time.Second, "some deliveries", func() bool { return len(recv.requests()) >= 3 })
+	a.kill(t)
+	before := len(recv.requests())
+	b := launchInstance(t, bin, "B", env)
+	b.waitHealthy(t, 30*time.Second)
+	eventually(t, 30*time.Second, "every ticket's delivery", func() bool {
+		seen := map[string]bool{}
+		for _, r := range recv.requests() {
+			seen[r.Payload.TicketID] = true
+		}
+		return len(seen) == tickets
+	})
+	idOf := map[string]string{}
+	dups := 0
+	for _, r := range recv.requests() {
+		if prev, ok := idOf[r.Payload.TicketID]; ok {
+			dups++
+			if prev != r.ID {
+				t.Errorf("ticket %s delivered with ids %s and %s", r.Payload.TicketID, prev, r.ID)
+			}
+		}
+		idOf[r.Payload.TicketID] = r.ID
+	}
+	for _, id := range ids {
+		if _, ok := idOf[id]; !ok {
+			t.Errorf("ticket %s never delivered", id)
+		}
+	}
+	t.Logf("SIGKILL after %d of %d deliveries; the next process delivered the rest, %d duplicates (same webhook-id)", before, tickets, dups)
 }
