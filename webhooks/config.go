@@ -28,7 +28,7 @@ type Config struct {
 	// Concurrency caps the attempts in flight in this process; EndpointConcurrency
 	// those to one endpoint.
 	Concurrency         int `env:"WEBHOOK_CONCURRENCY" envDefault:"64"`
-	EndpointConcurrency int `env:"WEBHOOK_ENDPOINT_CONCURRENCY" envDefault:"4"`
+	EndpointConcurrency int `env:"WEBHOOK_ENDPOINT_CONCURRENCY" envDefault:"16"`
 	// PollInterval is how often the dispatcher looks for due deliveries when nothing
 	// woke it (deliveries recorded by this process wake it at once).
 	PollInterval time.Duration `env:"WEBHOOK_POLL_INTERVAL" envDefault:"1s"`
@@ -93,7 +93,7 @@ func (c Config) withDefaults() Config {
 		c.Concurrency = 64
 	}
 	if c.EndpointConcurrency <= 0 {
-		c.EndpointConcurrency = 4
+		c.EndpointConcurrency = 16
 	}
 	return c
 }

@@ -46,16 +46,24 @@ type claimed struct {
 }
 
 // claimQuery takes up to $1 deliveries; $2/$3 are the endpoints with fewer free
-// slots than $4 (the per-endpoint limit) and their free slots.
-const claimQuery = `WITH eligible AS (
-	SELECT d.id, d.next_attempt_at, row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id) AS n,
+// slots than $4 (the per-endpoint limit) and their free slots. Each enabled endpoint
+// offers its 128 longest-due pending deliveries (an index range scan), so one with a
+// large backlog costs the query no more than that, and never crowds out another.
+const claimQuery = `WITH candidates AS (
+	SELECT c.id, c.endpoint_id, c.ticket_id, c.version, c.next_attempt_at
+	FROM webhook_endpoints e
+	CROSS JOIN LATERAL (SELECT d.id, d.endpoint_id, d.ticket_id, d.version, d.next_attempt_at
+		FROM webhook_deliveries d
+		WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+		ORDER BY d.next_attempt_at LIMIT 128) c
+	WHERE e.enabled
+), eligible AS (
+	SELECT c.id, c.next_attempt_at, row_number() OVER (PARTITION BY c.endpoint_id ORDER BY c.next_attempt_at, c.id) AS n,
 		coalesce(f.free, $4) AS free
-	FROM webhook_deliveries d
-	JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.enabled
-	LEFT JOIN unnest($2::uuid[], $3::int[]) AS f(endpoint_id, free) ON f.endpoint_id = d.endpoint_id
-	WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-		AND NOT EXISTS (SELECT 1 FROM webhook_deliveries o
-			WHERE o.status = 'pending' AND o.endpoint_id = d.endpoint_id AND o.ticket_id = d.ticket_id AND o.version < d.version)
+	FROM candidates c
+	LEFT JOIN unnest($2::uuid[], $3::int[]) AS f(endpoint_id, free) ON f.endpoint_id = c.endpoint_id
+	WHERE NOT EXISTS (SELECT 1 FROM webhook_deliveries o
+		WHERE o.status = 'pending' AND o.endpoint_id = c.endpoint_id AND o.ticket_id = c.ticket_id AND o.version < c.version)
 ), picked AS (
 	SELECT d.id FROM webhook_deliveries d JOIN eligible USING (id)
 	WHERE eligible.n <= eligible.free AND d.status = 'pending' AND d.next_attempt_at <= now()
@@ -143,11 +151,18 @@ func (s *Service) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-s.wake:
+			time.Sleep(gather)
 		case <-done:
+			time.Sleep(4 * gather) // let more attempts end: one claim takes their successors
 		case <-poll.C:
 		}
 	}
 }
+
+// gather is how long a woken dispatcher lets further wakes and finished attempts
+// gather before it takes due deliveries: under load a wake comes with nearly every
+// event and attempt, and a claim of one delivery costs what a claim of many does.
+const gather = 2 * time.Millisecond
 
 // claim takes up to limit due deliveries (see claimQuery).
 func (s *Service) claim(ctx context.Context, limit int, busy []uuid.UUID, slots []int32) ([]claimed, error) {
@@ -156,7 +171,7 @@ func (s *Service) claim(ctx context.Context, limit int, busy []uuid.UUID, slots 
 	}
 	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	rows, err := s.pool.Query(qctx, claimQuery, limit, busy, slots, s.cfg.EndpointConcurrency, s.lease().Milliseconds())
+	rows, err := s.dpool().Query(qctx, claimQuery, limit, busy, slots, s.cfg.EndpointConcurrency, s.lease().Milliseconds())
 	if err != nil {
 		return nil, err
 	}
@@ -273,7 +288,7 @@ func (s *Service) record(ctx context.Context, c claimed, r result) error {
 		b.Queue(`UPDATE webhook_deliveries SET status = 'delivered', finished_at = now(), last_status_code = $2,
 			last_error = NULL, last_latency_ms = $3, last_response = $4 WHERE id = $1`, c.id, code, latency, r.response)
 		b.Queue(`UPDATE webhook_endpoints SET consecutive_failures = 0 WHERE id = $1 AND consecutive_failures <> 0`, c.endpoint)
-		if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		if err := s.dpool().SendBatch(ctx, b).Close(); err != nil {
 			return err
 		}
 		s.metrics.delivered(now.Sub(c.recordedAt))
@@ -302,7 +317,7 @@ func (s *Service) record(ctx context.Context, c claimed, r result) error {
 			}
 			return err
 		})
-	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+	if err := s.dpool().SendBatch(ctx, b).Close(); err != nil {
 		return err
 	}
 	if giveUp {

@@ -147,6 +147,13 @@ func (s *Service) Queue(ctx context.Context, tx pgx.Tx, recs []eventstore.Record
 // service last made of the ticket when that is the one before r, else folded from the
 // event store (projections.FoldStream: the one fold, never one of our own).
 func (s *Service) viewAfter(ctx context.Context, r eventstore.Record) (projections.View, error) {
+	if r.Version == 1 {
+		// the first event: the view before it is the zero View, nothing to read
+		if v, err := projections.Fold(projections.View{}, r.Event); err == nil {
+			s.remember(v)
+			return v, nil
+		}
+	}
 	if v, ok := s.views.Get(r.TicketID); ok {
 		if v.Version == r.Version {
 			return v, nil

@@ -149,6 +149,18 @@ type Service struct {
 	recorded atomic.Bool
 	// Now is the clock (tests move it); time.Now by default.
 	Now func() time.Time
+	// DispatchPool, when set, is the pool the dispatcher takes and records deliveries
+	// with: a pool of its own, so that under load its short transactions do not queue
+	// behind every request for a connection. Nil: the service's pool.
+	DispatchPool *pgxpool.Pool
+}
+
+// dpool is the dispatcher's pool.
+func (s *Service) dpool() *pgxpool.Pool {
+	if s.DispatchPool != nil {
+		return s.DispatchPool
+	}
+	return s.pool
 }
 
 // New returns the service on pool, folding tickets from streams for the payloads'

@@ -268,6 +268,9 @@ func runTask(ctx context.Context, opts options, getenv func(string) string, stdo
 // group (Postgres, Redis, webhooks), one for the backlog sampler.
 const projectorConns = 4
 
+// webhookConns is the size of the webhook dispatcher's pool (claims and results).
+const webhookConns = 2
+
 // serve runs the HTTP server on ln (bound by run) and the projectors until ctx ends,
 // then drains.
 func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger, ln *connListener) error {
@@ -318,6 +321,13 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	if err != nil {
 		return err
 	}
+	// the webhook dispatcher's short transactions get connections of their own too
+	hooksPool, err := db.Open(ctx, cfg.DatabaseDSN, db.PoolConfig{MaxConns: webhookConns})
+	if err != nil {
+		return err
+	}
+	defer hooksPool.Close()
+	hooks.DispatchPool = hooksPool
 	router, err := projections.NewRouter(projPool, projections.Config{Metrics: projMetrics, Wake: wake}, log,
 		pgmodel.Projector{Events: store, Cache: projections.NewViewCache(pgmodel.RowCacheBytes)}.Handler(), redisProj.Handler(),
 		hooks.Handler())

@@ -59,9 +59,9 @@ CREATE TABLE webhook_deliveries (
     UNIQUE (endpoint_id, ticket_id, version)
 );
 
--- what the dispatcher looks for: pending deliveries by due time, and the oldest
--- pending one of an (endpoint, ticket) pair
-CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+-- what the dispatcher looks for: an endpoint's pending deliveries by due time, and the
+-- oldest pending one of an (endpoint, ticket) pair
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (endpoint_id, next_attempt_at) WHERE status = 'pending';
 CREATE INDEX webhook_deliveries_pair ON webhook_deliveries (endpoint_id, ticket_id, version) WHERE status = 'pending';
 -- the delivery log of an endpoint, newest first
 CREATE INDEX webhook_deliveries_log ON webhook_deliveries (endpoint_id, created_at DESC, id DESC);
