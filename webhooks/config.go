@@ -29,9 +29,9 @@ type Config struct {
 	// those to one endpoint.
 	Concurrency         int `env:"WEBHOOK_CONCURRENCY" envDefault:"64"`
 	EndpointConcurrency int `env:"WEBHOOK_ENDPOINT_CONCURRENCY" envDefault:"16"`
-	// PollInterval is how often the dispatcher looks for due deliveries when nothing
+	// DispatchPoll (a field name unique in ticketd's Config, as its error messages need) is how often the dispatcher looks for due deliveries when nothing
 	// woke it (deliveries recorded by this process wake it at once).
-	PollInterval time.Duration `env:"WEBHOOK_POLL_INTERVAL" envDefault:"1s"`
+	DispatchPoll time.Duration `env:"WEBHOOK_POLL_INTERVAL" envDefault:"1s"`
 	// Retention is how long delivered and failed deliveries stay in the delivery log.
 	Retention time.Duration `env:"WEBHOOK_RETENTION" envDefault:"168h"`
 	// RotationGrace is how long a rotated-out secret keeps signing beside the new one
@@ -52,7 +52,7 @@ func (c Config) Validate() error {
 	}
 	positive("WEBHOOK_MAX_AGE", c.MaxAge)
 	positive("WEBHOOK_BACKOFF_MIN", c.BackoffMin)
-	positive("WEBHOOK_POLL_INTERVAL", c.PollInterval)
+	positive("WEBHOOK_POLL_INTERVAL", c.DispatchPoll)
 	positive("WEBHOOK_RETENTION", c.Retention)
 	if c.BackoffMax < c.BackoffMin {
 		errs = append(errs, fmt.Errorf("WEBHOOK_BACKOFF_MAX (%s) must be at least WEBHOOK_BACKOFF_MIN (%s)", c.BackoffMax, c.BackoffMin))
@@ -84,7 +84,7 @@ func (c Config) withDefaults() Config {
 	def(&c.MaxAge, 24*time.Hour)
 	def(&c.BackoffMin, 5*time.Second)
 	def(&c.BackoffMax, time.Hour)
-	def(&c.PollInterval, time.Second)
+	def(&c.DispatchPoll, time.Second)
 	def(&c.Retention, 168*time.Hour)
 	if c.BackoffMax < c.BackoffMin {
 		c.BackoffMax = c.BackoffMin

@@ -142,7 +142,7 @@ func (s *Service) Run(ctx context.Context) {
 		if got > 0 && got == free && backoff == 0 {
 			continue // there may be more, and no slot is free: wait for one below
 		}
-		wait := s.cfg.PollInterval
+		wait := s.cfg.DispatchPoll
 		if backoff > 0 {
 			wait = backoff
 		}

@@ -73,7 +73,7 @@ func TestMaxAgeGivesUpAndPruneDeletesFinished(t *testing.T) {
 	}))
 	defer recv.Close()
 	s, err := New(pool, nil, Config{AllowPrivate: true, MaxAge: 700 * time.Millisecond, BackoffMin: 50 * time.Millisecond,
-		BackoffMax: 100 * time.Millisecond, PollInterval: 20 * time.Millisecond, Retention: time.Hour}, nil, nil)
+		BackoffMax: 100 * time.Millisecond, DispatchPoll: 20 * time.Millisecond, Retention: time.Hour}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
