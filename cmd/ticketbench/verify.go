@@ -21,18 +21,8 @@ func (b *bench) runVerify(ctx context.Context) error {
 		b.add(r)
 		return nil
 	}
-	var have int64
-	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM events`).Scan(&have); err != nil {
+	if err := b.topUpEvents(ctx); err != nil {
 		return err
-	}
-	if need := int64(b.o.rebuildEvents) - have; need > 0 {
-		streams := int((need + rebuildStream - 1) / rebuildStream)
-		if _, err := b.copyStreams(ctx, streams, rebuildStream); err != nil {
-			return fmt.Errorf("top up the event store: %w", err)
-		}
-		if _, err := b.pool.Exec(ctx, `VACUUM ANALYZE events`); err != nil {
-			b.logf("vacuum events: %v", err)
-		}
 	}
 	if !hasFlag(ctx, b.bin, "verify") {
 		r.NA, r.Note = true, "n/a (flag missing: ticketd has no -verify yet)"

@@ -98,16 +98,7 @@ func NewDatabase(t testing.TB) string {
 	if err != nil {
 		t.Fatalf("create test database: %v", err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		c, err := pgx.Connect(ctx, ServerDSN())
-		if err != nil {
-			return
-		}
-		defer c.Close(ctx)
-		_, _ = c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-	})
+	dropWhenDone(t, name)
 	return WithDatabase(ServerDSN(), name)
 }
 
@@ -160,6 +151,15 @@ func NewDatabaseAt(t testing.TB, upTo string) string {
 	}
 	name := fmt.Sprintf("ticketd_at_%d_%d_%d", os.Getpid(), time.Now().UnixNano()%1e9, counter.Add(1))
 	dsn := WithDatabase(ServerDSN(), name)
+	dropWhenDone(t, name)
+	if err := db.MigrateFS(ctx, dsn, older, io.Discard); err != nil {
+		t.Fatalf("migrate a database up to %s: %v", upTo, err)
+	}
+	return dsn
+}
+
+// dropWhenDone drops database name when t ends.
+func dropWhenDone(t testing.TB, name string) {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -170,8 +170,4 @@ func NewDatabaseAt(t testing.TB, upTo string) string {
 		defer c.Close(ctx)
 		_, _ = c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
 	})
-	if err := db.MigrateFS(ctx, dsn, older, io.Discard); err != nil {
-		t.Fatalf("migrate a database up to %s: %v", upTo, err)
-	}
-	return dsn
 }
