@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -134,8 +135,11 @@ func TestServerLogsAreJSONAndANormalStopLogsNoError(t *testing.T) {
 			if want := map[bool]int{true: 1, false: 0}[c.unreachable]; warnings != want {
 				t.Errorf("%d warnings of an unreachable Redis, want %d:\n%s", warnings, want, strings.Join(lines, "\n"))
 			}
-			if got := strings.Join(msgs, ","); !strings.Contains(got, "listening") || !strings.HasSuffix(got, "shutting down,stopped") {
-				t.Errorf("log messages %s: want listening, then shutting down and stopped last", got)
+			// background work (a housekeeping round) may still log while the server drains
+			got := strings.Join(msgs, ",")
+			listening, stopping := slices.Index(msgs, "listening"), slices.Index(msgs, "shutting down")
+			if listening < 0 || stopping < listening || !strings.HasSuffix(got, ",stopped") {
+				t.Errorf("log messages %s: want listening, then shutting down, and stopped last", got)
 			}
 		})
 	}

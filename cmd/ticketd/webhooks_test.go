@@ -308,7 +308,7 @@ func TestWebhooksHangingReceiverDoesNotDelayAnother(t *testing.T) {
 	for i := range 10 {
 		start := time.Now()
 		id := newTicketID(t, s)
-		eventually(t, 2*time.Second, "the fast receiver got ticket "+strconv.Itoa(i), func() bool {
+		eventually(t, 4*time.Second, "the fast receiver got ticket "+strconv.Itoa(i), func() bool {
 			for _, r := range fast.requests() {
 				if r.Payload.TicketID == id {
 					return true
@@ -316,7 +316,9 @@ func TestWebhooksHangingReceiverDoesNotDelayAnother(t *testing.T) {
 			}
 			return false
 		})
-		if took := time.Since(start); took > time.Second {
+		// well under the hanging endpoint's 5 s attempt timeout, with room for a loaded
+		// machine (CI measured 1.2 s once while every package's tests ran)
+		if took := time.Since(start); took > 3*time.Second {
 			t.Errorf("ticket %d reached the fast receiver after %s", i, took)
 		}
 	}
