@@ -82,12 +82,7 @@ func (b *bench) runRebuild(ctx context.Context) error {
 func (b *bench) rebuild(ctx context.Context) (string, time.Duration, int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, b.o.rebuildLimit)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, b.bin, "-rebuild-projections")
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = 10 * time.Second
-	cmd.Env = ticketdEnv(b.env)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd, out := b.task(ctx, "-rebuild-projections")
 	t0 := time.Now()
 	if err := cmd.Start(); err != nil {
 		return "", 0, 0, fmt.Errorf("start ticketd -rebuild-projections: %w", err)
@@ -167,4 +162,16 @@ func (b *bench) topUpEvents(ctx context.Context) error {
 		b.logf("vacuum events: %v", err)
 	}
 	return nil
+}
+
+// task returns ticketd run with args in the bench's environment, its output (stdout
+// and stderr) collected in the buffer; ctx's end stops it with SIGTERM.
+func (b *bench) task(ctx context.Context, args ...string) (*exec.Cmd, *bytes.Buffer) {
+	cmd := exec.CommandContext(ctx, b.bin, args...)
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 10 * time.Second
+	cmd.Env = ticketdEnv(b.env)
+	out := &bytes.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	return cmd, out
 }

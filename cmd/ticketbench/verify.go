@@ -1,11 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"os/exec"
-	"syscall"
 	"time"
 )
 
@@ -31,12 +28,7 @@ func (b *bench) runVerify(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, b.o.rebuildLimit)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, b.bin, "-verify")
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = 10 * time.Second
-	cmd.Env = ticketdEnv(b.env)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd, out := b.task(ctx, "-verify")
 	t0 := time.Now()
 	err := cmd.Run()
 	wall := time.Since(t0)
