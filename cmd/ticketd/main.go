@@ -274,7 +274,7 @@ const webhookConns = 2
 // serve runs the HTTP server on ln (bound by run) and the projectors until ctx ends,
 // then drains.
 func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger, ln *connListener) error {
-	rdb, isCluster, err := connectRedis(ctx, cfg.RedisAddresses(), cfg.RedisTimeout)
+	rdb, isCluster, err := connectRedis(ctx, cfg.RedisAddresses(), cfg.RedisTimeout, redisBufferBytes)
 	defer rdb.Close()
 	if err != nil {
 		// Not fatal: reads fall back to Postgres and the Redis documents are repaired once

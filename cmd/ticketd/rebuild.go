@@ -36,7 +36,7 @@ func rebuildProjections(ctx context.Context, cfg Config, pool *pgxpool.Pool, log
 	}
 	// A rebuild writes documents in bulk; it may wait longer for Redis than a request.
 	timeout := max(cfg.RedisTimeout, 2*time.Second)
-	rdb, isCluster, err := connectRedis(ctx, cfg.RedisAddresses(), timeout)
+	rdb, isCluster, err := connectRedis(ctx, cfg.RedisAddresses(), timeout, 0)
 	defer rdb.Close()
 	if err != nil {
 		return fmt.Errorf("rebuild: redis %v does not answer: %w", cfg.RedisAddresses(), err)
