@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,166 +21,371 @@ import (
 
 // The dispatcher
 //
-// Every instance runs one. A delivery is taken with a short transaction: the due
-// pending deliveries of enabled endpoints that are the oldest pending one of their
-// (endpoint, ticket) pair (so a ticket's events reach an endpoint in version order:
-// the next one waits until the one before is delivered or failed) are locked FOR
-// UPDATE SKIP LOCKED (instances share the work, never the same delivery), at most as
-// many per endpoint as this instance has free slots for it, and their next attempt is
-// moved to the end of a lease (WEBHOOK_TIMEOUT + 5s). The attempt then runs outside
-// any transaction (an open transaction would hold back every outbox consumer), and
-// its result is written with a second short one. An instance that dies mid-attempt
-// leaves the delivery to be taken again when the lease ends, with the same
-// webhook-id: at least once.
+// Every instance runs one: a claimer, attempts, and a recorder.
+//
+// The claimer takes due deliveries in one short statement: the pending deliveries of
+// enabled endpoints that are the oldest pending one of their (endpoint, ticket) pair
+// (so a ticket's events reach an endpoint in version order: the next one waits until
+// the one before is delivered or failed), locked FOR UPDATE SKIP LOCKED (instances
+// share the work, never the same delivery), their next attempt moved to the end of a
+// lease (WEBHOOK_TIMEOUT + 5s). It claims ahead: each endpoint's deliveries wait in a
+// queue of this process (at most aheadFactor × WEBHOOK_ENDPOINT_CONCURRENCY of them
+// held, running or queued), so its attempts never wait for a claim's round trip, and
+// one claim takes many. An endpoint whose attempts are slow (over aheadLatency) gets
+// no more than its free slots: a queued delivery must start its attempt while its
+// lease still covers the attempt (claimed under lease - WEBHOOK_TIMEOUT - 1s ago), or
+// it goes back unattempted, due at once.
+//
+// Attempts run outside any transaction (an open transaction would hold back every
+// outbox consumer), at most WEBHOOK_ENDPOINT_CONCURRENCY per endpoint and
+// WEBHOOK_CONCURRENCY in all. Their results go to the recorder, which writes all the
+// results that arrived meanwhile in one transaction (one UPDATE of the deliveries, one
+// of their endpoints' failure runs), then wakes the claimer: a delivered or failed
+// delivery lets its ticket's next one go. An instance that dies mid-attempt, or
+// before its result is recorded, leaves the delivery to be taken again when the
+// lease ends, with the same webhook-id: at least once.
 
 // lease is how long a taken delivery is not taken again: its attempt ends before.
 func (s *Service) lease() time.Duration { return s.cfg.AttemptTimeout + 5*time.Second }
 
+// startBy is how long after its claim a queued delivery may still start its attempt:
+// the attempt then ends (WEBHOOK_TIMEOUT) a second before the lease.
+func (s *Service) startBy() time.Duration { return s.lease() - s.cfg.AttemptTimeout - time.Second }
+
+// aheadFactor × WEBHOOK_ENDPOINT_CONCURRENCY deliveries of an endpoint may be held by
+// this process (running or queued) while its attempts are fast; aheadLatency is the
+// attempt time above which an endpoint is slow (held: its free slots only).
+const (
+	aheadFactor  = 4
+	aheadLatency = time.Second
+)
+
+// recordBatch bounds the results written in one transaction.
+const recordBatch = 512
+
 // claimed is a delivery taken for an attempt.
 type claimed struct {
 	id, endpoint uuid.UUID
-	url, payload string
+	url          string
+	payload      []byte
 	secrets      []string
-	attempts     int
+	attempts     int // attempts recorded before this one
 	recordedAt   time.Time
 	retryUntil   time.Time
+	// lease is the next_attempt_at the claim wrote (the lease's end); claimedAt is
+	// this process's clock just before the claim was sent.
+	lease, claimedAt time.Time
 }
 
-// claimQuery takes up to $1 deliveries; $2/$3 are the endpoints with fewer free
-// slots than $4 (the per-endpoint limit) and their free slots. Each enabled endpoint
-// offers its 128 longest-due pending deliveries (an index range scan), so one with a
-// large backlog costs the query no more than that, and never crowds out another.
-const claimQuery = `WITH candidates AS (
-	SELECT c.id, c.endpoint_id, c.ticket_id, c.version, c.next_attempt_at
+// claimQuery takes up to $1 deliveries; each enabled endpoint gives at most $2, or
+// for those listed in $3, their number in $4 (what this process may still hold of
+// them). Each endpoint offers its 256 longest-due pending deliveries (an index range
+// scan), of which those whose ticket has an older pending delivery wait, so an
+// endpoint with a large backlog costs the query no more than that, and never crowds
+// out another.
+const claimQuery = `WITH budget AS (
+	SELECT e.id, e.url, e.secret, CASE WHEN e.previous_expires_at > now() THEN e.previous_secret END AS previous,
+		coalesce(f.n, $2) AS n
 	FROM webhook_endpoints e
-	CROSS JOIN LATERAL (SELECT d.id, d.endpoint_id, d.ticket_id, d.version, d.next_attempt_at
-		FROM webhook_deliveries d
-		WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_attempt_at <= now()
-		ORDER BY d.next_attempt_at LIMIT 128) c
+	LEFT JOIN unnest($3::uuid[], $4::int[]) AS f(endpoint_id, n) ON f.endpoint_id = e.id
 	WHERE e.enabled
-), eligible AS (
-	SELECT c.id, c.next_attempt_at, row_number() OVER (PARTITION BY c.endpoint_id ORDER BY c.next_attempt_at, c.id) AS n,
-		coalesce(f.free, $4) AS free
-	FROM candidates c
-	LEFT JOIN unnest($2::uuid[], $3::int[]) AS f(endpoint_id, free) ON f.endpoint_id = c.endpoint_id
-	WHERE NOT EXISTS (SELECT 1 FROM webhook_deliveries o
-		WHERE o.status = 'pending' AND o.endpoint_id = c.endpoint_id AND o.ticket_id = c.ticket_id AND o.version < c.version)
 ), picked AS (
-	SELECT d.id FROM webhook_deliveries d JOIN eligible USING (id)
-	WHERE eligible.n <= eligible.free AND d.status = 'pending' AND d.next_attempt_at <= now()
-	ORDER BY eligible.next_attempt_at, d.id
+	SELECT p.id, b.url, b.secret, b.previous
+	FROM budget b CROSS JOIN LATERAL (
+		SELECT d.id FROM (SELECT c.id, c.next_attempt_at FROM webhook_deliveries c
+			WHERE c.endpoint_id = b.id AND c.status = 'pending' AND c.next_attempt_at <= now()
+			ORDER BY c.next_attempt_at LIMIT 256) c
+		JOIN webhook_deliveries d ON d.id = c.id
+		WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+			AND NOT EXISTS (SELECT 1 FROM webhook_deliveries o WHERE o.status = 'pending'
+				AND o.endpoint_id = d.endpoint_id AND o.ticket_id = d.ticket_id AND o.version < d.version)
+		ORDER BY c.next_attempt_at, c.id LIMIT b.n
+		FOR UPDATE OF d SKIP LOCKED) p
+	WHERE b.n > 0
 	LIMIT $1
-	FOR UPDATE OF d SKIP LOCKED
 )
-UPDATE webhook_deliveries d SET next_attempt_at = now() + $5 * interval '1 millisecond',
-	attempts = d.attempts + 1, last_attempt_at = now()
-FROM picked, webhook_endpoints e
-WHERE d.id = picked.id AND e.id = d.endpoint_id
-RETURNING d.id, d.endpoint_id, e.url, d.payload, e.secret,
-	CASE WHEN e.previous_expires_at > now() THEN e.previous_secret END, d.attempts, d.event_recorded_at, d.retry_until`
+UPDATE webhook_deliveries d SET next_attempt_at = now() + $5 * interval '1 millisecond'
+FROM picked WHERE d.id = picked.id
+RETURNING d.id, d.endpoint_id, picked.url, d.payload, picked.secret, picked.previous, d.attempts,
+	d.event_recorded_at, d.retry_until, d.next_attempt_at`
+
+// outcome is what became of a claimed delivery: an attempt's result, or (release)
+// no attempt: it goes back, due at once.
+type outcome struct {
+	c       claimed
+	r       result
+	started time.Time
+	release bool
+}
+
+// endpointState is this process's share of one endpoint's deliveries.
+type endpointState struct {
+	queued   []claimed
+	inflight int
+	// slow: its last attempt took over aheadLatency, or a queued delivery of it went
+	// stale; the claimer then takes no more of it than its free slots.
+	slow bool
+}
+
+// dispatcher is the state of Run.
+type dispatcher struct {
+	s  *Service
+	mu sync.Mutex
+	// eps holds an endpoint's state while it has deliveries here, or is slow.
+	eps map[uuid.UUID]*endpointState
+	// inflight: attempts running; held: deliveries claimed and not yet finished
+	// (queued or running).
+	inflight, held int
+	stopping       bool
+	// room wakes the claimer when an endpoint's queue has run low; results feed the
+	// recorder.
+	room    chan struct{}
+	results chan outcome
+	ctx     context.Context // for attempts: Run's, without its cancellation
+	running sync.WaitGroup  // attempts, and releases on their way to results
+}
 
 // Run dispatches due deliveries until ctx ends, and prunes the delivery log. A failing
-// database never ends it: it waits and tries again.
+// database never ends it: it waits and tries again. When ctx ends, queued deliveries
+// go back unattempted, and Run returns once the attempts in flight (bounded by
+// WEBHOOK_TIMEOUT) are recorded.
 func (s *Service) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); s.maintain(ctx) }()
 	defer wg.Wait()
 
-	var mu sync.Mutex
-	inflight := map[uuid.UUID]int{}
-	total := 0
-	done := make(chan struct{}, 1)
+	d := &dispatcher{s: s, eps: map[uuid.UUID]*endpointState{}, room: make(chan struct{}, 1),
+		results: make(chan outcome, aheadFactor*s.cfg.Concurrency), ctx: context.WithoutCancel(ctx)}
+	recorded := make(chan struct{})
+	go func() { defer close(recorded); d.recordLoop() }()
+	s.disp.Store(d)
+	d.claimLoop(ctx)
+
+	d.mu.Lock()
+	d.stopping = true
+	var back []claimed
+	for _, ep := range d.eps {
+		back = append(back, ep.queued...)
+		d.held -= len(ep.queued)
+		ep.queued = nil
+	}
+	d.mu.Unlock()
+	for _, c := range back {
+		d.results <- outcome{c: c, release: true}
+	}
+	d.running.Wait()
+	s.disp.Store(nil)
+	close(d.results)
+	<-recorded
+}
+
+// claimLoop claims due deliveries until ctx ends: when woken (deliveries recorded or
+// finished, an endpoint enabled, a redelivery), when a queue ran low after a claim that
+// filled its budget, and every WEBHOOK_POLL_INTERVAL (other instances' deliveries,
+// retries that became due).
+func (d *dispatcher) claimLoop(ctx context.Context) {
+	s := d.s
 	poll := time.NewTimer(0)
 	defer poll.Stop()
 	var backoff time.Duration
 	for {
-		mu.Lock()
-		free := s.cfg.Concurrency - total
-		var busy []uuid.UUID
-		var slots []int32
-		for ep, n := range inflight {
-			busy, slots = append(busy, ep), append(slots, int32(s.cfg.EndpointConcurrency-n))
-		}
-		mu.Unlock()
-		got := 0
-		if free > 0 {
-			cs, err := s.claim(ctx, free, busy, slots)
+		limit, busy, slots := d.budget()
+		full := false
+		if limit > 0 {
+			cs, err := s.claim(ctx, limit, busy, slots, aheadFactor*s.cfg.EndpointConcurrency)
 			if err != nil && ctx.Err() == nil {
 				backoff = min(max(2*backoff, 100*time.Millisecond), 5*time.Second)
 				s.log.Warn("webhooks: taking due deliveries failed; retrying", "err", err, "in", backoff)
 			} else {
 				backoff = 0
 			}
-			got = len(cs)
-			mu.Lock()
-			for _, c := range cs {
-				inflight[c.endpoint]++
-				total++
-			}
-			mu.Unlock()
-			for _, c := range cs {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					s.attempt(context.WithoutCancel(ctx), c)
-					mu.Lock()
-					if inflight[c.endpoint]--; inflight[c.endpoint] <= 0 {
-						delete(inflight, c.endpoint)
-					}
-					total--
-					mu.Unlock()
-					select {
-					case done <- struct{}{}:
-					default:
-					}
-				}()
-			}
+			full = d.enqueue(cs, limit, busy, slots)
 		}
 		if ctx.Err() != nil {
 			return
-		}
-		if got > 0 && got == free && backoff == 0 {
-			continue // there may be more, and no slot is free: wait for one below
 		}
 		wait := s.cfg.DispatchPoll
 		if backoff > 0 {
 			wait = backoff
 		}
 		poll.Reset(wait)
+		var room <-chan struct{}
+		if full && backoff == 0 {
+			room = d.room // more may be due: claim again when there is room for it
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.wake:
 			time.Sleep(gather)
-		case <-done:
-			time.Sleep(4 * gather) // let more attempts end: one claim takes their successors
+		case <-room:
+			time.Sleep(gather)
 		case <-poll.C:
 		}
 	}
 }
 
-// gather is how long a woken dispatcher lets further wakes and finished attempts
-// gather before it takes due deliveries: under load a wake comes with nearly every
-// event and attempt, and a claim of one delivery costs what a claim of many does.
+// gather is how long a woken claimer lets further wakes and finished attempts gather
+// before it claims: under load a wake comes with nearly every batch of events and of
+// results, and a claim of one delivery costs what a claim of many does.
 const gather = 2 * time.Millisecond
 
-// claim takes up to limit due deliveries (see claimQuery).
-func (s *Service) claim(ctx context.Context, limit int, busy []uuid.UUID, slots []int32) ([]claimed, error) {
-	if busy == nil {
-		busy, slots = []uuid.UUID{}, []int32{}
+// heldCap is how many deliveries of ep this process may hold.
+func (d *dispatcher) heldCap(ep *endpointState) int {
+	if ep.slow {
+		return d.s.cfg.EndpointConcurrency
 	}
+	return aheadFactor * d.s.cfg.EndpointConcurrency
+}
+
+// budget returns how many deliveries a claim may take in all, and per endpoint
+// that holds some here (or is slow) how many more of it.
+func (d *dispatcher) budget() (limit int, busy []uuid.UUID, slots []int32) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	busy, slots = []uuid.UUID{}, []int32{}
+	for id, ep := range d.eps {
+		busy = append(busy, id)
+		slots = append(slots, int32(max(0, d.heldCap(ep)-len(ep.queued)-ep.inflight)))
+	}
+	return aheadFactor*d.s.cfg.Concurrency - d.held, busy, slots
+}
+
+// enqueue queues claimed deliveries and starts what free slots allow. It reports
+// whether the claim filled a budget (more may be due).
+func (d *dispatcher) enqueue(cs []claimed, limit int, busy []uuid.UUID, slots []int32) bool {
+	full := len(cs) >= limit
+	got := map[uuid.UUID]int{}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, c := range cs {
+		got[c.endpoint]++
+		ep := d.eps[c.endpoint]
+		if ep == nil {
+			ep = &endpointState{}
+			d.eps[c.endpoint] = ep
+		}
+		ep.queued = append(ep.queued, c)
+		d.held++
+	}
+	for i, id := range busy {
+		if slots[i] > 0 && got[id] >= int(slots[i]) {
+			full = true
+		}
+	}
+	for id, n := range got {
+		if !slices.Contains(busy, id) && n >= aheadFactor*d.s.cfg.EndpointConcurrency {
+			full = true
+		}
+		d.pump(d.eps[id])
+	}
+	return full
+}
+
+// pump starts attempts of ep's queued deliveries while slots are free (d.mu held).
+func (d *dispatcher) pump(ep *endpointState) {
+	for ep.inflight < d.s.cfg.EndpointConcurrency && len(ep.queued) > 0 && d.inflight < d.s.cfg.Concurrency {
+		c := d.pop(ep)
+		ep.inflight++
+		d.inflight++
+		d.running.Add(1)
+		go d.run(c)
+	}
+}
+
+// pop takes ep's next queued delivery, and wakes the claimer when the queue runs low
+// (d.mu held).
+func (d *dispatcher) pop(ep *endpointState) claimed {
+	c := ep.queued[0]
+	ep.queued[0] = claimed{}
+	ep.queued = ep.queued[1:]
+	if len(ep.queued) <= d.heldCap(ep)/4 {
+		select {
+		case d.room <- struct{}{}:
+		default:
+		}
+	}
+	return c
+}
+
+// run attempts c, then the next queued deliveries of its endpoint while a slot is free.
+func (d *dispatcher) run(c claimed) {
+	defer d.running.Done()
+	s := d.s
+	for {
+		o := outcome{c: c}
+		if time.Since(c.claimedAt) > s.startBy() {
+			o.release = true // its lease would end before the attempt: back, due now
+		} else {
+			o.started = s.Now()
+			o.r = s.send(d.ctx, c)
+			s.metrics.attempts.WithLabelValues(o.r.kind).Inc()
+		}
+		d.results <- o
+		d.mu.Lock()
+		d.held--
+		ep := d.eps[c.endpoint]
+		ep.slow = o.release || o.r.latency > aheadLatency
+		if len(ep.queued) > 0 && d.inflight < s.cfg.Concurrency {
+			c = d.pop(ep)
+			d.mu.Unlock()
+			continue
+		}
+		ep.inflight--
+		d.inflight--
+		if ep.inflight == 0 && len(ep.queued) == 0 && !ep.slow {
+			delete(d.eps, c.endpoint)
+		}
+		// a slot is free: this endpoint's, or one another endpoint's queue waits for
+		for _, other := range d.eps {
+			d.pump(other)
+		}
+		d.mu.Unlock()
+		return
+	}
+}
+
+// forget drops the queued deliveries of endpoint id (disabled or deleted): they go
+// back unattempted. Attempts in flight end as they do.
+func (s *Service) forget(id uuid.UUID) {
+	d := s.disp.Load()
+	if d == nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ep := d.eps[id]
+	if d.stopping || ep == nil || len(ep.queued) == 0 {
+		return
+	}
+	back := ep.queued
+	ep.queued = nil
+	d.held -= len(back)
+	d.running.Add(1)
+	go func() {
+		defer d.running.Done()
+		for _, c := range back {
+			d.results <- outcome{c: c, release: true}
+		}
+	}()
+}
+
+// claim takes up to limit due deliveries, at most perEndpoint of an endpoint and
+// slots[i] of busy[i] (see claimQuery).
+func (s *Service) claim(ctx context.Context, limit int, busy []uuid.UUID, slots []int32, perEndpoint int) ([]claimed, error) {
 	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	rows, err := s.dpool().Query(qctx, claimQuery, limit, busy, slots, s.cfg.EndpointConcurrency, s.lease().Milliseconds())
+	at := time.Now()
+	rows, err := s.dpool().Query(qctx, claimQuery, limit, perEndpoint, busy, slots, s.lease().Milliseconds())
 	if err != nil {
 		return nil, err
 	}
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (claimed, error) {
-		var c claimed
+		c := claimed{claimedAt: at}
 		var secret string
 		var previous *string
-		err := r.Scan(&c.id, &c.endpoint, &c.url, &c.payload, &secret, &previous, &c.attempts, &c.recordedAt, &c.retryUntil)
+		err := r.Scan(&c.id, &c.endpoint, &c.url, &c.payload, &secret, &previous, &c.attempts, &c.recordedAt, &c.retryUntil, &c.lease)
 		c.secrets = []string{secret}
 		if previous != nil {
 			c.secrets = append(c.secrets, *previous)
@@ -197,30 +403,11 @@ type result struct {
 	kind     string // the attempts metric's result
 }
 
-// attempt sends claimed delivery c once and records the result.
-func (s *Service) attempt(ctx context.Context, c claimed) {
-	r := s.send(ctx, c)
-	s.metrics.attempts.WithLabelValues(r.kind).Inc()
-	for try := 0; ; try++ {
-		err := s.record(ctx, c, r)
-		if err == nil {
-			return
-		}
-		if try == 3 || ctx.Err() != nil {
-			// the lease ends and the delivery is taken again: sent twice, same webhook-id
-			s.log.Warn("webhooks: recording an attempt failed", "delivery", c.id, "err", err)
-			return
-		}
-		time.Sleep(time.Duration(200<<try) * time.Millisecond)
-	}
-}
-
 // send makes one signed POST of c and reads at most readBytes of the answer.
 func (s *Service) send(ctx context.Context, c claimed) result {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.AttemptTimeout)
 	defer cancel()
-	body := []byte(c.payload)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(c.payload))
 	if err != nil {
 		return result{err: "bad url: " + err.Error(), kind: "network_error"}
 	}
@@ -230,7 +417,7 @@ func (s *Service) send(ctx context.Context, c claimed) result {
 	req.Header.Set("User-Agent", "ticketd-webhooks/1")
 	req.Header[HeaderID] = []string{id}
 	req.Header[HeaderTimestamp] = []string{strconv.FormatInt(now.Unix(), 10)}
-	req.Header[HeaderSignature] = []string{Sign(id, now, body, c.secrets...)}
+	req.Header[HeaderSignature] = []string{Sign(id, now, c.payload, c.secrets...)}
 	start := time.Now()
 	resp, err := s.client.Do(req)
 	if err != nil {
@@ -267,67 +454,194 @@ func clipText(s string, n int) string {
 	return strings.ToValidUTF8(s, "\uFFFD")
 }
 
-// record writes the result of an attempt: delivered, retried after a backoff, or
-// failed past its retry_until; and the endpoint's run of failures, which disables it
-// at DisableAfter.
-func (s *Service) record(ctx context.Context, c claimed, r result) error {
+// recordLoop writes the outcomes as they come, each write taking all that arrived
+// meanwhile (up to recordBatch), until results is closed and drained.
+func (d *dispatcher) recordLoop() {
+	batch := make([]outcome, 0, recordBatch)
+	for o := range d.results {
+		batch = append(batch[:0], o)
+	more:
+		for len(batch) < recordBatch {
+			select {
+			case o, ok := <-d.results:
+				if !ok {
+					break more
+				}
+				batch = append(batch, o)
+			default:
+				break more
+			}
+		}
+		d.s.recordAll(d.ctx, batch)
+		clear(batch)
+	}
+}
+
+// recordAll records a batch of outcomes, trying a few times. If it cannot, their
+// leases end and the deliveries are sent again (same webhook-id): at least once.
+func (s *Service) recordAll(ctx context.Context, batch []outcome) {
+	for try := 0; ; try++ {
+		disabled, err := s.record(ctx, batch)
+		if err == nil {
+			for _, id := range disabled {
+				s.forget(id)
+			}
+			s.Wake() // their tickets' next deliveries, and released ones, may go now
+			return
+		}
+		if try == 3 || ctx.Err() != nil {
+			s.log.Warn("webhooks: recording attempts failed; their deliveries are sent again when their leases end",
+				"deliveries", len(batch), "err", err)
+			return
+		}
+		time.Sleep(time.Duration(200<<try) * time.Millisecond)
+	}
+}
+
+// run of failures of one endpoint in a batch of results.
+type failureRun struct {
+	reset bool // an attempt of the batch succeeded: the run starts after the last one
+	fails int  // failed attempts (after the last success)
+	last  string
+}
+
+// record writes a batch of outcomes in one transaction: each attempt's result
+// (delivered, retried after a backoff, or failed past its retry_until), the
+// unattempted deliveries given back (due now, if their lease is still the claim's),
+// and each endpoint's run of failures, which disables it at DisableAfter. It returns
+// the endpoints it disabled.
+func (s *Service) record(ctx context.Context, batch []outcome) ([]uuid.UUID, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	now := s.Now()
-	code := &r.code
-	if r.code == 0 {
-		code = nil
-	}
-	latency := int(r.latency.Milliseconds())
-	var errText *string
-	if r.err != "" {
-		errText = &r.err
+	var (
+		ids               []uuid.UUID
+		delivered, giveUp []bool
+		waits             []int64
+		started           []time.Time
+		codes, latencies  []*int32
+		errTexts          []*string
+		responses         []string
+		back              []uuid.UUID
+		leases            []time.Time
+		runs              = map[uuid.UUID]*failureRun{}
+		order             []uuid.UUID
+		nGivenUp, nR      int
+	)
+	for _, o := range batch {
+		if o.release {
+			back, leases = append(back, o.c.id), append(leases, o.c.lease)
+			continue
+		}
+		nR++
+		r, c := o.r, o.c
+		ok := r.kind == "success"
+		var code *int32
+		if r.code != 0 {
+			code = new(int32(r.code))
+		}
+		var errText *string
+		if r.err != "" {
+			errText = new(r.err)
+		}
+		end := o.started.Add(r.latency)
+		gu := !ok && !end.Before(c.retryUntil)
+		ids, delivered, giveUp = append(ids, c.id), append(delivered, ok), append(giveUp, gu)
+		waits, started = append(waits, s.backoff(c.attempts+1).Milliseconds()), append(started, o.started)
+		codes, latencies = append(codes, code), append(latencies, new(int32(r.latency.Milliseconds())))
+		errTexts, responses = append(errTexts, errText), append(responses, r.response)
+		run := runs[c.endpoint]
+		if run == nil {
+			run = &failureRun{}
+			runs[c.endpoint] = run
+			order = append(order, c.endpoint)
+		}
+		if ok {
+			run.reset, run.fails = true, 0
+		} else {
+			run.fails++
+			run.last = r.err
+		}
 	}
 	b := &pgx.Batch{}
-	if r.kind == "success" {
-		b.Queue(`UPDATE webhook_deliveries SET status = 'delivered', finished_at = now(), last_status_code = $2,
-			last_error = NULL, last_latency_ms = $3, last_response = $4 WHERE id = $1`, c.id, code, latency, r.response)
-		b.Queue(`UPDATE webhook_endpoints SET consecutive_failures = 0 WHERE id = $1 AND consecutive_failures <> 0`, c.endpoint)
-		if err := s.dpool().SendBatch(ctx, b).Close(); err != nil {
-			return err
+	if nR > 0 {
+		b.Queue(`UPDATE webhook_deliveries d SET
+			status = CASE WHEN r.delivered THEN 'delivered' WHEN r.give_up THEN 'failed' ELSE 'pending' END,
+			finished_at = CASE WHEN r.delivered OR r.give_up THEN now() END,
+			next_attempt_at = CASE WHEN r.delivered OR r.give_up THEN d.next_attempt_at
+				ELSE now() + r.wait * interval '1 millisecond' END,
+			attempts = d.attempts + 1, last_attempt_at = r.started,
+			last_status_code = r.code, last_error = r.err, last_latency_ms = r.latency, last_response = r.response
+			FROM unnest($1::uuid[], $2::bool[], $3::bool[], $4::bigint[], $5::timestamptz[], $6::int[], $7::text[], $8::int[], $9::text[])
+				AS r(id, delivered, give_up, wait, started, code, err, latency, response)
+			WHERE d.id = r.id`, ids, delivered, giveUp, waits, started, codes, errTexts, latencies, responses)
+	}
+	if len(back) > 0 {
+		b.Queue(`UPDATE webhook_deliveries d SET next_attempt_at = now()
+			FROM unnest($1::uuid[], $2::timestamptz[]) AS r(id, lease)
+			WHERE d.id = r.id AND d.status = 'pending' AND d.next_attempt_at = r.lease`, back, leases)
+	}
+	var disabled []uuid.UUID
+	if len(order) > 0 {
+		var eps []uuid.UUID
+		var resets []bool
+		var fails []int32
+		var reasons []string
+		for _, id := range order {
+			run := runs[id]
+			eps, resets, fails = append(eps, id), append(resets, run.reset), append(fails, int32(run.fails))
+			reasons = append(reasons, fmt.Sprintf("disabled after %d consecutive failed attempts; the last: %s", s.cfg.DisableAfter, run.last))
 		}
-		s.metrics.delivered(now.Sub(c.recordedAt))
-		return nil
+		b.Queue(`WITH r AS (SELECT * FROM unnest($1::uuid[], $2::bool[], $3::int[], $4::text[]) AS r(id, reset, fails, reason)),
+			old AS (SELECT e.id, e.enabled, e.consecutive_failures FROM webhook_endpoints e JOIN r ON r.id = e.id
+				WHERE r.fails > 0 OR e.consecutive_failures <> 0 FOR UPDATE OF e),
+			n AS (SELECT old.id, old.enabled AS was_enabled, r.reason, f.failures,
+					r.fails > 0 AND $5 > 0 AND f.failures >= $5 AS trip
+				FROM old JOIN r ON r.id = old.id,
+				LATERAL (SELECT CASE WHEN r.reset THEN r.fails ELSE old.consecutive_failures + r.fails END AS failures) f)
+			UPDATE webhook_endpoints e SET consecutive_failures = n.failures,
+				enabled = e.enabled AND NOT n.trip,
+				disabled_reason = CASE WHEN e.enabled AND n.trip THEN n.reason ELSE e.disabled_reason END,
+				disabled_at = CASE WHEN e.enabled AND n.trip THEN now() ELSE e.disabled_at END
+			FROM n WHERE e.id = n.id
+			RETURNING e.id, n.was_enabled AND NOT e.enabled, n.reason`, eps, resets, fails, reasons, s.cfg.DisableAfter).
+			Query(func(rows pgx.Rows) error {
+				for rows.Next() {
+					var id uuid.UUID
+					var tripped bool
+					var reason string
+					if err := rows.Scan(&id, &tripped, &reason); err != nil {
+						return err
+					}
+					if tripped {
+						disabled = append(disabled, id)
+						s.log.Warn("webhooks: endpoint disabled", "webhook_id", id, "reason", reason)
+					}
+				}
+				return rows.Err()
+			})
 	}
-	giveUp := !now.Before(c.retryUntil)
-	wait := s.backoff(c.attempts)
-	b.Queue(`UPDATE webhook_deliveries SET
-		status = CASE WHEN $6 THEN 'failed' ELSE 'pending' END,
-		finished_at = CASE WHEN $6 THEN now() END,
-		next_attempt_at = now() + $7 * interval '1 millisecond',
-		last_status_code = $2, last_error = $3, last_latency_ms = $4, last_response = $5
-		WHERE id = $1`, c.id, code, errText, latency, r.response, giveUp, wait.Milliseconds())
-	reason := fmt.Sprintf("disabled after %d consecutive failed attempts; the last: %s", s.cfg.DisableAfter, r.err)
-	var failures int
-	var enabled bool
-	b.Queue(`UPDATE webhook_endpoints SET consecutive_failures = consecutive_failures + 1,
-		enabled = enabled AND NOT ($2 > 0 AND consecutive_failures + 1 >= $2),
-		disabled_reason = CASE WHEN enabled AND $2 > 0 AND consecutive_failures + 1 >= $2 THEN $3 ELSE disabled_reason END,
-		disabled_at = CASE WHEN enabled AND $2 > 0 AND consecutive_failures + 1 >= $2 THEN now() ELSE disabled_at END
-		WHERE id = $1 RETURNING consecutive_failures, enabled`, c.endpoint, s.cfg.DisableAfter, reason).
-		QueryRow(func(row pgx.Row) error {
-			err := row.Scan(&failures, &enabled)
-			if errors.Is(err, pgx.ErrNoRows) {
-				return nil // deleted meanwhile
-			}
-			return err
-		})
+	if b.Len() == 0 {
+		return nil, nil
+	}
 	if err := s.dpool().SendBatch(ctx, b).Close(); err != nil {
-		return err
+		return nil, err
 	}
-	if giveUp {
-		s.metrics.deliveries.WithLabelValues("failed").Inc()
+	for _, o := range batch {
+		switch {
+		case o.release:
+		case o.r.kind == "success":
+			s.metrics.delivered(o.started.Add(o.r.latency).Sub(o.c.recordedAt))
+		case !o.started.Add(o.r.latency).Before(o.c.retryUntil):
+			nGivenUp++
+		}
 	}
-	if !enabled && s.cfg.DisableAfter > 0 && failures == s.cfg.DisableAfter {
-		s.metrics.autoDisabled.Inc()
-		s.log.Warn("webhooks: endpoint disabled", "webhook_id", c.endpoint, "reason", reason)
+	if nGivenUp > 0 {
+		s.metrics.deliveries.WithLabelValues("failed").Add(float64(nGivenUp))
 	}
-	return nil
+	if len(disabled) > 0 {
+		s.metrics.autoDisabled.Add(float64(len(disabled)))
+	}
+	return disabled, nil
 }
 
 // backoff is the wait after the attempts-th failed attempt: BackoffMin doubled per

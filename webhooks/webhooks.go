@@ -147,6 +147,8 @@ type Service struct {
 	// deliveries (its Committed then wakes).
 	wake     chan struct{}
 	recorded atomic.Bool
+	// disp is the running dispatcher (Run), nil outside it.
+	disp atomic.Pointer[dispatcher]
 	// Now is the clock (tests move it); time.Now by default.
 	Now func() time.Time
 	// DispatchPool, when set, is the pool the dispatcher takes and records deliveries
@@ -340,6 +342,9 @@ func (s *Service) Update(ctx context.Context, id uuid.UUID, p Patch) (Endpoint, 
 	if err == nil && e.Enabled {
 		s.Wake() // its pending deliveries may go now
 	}
+	if err == nil && !e.Enabled {
+		s.forget(id) // what this process claimed ahead goes back unsent
+	}
 	return e, err
 }
 
@@ -352,6 +357,7 @@ func (s *Service) Delete(ctx context.Context, id uuid.UUID) error {
 	if tag.RowsAffected() == 0 {
 		return ErrNotFound
 	}
+	s.forget(id) // nothing claimed ahead is sent
 	return nil
 }
 

@@ -9,7 +9,9 @@ import (
 	"github.com/google/uuid"
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 
+	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/ticket"
+	"github.com/ticketd/ticketd/webhooks"
 )
 
 func TestToggler_every_put_is_a_real_allowed_change(t *testing.T) {
@@ -105,5 +107,24 @@ func TestGoLoad_reports_through_vegeta_metrics(t *testing.T) {
 	}
 	if m.generator == "" {
 		t.Error("goLoad: no generator named")
+	}
+}
+
+// The bench receiver finds a delivery's ticket without decoding it: the top-level
+// ticket_id, not one named inside the data; none in a ping.
+func TestReceiverTakesTheTopLevelTicketID(t *testing.T) {
+	tid, other := uuid.Must(uuid.NewV7()), uuid.Must(uuid.NewV7())
+	p := webhooks.Payload{ID: uuid.Must(uuid.NewV7()), Type: webhooks.TypeOpened, TicketID: &tid, Version: 1,
+		Data: map[string]any{"ticket_id": other.String()}}
+	body, err := eventstore.EncodeJSON(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ticketIDOf(body); got != tid {
+		t.Errorf("ticketIDOf(%s) = %s, want %s", body, got, tid)
+	}
+	ping, _ := eventstore.EncodeJSON(webhooks.Payload{ID: uuid.Must(uuid.NewV7()), Type: webhooks.TypePing})
+	if got := ticketIDOf(ping); got != uuid.Nil {
+		t.Errorf("ticketIDOf(a ping) = %s, want none", got)
 	}
 }
