@@ -23,7 +23,13 @@ import (
 //
 // Every instance runs one: a claimer, attempts, and a recorder.
 //
-// The claimer takes due deliveries in one short statement: the pending deliveries of
+// Most deliveries never need a claim: the consumer group inserts those this process
+// has room for already leased to it (the first of each ticket and endpoint in its
+// batch, when no older one is pending) and hands them over when its transaction
+// commits (Service.Queue, committed). A crash before the hand-over leaves them to
+// their lease, as a crash mid-attempt does.
+//
+// The claimer takes the other due deliveries in one short statement: the pending deliveries of
 // enabled endpoints that are the oldest pending one of their (endpoint, ticket) pair
 // (so a ticket's events reach an endpoint in version order: the next one waits until
 // the one before is delivered or failed), locked FOR UPDATE SKIP LOCKED (instances
@@ -279,6 +285,46 @@ func (d *dispatcher) enqueue(cs []claimed, limit int, busy []uuid.UUID, slots []
 		d.pump(d.eps[id])
 	}
 	return full
+}
+
+// roomFor is how many more deliveries of endpoint id this process may hold now (0 for
+// a slow endpoint without a free slot), for the consumer group's hand-over.
+func (d *dispatcher) roomFor(id uuid.UUID) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopping {
+		return 0
+	}
+	n := aheadFactor*d.s.cfg.Concurrency - d.held
+	if ep := d.eps[id]; ep != nil {
+		n = min(n, d.heldCap(ep)-len(ep.queued)-ep.inflight)
+	} else {
+		n = min(n, aheadFactor*d.s.cfg.EndpointConcurrency)
+	}
+	return max(n, 0)
+}
+
+// handover queues deliveries the consumer group recorded leased to this process (its
+// transaction committed) and starts what free slots allow. If the dispatcher is
+// stopping they are left to their leases.
+func (d *dispatcher) handover(cs []claimed) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopping {
+		return
+	}
+	for _, c := range cs {
+		ep := d.eps[c.endpoint]
+		if ep == nil {
+			ep = &endpointState{}
+			d.eps[c.endpoint] = ep
+		}
+		ep.queued = append(ep.queued, c)
+		d.held++
+	}
+	for _, c := range cs {
+		d.pump(d.eps[c.endpoint])
+	}
 }
 
 // pump starts attempts of ep's queued deliveries while slots are free (d.mu held).

@@ -55,6 +55,12 @@ func (s *Service) Handler() projections.Handler {
 }
 
 func (s *Service) committed() {
+	if cs := s.handing; len(cs) > 0 {
+		s.handing = nil
+		if d := s.disp.Load(); d != nil {
+			d.handover(cs)
+		}
+	}
 	if s.recorded.Swap(false) {
 		s.Wake()
 	}
@@ -71,8 +77,10 @@ func (s *Service) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Record
 }
 
 type target struct {
-	id     uuid.UUID
-	events []string
+	id      uuid.UUID
+	events  []string
+	url     string
+	secrets []string
 }
 
 func (t target) wants(typ string) bool {
@@ -81,13 +89,22 @@ func (t target) wants(typ string) bool {
 
 // Queue is Apply queueing its one insert into b.
 func (s *Service) Queue(ctx context.Context, tx pgx.Tx, recs []eventstore.Record, b *pgx.Batch) error {
-	rows, err := tx.Query(ctx, `SELECT id, events FROM webhook_endpoints WHERE enabled`)
+	s.handing = nil // what an earlier batch queued and did not commit
+	rows, err := tx.Query(ctx, `SELECT id, events, url, secret,
+		CASE WHEN previous_expires_at > now() THEN previous_secret END FROM webhook_endpoints WHERE enabled`)
 	if err != nil {
 		return projections.Unavailable(err)
 	}
 	targets, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (target, error) {
 		var t target
-		return t, r.Scan(&t.id, &t.events)
+		var secret string
+		var previous *string
+		err := r.Scan(&t.id, &t.events, &t.url, &secret, &previous)
+		t.secrets = []string{secret}
+		if previous != nil {
+			t.secrets = append(t.secrets, *previous)
+		}
+		return t, err
 	})
 	if err != nil {
 		return projections.Unavailable(err)
@@ -100,17 +117,33 @@ func (s *Service) Queue(ctx context.Context, tx pgx.Tx, recs []eventstore.Record
 		types, payloads         []string
 		versions                []int32
 		recorded                []time.Time
+		lease                   []bool
 	)
 	retryUntil := s.Now().Add(s.cfg.MaxAge)
+	// Deliveries this process's dispatcher has room for are inserted leased to it and
+	// handed over after the commit (no claim's round trip): per endpoint, the first
+	// of each ticket in the batch, if no older one of the ticket is pending (the
+	// insert checks that).
+	d := s.disp.Load()
+	room := map[uuid.UUID]int{}
+	if d != nil {
+		for _, t := range targets {
+			room[t.id] = d.roomFor(t.id)
+		}
+	}
+	type pair struct{ endpoint, ticket uuid.UUID }
+	first := map[pair]bool{}
+	byID := map[uuid.UUID]claimed{}
+	at := time.Now()
 	for _, r := range recs {
 		typ, ok := eventTypes[r.Type()]
 		if !ok {
 			return fmt.Errorf("webhooks: %w: %s", projections.ErrUnknownEvent, r.Type())
 		}
-		var to []uuid.UUID
+		var to []target
 		for _, t := range targets {
 			if t.wants(typ) {
-				to = append(to, t.id)
+				to = append(to, t)
 			}
 		}
 		if len(to) == 0 {
@@ -127,18 +160,50 @@ func (s *Service) Queue(ctx context.Context, tx pgx.Tx, recs []eventstore.Record
 			if err != nil {
 				return err
 			}
-			ids, endpoints, tickets = append(ids, p.ID), append(endpoints, ep), append(tickets, r.TicketID)
+			ids, endpoints, tickets = append(ids, p.ID), append(endpoints, ep.id), append(tickets, r.TicketID)
 			types, payloads = append(types, typ), append(payloads, string(body))
 			versions, recorded = append(versions, int32(r.Version)), append(recorded, r.RecordedAt)
+			k := pair{ep.id, r.TicketID}
+			leased := !first[k] && room[ep.id] > 0
+			first[k] = true
+			lease = append(lease, leased)
+			if leased {
+				room[ep.id]--
+				byID[p.ID] = claimed{id: p.ID, endpoint: ep.id, url: ep.url, payload: body, secrets: ep.secrets,
+					recordedAt: r.RecordedAt, retryUntil: retryUntil, claimedAt: at}
+			}
 		}
 	}
 	if len(ids) == 0 {
 		return nil
 	}
-	b.Queue(`INSERT INTO webhook_deliveries (id, endpoint_id, ticket_id, version, event_type, payload, event_recorded_at, retry_until)
-		SELECT d.*, $8::timestamptz FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int[], $5::text[], $6::text[], $7::timestamptz[]) AS d
-		ON CONFLICT (endpoint_id, ticket_id, version) DO NOTHING`,
-		ids, endpoints, tickets, versions, types, payloads, recorded, retryUntil)
+	b.Queue(`INSERT INTO webhook_deliveries (id, endpoint_id, ticket_id, version, event_type, payload, event_recorded_at, retry_until, next_attempt_at)
+		SELECT d.id, d.endpoint_id, d.ticket_id, d.version, d.event_type, d.payload, d.recorded, $8::timestamptz,
+			CASE WHEN d.lease AND NOT EXISTS (SELECT 1 FROM webhook_deliveries o WHERE o.status = 'pending'
+				AND o.endpoint_id = d.endpoint_id AND o.ticket_id = d.ticket_id AND o.version < d.version)
+			THEN now() + $10 * interval '1 millisecond' ELSE now() END
+		FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int[], $5::text[], $6::text[], $7::timestamptz[], $9::bool[])
+			AS d(id, endpoint_id, ticket_id, version, event_type, payload, recorded, lease)
+		ON CONFLICT (endpoint_id, ticket_id, version) DO NOTHING
+		RETURNING id, next_attempt_at, next_attempt_at > now(), extract(epoch FROM clock_timestamp() - now())`,
+		ids, endpoints, tickets, versions, types, payloads, recorded, retryUntil, lease, s.lease().Milliseconds()).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var id uuid.UUID
+				var until time.Time
+				var leased bool
+				var open float64 // how long the transaction (and the lease, from its start) had run
+				if err := rows.Scan(&id, &until, &leased, &open); err != nil {
+					return err
+				}
+				if c, ok := byID[id]; ok && leased {
+					c.lease = until
+					c.claimedAt = at.Add(-time.Duration(open * float64(time.Second)))
+					s.handing = append(s.handing, c)
+				}
+			}
+			return rows.Err()
+		})
 	s.recorded.Store(true)
 	return nil
 }

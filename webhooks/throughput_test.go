@@ -45,15 +45,16 @@ func TestDispatcherThroughputToOneEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Wake()
-	for hits.Load() < n && time.Since(start) < 60*time.Second {
+	for hits.Load() < n && time.Since(start) < 90*time.Second {
 		time.Sleep(10 * time.Millisecond)
 	}
 	took := time.Since(start)
 	t.Logf("%d of %d deliveries in %s: %.0f/s", hits.Load(), n, took, float64(hits.Load())/took.Seconds())
-	// ~2,500/s here on two shared cores; 20/s before claims were planned per call and
-	// took more than the slots freed since the last one. The bound leaves room for
-	// a loaded machine and still fails the old behaviour.
-	if took > 20*time.Second {
-		t.Errorf("%d deliveries to one endpoint took %s, want well under 20s", n, took)
+	// ~2,500/s here on two shared cores, 200-800/s with the race detector on a loaded
+	// machine; 20/s before claims were planned per call and took more than the slots
+	// freed since the last one. The bound leaves room for a loaded machine and still
+	// fails the old behaviour.
+	if took > 45*time.Second {
+		t.Errorf("%d deliveries to one endpoint took %s, want well under 45s", n, took)
 	}
 }

@@ -147,8 +147,11 @@ type Service struct {
 	// deliveries (its Committed then wakes).
 	wake     chan struct{}
 	recorded atomic.Bool
-	// disp is the running dispatcher (Run), nil outside it.
-	disp atomic.Pointer[dispatcher]
+	// disp is the running dispatcher (Run), nil outside it. handing is what the
+	// consumer group's current batch inserted leased to it, handed over at the commit
+	// (only the group's goroutine touches it).
+	disp    atomic.Pointer[dispatcher]
+	handing []claimed
 	// Now is the clock (tests move it); time.Now by default.
 	Now func() time.Time
 	// DispatchPool, when set, is the pool the dispatcher takes and records deliveries
