@@ -7,8 +7,10 @@ package projections
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
+	gojson "github.com/goccy/go-json"
 	"github.com/google/uuid"
 
 	"github.com/ticketd/ticketd/ticket"
@@ -133,7 +135,7 @@ func Fold(v View, e ticket.Event) (View, error) {
 // so a comment may be appended in place instead of into a copy (FoldAll folds a
 // stream with one copy instead of one per comment).
 func fold(v View, e ticket.Event, owned bool) (View, error) {
-	if e.Version != v.Version+1 || v.Deleted {
+	if _, erasure := e.Data.(ticket.SubjectErased); e.Version != v.Version+1 || (v.Deleted && !erasure) {
 		return v, fmt.Errorf("%w: %s v%d of %s onto version %d", ErrOutOfOrder, e.Type(), e.Version, e.TicketID, v.Version)
 	}
 	if (e.Version == 1) != isOpened(e.Data) || (v.Version > 0 && v.ID != e.TicketID) {
@@ -163,6 +165,8 @@ func fold(v View, e ticket.Event, owned bool) (View, error) {
 		v.UpdatedBy = d.UpdatedBy
 	case ticket.Deleted:
 		v.Deleted = true
+	case ticket.SubjectErased:
+		v = erase(v, d, owned)
 	default:
 		return v, fmt.Errorf("%w: %s (%T)", ErrUnknownEvent, e.Type(), e.Data)
 	}
@@ -172,6 +176,51 @@ func fold(v View, e ticket.Event, owned bool) (View, error) {
 	v.Version = e.Version
 	v.UpdatedAt = at
 	return v, nil
+}
+
+// erase returns v with what d names of the erased subject read as ticket.Erased:
+// the requester's fields when d.Requester, and the email and author of the listed
+// comments among those embedded (the rest are in no view; a read model that keeps
+// them scrubs them with EraseComment).
+func erase(v View, d ticket.SubjectErased, owned bool) View {
+	if d.Requester {
+		v.Email, v.CreatedBy, v.UpdatedBy = ticket.Erased, ticket.Erased, ticket.Erased
+	}
+	if len(d.Comments) == 0 {
+		return v
+	}
+	if v.encOnly {
+		// the embedded comments are held encoded only: decode them to scrub them
+		var cs []Comment
+		if err := gojson.Unmarshal(v.enc.json, &cs); err == nil {
+			v.Comments, v.encOnly, v.enc = cs, false, nil
+			owned = true
+		}
+	}
+	if len(v.Comments) == 0 {
+		return v
+	}
+	if !owned {
+		v.Comments = append([]Comment(nil), v.Comments...)
+	}
+	v.enc = nil
+	for i := range v.Comments {
+		v.Comments[i] = EraseComment(v.Comments[i], d)
+	}
+	return v
+}
+
+// EraseComment returns c with its email and author read as ticket.Erased when d lists
+// it, else c.
+func EraseComment(c Comment, d ticket.SubjectErased) Comment {
+	if !slices.Contains(d.Comments, c.ID) {
+		return c
+	}
+	if c.Email != "" {
+		c.Email = ticket.Erased
+	}
+	c.CreatedBy = ticket.Erased
+	return c
 }
 
 // FoldAll folds events onto v in order (see Fold); like Fold it leaves v unchanged.

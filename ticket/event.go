@@ -12,7 +12,7 @@ import (
 
 // Event is one past-tense fact in a ticket's stream. Version is its place in the
 // stream (1, 2, 3 … without gaps); At and Actor say when and by whom. Data is one of
-// Opened, CommentAdded, StatusChanged or Deleted.
+// Opened, CommentAdded, StatusChanged, Deleted or SubjectErased.
 type Event struct {
 	TicketID uuid.UUID
 	Version  int
@@ -36,7 +36,12 @@ const (
 	TypeCommentAdded  = "CommentAdded"
 	TypeStatusChanged = "StatusChanged"
 	TypeDeleted       = "TicketDeleted"
+	TypeSubjectErased = "SubjectErased"
 )
+
+// Erased is what a personal field reads once its data subject is erased: in the
+// history, in a replay and in every read model.
+const Erased = "[erased]"
 
 // Opened records a ticket's creation. A ticket is always opened in StatusOpen.
 type Opened struct {
@@ -68,15 +73,33 @@ type Deleted struct {
 	DeletedBy string `json:"deleted_by,omitempty"`
 }
 
+// SubjectErased records that a data subject's personal data was erased
+// (crypto-shredded: their data key destroyed) and names what of this ticket was
+// theirs, so the read models can scrub it: the requester's fields (email, created_by
+// and the names recorded under the requester, updated_by) when Requester, and the
+// email and author of each listed comment. Subject is the subject's keyed id (hex),
+// never the email; ErasedBy and Reason say who asked and why (Reason is an operator's
+// note and must not itself hold personal data). It is the one event a deleted or
+// closed ticket still takes.
+type SubjectErased struct {
+	Subject   string      `json:"subject"`
+	Requester bool        `json:"requester,omitempty"`
+	Comments  []uuid.UUID `json:"comments,omitempty"`
+	ErasedBy  string      `json:"erased_by"`
+	Reason    string      `json:"reason,omitempty"`
+}
+
 func (Opened) EventType() string        { return TypeOpened }
 func (CommentAdded) EventType() string  { return TypeCommentAdded }
 func (StatusChanged) EventType() string { return TypeStatusChanged }
 func (Deleted) EventType() string       { return TypeDeleted }
+func (SubjectErased) EventType() string { return TypeSubjectErased }
 
 func (Opened) sealed()        {}
 func (CommentAdded) sealed()  {}
 func (StatusChanged) sealed() {}
 func (Deleted) sealed()       {}
+func (SubjectErased) sealed() {}
 
 // EventKinds returns one zero value of every kind of event data, in a fixed order. The
 // set is closed, so tests use it to prove that every reader of events (decoding, the
@@ -84,7 +107,7 @@ func (Deleted) sealed()       {}
 // a test, not production.
 func EventKinds() []EventData { return slices.Clone(kinds) }
 
-var kinds = []EventData{Opened{}, CommentAdded{}, StatusChanged{}, Deleted{}}
+var kinds = []EventData{Opened{}, CommentAdded{}, StatusChanged{}, Deleted{}, SubjectErased{}}
 
 // kindTypes are the kinds' Go types, by stored type name, for DecodeData.
 var kindTypes = func() map[string]reflect.Type {

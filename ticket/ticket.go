@@ -92,7 +92,7 @@ func (t *Ticket) Apply(e Event) error {
 	if _, opened := e.Data.(Opened); opened != (t.s.Version == 0) {
 		return fmt.Errorf("ticket %s: %s at version %d is out of place", t.s.ID, typeName(e.Data), e.Version)
 	}
-	if t.s.Deleted {
+	if _, erasure := e.Data.(SubjectErased); t.s.Deleted && !erasure {
 		return fmt.Errorf("ticket %s: event at version %d follows the deletion", t.s.ID, e.Version)
 	}
 	switch d := e.Data.(type) {
@@ -110,6 +110,8 @@ func (t *Ticket) Apply(e Event) error {
 		t.s.Status = d.To
 	case Deleted:
 		t.s.Deleted = true
+	case SubjectErased:
+		// personal data only: nothing the rules read
 	default:
 		return fmt.Errorf("unknown event data %T", e.Data)
 	}
@@ -276,5 +278,35 @@ func (t *Ticket) Delete(c DeleteTicket, now time.Time) error {
 		actor = "anonymous"
 	}
 	t.record(now, actor, Deleted{DeletedBy: c.DeletedBy})
+	return nil
+}
+
+// EraseSubject is the command that records a data subject's erasure on a ticket that
+// holds their personal data (see SubjectErased). Who erased is ErasedBy.
+type EraseSubject struct {
+	Subject   string
+	Requester bool
+	Comments  []uuid.UUID
+	ErasedBy  string
+	Reason    string
+}
+
+// EraseSubject records SubjectErased, also on a closed or deleted ticket (the erasure
+// reaches every ticket the subject is in). It fails with ErrNotFound for a ticket
+// without events and ErrInvalid for an erasure without a subject or an actor.
+func (t *Ticket) EraseSubject(c EraseSubject, now time.Time) error {
+	if t.s.Version == 0 {
+		return fmt.Errorf("ticket %s: %w", t.s.ID, ErrNotFound)
+	}
+	if c.Subject == "" {
+		return &ValidationError{Field: "subject", Reason: "is required"}
+	}
+	if err := checkText("erased_by", c.ErasedBy, 1, MaxName, MaxNameBytes, false); err != nil {
+		return err
+	}
+	if err := checkText("reason", c.Reason, 0, MaxComment, MaxCommentBytes, true); err != nil {
+		return err
+	}
+	t.record(now, c.ErasedBy, SubjectErased{Subject: c.Subject, Requester: c.Requester, Comments: c.Comments, ErasedBy: c.ErasedBy, Reason: c.Reason})
 	return nil
 }

@@ -37,6 +37,8 @@ const (
 	TypeCommentAdded  = "ticket.comment_added"
 	TypeStatusChanged = "ticket.status_changed"
 	TypeDeleted       = "ticket.deleted"
+	// TypeSubjectErased: a data subject's personal data in the ticket was erased.
+	TypeSubjectErased = "ticket.subject_erased"
 	// TypePing is sent by POST /v1/webhooks/{id}/ping only; it cannot be subscribed to.
 	TypePing = "webhook.ping"
 	// AllEvents subscribes to every event type, those added later included.
@@ -49,6 +51,7 @@ var eventTypes = map[string]string{
 	ticket.TypeCommentAdded:  TypeCommentAdded,
 	ticket.TypeStatusChanged: TypeStatusChanged,
 	ticket.TypeDeleted:       TypeDeleted,
+	ticket.TypeSubjectErased: TypeSubjectErased,
 }
 
 // EventTypes lists the types an endpoint may subscribe to, sorted.

@@ -36,7 +36,11 @@ func printHistory(ctx context.Context, cfg Config, rawID string, asJSON bool, ou
 		return err
 	}
 	defer pool.Close()
-	store := eventstore.New(pool)
+	ring, err := openKeyring(ctx, cfg, pool)
+	if err != nil {
+		return err
+	}
+	store := eventstore.New(pool, ring)
 
 	var table *tabwriter.Writer
 	var enc *json.Encoder
@@ -100,6 +104,12 @@ func details(d ticket.EventData) string {
 			return "deleted by " + printable(d.DeletedBy, 40)
 		}
 		return "deleted"
+	case ticket.SubjectErased:
+		what := "subject " + printable(d.Subject, 16) + " erased by " + printable(d.ErasedBy, 40)
+		if d.Reason != "" {
+			what += ": " + quoted(d.Reason, 40)
+		}
+		return what
 	}
 	return ""
 }
