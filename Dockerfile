@@ -7,6 +7,9 @@
 #
 #   docker build -t ticketd .
 #   docker compose up --build        # with Postgres and a Redis Cluster (compose.yaml)
+#
+# The container needs DATA_KEY (the master key of personal data, `openssl rand -base64
+# 32`) or DATA_KEY_FILE (e.g. a mounted secret): without one ticketd refuses to start.
 
 ARG GO_VERSION=1.26
 

@@ -32,16 +32,62 @@ import (
 //   - the statement returns (stream, version, position) of every inserted event and
 //     (stream, 0, 0) of every stored answer.
 //
+// Before them, the keys of the data subjects whose personal fields the commands sealed
+// (personal.go): newkey stores the keys made for this append (a subject without one;
+// an erased subject's new key is stored before, see personal.keyForWrite), held takes the stored ones FOR SHARE, so an erasure waits for
+// this transaction (and this transaction, for an erasure in progress, whose result it
+// then reads), and stale names the commands that sealed with a key that is not the
+// subject's now: their events and answers are not written, the statement returns
+// (stream, -1, 0) for them, and they are sealed again and retried. subj records which
+// subjects' data each stream holds (subject_streams), for the erasure.
+//
 // Postgres runs data-modifying WITH clauses exactly once whether or not the main query
 // reads them, and all of it is one atomic statement: an event is stored and published,
 // or neither. A command that got only part of what it wrote (some events, or its events
 // without its answer) makes the caller roll the transaction back (see outcomeOf).
-var appendStatement = `WITH ev AS (
+var appendStatement = appendSQL(true)
+
+// plainAppendStatement is appendStatement for a store without a keyring: nothing
+// sealed, no keys to check (and no subject tables needed).
+var plainAppendStatement = appendSQL(false)
+
+func appendSQL(keys bool) string {
+	sql := `WITH `
+	notStale, subj := ``, ``
+	if keys {
+		sql += `newkey AS (
+	INSERT INTO subject_keys AS k (subject, wrapped)
+	SELECT DISTINCT ON (u.subject) u.subject, u.wrapped
+	FROM unnest($16::bytea[], $17::bytea[], $18::bool[]) AS u(subject, wrapped, fresh)
+	WHERE u.fresh ORDER BY u.subject
+	ON CONFLICT (subject) DO NOTHING
+	RETURNING subject, wrapped
+), held AS (
+	SELECT subject, wrapped FROM subject_keys
+	WHERE subject = ANY($16::bytea[]) AND wrapped IS NOT NULL
+	FOR SHARE
+), stale AS (
+	SELECT DISTINCT u.stream_id
+	FROM unnest($15::uuid[], $16::bytea[], $17::bytea[]) AS u(stream_id, subject, wrapped)
+	WHERE NOT EXISTS (SELECT 1 FROM newkey n WHERE n.subject = u.subject AND n.wrapped = u.wrapped)
+	AND NOT EXISTS (SELECT 1 FROM held h WHERE h.subject = u.subject AND h.wrapped = u.wrapped)
+), `
+		notStale = `WHERE e.stream_id NOT IN (SELECT stream_id FROM stale)`
+		subj = `), subj AS (
+	INSERT INTO subject_streams (subject, stream_id)
+	SELECT DISTINCT u.subject, u.stream_id FROM unnest($15::uuid[], $16::bytea[]) AS u(stream_id, subject)
+	WHERE u.stream_id IN (SELECT stream_id FROM ev)
+	ON CONFLICT DO NOTHING
+`
+	}
+	sql += `ev AS (
 	INSERT INTO events (stream_id, version, type, data, metadata, recorded_at)
 	SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::jsonb[], $6::timestamptz[])
+		AS e(stream_id, version, type, data, metadata, recorded_at)
+	` + notStale + `
 	ON CONFLICT (stream_id, version) DO NOTHING
 	RETURNING position, stream_id, version
-), outbox AS (
+` + subj + `), outbox AS (
 	INSERT INTO ` + wsql.DefaultPostgreSQLSchema{}.MessagesTable(Topic) + ` (uuid, payload, metadata, transaction_id)
 	SELECT m.uuid, jsonb_set(m.payload, '{position}', to_jsonb(ev.position))::json, '{}', pg_current_xact_id()
 	FROM unnest($1::uuid[], $2::int[], $7::text[], $8::jsonb[]) WITH ORDINALITY AS m(stream_id, version, uuid, payload, ord)
@@ -49,7 +95,8 @@ var appendStatement = `WITH ev AS (
 	ORDER BY m.ord
 ), idem AS (
 	INSERT INTO idempotency_keys AS k (scope, key, request_hash, stream_id, answer)
-	SELECT * FROM unnest($9::text[], $10::text[], $11::bytea[], $12::uuid[], $13::bytea[])
+	SELECT * FROM unnest($9::text[], $10::text[], $11::bytea[], $12::uuid[], $13::bytea[]) AS e(scope, key, request_hash, stream_id, answer)
+	` + notStale + `
 	ON CONFLICT (scope, key) DO UPDATE SET request_hash = excluded.request_hash,
 		stream_id = excluded.stream_id, answer = excluded.answer, created_at = now()
 	WHERE k.created_at <= now() - ($14::bigint * interval '1 microsecond')
@@ -58,12 +105,22 @@ var appendStatement = `WITH ev AS (
 SELECT stream_id, version, position FROM ev
 UNION ALL
 SELECT stream_id, 0, 0 FROM idem`
+	if keys {
+		sql += `
+UNION ALL
+SELECT stream_id, -1, 0 FROM stale`
+	}
+	return sql
+}
 
 // pending is one command's append: its records, encoded once by the caller, and the
 // idempotency answer to store with them.
 type pending struct {
 	recs []Record
 	rows []encodedRow
+	// keys are the subjects' keys the rows are sealed with (none without personal data
+	// or a keyring).
+	keys []keyUse
 	idem *Idempotency
 	// answer is what idem stores (nil without idem).
 	answer []byte
@@ -79,10 +136,19 @@ type encodedRow struct {
 	data, metadata, payload, id string
 }
 
-// newPending encodes recs (one stream, in version order) for appendStatement.
-func newPending(recs []Record, idem *Idempotency, answer []byte) (*pending, error) {
+// newPending encodes recs (one stream, in version order) for appendStatement, their
+// personal fields sealed when per is set (fromDB: with the keys as stored, see
+// personal.sealCommand).
+func newPending(ctx context.Context, per *personal, recs []Record, idem *Idempotency, answer []byte, fromDB bool) (*pending, error) {
 	p := &pending{recs: recs, rows: make([]encodedRow, len(recs)), idem: idem, answer: answer, done: make(chan error, 1)}
-	for i, r := range recs {
+	stored := recs
+	if per != nil {
+		var err error
+		if stored, p.keys, err = per.sealCommand(ctx, recs, fromDB); err != nil {
+			return nil, err
+		}
+	}
+	for i, r := range stored {
 		d, err := EncodeJSON(r.Data)
 		if err != nil {
 			return nil, fmt.Errorf("encode %s: %w", r.Type(), err)
@@ -109,7 +175,8 @@ func (p *pending) clash() error {
 	return &ConcurrencyError{StreamID: p.stream(), Expected: p.expected()}
 }
 
-// queueAppend queues appendStatement for ps, whose streams differ and whose
+// queueAppend queues appendStatement (plainAppendStatement when no command has keys to
+// check) for ps, whose streams differ and whose
 // idempotency keys (if any) differ and share one TTL. Streams go in ascending order, so
 // that two transactions appending to the same streams take their locks in one order.
 func queueAppend(b *pgx.Batch, ps []*pending) {
@@ -126,7 +193,14 @@ func queueAppend(b *pgx.Batch, ps []*pending) {
 	data, metadata, ids, payloads := make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
 	scopes, keys, hashes, keyStreams, answers := make([]string, 0, k), make([]string, 0, k), make([][]byte, 0, k), make([]uuid.UUID, 0, k), make([][]byte, 0, k)
 	var ttl time.Duration
+	var keyStreamIDs []uuid.UUID
+	var keySubjects, keyWrapped [][]byte
+	var keyFresh []bool
 	for _, p := range ps {
+		for _, k := range p.keys {
+			keyStreamIDs, keySubjects = append(keyStreamIDs, k.stream), append(keySubjects, k.subject[:])
+			keyWrapped, keyFresh = append(keyWrapped, k.wrapped), append(keyFresh, k.fresh)
+		}
 		for i, r := range p.recs {
 			streams, versions, types, at = append(streams, r.TicketID), append(versions, int32(r.Version)), append(types, r.Type()), append(at, r.RecordedAt)
 			row := p.rows[i]
@@ -137,8 +211,14 @@ func queueAppend(b *pgx.Batch, ps []*pending) {
 			keyStreams, answers, ttl = append(keyStreams, p.stream()), append(answers, p.answer), p.idem.TTL
 		}
 	}
+	if len(keySubjects) == 0 {
+		b.Queue(plainAppendStatement, streams, versions, types, data, metadata, at, ids, payloads,
+			scopes, keys, hashes, keyStreams, answers, ttl.Microseconds())
+		return
+	}
 	b.Queue(appendStatement, streams, versions, types, data, metadata, at, ids, payloads,
-		scopes, keys, hashes, keyStreams, answers, ttl.Microseconds())
+		scopes, keys, hashes, keyStreams, answers, ttl.Microseconds(),
+		keyStreamIDs, keySubjects, keyWrapped, keyFresh)
 }
 
 // outcome is what appendStatement did for one command.
@@ -151,6 +231,8 @@ const (
 	clashed
 	// partial: some of it was written: the transaction must roll back.
 	partial
+	// stale: nothing was written: a key it sealed with is no longer its subject's.
+	stale
 )
 
 // readAppend reads the statement's result: the outcome of each of ps (in ps's order)
@@ -163,6 +245,7 @@ func readAppend(br pgx.BatchResults, ps []*pending) ([]outcome, error) {
 	type written struct {
 		positions map[int]int64
 		stored    bool
+		stale     bool
 	}
 	got := make(map[uuid.UUID]*written, len(ps))
 	var (
@@ -176,9 +259,12 @@ func readAppend(br pgx.BatchResults, ps []*pending) ([]outcome, error) {
 			w = &written{positions: map[int]int64{}}
 			got[stream] = w
 		}
-		if version == 0 {
+		switch version {
+		case 0:
 			w.stored = true
-		} else {
+		case -1:
+			w.stale = true
+		default:
 			w.positions[version] = position
 		}
 		return nil
@@ -192,6 +278,8 @@ func readAppend(br pgx.BatchResults, ps []*pending) ([]outcome, error) {
 		switch {
 		case w == nil:
 			out[i] = clashed
+		case w.stale && len(w.positions) == 0 && !w.stored:
+			out[i] = stale
 		case len(w.positions) == len(p.recs) && w.stored == (p.idem != nil):
 			out[i] = applied
 			for j := range p.recs {

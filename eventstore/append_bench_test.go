@@ -51,7 +51,7 @@ func BenchmarkAppend(b *testing.B) {
 	})
 	for _, flushes := range []int{1, 2, 4, 8} {
 		b.Run(fmt.Sprintf("flushes=%d", flushes), func(b *testing.B) {
-			s := eventstore.New(pool)
+			s := eventstore.New(pool, dbtest.Keyring(b, pool))
 			s.SetMaxFlushes(flushes)
 			before := s.AppendStats()
 			b.SetParallelism(32)

@@ -49,7 +49,7 @@ func BenchmarkVerify(b *testing.B) {
 	if _, err := pool.Exec(ctx, `VACUUM ANALYZE events`); err != nil {
 		b.Fatal(err)
 	}
-	s := eventstore.New(pool)
+	s := eventstore.New(pool, dbtest.Keyring(b, pool))
 	b.ResetTimer()
 	var events int64
 	for range b.N {
@@ -93,7 +93,7 @@ func BenchmarkAppendChain(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.Run(fmt.Sprintf("%s/round=%d", name, round), func(b *testing.B) {
-				s := eventstore.New(pool)
+				s := eventstore.New(pool, dbtest.Keyring(b, pool))
 				var n atomic.Int64
 				b.SetParallelism(16) // 32 goroutines on 2 cores
 				b.RunParallel(func(pb *testing.PB) {

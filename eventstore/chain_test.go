@@ -193,7 +193,7 @@ func TestAppendPastTheHeadIsAClash(t *testing.T) {
 func TestConcurrentAppendsChain(t *testing.T) {
 	t.Parallel()
 	s1, pool := newStore(t)
-	s2 := eventstore.New(pool)
+	s2 := eventstore.New(pool, dbtest.Keyring(t, pool))
 	ids := []uuid.UUID{openTicket(t, s1), openTicket(t, s1), openTicket(t, s1)}
 	var wg sync.WaitGroup
 	for w := range 8 {
@@ -412,13 +412,13 @@ func TestMigrationHashesExistingEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	old := eventstore.New(pool)
+	old := eventstore.New(pool, nil) // a ticketd of that schema: no keyring yet
 	a, b := ticketWith(t, old, 5), ticketWith(t, old, 3)
 	if err := db.Migrate(testContext(t), dsn, io.Discard); err != nil {
 		t.Fatal(err)
 	}
 	pool.Reset() // connections cached the old table's row type
-	s := eventstore.New(pool)
+	s := eventstore.New(pool, dbtest.Keyring(t, pool))
 	if n := checkChainInGo(t, pool); n != 8 {
 		t.Fatalf("want 8 hashed events, got %d", n)
 	}

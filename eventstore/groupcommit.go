@@ -177,6 +177,8 @@ func (c *committer) commit(group []*pending) {
 		var again []*pending
 		for i, p := range group {
 			switch {
+			case outcomes[i] == stale:
+				p.done <- errStaleKey{p.stream()}
 			case outcomes[i] != applied:
 				p.done <- p.clash()
 			case rolledBack:
@@ -284,6 +286,9 @@ func appendTx(ctx context.Context, tx pgx.Tx, p *pending) error {
 	if outcomes[0] != applied {
 		if err := sp.Rollback(ctx); err != nil {
 			return err
+		}
+		if outcomes[0] == stale {
+			return errStaleKey{p.stream()}
 		}
 		return p.clash()
 	}

@@ -27,7 +27,7 @@ func testContext(t *testing.T) context.Context { return dbtest.Context(t) }
 func newStore(t *testing.T) (*eventstore.Store, *pgxpool.Pool) {
 	t.Helper()
 	pool := dbtest.NewPool(t)
-	return eventstore.New(pool), pool
+	return eventstore.New(pool, dbtest.Keyring(t, pool)), pool
 }
 
 func newID(t *testing.T) uuid.UUID {
@@ -151,6 +151,18 @@ func outbox(t *testing.T, pool *pgxpool.Pool) []outboxRecord {
 	})
 	if err != nil {
 		t.Fatalf("read outbox: %v", err)
+	}
+	// the outbox holds personal fields sealed, as the events table does: opened as a
+	// projector opens them
+	recs := make([]eventstore.Record, len(out))
+	for i := range out {
+		recs[i] = out[i].Record
+	}
+	if err := eventstore.New(pool, dbtest.Keyring(t, pool)).Reveal(testContext(t), recs); err != nil {
+		t.Fatalf("reveal outbox: %v", err)
+	}
+	for i := range out {
+		out[i].Record = recs[i]
 	}
 	return out
 }

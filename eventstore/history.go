@@ -73,6 +73,9 @@ func (s *Store) HistoryPage(ctx context.Context, id uuid.UUID, after, limit, max
 	if more {
 		recs = recs[:limit]
 	}
+	if err := s.personal.reveal(ctx, recs); err != nil {
+		return nil, false, interpret(err, id, 0)
+	}
 	return recs, more, nil
 }
 
@@ -117,6 +120,9 @@ func (s *Store) historyCapped(ctx context.Context, id uuid.UUID, after, limit, m
 	}
 	if len(recs) == 0 && after <= 0 {
 		return nil, false, fmt.Errorf("ticket %s has no events: %w", id, ticket.ErrNotFound)
+	}
+	if err := s.personal.reveal(ctx, recs); err != nil {
+		return nil, false, interpret(err, id, 0)
 	}
 	return recs, more, nil
 }

@@ -27,7 +27,7 @@ func historyStore(t testing.TB) *eventstore.Store {
 		t.Fatalf("open pool: %v", err)
 	}
 	t.Cleanup(pool.Close)
-	return eventstore.New(pool)
+	return eventstore.New(pool, dbtest.Keyring(t, pool))
 }
 
 // longStream builds the events of a ticket with n events through the domain's commands

@@ -78,7 +78,7 @@ func TestHousekeepingKeyedCommandIsNotDelayedByExpiredKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	s := eventstore.New(pool)
+	s := eventstore.New(pool, dbtest.Keyring(t, pool))
 
 	// a baseline without expired keys
 	var baseline []time.Duration
@@ -473,7 +473,7 @@ func TestHousekeepingOutboxStaysBoundedWhileAConsumerKeepsUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	s := eventstore.New(pool)
+	s := eventstore.New(pool, dbtest.Keyring(t, pool))
 	ctx := testContext(t)
 
 	// given: 100,000 rows the group has passed (written directly, in a few transactions)

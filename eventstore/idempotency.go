@@ -101,11 +101,7 @@ func (s *Store) appendCommand(ctx context.Context, expected int, events []ticket
 	if err != nil {
 		return nil, fmt.Errorf("render idempotent answer: %w", err)
 	}
-	p, err := newPending(recs, idem, answer)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.commits.append(ctx, p); err != nil {
+	if err := s.commit(ctx, recs, idem, answer); err != nil {
 		return nil, err
 	}
 	return recs, nil

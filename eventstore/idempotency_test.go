@@ -112,7 +112,7 @@ func TestIdempotencyRacingAttemptsStoreOne(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	s := eventstore.New(pool)
+	s := eventstore.New(pool, dbtest.Keyring(t, pool))
 	ctx := testContext(t)
 
 	var arrived sync.WaitGroup
@@ -185,7 +185,7 @@ func TestIdempotencyRacingAttemptsStoreOne(t *testing.T) {
 func TestIdempotencyRefusalAfterARacingRunReplaysIt(t *testing.T) {
 	t.Parallel()
 	a, pool := newStore(t)
-	b := eventstore.New(pool)
+	b := eventstore.New(pool, dbtest.Keyring(t, pool))
 	ctx := testContext(t)
 	id := openTicket(t, a)
 

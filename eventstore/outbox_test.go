@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ticketd/ticketd/db/dbtest"
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
 	"github.com/ticketd/ticketd/projections/projectionstest"
@@ -185,6 +186,12 @@ func TestSubscriberDoesNotSkipAnEarlierTransactionThatCommitsLater(t *testing.T)
 	ctx := testContext(t)
 	rec := runRecorder(t, pool)
 	first, second := newID(t), newID(t)
+	// the subject's key exists before (a first key is made by the first append that
+	// needs it, and a second append of the same new subject waits for that one)
+	ring := dbtest.Keyring(t, pool)
+	if _, err := ring.Sealer(ctx, pool, ring.SubjectID("alice@example.com"), true, false); err != nil {
+		t.Fatal(err)
+	}
 
 	// given: T1 appends and stays open
 	tx1, err := pool.Begin(ctx)

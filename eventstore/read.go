@@ -83,13 +83,16 @@ func collect(rows pgx.Rows) ([]Record, error) {
 // transaction_id < to (xid8 values in decimal), in commit order as the outbox has them
 // (transaction, then position), with their metadata. With to at or below the
 // snapshot's xmin the set can no longer change: every transaction below it has ended.
-func Range(ctx context.Context, q Querier, from, to string) ([]Record, error) {
+func (s *Store) Range(ctx context.Context, q Querier, from, to string) ([]Record, error) {
 	rows, err := q.Query(ctx, `SELECT `+eventColumns+` FROM events
 		WHERE transaction_id >= $1::xid8 AND transaction_id < $2::xid8 ORDER BY transaction_id, position`, from, to)
 	if err != nil {
 		return nil, interpret(err, uuid.Nil, 0)
 	}
 	recs, err := collect(rows)
+	if err == nil {
+		err = s.personal.reveal(ctx, recs)
+	}
 	if err != nil {
 		return nil, interpret(err, uuid.Nil, 0)
 	}
@@ -122,13 +125,20 @@ func (s *Store) ScanCommitted(ctx context.Context, below string, workers int, fn
 	for range max(workers, 1) {
 		g.Go(func() error {
 			for raw := range streams {
-				evs := make([]ticket.Event, len(raw))
+				recs := make([]Record, len(raw))
 				for i, r := range raw {
 					rec, err := r.decode()
 					if err != nil {
 						return err
 					}
-					evs[i] = rec.Event
+					recs[i] = rec
+				}
+				if err := s.personal.reveal(ctx, recs); err != nil {
+					return err
+				}
+				evs := make([]ticket.Event, len(recs))
+				for i := range recs {
+					evs[i] = recs[i].Event
 				}
 				if err := fn(evs); err != nil {
 					return err
@@ -196,6 +206,9 @@ func (s *Store) replayInto(ctx context.Context, t *ticket.Ticket, upTo int) (int
 		}
 		if err := t.Apply(r.Event); err != nil {
 			return n, err
+		}
+		if s.personal != nil && r.Version == 1 {
+			s.personal.learnOpened(r)
 		}
 		n++
 	}
@@ -286,6 +299,9 @@ func (s *Store) ReadStream(ctx context.Context, id uuid.UUID, q StreamQuery) ([]
 		recs = append(recs, r)
 	}
 	if err := rows.Err(); err != nil {
+		return nil, 0, interpret(err, id, 0)
+	}
+	if err := s.personal.reveal(ctx, recs); err != nil {
 		return nil, 0, interpret(err, id, 0)
 	}
 	return recs, head, nil

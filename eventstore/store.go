@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ticketd/ticketd/pii"
 	"github.com/ticketd/ticketd/ticket"
 )
 
@@ -33,19 +34,31 @@ type Store struct {
 	cache    *tickets
 	locks    *streamLocks
 	commits  *committer
+	// personal seals and opens personal data (nil: stored as given, see New).
+	personal *personal
+	ring     *pii.Keyring
 }
 
 // DefaultCacheEntries bounds the aggregate cache: how many tickets it holds (about
 // 200 bytes each, so some 10 MB when full, whatever the tickets' lengths).
 const DefaultCacheEntries = 50_000
 
-// New returns a store on pool.
-func New(pool *pgxpool.Pool) *Store {
-	return &Store{
-		pool: pool, Now: time.Now, MaxRetries: 20,
+// New returns a store on pool that keeps the personal data of events sealed under the
+// data keys of ring (see personal.go). A nil ring stores them as given: only for tests
+// of other concerns and the benchmark's baseline; ticketd never runs without one.
+func New(pool *pgxpool.Pool, ring *pii.Keyring) *Store {
+	s := &Store{
+		pool: pool, Now: time.Now, MaxRetries: 20, ring: ring,
 		cache: newTickets(DefaultCacheEntries), locks: newStreamLocks(), commits: newCommitter(pool, DefaultMaxFlushes),
 	}
+	if ring != nil {
+		s.personal = newPersonal(pool, ring)
+	}
+	return s
 }
+
+// Keyring returns the store's keyring (nil without one).
+func (s *Store) Keyring() *pii.Keyring { return s.ring }
 
 // Pool returns the store's connection pool.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
@@ -59,6 +72,9 @@ func (s *Store) Load(ctx context.Context, id uuid.UUID, after, upTo int) ([]Reco
 		return nil, interpret(err, id, 0)
 	}
 	recs, err := collect(rows)
+	if err == nil {
+		err = s.personal.reveal(ctx, recs)
+	}
 	if err != nil {
 		return nil, interpret(err, id, 0)
 	}
@@ -98,14 +114,33 @@ func (s *Store) appendPending(ctx context.Context, expected int, events []ticket
 	if err != nil || len(recs) == 0 {
 		return nil, err
 	}
-	p, err := newPending(recs, idem, answer)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.commits.append(ctx, p); err != nil {
+	if err := s.commit(ctx, recs, idem, answer); err != nil {
 		return nil, err
 	}
 	return recs, nil
+}
+
+// commit seals recs' personal data and commits them through the group committer; a
+// command whose keys changed under it (an erasure, a concurrent first key) is sealed
+// again with the keys as stored and committed again.
+func (s *Store) commit(ctx context.Context, recs []Record, idem *Idempotency, answer []byte) error {
+	for attempt := 0; ; attempt++ {
+		p, err := newPending(ctx, s.personal, recs, idem, answer, attempt > 0)
+		if err != nil {
+			return interpret(err, recs[0].TicketID, recs[0].Version-1)
+		}
+		err = s.commits.append(ctx, p)
+		if errors.As(err, new(errStaleKey)) && attempt < maxResealAttempts {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if s.personal != nil {
+			s.personal.confirm(p.keys)
+		}
+		return nil
+	}
 }
 
 // AppendTx is Append inside the caller's transaction, alone: the events and their
@@ -117,14 +152,23 @@ func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, expected int, events []
 	if err != nil || len(recs) == 0 {
 		return nil, err
 	}
-	p, err := newPending(recs, nil, nil)
-	if err != nil {
-		return nil, err
+	for attempt := 0; ; attempt++ {
+		p, err := newPending(ctx, s.personal, recs, nil, nil, attempt > 0)
+		if err != nil {
+			return nil, interpret(err, recs[0].TicketID, expected)
+		}
+		err = appendTx(ctx, tx, p)
+		if errors.As(err, new(errStaleKey)) && attempt < maxResealAttempts {
+			continue
+		}
+		if err != nil {
+			return nil, interpret(err, recs[0].TicketID, expected)
+		}
+		if s.personal != nil {
+			s.personal.confirm(p.keys)
+		}
+		return recs, nil
 	}
-	if err := appendTx(ctx, tx, p); err != nil {
-		return nil, interpret(err, recs[0].TicketID, expected)
-	}
-	return recs, nil
 }
 
 // records checks that events continue their stream from expected and makes the

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/ticketd/ticketd/db"
+	"github.com/ticketd/ticketd/db/dbtest"
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/ticket"
 )
@@ -323,7 +324,7 @@ func clashOnce(t *testing.T, s *eventstore.Store, id uuid.UUID, calls *int) func
 		if *calls == 1 {
 			// another instance: a store of its own on the same database (one store
 			// queues its own commands on a ticket, so it cannot clash with itself)
-			if _, err := eventstore.New(s.Pool()).Handle(testContext(t), id, eventstore.Options{}, intruder); err != nil {
+			if _, err := eventstore.New(s.Pool(), dbtest.Keyring(t, s.Pool())).Handle(testContext(t), id, eventstore.Options{}, intruder); err != nil {
 				return fmt.Errorf("intruder: %w", err)
 			}
 		}
@@ -478,7 +479,7 @@ func TestUnreachableDatabaseIsUnavailable(t *testing.T) {
 		t.Fatalf("open pool: %v", err)
 	}
 	t.Cleanup(pool.Close)
-	s := eventstore.New(pool)
+	s := eventstore.New(pool, nil)
 	id := newID(t)
 
 	_, err = s.Load(ctx, id, 0, maxVersion)

@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 
@@ -252,4 +253,64 @@ func Rotate(ctx context.Context, pool *pgxpool.Pool, from, to *MasterKey) (int, 
 		return 0, err
 	}
 	return n, nil
+}
+
+// NewKey makes a fresh data key for subject and returns it wrapped (for the caller to
+// store, e.g. in the statement that also uses it) and its sealer. Nothing is stored.
+func (k *Keyring) NewKey(subject SubjectID) (wrapped []byte, s Sealer, err error) {
+	fresh := make([]byte, DataKeySize)
+	if _, err := rand.Read(fresh); err != nil {
+		return nil, Sealer{}, err
+	}
+	if wrapped, err = k.master.wrapKey(subject[:], fresh); err != nil {
+		return nil, Sealer{}, err
+	}
+	s, err = NewSealer(fresh)
+	return wrapped, s, err
+}
+
+// Unwrap returns the sealer of subject's data key wrapped as stored.
+func (k *Keyring) Unwrap(subject SubjectID, wrapped []byte) (Sealer, error) {
+	return k.open(subject, wrapped)
+}
+
+// WrappedKeys reads, in q, the stored wrapped keys of subjects: a subject whose key is
+// erased maps to nil, an unknown one is absent.
+func WrappedKeys(ctx context.Context, q interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}, subjects []SubjectID) (map[SubjectID][]byte, error) {
+	ids := make([][]byte, len(subjects))
+	for i := range subjects {
+		ids[i] = subjects[i][:]
+	}
+	rows, err := q.Query(ctx, `SELECT subject, wrapped FROM subject_keys WHERE subject = ANY($1)`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("subject keys: %w", err)
+	}
+	out := make(map[SubjectID][]byte, len(subjects))
+	var s, w []byte
+	_, err = pgx.ForEachRow(rows, []any{&s, &w}, func() error {
+		var id SubjectID
+		copy(id[:], s)
+		out[id] = append([]byte(nil), w...)
+		if w == nil {
+			out[id] = nil
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("subject keys: %w", err)
+	}
+	return out, nil
+}
+
+// ParseSubjectID reads a SubjectID from its String form.
+func ParseSubjectID(s string) (SubjectID, error) {
+	var id SubjectID
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != len(id) {
+		return id, fmt.Errorf("subject id %q: not 64 hex digits", s)
+	}
+	copy(id[:], b)
+	return id, nil
 }

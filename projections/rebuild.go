@@ -117,6 +117,9 @@ type RebuildOptions struct {
 	WaitOpen time.Duration
 	// Log receives the rebuild's steps at debug level; nil discards them.
 	Log *slog.Logger
+	// Store reads the events, and opens their personal fields with its keyring. Nil:
+	// a store on the pool without a keyring (personal fields as stored).
+	Store *eventstore.Store
 }
 
 func (o RebuildOptions) withDefaults() RebuildOptions {
@@ -178,7 +181,11 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, opt RebuildOptions) (Rebui
 	}
 	defer lockConn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, rebuildLock) //nolint:errcheck // ending the session releases it too
 
-	rb := &rebuild{pool: pool, opt: opt, store: eventstore.New(pool)}
+	store := opt.Store
+	if store == nil {
+		store = eventstore.New(pool, nil)
+	}
+	rb := &rebuild{pool: pool, opt: opt, store: store}
 	res, err := rb.run(ctx)
 	if err != nil {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -403,7 +410,7 @@ func (rb *rebuild) bulk(ctx context.Context, bound string) (int64, error) {
 // catchUp applies the events with from <= transaction_id < to to every target, in
 // short transactions of up to BatchSize events each. The read needs no transaction.
 func (rb *rebuild) catchUp(ctx context.Context, from, to string) error {
-	recs, err := eventstore.Range(ctx, rb.pool, from, to)
+	recs, err := rb.store.Range(ctx, rb.pool, from, to)
 	if err != nil {
 		return fmt.Errorf("rebuild: catch up: %w", err)
 	}
@@ -439,7 +446,7 @@ func (rb *rebuild) swap(ctx context.Context, t Target, from string) (pos OutboxP
 		if err := tx.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())::text`).Scan(&to); err != nil {
 			return err
 		}
-		recs, err := eventstore.Range(ctx, tx, from, to)
+		recs, err := rb.store.Range(ctx, tx, from, to)
 		if err != nil {
 			return err
 		}

@@ -261,7 +261,7 @@ func TestRebuildEqualsIncrementalProjection(t *testing.T) {
 	projectionstest.WaitCaughtUp(t, pool, pgmodel.Group, 20*time.Second)
 	incTickets, incComments := readModel(t, pool, "readmodel")
 
-	res, err := projections.Rebuild(context.Background(), pool, projections.RebuildOptions{Targets: targets(pool, docs), BatchSize: 37})
+	res, err := projections.Rebuild(context.Background(), pool, projections.RebuildOptions{Targets: targets(store, docs), Store: store, BatchSize: 37})
 	if err != nil {
 		t.Fatalf("rebuild: %v", err)
 	}
@@ -288,7 +288,7 @@ func TestRebuildResumesProjectionRightAfterTheReplayedPoint(t *testing.T) {
 	docs, _ := projectionstest.NewDocs(t)
 	writeLoad(t, store, 150, 2)
 	// No projector ran: the groups stand at the start (or have no row at all).
-	res, err := projections.Rebuild(context.Background(), pool, projections.RebuildOptions{Targets: targets(pool, docs)})
+	res, err := projections.Rebuild(context.Background(), pool, projections.RebuildOptions{Targets: targets(store, docs), Store: store})
 	if err != nil {
 		t.Fatalf("rebuild: %v", err)
 	}
@@ -356,14 +356,14 @@ func TestRebuildRestoresWipedRedisAndRunsTwice(t *testing.T) {
 	docs, _ := projectionstest.NewDocs(t)
 	writeLoad(t, store, 200, 4)
 	ctx := context.Background()
-	if _, err := projections.Rebuild(ctx, pool, projections.RebuildOptions{Targets: targets(pool, docs)}); err != nil {
+	if _, err := projections.Rebuild(ctx, pool, projections.RebuildOptions{Targets: targets(store, docs), Store: store}); err != nil {
 		t.Fatalf("first rebuild: %v", err)
 	}
 	first, firstComments := readModel(t, pool, "readmodel")
 	if err := docs.Wipe(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := projections.Rebuild(ctx, pool, projections.RebuildOptions{Targets: targets(pool, docs)}); err != nil {
+	if _, err := projections.Rebuild(ctx, pool, projections.RebuildOptions{Targets: targets(store, docs), Store: store}); err != nil {
 		t.Fatalf("second rebuild: %v", err)
 	}
 	replayed := replayAll(t, pool, store)
@@ -381,7 +381,7 @@ func TestRebuildRestoresWipedRedisAndRunsTwice(t *testing.T) {
 
 func TestSecondConcurrentRebuildIsRefused(t *testing.T) {
 	t.Parallel()
-	pool, _ := projectionstest.NewStore(t)
+	pool, store := projectionstest.NewStore(t)
 	ctx := context.Background()
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
@@ -392,7 +392,7 @@ func TestSecondConcurrentRebuildIsRefused(t *testing.T) {
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(x'72656275696c64'::bigint)`); err != nil {
 		t.Fatal(err)
 	}
-	_, err = projections.Rebuild(ctx, pool, projections.RebuildOptions{Targets: targets(pool, nil)})
+	_, err = projections.Rebuild(ctx, pool, projections.RebuildOptions{Targets: targets(store, nil), Store: store})
 	if !errors.Is(err, ticket.ErrConflict) {
 		t.Fatalf("rebuild during another: %v, want ticket.ErrConflict", err)
 	}
@@ -492,7 +492,7 @@ func BenchmarkRebuild100k(b *testing.B) {
 			var events int64
 			var took time.Duration
 			for b.Loop() {
-				res, err := projections.Rebuild(context.Background(), pool, projections.RebuildOptions{Targets: targets(pool, c.redis)})
+				res, err := projections.Rebuild(context.Background(), pool, projections.RebuildOptions{Targets: targets(store, c.redis), Store: store})
 				if err != nil {
 					b.Fatalf("rebuild: %v", err)
 				}
@@ -509,8 +509,8 @@ func BenchmarkRebuild100k(b *testing.B) {
 
 // targets are the read models a rebuild fills: Postgres, and Redis under docs unless
 // docs is nil.
-func targets(pool *pgxpool.Pool, docs *redismodel.Docs) []projections.Target {
-	store := eventstore.New(pool)
+func targets(store *eventstore.Store, docs *redismodel.Docs) []projections.Target {
+	pool := store.Pool()
 	out := []projections.Target{pgmodel.Target{Pool: pool, Events: store}}
 	if docs != nil {
 		out = append(out, redismodel.Target{Docs: docs, Events: store})

@@ -103,6 +103,10 @@ type Config struct {
 	// Wake, when set, wakes the consumers at once (see Signal): the event store of this
 	// instance notifies it after every append.
 	Wake *Signal
+	// Reveal opens the personal fields of a batch of events as the outbox holds them
+	// (sealed): the event store's Reveal. Nil leaves them as stored (a store without a
+	// keyring; ticketd always sets it).
+	Reveal func(ctx context.Context, recs []eventstore.Record) error
 }
 
 func (c Config) withDefaults() Config {
@@ -428,8 +432,24 @@ func (c *consumer) read(ctx context.Context, tx pgx.Tx, query string) ([]outboxR
 	if err != nil {
 		return nil, err
 	}
+	var recs []eventstore.Record
 	for i := range out {
 		out[i].rec, out[i].err = eventstore.DecodeMessage(out[i].payload)
+		if out[i].err == nil {
+			recs = append(recs, out[i].rec)
+		}
+	}
+	if c.r.cfg.Reveal != nil && len(recs) > 0 {
+		if err := c.r.cfg.Reveal(ctx, recs); err != nil {
+			return nil, err
+		}
+		j := 0
+		for i := range out {
+			if out[i].err == nil {
+				out[i].rec = recs[j]
+				j++
+			}
+		}
 	}
 	return out, nil
 }

@@ -50,6 +50,19 @@ fi
 if [[ -z ${DATABASE_DSN:-} ]]; then
 	"$scripts/postgres.sh" >&2
 fi
+# 4. DATA_KEY_FILE: a local master key of personal data in .data.key (git-ignored), made
+#    once, when neither DATA_KEY nor DATA_KEY_FILE is set. Keep the file: the local
+#    database's personal data opens with it only.
+if [[ -z ${DATA_KEY:-} && -z ${DATA_KEY_FILE:-} ]]; then
+	key_file=$scripts/../.data.key
+	if [[ ! -f $key_file ]]; then
+		(umask 077 && head -c 32 /dev/urandom | base64 >"$key_file")
+		echo "local-env: made a local DATA_KEY in $key_file" >&2
+	fi
+	DATA_KEY_FILE=$(cd "$(dirname "$key_file")" && pwd)/.data.key
+	export DATA_KEY_FILE
+	exported+=(DATA_KEY_FILE)
+fi
 if [[ -z ${REDIS_ADDRS:-} ]]; then
 	"$scripts/redis-cluster.sh" start >&2
 	REDIS_ADDRS=$("$scripts/redis-cluster.sh" addrs)

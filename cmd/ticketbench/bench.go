@@ -22,6 +22,7 @@ import (
 	"github.com/ticketd/ticketd/db"
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/httpapi/auth"
+	"github.com/ticketd/ticketd/pii"
 	"github.com/ticketd/ticketd/ticket"
 )
 
@@ -154,7 +155,15 @@ func newBench(ctx context.Context, o options, getenv func(string) string, out io
 	if b.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
 		return nil, err
 	}
-	b.store = eventstore.New(b.pool)
+	master, err := pii.ParseMasterKey(benchDataKey)
+	if err != nil {
+		return nil, err
+	}
+	ring, err := pii.Open(ctx, b.pool, master)
+	if err != nil {
+		return nil, fmt.Errorf("the bench's DATA_KEY: %w", err)
+	}
+	b.store = eventstore.New(b.pool, ring)
 	b.report.Machine = machine(ctx, b.pool)
 	return b, nil
 }

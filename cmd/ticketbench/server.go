@@ -83,10 +83,15 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
+// benchDataKey is the master key of personal data (DATA_KEY) of every ticketd the bench
+// starts, and of its own seeding store: fixed, so the processes of one run (and the
+// runs on one database) share it.
+const benchDataKey = "dGlja2V0YmVuY2gtZGF0YS1rZXktb2YtMzItYnl0ZXM="
+
 // ticketdEnv is the environment of a ticketd subprocess: ours without any of ticketd's
-// configuration variables, plus vars.
+// configuration variables, plus DATA_KEY (benchDataKey) and vars.
 func ticketdEnv(vars map[string]string) []string {
-	own := map[string]bool{}
+	own := map[string]bool{"DATA_KEY": true, "DATA_KEY_FILE": true, "NEW_DATA_KEY": true, "NEW_DATA_KEY_FILE": true}
 	for _, k := range []string{"DATABASE_DSN", "REDIS_HOST", "REDIS_PORT", "REDIS_ADDRS", "REDIS_PREFIX",
 		"HTTP_ADDR", "LOG_LEVEL", "PG_MAX_CONNS", "PPROF_ADDR", "CURSOR_SECRET",
 		"RATE_LIMIT_ADMIN", "RATE_LIMIT_AGENT", "RATE_LIMIT_AUDITOR", "RATE_LIMIT_REQUESTER", "RATE_LIMIT_AUTH_FAILURES"} {
@@ -98,6 +103,9 @@ func ticketdEnv(vars map[string]string) []string {
 		if !own[k] {
 			env = append(env, kv)
 		}
+	}
+	if _, ok := vars["DATA_KEY"]; !ok {
+		env = append(env, "DATA_KEY="+benchDataKey)
 	}
 	for k, v := range vars {
 		env = append(env, k+"="+v)

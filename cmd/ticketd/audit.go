@@ -68,7 +68,9 @@ func verifyChains(ctx context.Context, cfg Config, id string, stdout io.Writer) 
 		return err
 	}
 	defer pool.Close()
-	store := eventstore.New(pool)
+	// The chain covers the events as stored (personal data sealed): verifying needs no
+	// DATA_KEY, so an auditor can check a database without being able to read it.
+	store := eventstore.New(pool, nil)
 	var bar *progressBar
 	if f, ok := stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		bar = newProgressBar(stdout)

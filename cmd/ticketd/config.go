@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"reflect"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/ticketd/ticketd/db"
 	"github.com/ticketd/ticketd/httpapi/auth"
 	"github.com/ticketd/ticketd/httpapi/ratelimit"
+	"github.com/ticketd/ticketd/pii"
 	"github.com/ticketd/ticketd/projections/redismodel"
 	"github.com/ticketd/ticketd/webhooks"
 )
@@ -94,6 +96,17 @@ type Config struct {
 	// the first admin of an automated deployment, and of the tests. Revoking it holds
 	// across restarts.
 	AuthBootstrapToken string `env:"AUTH_BOOTSTRAP_TOKEN"`
+	// DataKey is the master key of personal data (package pii): the base64 of 32
+	// random bytes (openssl rand -base64 32). It wraps every data subject's key; the
+	// database keeps a check value and refuses another key. DataKeyFile names a file
+	// that holds it instead (a secret mounted as a file); one of them is required to
+	// serve, rebuild, print a history, erase or rotate. Never logged.
+	DataKey     string `env:"DATA_KEY"`
+	DataKeyFile string `env:"DATA_KEY_FILE"`
+	// NewDataKey is the master key -rotate-data-key moves every data key to (the same
+	// form as DATA_KEY); NewDataKeyFile, a file holding it.
+	NewDataKey     string `env:"NEW_DATA_KEY"`
+	NewDataKeyFile string `env:"NEW_DATA_KEY_FILE"`
 	// OIDC turns on JWT bearer tokens from an OIDC provider as a second way in
 	// (OIDC_ISSUER and the other OIDC_* variables); off while OIDC_ISSUER is empty.
 	OIDC auth.OIDCConfig
@@ -238,6 +251,54 @@ func expectedForm(t reflect.Type, err error, def string) string {
 	return fmt.Sprintf("cannot be read: %v", err)
 }
 
+// readMasterKey reads a master key given as the variable name=value or in the file
+// named by fileName=file (one of them), and says which variable is wrong and how,
+// never repeating the key.
+func readMasterKey(name, value, fileName, file string) (*pii.MasterKey, error) {
+	switch {
+	case value != "" && file != "":
+		return nil, fmt.Errorf("%s: set it or %s, not both", name, fileName)
+	case value == "" && file == "":
+		return nil, fmt.Errorf("%s: required: the master key of personal data, the base64 of 32 random bytes "+
+			"(make one with: openssl rand -base64 32), or %s naming a file that holds it", name, fileName)
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %q cannot be read: %v", fileName, file, errors.Unwrap(err))
+		}
+		m, err := pii.ParseMasterKey(string(b))
+		if err != nil {
+			return nil, fmt.Errorf("%s: the file %q %w", fileName, file, err)
+		}
+		return m, nil
+	}
+	m, err := pii.ParseMasterKey(value)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return m, nil
+}
+
+// MasterKey returns the master key of personal data (DATA_KEY or DATA_KEY_FILE); a
+// missing or malformed one is a *ConfigError naming the variable.
+func (c Config) MasterKey() (*pii.MasterKey, error) {
+	m, err := readMasterKey("DATA_KEY", c.DataKey, "DATA_KEY_FILE", c.DataKeyFile)
+	if err != nil {
+		return nil, &ConfigError{Problems: []error{err}}
+	}
+	return m, nil
+}
+
+// NewMasterKey returns the key -rotate-data-key moves to (NEW_DATA_KEY or
+// NEW_DATA_KEY_FILE).
+func (c Config) NewMasterKey() (*pii.MasterKey, error) {
+	m, err := readMasterKey("NEW_DATA_KEY", c.NewDataKey, "NEW_DATA_KEY_FILE", c.NewDataKeyFile)
+	if err != nil {
+		return nil, &ConfigError{Problems: []error{err}}
+	}
+	return m, nil
+}
+
 // Validate checks every value and says precisely what is wrong.
 func (c Config) Validate() error {
 	var errs []error
@@ -292,6 +353,16 @@ func (c Config) Validate() error {
 	}
 	if c.Auth != "on" && c.Auth != "off" {
 		errs = append(errs, fmt.Errorf("AUTH must be on or off, not %q", c.Auth))
+	}
+	for _, k := range []struct{ name, value, fileName, file string }{
+		{"DATA_KEY", c.DataKey, "DATA_KEY_FILE", c.DataKeyFile},
+		{"NEW_DATA_KEY", c.NewDataKey, "NEW_DATA_KEY_FILE", c.NewDataKeyFile},
+	} {
+		if k.value != "" || k.file != "" {
+			if _, err := readMasterKey(k.name, k.value, k.fileName, k.file); err != nil {
+				errs = append(errs, err)
+			}
+		}
 	}
 	if c.AuthBootstrapToken != "" && !auth.WellFormed(c.AuthBootstrapToken) {
 		// the value is a secret: never repeated in an error

@@ -634,6 +634,7 @@ func TestConnsDescriptorExhaustionLeavesTheProcessServing(t *testing.T) {
 			"AUTH_BOOTSTRAP_TOKEN": testAdminToken,
 		}
 		maps.Copy(e, noRateLimits)
+		maps.Copy(e, testDataKey)
 		for i := 0; i+1 < len(extra); i += 2 {
 			e[extra[i]] = extra[i+1]
 		}

@@ -294,8 +294,13 @@ func processEnv(t testing.TB, dsn string) map[string]string {
 		"AUTH_BOOTSTRAP_TOKEN": testAdminToken,
 	}
 	maps.Copy(env, noRateLimits)
+	maps.Copy(env, testDataKey)
 	return env
 }
+
+// testDataKey gives a test's ticketd its master key of personal data (DATA_KEY): the
+// tests' fixed one, so a test's processes and its direct stores share it.
+var testDataKey = map[string]string{"DATA_KEY": dbtest.DataKey}
 
 // noRateLimits turns the rate limits off for a test's ticketd: every test comes from
 // 127.0.0.1 with a handful of tokens, and load, hostile-corpus and 401 tests would be

@@ -17,6 +17,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/ticketd/ticketd/db"
+	"github.com/ticketd/ticketd/db/dbtest"
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/httpapi/auth"
 	"github.com/ticketd/ticketd/ticket"
@@ -351,7 +352,7 @@ func TestHistoryOfTenThousandEvents(t *testing.T) {
 		t.Fatalf("open pool: %v", err)
 	}
 	defer pool.Close()
-	store := eventstore.New(pool)
+	store := eventstore.New(pool, dbtest.Keyring(t, pool))
 	tk, err := store.LoadTicket(ctx, id, 0)
 	if err != nil {
 		t.Fatalf("load: %v", err)

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/ticketd/ticketd/db"
+	"github.com/ticketd/ticketd/db/dbtest"
 	"github.com/ticketd/ticketd/eventstore"
 )
 
@@ -351,7 +352,7 @@ func TestIdempotencyKeyExpires(t *testing.T) {
 	}
 	defer pool.Close()
 	time.Sleep(1100 * time.Millisecond)
-	n, err := eventstore.New(pool).PurgeIdempotencyKeys(ctx, time.Second)
+	n, err := eventstore.New(pool, dbtest.Keyring(t, pool)).PurgeIdempotencyKeys(ctx, time.Second)
 	if err != nil || n < 1 {
 		t.Fatalf("purge deleted %d rows, err %v", n, err)
 	}

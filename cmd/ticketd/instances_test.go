@@ -54,6 +54,7 @@ func TestTwoInstances(t *testing.T) {
 		// no CURSOR_SECRET: the default must work across instances
 	}
 	maps.Copy(shared, noRateLimits)
+	maps.Copy(shared, testDataKey)
 	m := openReadModels(t, shared) // before the instances: its cleanup runs after they are killed
 	envOf := func() map[string]string {
 		env := map[string]string{"HTTP_ADDR": freeAddr(t)}

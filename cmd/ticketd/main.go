@@ -210,6 +210,14 @@ func runTask(ctx context.Context, opts options, getenv func(string) string, stdo
 	case taskVerify:
 		return verifyChains(ctx, cfg, opts.verifyID, stdout)
 	}
+	if !migrateOnly {
+		// Serving and rebuilding need DATA_KEY: a missing or malformed one stops the
+		// start here, before anything is bound or migrated (a wrong one is told once
+		// the database's check value is read).
+		if _, err := cfg.MasterKey(); err != nil {
+			return err
+		}
+	}
 	level, _ := cfg.SlogLevel()
 	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: level}))
 	// go-redis writes its own plain-text lines to stderr; they go through the JSON log.
@@ -285,7 +293,11 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 		log.Info("redis", "addrs", cfg.RedisAddresses(), "cluster", isCluster)
 	}
 
-	store := eventstore.New(pool)
+	ring, err := openKeyring(ctx, cfg, pool)
+	if err != nil {
+		return err
+	}
+	store := eventstore.New(pool, ring)
 	// Appends of this instance wake its projectors at once; other instances' events
 	// are found by polling.
 	wake := projections.NewSignal()
@@ -328,7 +340,7 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	}
 	defer hooksPool.Close()
 	hooks.DispatchPool = hooksPool
-	router, err := projections.NewRouter(projPool, projections.Config{Metrics: projMetrics, Wake: wake}, log,
+	router, err := projections.NewRouter(projPool, projections.Config{Metrics: projMetrics, Wake: wake, Reveal: store.Reveal}, log,
 		pgmodel.Projector{Events: store, Cache: projections.NewViewCache(pgmodel.RowCacheBytes)}.Handler(), redisProj.Handler(),
 		hooks.Handler())
 	if err != nil {

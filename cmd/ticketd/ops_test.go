@@ -636,7 +636,7 @@ func TestSIGTERMDrainsInFlightRequestsAndExitsZero(t *testing.T) {
 	cmd.Env = append(os.Environ(),
 		"DATABASE_DSN="+dsn, "REDIS_ADDRS="+redisAddrs(), "HTTP_ADDR="+addr, "LOG_LEVEL=info",
 		"PG_MAX_CONNS=6", "SHUTDOWN_TIMEOUT=10s", "REDIS_PREFIX=test-sigterm-"+strings.ReplaceAll(uuid.NewString(), "-", ""),
-		"AUTH_BOOTSTRAP_TOKEN="+testAdminToken)
+		"AUTH_BOOTSTRAP_TOKEN="+testAdminToken, "DATA_KEY="+dbtest.DataKey)
 	for k, v := range noRateLimits {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}

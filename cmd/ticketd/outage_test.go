@@ -18,6 +18,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/ticketd/ticketd/db"
+	"github.com/ticketd/ticketd/db/dbtest"
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
 	"github.com/ticketd/ticketd/projections/pgmodel"
@@ -263,7 +264,7 @@ func TestProjectorsKeepTryingWhenPostgresIsDownAsTheySubscribe(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := uuid.Must(uuid.NewV7())
-	store := eventstore.New(pool)
+	store := eventstore.New(pool, dbtest.Keyring(t, pool))
 	eventually(t, 20*time.Second, "a write succeeds once Postgres is back", func() bool {
 		_, err := store.Handle(ctx, id, eventstore.Options{Create: true}, func(tk *ticket.Ticket, now time.Time) error {
 			return tk.Open(ticket.OpenTicket{Title: "t", Email: "user@example.com", CreatedBy: "u"}, now)

@@ -42,10 +42,14 @@ func rebuildProjections(ctx context.Context, cfg Config, pool *pgxpool.Pool, log
 		return fmt.Errorf("rebuild: redis %v does not answer: %w", cfg.RedisAddresses(), err)
 	}
 	docs := redismodel.NewDocs(rdb, cfg.RedisPrefix, timeout)
-	store := eventstore.New(pool)
+	ring, err := openKeyring(ctx, cfg, pool)
+	if err != nil {
+		return err
+	}
+	store := eventstore.New(pool, ring)
 	log.Info("rebuilding projections", "redis_addrs", cfg.RedisAddresses(), "cluster", isCluster, "redis_prefix", cfg.RedisPrefix)
 
-	opt := projections.RebuildOptions{Log: log, Targets: []projections.Target{
+	opt := projections.RebuildOptions{Log: log, Store: store, Targets: []projections.Target{
 		pgmodel.Target{Pool: pool, Events: store},
 		redismodel.Target{Docs: docs, Events: store},
 	}}

@@ -57,7 +57,7 @@ func openReadModels(t testing.TB, env map[string]string) *readModels {
 		_ = docs.Wipe(ctx)
 		_ = rdb.Close()
 	})
-	return &readModels{pool: pool, store: eventstore.New(pool), docs: docs}
+	return &readModels{pool: pool, store: eventstore.New(pool, dbtest.Keyring(t, pool)), docs: docs}
 }
 
 // replay is what a rebuild produces from the event store: for every stream, its

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ticketd/ticketd/db"
+	"github.com/ticketd/ticketd/db/dbtest"
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
 	"github.com/ticketd/ticketd/ticket"
@@ -52,7 +53,7 @@ func seedStream(t testing.TB, s *testServer, decide func(*ticket.Ticket, *rand.R
 		t.Fatalf("open pool: %v", err)
 	}
 	t.Cleanup(pool.Close)
-	store := eventstore.New(pool)
+	store := eventstore.New(pool, dbtest.Keyring(t, pool))
 	tk, err := store.LoadTicket(ctx, id, 0)
 	if err != nil {
 		t.Fatalf("load: %v", err)
@@ -345,7 +346,7 @@ func TestReplaysFromKeptStatesEqualTheFullFold(t *testing.T) {
 		}
 		return tk.ChangeStatus(ticket.ChangeStatus{Status: to, UpdatedBy: "agent"}, now)
 	}, 2600)
-	store := eventstore.New(pool)
+	store := eventstore.New(pool, dbtest.Keyring(t, pool))
 	for _, v := range []int{2400, 1200, 2499, 10, 2601, 1001, 2000, 1500, 2} {
 		want, _, err := projections.ViewAt(t.Context(), store, id, v)
 		if err != nil {

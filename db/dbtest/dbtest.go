@@ -23,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ticketd/ticketd/db"
+	"github.com/ticketd/ticketd/pii"
 )
 
 var (
@@ -170,4 +171,22 @@ func dropWhenDone(t testing.TB, name string) {
 		defer c.Close(ctx)
 		_, _ = c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
 	})
+}
+
+// DataKey is the master key (DATA_KEY) tests run ticketd and its stores with: fixed,
+// so a test can start several processes on one database.
+const DataKey = "dGlja2V0ZC10ZXN0LWRhdGEta2V5LTMyLWJ5dGVzISE="
+
+// Keyring opens the keyring of pool's database under DataKey (see pii.Open).
+func Keyring(t testing.TB, pool *pgxpool.Pool) *pii.Keyring {
+	t.Helper()
+	m, err := pii.ParseMasterKey(DataKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ring, err := pii.Open(Context(t), pool, m)
+	if err != nil {
+		t.Fatalf("open keyring: %v", err)
+	}
+	return ring
 }

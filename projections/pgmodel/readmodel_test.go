@@ -295,7 +295,7 @@ func TestReadModelOnUnreachableDatabaseIsUnavailable(t *testing.T) {
 		t.Fatalf("open pool: %v", err)
 	}
 	t.Cleanup(pool.Close)
-	rm := pgmodel.NewReadModel(pool, eventstore.New(pool))
+	rm := pgmodel.NewReadModel(pool, eventstore.New(pool, nil))
 	id := uuid.Must(uuid.NewV7())
 
 	_, err = rm.Get(ctx, id)

@@ -17,6 +17,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ticketd/ticketd/db/dbtest"
+	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
 )
 
@@ -32,6 +34,10 @@ func RunRouter(t testing.TB, pool *pgxpool.Pool, cfg projections.Config, handler
 // what it logs.
 func RunRouterWithLogger(t testing.TB, pool *pgxpool.Pool, cfg projections.Config, log *slog.Logger, handlers ...projections.Handler) {
 	t.Helper()
+	if cfg.Reveal == nil {
+		// the events' personal fields open as ticketd's router opens them
+		cfg.Reveal = eventstore.New(pool, dbtest.Keyring(t, pool)).Reveal
+	}
 	router, err := projections.NewRouter(pool, cfg, log, handlers...)
 	if err != nil {
 		t.Fatalf("NewRouter: %v", err)

@@ -27,7 +27,7 @@ func NewStore(t testing.TB) (*pgxpool.Pool, *eventstore.Store) {
 		t.Fatalf("open pool: %v", err)
 	}
 	t.Cleanup(pool.Close)
-	return pool, eventstore.New(pool)
+	return pool, eventstore.New(pool, dbtest.Keyring(t, pool))
 }
 
 // Decide is a command's decision on one ticket, as eventstore.Store.Handle runs it.
