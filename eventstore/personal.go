@@ -363,6 +363,29 @@ func fieldsOf(r *Record) (fields []field, put func()) {
 	return nil, func() {}
 }
 
+// fetch reads the stored keys of subjects (one query) into the cache, checked at now;
+// an erased or unknown subject is cached as erased.
+func (p *personal) fetch(ctx context.Context, subjects []pii.SubjectID, now time.Time) error {
+	if len(subjects) == 0 {
+		return nil
+	}
+	stored, err := pii.WrappedKeys(ctx, p.pool, subjects)
+	if err != nil {
+		return err
+	}
+	for _, s := range subjects {
+		w := stored[s]
+		if w == nil {
+			p.remember(s, &subjectKey{checked: now})
+			continue
+		}
+		if _, err := p.unwrap(s, w); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // reveal opens the personal fields of recs in place: a field whose subject is erased
 // (its key destroyed, or another key now: the value was sealed under one erased
 // since), or erased by a SubjectErased event later in recs, reads ticket.Erased.
@@ -402,28 +425,47 @@ func (p *personal) reveal(ctx context.Context, recs []Record) error {
 			}
 		}
 	}
-	if len(need) > 0 {
-		stored, err := pii.WrappedKeys(ctx, p.pool, need)
-		if err != nil {
-			return err
-		}
-		for _, s := range need {
-			w := stored[s]
-			if w == nil {
-				p.remember(s, &subjectKey{checked: now})
-				continue
-			}
-			if _, err := p.unwrap(s, w); err != nil {
-				return err
-			}
-		}
+	if err := p.fetch(ctx, need, now); err != nil {
+		return err
 	}
+	// A field that does not open with a key this call did not read may be sealed under
+	// a key made since (another instance's new key after an erasure): those subjects
+	// are read again, once, and their fields tried again.
+	type pending struct {
+		f       field
+		r       *Record
+		subject pii.SubjectID
+		body    string
+	}
+	var retry []pending
+	fetched := map[pii.SubjectID]bool{}
+	for _, s := range need {
+		fetched[s] = true
+	}
+	open := func(f field, r *Record, s pii.SubjectID, body string) bool {
+		k, ok := p.cached(s)
+		if !ok || k.wrapped == nil {
+			return false
+		}
+		sealed, err := base64.RawURLEncoding.DecodeString(body)
+		if err != nil {
+			return true // not a sealed value: erased it stays
+		}
+		plain, err := k.sealer.Open(sealed, aad(r.TicketID, r.Version, f.name))
+		if err != nil {
+			return false
+		}
+		*f.v = string(plain)
+		return true
+	}
+	puts := make([]func(), 0, len(recs))
 	for i := range recs {
 		r := &recs[i]
 		fs, put := fieldsOf(r)
 		if fs == nil {
 			continue
 		}
+		puts = append(puts, put)
 		for _, f := range fs {
 			s, body, ok := sealedSubject(*f.v)
 			if !ok {
@@ -433,18 +475,27 @@ func (p *personal) reveal(ctx context.Context, recs []Record) error {
 			if v, ok := erasedAt[streamSubject{r.TicketID, s}]; ok && r.Version < v {
 				continue
 			}
-			k, ok := p.cached(s)
-			if !ok || k.wrapped == nil {
-				continue
-			}
-			sealed, err := base64.RawURLEncoding.DecodeString(body)
-			if err != nil {
-				continue
-			}
-			if plain, err := k.sealer.Open(sealed, aad(r.TicketID, r.Version, f.name)); err == nil {
-				*f.v = string(plain)
+			if !open(f, r, s, body) && !fetched[s] {
+				retry = append(retry, pending{f, r, s, body})
 			}
 		}
+	}
+	if len(retry) > 0 {
+		var again []pii.SubjectID
+		for _, x := range retry {
+			if !fetched[x.subject] {
+				fetched[x.subject] = true
+				again = append(again, x.subject)
+			}
+		}
+		if err := p.fetch(ctx, again, now); err != nil {
+			return err
+		}
+		for _, x := range retry {
+			open(x.f, x.r, x.subject, x.body)
+		}
+	}
+	for _, put := range puts {
 		put()
 	}
 	return nil
