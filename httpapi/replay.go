@@ -65,7 +65,15 @@ type replayed struct {
 	key     versionKey
 	body    []byte
 	deleted bool
+	// at is when it was replayed: a version's personal data changes once, when its
+	// subject is erased, so an entry is kept at most replayMaxAge (an erasure on this
+	// instance drops its stream's entries at once: forgetStream).
+	at time.Time
 }
+
+// replayMaxAge bounds how long a replayed version is served from the cache: another
+// instance's erasure of a subject shows in this instance's replays after at most this.
+const replayMaxAge = 30 * time.Second
 
 func (r *replayed) size() int { return len(r.body) + 64 }
 
@@ -94,11 +102,26 @@ func (c *versionCache) get(k versionKey) (*replayed, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.entries[k]
-	if !ok {
+	if !ok || time.Since(e.Value.(*replayed).at) > replayMaxAge {
 		return nil, false
 	}
 	c.order.MoveToFront(e)
 	return e.Value.(*replayed), true
+}
+
+// forgetStream drops every kept version of stream id (its subject was erased).
+func (c *versionCache) forgetStream(id uuid.UUID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, v := range c.byStream[id] {
+		k := versionKey{id: id, version: v}
+		if e, ok := c.entries[k]; ok {
+			c.size -= e.Value.(*replayed).size()
+			c.order.Remove(e)
+			delete(c.entries, k)
+		}
+	}
+	delete(c.byStream, id)
 }
 
 // nearest returns the kept version of stream id closest below or at version that shows
@@ -112,7 +135,7 @@ func (c *versionCache) nearest(id uuid.UUID, version int) (*replayed, bool) {
 	vs := c.byStream[id]
 	for i, _ := slices.BinarySearch(vs, version+1); i > 0; i-- {
 		e := c.entries[versionKey{id: id, version: vs[i-1]}]
-		if r := e.Value.(*replayed); !r.deleted {
+		if r := e.Value.(*replayed); !r.deleted && time.Since(r.at) <= replayMaxAge {
 			c.order.MoveToFront(e)
 			return r, true
 		}
@@ -126,7 +149,15 @@ func (c *versionCache) put(r *replayed) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.entries[r.key]; ok {
+	if r.at.IsZero() {
+		r.at = time.Now()
+	}
+	if e, ok := c.entries[r.key]; ok {
+		if old := e.Value.(*replayed); time.Since(old.at) > replayMaxAge {
+			c.size += r.size() - old.size()
+			e.Value = r
+			c.order.MoveToFront(e)
+		}
 		return
 	}
 	c.entries[r.key] = c.order.PushFront(r)

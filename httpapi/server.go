@@ -64,6 +64,11 @@ type Config struct {
 	// so a GET never sees an older state than was acknowledged). It must be bounded in
 	// time and must not fail the request.
 	OnCommitted func(ctx context.Context, events []ticket.Event)
+	// Erase, when set, serves DELETE /v1/subjects/{email} (admins): it erases the data
+	// subject of an email everywhere (cmd/ticketd: the event store's EraseSubject and
+	// the scrub of the webhook delivery log), returning eventstore.ErrUnknownSubject for
+	// an email without stored data.
+	Erase func(ctx context.Context, email, by, reason string, md eventstore.Metadata) (eventstore.Erasure, error)
 	// Postgres and Redis are checked by /readyz; Redis is reported, not required.
 	Postgres Checker
 	Redis    Checker
@@ -221,6 +226,9 @@ func New(cfg Config) *fiber.App {
 	}
 	if cfg.Webhooks != nil {
 		s.webhookRoutes(app)
+	}
+	if cfg.Erase != nil {
+		app.Delete("/v1/subjects/:email", s.need(auth.PermErase), queryParams(s.eraseSubject, "reason"))
 	}
 	guardMethods(app, s)
 	return app

@@ -216,3 +216,7 @@ func CheckEmail(field, v string) error { return checkEmail(field, v, true) }
 func CheckName(field, v string) error {
 	return checkText(field, v, 1, MaxName, MaxNameBytes, false)
 }
+
+// ValidEmail checks that v is a bare email address (user@domain), as the commands'
+// email fields are checked; the error is a *ValidationError naming field.
+func ValidEmail(field, v string) error { return checkEmail(field, v, true) }

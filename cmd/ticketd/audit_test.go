@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/ticketd/ticketd/db/dbtest"
 )
 
 // A running ticketd anchors the chain at AUDIT_ANCHOR_INTERVAL and logs the root; the
@@ -50,7 +52,7 @@ func TestVerifyAndAnchorsEndToEnd(t *testing.T) {
 			t.Fatalf("version %d: history shows hash %q, stored %x", e.Version, e.Hash, stored)
 		}
 	}
-	env := []string{"DATABASE_DSN=" + s.DSN}
+	env := []string{"DATABASE_DSN=" + s.DSN, "DATA_KEY=" + dbtest.DataKey}
 	if r := runBinary(t, bin, env, "-history", a.ID, "-json"); r.code != 0 || !strings.Contains(r.stdout, `"hash":"`+history[3].Hash+`"`) {
 		t.Fatalf("-history -json: exit %d, want the hash of version 4 in:\n%s%s", r.code, r.stdout, r.stderr)
 	}

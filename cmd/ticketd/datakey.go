@@ -8,7 +8,11 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ticketd/ticketd/db"
+	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/pii"
+	"github.com/ticketd/ticketd/ticket"
+	"github.com/ticketd/ticketd/webhooks"
 )
 
 // openKeyring opens the keyring of the database under DATA_KEY. A missing or malformed
@@ -47,4 +51,63 @@ func rotateDataKey(ctx context.Context, cfg Config, pool *pgxpool.Pool, stdout i
 	}
 	fmt.Fprintf(stdout, "rotated %d data keys to NEW_DATA_KEY: start ticketd with it as DATA_KEY\n", n)
 	return nil
+}
+
+// eraser erases a data subject everywhere: the event store's EraseSubject (key,
+// erasure events, stored answers), then the webhook delivery log. The read models are
+// scrubbed by the projectors' fold of the erasure events.
+func eraser(store *eventstore.Store, pool *pgxpool.Pool) func(ctx context.Context, email, by, reason string, md eventstore.Metadata) (eventstore.Erasure, error) {
+	return func(ctx context.Context, email, by, reason string, md eventstore.Metadata) (eventstore.Erasure, error) {
+		er, err := store.EraseSubject(ctx, email, by, reason, md)
+		if err != nil {
+			return er, err
+		}
+		if _, err := webhooks.ScrubDeliveries(ctx, pool, er.Tickets, er.Values); err != nil {
+			return er, err
+		}
+		return er, nil
+	}
+}
+
+// withPool runs fn with a small pool on the database (no migrations: a task on a
+// database some ticketd has migrated).
+func withPool(ctx context.Context, cfg Config, fn func(*pgxpool.Pool) error) error {
+	pool, err := db.Open(ctx, cfg.DatabaseDSN, db.PoolConfig{MaxConns: 4})
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	return fn(pool)
+}
+
+// eraseSubject runs -erase-subject EMAIL [-reason TEXT]: what DELETE
+// /v1/subjects/{email} does, recorded as done by "ticketd -erase-subject" (the
+// operator at the terminal). It prints a summary line; an unknown subject is an error
+// (exit 1), erasing twice is not.
+func eraseSubject(ctx context.Context, cfg Config, email, reason string, stdout io.Writer) error {
+	if err := ticket.ValidEmail("-erase-subject", email); err != nil {
+		return usageError{err}
+	}
+	return withPool(ctx, cfg, func(pool *pgxpool.Pool) error {
+		ring, err := openKeyring(ctx, cfg, pool)
+		if err != nil {
+			return err
+		}
+		store := eventstore.New(pool, ring)
+		const by = "ticketd -erase-subject"
+		er, err := eraser(store, pool)(ctx, email, by, reason, eventstore.Metadata{Actor: by,
+			Principal: &eventstore.Principal{ID: "cli", Name: by, Role: "admin"}})
+		if errors.Is(err, eventstore.ErrUnknownSubject) {
+			return fmt.Errorf("-erase-subject: no personal data of %s is stored", email)
+		}
+		if err != nil {
+			return err
+		}
+		state := "erased"
+		if er.AlreadyErased {
+			state = "already erased"
+		}
+		fmt.Fprintf(stdout, "subject %s %s: %d tickets, %d erasure events appended\n", er.Subject, state, len(er.Tickets), len(er.Appended))
+		return nil
+	})
 }

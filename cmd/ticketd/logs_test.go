@@ -97,7 +97,7 @@ func TestServerLogsAreJSONAndANormalStopLogsNoError(t *testing.T) {
 			env := []string{"DATABASE_DSN=" + dbtest.NewDatabase(t), "REDIS_ADDRS=" + c.redis, "LOG_LEVEL=info",
 				"PG_MAX_CONNS=6", "SHUTDOWN_TIMEOUT=10s", "REDIS_PREFIX=test-logs-" + strings.ReplaceAll(uuid.NewString(), "-", ""),
 				// a request's line for every read, so the test sees the access log too
-				"ACCESS_LOG_SAMPLE=1", "AUTH_BOOTSTRAP_TOKEN=" + testAdminToken}
+				"ACCESS_LOG_SAMPLE=1", "AUTH_BOOTSTRAP_TOKEN=" + testAdminToken, "DATA_KEY=" + dbtest.DataKey}
 			lines, stderr := runAndStop(t, bin, env)
 			var recs []logRecord
 			for _, l := range lines {

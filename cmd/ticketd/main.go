@@ -60,7 +60,7 @@ const usage = `Usage: ticketd [flags]
 
 Without a task flag, serves the ticket API on HTTP_ADDR (default :8000), applying
 migrations first. -migrate, -rebuild-projections, -history, -verify, -healthcheck, -create-token,
--list-tokens and -revoke-token are tasks:
+-list-tokens, -revoke-token, -erase-subject and -rotate-data-key are tasks:
 at most one per invocation. Configuration comes from the environment; see README.md
 for every variable (make run and the make task targets add .env and the local services).
 
@@ -85,6 +85,8 @@ const (
 	taskListTokens  = "list-tokens"
 	taskRevokeToken = "revoke-token"
 	taskVerify      = "verify"
+	taskErase       = "erase-subject"
+	taskRotateKey   = "rotate-data-key"
 )
 
 // options is the parsed command line.
@@ -94,6 +96,8 @@ type options struct {
 	historyJSON bool       // with taskHistory
 	tokens      *tokenTask // the token tasks' flags
 	verifyID    string     // with taskVerify: the one ticket to check ("" for all)
+	eraseEmail  string     // with taskErase
+	eraseReason string     // with taskErase
 }
 
 // parseFlags parses the command line. -h prints the usage on stdout and returns
@@ -113,8 +117,11 @@ func parseFlags(args []string, stdout io.Writer) (options, error) {
 		"replay the event store into fresh read models (Postgres and Redis), move the projectors to the replayed point and exit; safe while other instances serve")
 	tokens := addTokenFlags(fs)
 	verify := addVerifyFlag(fs) // audit.go
+	eraseOf := fs.String(taskErase, "", "erase the personal data of the data subject with this email (crypto-shredding: README \"Personal data and erasure\") and exit")
+	reason := fs.String("reason", "", "with -erase-subject: why (recorded in the erasure events; no personal data)")
+	fs.Bool(taskRotateKey, false, "move every data key from DATA_KEY to NEW_DATA_KEY (stop every instance first) and exit")
 	tasks := map[string]bool{taskMigrate: true, taskHealthcheck: true, taskHistory: true, taskRebuild: true,
-		taskCreateToken: true, taskListTokens: true, taskRevokeToken: true, taskVerify: true}
+		taskCreateToken: true, taskListTokens: true, taskRevokeToken: true, taskVerify: true, taskErase: true, taskRotateKey: true}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stdout)
@@ -148,6 +155,10 @@ func parseFlags(args []string, stdout io.Writer) (options, error) {
 		return options{}, usagef("%s: one task per invocation; run them one after the other", strings.Join(named, " and "))
 	}
 	o.historyID, o.historyJSON = *historyOf, *historyJSON
+	o.eraseEmail, o.eraseReason = *eraseOf, *reason
+	if o.eraseReason != "" && o.task != taskErase {
+		return options{}, usagef("-reason only applies to -erase-subject <email>")
+	}
 	if o.task == taskHistory && o.historyID == "" {
 		return options{}, usagef("-history needs a ticket id: ticketd -history <id> [-json]")
 	}
@@ -209,6 +220,10 @@ func runTask(ctx context.Context, opts options, getenv func(string) string, stdo
 		return opts.tokens.run(ctx, cfg, stdout)
 	case taskVerify:
 		return verifyChains(ctx, cfg, opts.verifyID, stdout)
+	case taskErase:
+		return eraseSubject(ctx, cfg, opts.eraseEmail, opts.eraseReason, stdout)
+	case taskRotateKey:
+		return withPool(ctx, cfg, func(pool *pgxpool.Pool) error { return rotateDataKey(ctx, cfg, pool, stdout) })
 	}
 	if !migrateOnly {
 		// Serving and rebuilding need DATA_KEY: a missing or malformed one stops the
@@ -368,6 +383,7 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	httpCfg := httpapi.Config{
 		Store: store, Reader: reader, Log: log,
 		OnCommitted:    reader.Committed,
+		Erase:          eraser(store, pool),
 		CursorKey:      cursorKey,
 		BodyLimit:      cfg.BodyLimit,
 		RequestTimeout: cfg.RequestTimeout,

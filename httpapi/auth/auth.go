@@ -53,10 +53,11 @@ const (
 	PermTokens       Permission = "tokens:manage"         // /v1/tokens
 	PermWebhooks     Permission = "webhooks:manage"       // /v1/webhooks
 	PermMetrics      Permission = "metrics:read"          // /metrics
+	PermErase        Permission = "subjects:erase"        // DELETE /v1/subjects/{email}
 )
 
 var permissions = map[Role][]Permission{
-	RoleAdmin:     {PermRead, PermHistory, PermCreate, PermComment, PermChangeStatus, PermDelete, PermTokens, PermWebhooks, PermMetrics},
+	RoleAdmin:     {PermRead, PermHistory, PermCreate, PermComment, PermChangeStatus, PermDelete, PermTokens, PermWebhooks, PermMetrics, PermErase},
 	RoleAgent:     {PermRead, PermHistory, PermCreate, PermComment, PermChangeStatus},
 	RoleAuditor:   {PermRead, PermHistory, PermMetrics},
 	RoleRequester: {PermRead, PermHistory, PermCreate, PermComment, PermChangeStatus},

@@ -15,6 +15,7 @@ import (
 
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/projections"
+	"github.com/ticketd/ticketd/ticket"
 )
 
 // Group is the consumer group of the Postgres read model projector.
@@ -159,6 +160,13 @@ func (p Projector) Queue(ctx context.Context, tx pgx.Tx, recs []eventstore.Recor
 	if len(comments) > 0 {
 		queueComments(b, s, commentTickets, comments)
 	}
+	// An erasure scrubs the subject's comments beyond those a view embeds, too (after
+	// their inserts: a ticket folded afresh brings them in the same batch).
+	for _, r := range recs {
+		if d, ok := r.Data.(ticket.SubjectErased); ok && len(d.Comments) > 0 {
+			queueEraseComments(b, s, r.TicketID, d.Comments)
+		}
+	}
 	if p.Cache != nil {
 		for _, v := range views {
 			v.Comments = nil // rows do not hold comments
@@ -215,6 +223,14 @@ func queueUpsert(b *pgx.Batch, schema string, views []projections.View) {
 			created_at = excluded.created_at, updated_at = excluded.updated_at, deleted = excluded.deleted
 		WHERE t.version < excluded.version`,
 		ids, titles, descs, emails, creators, upds, statuses, versions, counts, created, updated, deleted)
+}
+
+// queueEraseComments queues the scrub of the listed comments of ticket id, as
+// projections.EraseComment scrubs an embedded one.
+func queueEraseComments(b *pgx.Batch, schema string, id uuid.UUID, comments []uuid.UUID) {
+	b.Queue(`UPDATE `+schema+`.comments SET created_by = $3,
+		email = CASE WHEN email = '' THEN '' ELSE $3 END
+		WHERE ticket_id = $1 AND id = ANY($2)`, id, comments, ticket.Erased)
 }
 
 // queueComments queues one statement inserting comments (of the given tickets) that
