@@ -500,3 +500,14 @@ func (p *personal) reveal(ctx context.Context, recs []Record) error {
 	}
 	return nil
 }
+
+// EmailHash returns the keyed hash by which read models look up an email: the
+// subject id of package pii (HMAC-SHA256 of the normalised email under the lookup
+// key). Nil for an empty or erased email, or a store without a keyring.
+func (s *Store) EmailHash(email string) []byte {
+	if s.ring == nil || email == "" || email == ticket.Erased {
+		return nil
+	}
+	id := s.ring.SubjectID(email)
+	return id[:]
+}

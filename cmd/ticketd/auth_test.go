@@ -103,6 +103,7 @@ func TestAuthRolesByRoute(t *testing.T) {
 		{"tokens_create", "POST", fixed("/v1/tokens"), newToken, map[string]want{"admin": ok(201), "agent": deny(auth.PermTokens), "auditor": deny(auth.PermTokens), "requester": deny(auth.PermTokens)}},
 		{"webhooks_list", "GET", fixed("/v1/webhooks"), nil, map[string]want{"admin": ok(200), "agent": deny(auth.PermWebhooks), "auditor": deny(auth.PermWebhooks), "requester": deny(auth.PermWebhooks)}},
 		{"webhooks_create", "POST", fixed("/v1/webhooks"), newWebhook, map[string]want{"admin": ok(201), "agent": deny(auth.PermWebhooks), "auditor": deny(auth.PermWebhooks), "requester": deny(auth.PermWebhooks)}},
+		{"erase_subject", "DELETE", fixed("/v1/subjects/nobody%40example.com"), nil, map[string]want{"admin": ok(404), "agent": deny(auth.PermErase), "auditor": deny(auth.PermErase), "requester": deny(auth.PermErase)}},
 		{"metrics", "GET", fixed("/metrics"), nil, map[string]want{"admin": ok(200), "agent": deny(auth.PermMetrics), "auditor": ok(200), "requester": deny(auth.PermMetrics)}},
 	}
 	var unauthenticated []byte

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"sort"
 	"strings"
 	"testing"
 
+	"github.com/google/uuid"
 	"github.com/pb33f/libopenapi"
 	validator "github.com/pb33f/libopenapi-validator"
 )
@@ -275,6 +277,11 @@ func TestSpecAndServerAgreeOnWhichRequestsAreAccepted(t *testing.T) {
 		{name: "redeliver with a trailing slash", method: "POST", path: "/v1/webhooks/{webhook}/deliveries/{delivery}/redeliver/"},
 		{name: "redeliver, not a UUID", method: "POST", path: "/v1/webhooks/{webhook}/deliveries/nope/redeliver"},
 
+		// erasure (admins). {subject} is the email of a fresh ticket of the case's own.
+		{name: "erase subject", method: "DELETE", path: "/v1/subjects/{subject}?reason=conformance"},
+		{name: "erase subject with a trailing slash", method: "DELETE", path: "/v1/subjects/{subject}/"},
+		{name: "erase subject, not an email", method: "DELETE", path: "/v1/subjects/not-an-email", known: "the schema's email format is looser than the server's check"},
+
 		// operations
 		{name: "healthz", method: "GET", path: "/healthz"},
 		{name: "healthz with a trailing slash", method: "GET", path: "/healthz/"},
@@ -308,6 +315,11 @@ func TestSpecAndServerAgreeOnWhichRequestsAreAccepted(t *testing.T) {
 			var created ticketDoc
 			s.do(t, "POST", "/v1/ticket/", sourceTicket).expect(t, 201).JSON(t, &created)
 			path = strings.ReplaceAll(path, "{id}", created.ID)
+		}
+		if strings.Contains(path, "{subject}") {
+			email := "subject-" + strings.ReplaceAll(uuid.NewString(), "-", "") + "@example.com"
+			s.do(t, "POST", "/v1/ticket/", map[string]any{"title": "t", "description": "d", "email": email, "created_by": "c"}).expect(t, 201)
+			path = strings.ReplaceAll(path, "{subject}", url.PathEscape(email))
 		}
 		if strings.Contains(path, "{token}") {
 			var created struct{ ID string }
@@ -386,6 +398,9 @@ func templatePath(path string) string {
 	segs := strings.Split(path, "/")
 	if len(segs) > 3 && segs[1] == "v1" && (segs[2] == "ticket" || segs[2] == "tokens" || segs[2] == "webhooks") && len(segs[3]) == 36 {
 		segs[3] = "{id}"
+	}
+	if len(segs) > 3 && segs[1] == "v1" && segs[2] == "subjects" && segs[3] != "" {
+		segs[3] = "{email}"
 	}
 	if len(segs) > 5 && segs[2] == "webhooks" && segs[4] == "deliveries" && len(segs[5]) == 36 {
 		segs[5] = "{delivery}"

@@ -49,7 +49,24 @@ func (p Projector) Handler() projections.Handler {
 
 // ticketColumns are the columns of readmodel.tickets, in the order of ticketRow.
 var ticketColumns = []string{"id", "title", "description", "email", "created_by", "updated_by", "status",
-	"version", "comment_count", "created_at", "updated_at", "deleted"}
+	"version", "comment_count", "created_at", "updated_at", "deleted", "email_hash"}
+
+// emailHasher returns the keyed hash of an email (the subject id of package pii) the
+// email_hash column holds, when events is a store with a keyring (the event store's
+// EmailHash); nil otherwise (the column stays NULL and lookups compare the email).
+func emailHasher(events projections.Streams) func(string) []byte {
+	if h, ok := events.(interface{ EmailHash(string) []byte }); ok {
+		return h.EmailHash
+	}
+	return nil
+}
+
+func hashOf(hash func(string) []byte, email string) []byte {
+	if hash == nil {
+		return nil
+	}
+	return hash(email)
+}
 
 // commentColumns are the columns of readmodel.comments, in the order of commentRow.
 var commentColumns = []string{"id", "ticket_id", "version", "body", "email", "created_by", "created_at"}
@@ -156,7 +173,7 @@ func (p Projector) Queue(ctx context.Context, tx pgx.Tx, recs []eventstore.Recor
 	for i, id := range changed {
 		views[i] = cur[id]
 	}
-	queueUpsert(b, s, views)
+	queueUpsert(b, s, views, emailHasher(p.Events))
 	if len(comments) > 0 {
 		queueComments(b, s, commentTickets, comments)
 	}
@@ -198,7 +215,7 @@ const commentChunk = 5000
 
 // queueUpsert queues one statement writing views as ticket rows, each only over an
 // older row.
-func queueUpsert(b *pgx.Batch, schema string, views []projections.View) {
+func queueUpsert(b *pgx.Batch, schema string, views []projections.View, hash func(string) []byte) {
 	n := len(views)
 	var (
 		ids                                   = make([]uuid.UUID, n)
@@ -207,22 +224,25 @@ func queueUpsert(b *pgx.Batch, schema string, views []projections.View) {
 		versions, counts                      = make([]int32, n), make([]int32, n)
 		created, updated                      = make([]time.Time, n), make([]time.Time, n)
 		deleted                               = make([]bool, n)
+		hashes                                = make([][]byte, n)
 	)
 	for i, v := range views {
 		ids[i], titles[i], descs[i], emails[i], creators[i], upds[i] = v.ID, v.Title, v.Description, v.Email, v.CreatedBy, v.UpdatedBy
 		statuses[i], versions[i], counts[i] = string(v.Status), int32(v.Version), int32(v.CommentCount)
 		created[i], updated[i], deleted[i] = v.CreatedAt, v.UpdatedAt, v.Deleted
+		hashes[i] = hashOf(hash, v.Email)
 	}
 	b.Queue(`INSERT INTO `+schema+`.tickets AS t (id, title, description, email, created_by, updated_by, status,
-			version, comment_count, created_at, updated_at, deleted)
+			version, comment_count, created_at, updated_at, deleted, email_hash)
 		SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-			$8::int[], $9::int[], $10::timestamptz[], $11::timestamptz[], $12::bool[])
+			$8::int[], $9::int[], $10::timestamptz[], $11::timestamptz[], $12::bool[], $13::bytea[])
 		ON CONFLICT (id) DO UPDATE SET title = excluded.title, description = excluded.description,
 			email = excluded.email, created_by = excluded.created_by, updated_by = excluded.updated_by,
 			status = excluded.status, version = excluded.version, comment_count = excluded.comment_count,
-			created_at = excluded.created_at, updated_at = excluded.updated_at, deleted = excluded.deleted
+			created_at = excluded.created_at, updated_at = excluded.updated_at, deleted = excluded.deleted,
+			email_hash = excluded.email_hash
 		WHERE t.version < excluded.version`,
-		ids, titles, descs, emails, creators, upds, statuses, versions, counts, created, updated, deleted)
+		ids, titles, descs, emails, creators, upds, statuses, versions, counts, created, updated, deleted, hashes)
 }
 
 // queueEraseComments queues the scrub of the listed comments of ticket id, as
@@ -251,9 +271,9 @@ func queueComments(b *pgx.Batch, schema string, tickets []uuid.UUID, comments []
 
 // ticketRow is a view as a row of readmodel.tickets, in the order of ticketColumns.
 // UUIDs as [16]byte take pgx's binary fast path in COPY.
-func ticketRow(v projections.View) []any {
+func ticketRow(v projections.View, hash func(string) []byte) []any {
 	return []any{[16]byte(v.ID), v.Title, v.Description, v.Email, v.CreatedBy, v.UpdatedBy,
-		string(v.Status), v.Version, v.CommentCount, v.CreatedAt, v.UpdatedAt, v.Deleted}
+		string(v.Status), v.Version, v.CommentCount, v.CreatedAt, v.UpdatedAt, v.Deleted, hashOf(hash, v.Email)}
 }
 
 // commentRow is a comment as a row of readmodel.comments, in the order of commentColumns.

@@ -44,9 +44,11 @@ func pgLife(t *testing.T, s *eventstore.Store) (uuid.UUID, []eventstore.Record) 
 func pgApply(t *testing.T, pool *pgxpool.Pool, recs ...eventstore.Record) {
 	t.Helper()
 	ctx := dbtest.Context(t)
+	// the store gives the email_hash column its keyed hash, as in ticketd
+	p := pgmodel.Projector{Events: eventstore.New(pool, dbtest.Keyring(t, pool))}
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		for _, r := range recs {
-			if err := (pgmodel.Projector{}).Apply(ctx, tx, []eventstore.Record{r}); err != nil {
+			if err := p.Apply(ctx, tx, []eventstore.Record{r}); err != nil {
 				return err
 			}
 		}

@@ -72,7 +72,13 @@ func (m *ReadModel) List(ctx context.Context, q ListQuery) ([]projections.Summar
 		where = append(where, "status = "+arg(string(q.Status)))
 	}
 	if q.Email != "" {
-		where = append(where, "email = "+arg(q.Email))
+		// by the keyed hash of the email, never the address (an erased subject's rows
+		// have none: they are found by no email)
+		if hash := emailHasher(m.events); hash != nil {
+			where = append(where, "email_hash = "+arg(hash(q.Email)))
+		} else {
+			where = append(where, "email = "+arg(q.Email))
+		}
 	}
 	if q.CreatedBy != "" {
 		where = append(where, "created_by = "+arg(q.CreatedBy))

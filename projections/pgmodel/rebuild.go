@@ -45,7 +45,7 @@ func (t Target) Load(ctx context.Context, views []projections.View, comments []p
 	if len(views) > 0 {
 		rows := make([][]any, len(views))
 		for i, v := range views {
-			rows[i] = ticketRow(v)
+			rows[i] = ticketRow(v, emailHasher(t.Events))
 		}
 		if _, err := t.Pool.CopyFrom(ctx, pgx.Identifier{RebuildSchema, "tickets"}, ticketColumns, pgx.CopyFromRows(rows)); err != nil {
 			return fmt.Errorf("copy tickets: %w", err)
