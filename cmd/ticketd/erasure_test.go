@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"maps"
 	"net/url"
 	"strings"
@@ -169,14 +168,18 @@ func assertNoPlaintext(t *testing.T, m *readModels, needles ...string) {
 
 // TestDataKeyMissingOrWrongStopsTheStart: without DATA_KEY, with a malformed one, or
 // with another key than the database was first used with, ticketd does not start:
-// exit 1, one line naming the variable, nothing served.
+// exit 1, one line naming the variable, nothing served. -rotate-data-key then moves
+// the data keys to NEW_DATA_KEY: the new key reads, the old one is refused.
 func TestDataKeyMissingOrWrongStopsTheStart(t *testing.T) {
 	t.Parallel()
 	bin := buildTicketd(t)
 	dsn := dbtest.NewDatabase(t)
 	base := processEnv(t, dsn)
 	s := startServer(t, map[string]string{"DATABASE_DSN": dsn}) // the database's first key: dbtest.DataKey
-	_ = s
+	var created struct {
+		ID string `json:"id"`
+	}
+	s.do(t, "POST", "/v1/ticket/", map[string]any{"title": "t", "description": "d", "email": "rota@example.com", "created_by": "Rota"}).expect(t, 201).JSON(t, &created)
 	for _, c := range []struct {
 		name, key, want string
 	}{
@@ -207,5 +210,21 @@ func TestDataKeyMissingOrWrongStopsTheStart(t *testing.T) {
 			}
 		})
 	}
-	_ = fmt.Sprint()
+
+	// -rotate-data-key moves the data keys to NEW_DATA_KEY: the new key reads the
+	// history, the old one is refused from then on
+	const newKey = "bmV3LWRhdGEta2V5LWZvci1yb3RhdGlvbi10ZXN0ISE="
+	env := []string{"DATABASE_DSN=" + dsn, "DATA_KEY=" + dbtest.DataKey, "NEW_DATA_KEY=" + newKey}
+	if r := runBinary(t, bin, env, "-rotate-data-key"); r.code != 0 || !strings.Contains(r.stdout, "rotated 1 data keys to NEW_DATA_KEY") {
+		t.Fatalf("-rotate-data-key: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := runBinary(t, bin, []string{"DATABASE_DSN=" + dsn, "DATA_KEY=" + newKey}, "-history", created.ID); r.code != 0 || !strings.Contains(r.stdout, "rota@example.com") {
+		t.Fatalf("-history with the new key: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := runBinary(t, bin, []string{"DATABASE_DSN=" + dsn, "DATA_KEY=" + dbtest.DataKey}, "-history", created.ID); r.code != 1 || !strings.Contains(r.stderr, "DATA_KEY is not the master key") {
+		t.Fatalf("-history with the old key after rotation: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := runBinary(t, bin, []string{"DATABASE_DSN=" + dsn, "DATA_KEY=" + newKey}, "-rotate-data-key"); r.code != 1 || !strings.Contains(r.stderr, "NEW_DATA_KEY: required") {
+		t.Fatalf("-rotate-data-key without NEW_DATA_KEY: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
 }
