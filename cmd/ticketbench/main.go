@@ -77,7 +77,7 @@ type options struct {
 
 // scenarios in the order they run; -only picks some of them.
 var scenarioNames = []string{
-	"get", "auth", "list", "create", "lag", "webhook", "put", "comment", "mixed", "overload", "replay", "sse", "rebuild", "verify", "backlog",
+	"get", "auth", "list", "create", "lag", "webhook", "put", "comment", "mixed", "overload", "replay", "sse", "rebuild", "verify", "backlog", "pii",
 }
 
 const usage = `Usage: ticketbench [flags]

@@ -117,7 +117,16 @@ type Config struct {
 	SSE sseConfig
 	// Webhooks is the webhook delivery settings (WEBHOOK_*).
 	Webhooks webhooks.Config
+
+	// benchPlaintext (TICKETD_BENCH_NO_ENCRYPTION=1, read by runTask, deliberately not
+	// a listed variable) serves without sealing personal data: only for the bench's
+	// baseline of the cost of encryption. Never in production: it stores emails and
+	// names in clear.
+	benchPlaintext bool
 }
+
+// benchPlaintextVar is the hidden switch of Config.benchPlaintext.
+const benchPlaintextVar = "TICKETD_BENCH_NO_ENCRYPTION"
 
 // loadConfig reads the configuration through getenv and validates it. Every problem
 // is reported at once, each naming its environment variable and the form it expects

@@ -24,6 +24,7 @@ import (
 	"github.com/ticketd/ticketd/db"
 	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/httpapi"
+	"github.com/ticketd/ticketd/pii"
 	"github.com/ticketd/ticketd/projections"
 	"github.com/ticketd/ticketd/projections/pgmodel"
 	"github.com/ticketd/ticketd/projections/redismodel"
@@ -211,6 +212,7 @@ func runTask(ctx context.Context, opts options, getenv func(string) string, stdo
 	if err != nil {
 		return err
 	}
+	cfg.benchPlaintext = opts.task == taskServe && getenv(benchPlaintextVar) == "1"
 	switch opts.task {
 	case taskHealthcheck:
 		return healthcheck(ctx, cfg, stdout)
@@ -225,7 +227,7 @@ func runTask(ctx context.Context, opts options, getenv func(string) string, stdo
 	case taskRotateKey:
 		return withPool(ctx, cfg, func(pool *pgxpool.Pool) error { return rotateDataKey(ctx, cfg, pool, stdout) })
 	}
-	if !migrateOnly {
+	if !migrateOnly && !cfg.benchPlaintext {
 		// Serving and rebuilding need DATA_KEY: a missing or malformed one stops the
 		// start here, before anything is bound or migrated (a wrong one is told once
 		// the database's check value is read).
@@ -308,8 +310,10 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 		log.Info("redis", "addrs", cfg.RedisAddresses(), "cluster", isCluster)
 	}
 
-	ring, err := openKeyring(ctx, cfg, pool)
-	if err != nil {
+	var ring *pii.Keyring
+	if cfg.benchPlaintext {
+		log.Warn(benchPlaintextVar + "=1: personal data is stored IN CLEAR (the bench's baseline only)")
+	} else if ring, err = openKeyring(ctx, cfg, pool); err != nil {
 		return err
 	}
 	store := eventstore.New(pool, ring)
@@ -380,10 +384,14 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	// live event streams: a hub woken by this instance's appends, polling for others'
 	streamCfg, stopStreams := setupStreams(ctx, cfg.SSE, store, log)
 	defer stopStreams()
+	erase := eraser(store, pool)
+	if ring == nil {
+		erase = nil // nothing is sealed: nothing to shred (the bench's baseline)
+	}
 	httpCfg := httpapi.Config{
 		Store: store, Reader: reader, Log: log,
 		OnCommitted:    reader.Committed,
-		Erase:          eraser(store, pool),
+		Erase:          erase,
 		CursorKey:      cursorKey,
 		BodyLimit:      cfg.BodyLimit,
 		RequestTimeout: cfg.RequestTimeout,
