@@ -68,3 +68,36 @@ func BenchmarkAppend(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkAppendPersonal compares creates with personal data sealed (one requester,
+// as the bench's create body) and stored in clear, alternating, on one database:
+//
+//	scripts/test-env.sh go test -run '^$' -bench AppendPersonal -benchtime 3s ./eventstore/
+func BenchmarkAppendPersonal(b *testing.B) {
+	pool, err := db.Open(dbtest.Context(b), dbtest.NewDatabase(b), db.PoolConfig{MaxConns: 32})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(pool.Close)
+	ctx := dbtest.Context(b)
+	ring := dbtest.Keyring(b, pool)
+	for round := range 2 {
+		for _, sealed := range []bool{false, true} {
+			b.Run(fmt.Sprintf("sealed=%v/round=%d", sealed, round), func(b *testing.B) {
+				s := eventstore.New(pool, nil)
+				if sealed {
+					s = eventstore.New(pool, ring)
+				}
+				b.SetParallelism(32)
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						if _, err := s.Append(ctx, 0, []ticket.Event{openedEvent(uuid.New())}, eventstore.Metadata{}); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			})
+		}
+	}
+}
