@@ -3,6 +3,7 @@ package httpapi
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 	validator "github.com/pb33f/libopenapi-validator"
 	"golang.org/x/net/html"
 
+	"github.com/ticketd/ticketd/eventstore"
 	"github.com/ticketd/ticketd/httpapi/auth"
 	"github.com/ticketd/ticketd/ticket"
 	"github.com/ticketd/ticketd/webhooks"
@@ -397,7 +399,10 @@ func newTestApp() *fiber.App {
 	if err != nil {
 		panic(err)
 	}
-	return New(Config{Log: slog.New(slog.DiscardHandler), Tokens: auth.NewTokenStore(nil), Webhooks: hooks})
+	erase := func(context.Context, string, string, string, eventstore.Metadata) (eventstore.Erasure, error) {
+		return eventstore.Erasure{}, nil // routes only: never called
+	}
+	return New(Config{Log: slog.New(slog.DiscardHandler), Tokens: auth.NewTokenStore(nil), Webhooks: hooks, Erase: erase})
 }
 
 // servedDoc is the served document decoded into maps, for the structural checks.
