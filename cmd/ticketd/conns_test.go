@@ -63,7 +63,7 @@ func TestConnsHTTPAddrTakenOrInvalidFailsAtOnce(t *testing.T) {
 				t.Skip("net.ipv4.ip_nonlocal_bind is set: any address can be bound")
 			}
 			// nothing is waited for first: not even an unreachable Postgres or Redis
-			env := map[string]string{"HTTP_ADDR": c.addr, "LOG_LEVEL": "info",
+			env := map[string]string{"HTTP_ADDR": c.addr, "LOG_LEVEL": "info", "DATA_KEY": dbtest.DataKey,
 				"DATABASE_DSN": "postgres://nobody@127.0.0.1:1/none?sslmode=disable", "REDIS_ADDRS": "127.0.0.1:1"}
 			began := time.Now()
 			p := startLimited(t, bin, 1024, env)

@@ -37,7 +37,7 @@ func TestMakeTasksReachTheServicesOfMakeRun(t *testing.T) {
 
 	envFile := filepath.Join(t.TempDir(), ".env")
 	dotenv := "# as copied from .env.example\nDATABASE_DSN=" + s.DSN + "\nREDIS_ADDRS=\nREDIS_HOST=127.0.0.1\nREDIS_PORT=6379\n" +
-		"REDIS_PREFIX='" + s.Env["REDIS_PREFIX"] + "'\nLOG_LEVEL=info\n"
+		"REDIS_PREFIX='" + s.Env["REDIS_PREFIX"] + "'\nLOG_LEVEL=info\nDATA_KEY=" + s.Env["DATA_KEY"] + "\n"
 	if err := os.WriteFile(envFile, []byte(dotenv), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func TestMakeTasksReachTheServicesOfMakeRun(t *testing.T) {
 	var env []string
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if !strings.HasPrefix(k, "REDIS_") && !strings.HasPrefix(k, "DATABASE_") && !strings.HasPrefix(k, "MAKE") && k != "LOG_LEVEL" {
+		if !strings.HasPrefix(k, "REDIS_") && !strings.HasPrefix(k, "DATABASE_") && !strings.HasPrefix(k, "DATA_KEY") && !strings.HasPrefix(k, "MAKE") && k != "LOG_LEVEL" {
 			env = append(env, kv)
 		}
 	}
