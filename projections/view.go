@@ -128,13 +128,18 @@ var ErrUnknownEvent = errors.New("no fold case for event")
 // ErrUnknownEvent for data without a case here. Workflow rules are the aggregate's
 // business; a stored stream has passed them.
 func Fold(v View, e ticket.Event) (View, error) {
-	return fold(v, e, false)
+	return fold(v, e, nil)
 }
 
-// fold is Fold; owned says that v's comment slice belongs to the caller's fold alone,
-// so a comment may be appended in place instead of into a copy (FoldAll folds a
-// stream with one copy instead of one per comment).
-func fold(v View, e ticket.Event, owned bool) (View, error) {
+// owned is what FoldAll knows of the view it folds onto: its comment slice belongs to
+// the fold alone, so a comment may be appended in place instead of into a copy (a
+// stream costs one copy instead of one per comment), and the text of its comments
+// adds up to bytes (so a stream's fits cost one addition each, not a sum over the
+// thread).
+type owned struct{ bytes int }
+
+// fold is Fold; o is non-nil when v's comments are owned (see owned).
+func fold(v View, e ticket.Event, o *owned) (View, error) {
 	if _, erasure := e.Data.(ticket.SubjectErased); e.Version != v.Version+1 || (v.Deleted && !erasure) {
 		return v, fmt.Errorf("%w: %s v%d of %s onto version %d", ErrOutOfOrder, e.Type(), e.Version, e.TicketID, v.Version)
 	}
@@ -144,20 +149,26 @@ func fold(v View, e ticket.Event, owned bool) (View, error) {
 	at := e.At.UTC()
 	switch d := e.Data.(type) {
 	case ticket.Opened:
+		comments := []Comment{}
+		if o != nil {
+			comments, o.bytes = v.Comments[:0], 0 // the room FoldAll made for the stream
+		}
 		v = View{Summary: Summary{
 			ID: e.TicketID, Title: d.Title, Description: d.Description, Email: d.Email,
 			CreatedBy: d.CreatedBy, UpdatedBy: d.CreatedBy, Status: ticket.StatusOpen, CreatedAt: at,
-		}, Comments: []Comment{}}
+		}, Comments: comments}
 	case ticket.CommentAdded:
 		// The document embeds the first comments only; it appends when it holds all
 		// so far (a view folded from a row without its comments stays without) and the
 		// comment fits (see Embedded: once one does not, none after it is embedded).
 		c, _ := CommentOf(e)
-		if !v.encOnly && len(v.Comments) == v.CommentCount && fits(v.Comments, c) {
-			if !owned {
-				v.Comments = v.Comments[:len(v.Comments):len(v.Comments)] // append copies
+		if !v.encOnly && len(v.Comments) == v.CommentCount {
+			if o == nil && fits(v.Comments, c) {
+				v.Comments = append(v.Comments[:len(v.Comments):len(v.Comments)], c) // append copies
+			} else if o != nil && len(v.Comments) < EmbeddedComments && o.bytes+commentBytes(c) <= EmbeddedCommentBytes {
+				o.bytes += commentBytes(c)
+				v.Comments = append(v.Comments, c)
 			}
-			v.Comments = append(v.Comments, c)
 		}
 		v.CommentCount++
 	case ticket.StatusChanged:
@@ -166,7 +177,13 @@ func fold(v View, e ticket.Event, owned bool) (View, error) {
 	case ticket.Deleted:
 		v.Deleted = true
 	case ticket.SubjectErased:
-		v = erase(v, d, owned)
+		v = erase(v, d, o != nil)
+		if o != nil { // the scrubbed comments are shorter: what later ones must fit in
+			o.bytes = 0
+			for _, c := range v.Comments {
+				o.bytes += commentBytes(c)
+			}
+		}
 	default:
 		return v, fmt.Errorf("%w: %s (%T)", ErrUnknownEvent, e.Type(), e.Data)
 	}
@@ -230,9 +247,13 @@ func FoldAll(v View, events ...ticket.Event) (View, error) {
 	}
 	start := v
 	v.Comments = append(make([]Comment, 0, min(len(v.Comments)+len(events), EmbeddedComments)), v.Comments...)
+	o := &owned{}
+	for _, c := range v.Comments {
+		o.bytes += commentBytes(c)
+	}
 	var err error
 	for _, e := range events {
-		if v, err = fold(v, e, true); err != nil {
+		if v, err = fold(v, e, o); err != nil {
 			return start, err
 		}
 	}

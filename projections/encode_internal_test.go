@@ -1,0 +1,80 @@
+package projections
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/ticketd/ticketd/eventstore"
+)
+
+// TestAppendCommentIsEncodeJSON: the hand-written encoding of a comment is byte for
+// byte eventstore.EncodeJSON's, for text JSON escapes (quotes, backslashes, control
+// characters, invalid UTF-8, U+2028/U+2029, HTML characters left as they are), an
+// omitted email, times with and without fractions, outside UTC and outside the years
+// JSON can hold; and Comment has no field the encoder does not know.
+func TestAppendCommentIsEncodeJSON(t *testing.T) {
+	t.Parallel()
+	var fields []string
+	for f := range reflect.TypeFor[Comment]().Fields() {
+		fields = append(fields, f.Name+" "+f.Type.String()+" "+string(f.Tag))
+	}
+	want := []string{
+		`ID uuid.UUID json:"id"`, `Body string json:"body"`, `Email string json:"email,omitempty"`,
+		`CreatedBy string json:"created_by"`, `CreatedAt time.Time json:"created_at"`, `Version int json:"version"`,
+	}
+	if !reflect.DeepEqual(fields, want) {
+		t.Fatalf("Comment's fields changed: appendComment must write them as EncodeJSON does (then update this list)\n got %q\nwant %q", fields, want)
+	}
+
+	pieces := []string{"", "a", "plain text", `"`, `\`, "\b", "\f", "\n", "\r", "\t", "\x00", "\x01", "\x1f", "\x7f",
+		"<b>&amp;</b>", "é", "日本", "😀", "\u2028", "\u2029", "\xff", "\xe6\x97", "\xed\xa0\x80", "\uFFFD", "'"}
+	rnd := rand.New(rand.NewPCG(1, 2))
+	text := func() string {
+		var b []byte
+		for range rnd.IntN(6) {
+			b = append(b, pieces[rnd.IntN(len(pieces))]...)
+		}
+		return string(b)
+	}
+	berlin := time.FixedZone("CET", 3600)
+	times := []time.Time{
+		time.Date(2026, 12, 4, 16, 0, 0, 0, time.UTC),
+		time.Date(2026, 12, 4, 16, 0, 0, 123456789, time.UTC),
+		time.Date(2026, 12, 4, 16, 0, 0, 120000, time.UTC),
+		time.Date(2026, 12, 4, 16, 0, 0, 5, berlin),
+		{},
+		time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC),
+	}
+	for i := range 5000 {
+		c := Comment{ID: uuid.New(), Body: text(), Email: text(), CreatedBy: text(), CreatedAt: times[i%len(times)], Version: rnd.IntN(1 << 20)}
+		want, wantErr := eventstore.EncodeJSON(c)
+		got, err := appendComment([]byte("prefix"), c)
+		if (err != nil) != (wantErr != nil) {
+			t.Fatalf("comment %+v: error %v, EncodeJSON's %v", c, err, wantErr)
+		}
+		if err == nil && !bytes.Equal(got, append([]byte("prefix"), want...)) {
+			t.Fatalf("comment %+v:\n got %s\nwant prefix%s", c, got, want)
+		}
+	}
+}
+
+// FuzzAppendJSONString: any string is escaped exactly as EncodeJSON escapes it.
+func FuzzAppendJSONString(f *testing.F) {
+	for _, s := range []string{"", "a\"b\\c", "\x00\x1f\x7f", "\u2028\u2029", "\xff\xfe", "<&>", "日本😀"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		want, err := eventstore.EncodeJSON(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := appendJSONString(nil, s); !bytes.Equal(got, want) {
+			t.Fatalf("%q:\n got %s\nwant %s", s, got, want)
+		}
+	})
+}
