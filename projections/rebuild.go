@@ -110,6 +110,7 @@ type RebuildOptions struct {
 	BatchSize int
 	// Progress, when set, is called from time to time with the events replayed so far
 	// and the total known so far; the total grows when catch-up finds new events.
+	// Only then does the rebuild count the events before it reads them.
 	Progress func(done, total int64)
 	// WaitOpen bounds how long the rebuild waits for transactions that were open when
 	// it started to end (they may still commit events it should include). Past it, it
@@ -165,6 +166,7 @@ type RebuildResult struct {
 // running; otherwise the database or Redis error that stopped it, after every target's
 // Abort.
 func Rebuild(ctx context.Context, pool *pgxpool.Pool, opt RebuildOptions) (RebuildResult, error) {
+	counting := opt.Progress != nil
 	opt = opt.withDefaults()
 	start := time.Now()
 	lockConn, err := pool.Acquire(ctx)
@@ -185,7 +187,7 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, opt RebuildOptions) (Rebui
 	if store == nil {
 		store = eventstore.New(pool, nil)
 	}
-	rb := &rebuild{pool: pool, opt: opt, store: store}
+	rb := &rebuild{pool: pool, opt: opt, store: store, count: counting}
 	res, err := rb.run(ctx)
 	if err != nil {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -206,6 +208,8 @@ type rebuild struct {
 	opt         RebuildOptions
 	store       *eventstore.Store
 	done, total atomic.Int64
+	// count says the events are counted before the bulk read, for Progress's total.
+	count bool
 }
 
 func (rb *rebuild) progress() {
@@ -216,32 +220,44 @@ func (rb *rebuild) progress() {
 func (rb *rebuild) run(ctx context.Context) (RebuildResult, error) {
 	var res RebuildResult
 	log := rb.opt.Log
+	// The targets begin at once: Postgres makes its schema while Redis is wiped, both
+	// mostly waiting (a commit's flush, SCAN round trips).
+	g, gctx := errgroup.WithContext(ctx)
 	for _, t := range rb.opt.Targets {
-		if err := t.Begin(ctx); err != nil {
-			return res, fmt.Errorf("rebuild: begin %s: %w", t.Group(), err)
-		}
+		g.Go(func() error {
+			t0 := time.Now()
+			if err := t.Begin(gctx); err != nil {
+				return fmt.Errorf("rebuild: begin %s: %w", t.Group(), err)
+			}
+			log.Debug("rebuild: began", "group", t.Group(), "took", time.Since(t0))
+			return nil
+		})
 	}
-	bound, err := rb.xmin(ctx)
-	if err != nil {
+	if err := g.Wait(); err != nil {
 		return res, err
 	}
 	// Transactions that were open when the rebuild started may still commit events
 	// below the point it reaches; it waits (a while) for them to end, so that the
 	// rebuilt read models hold at least every event committed before it started.
-	var xmax string
-	if err := rb.pool.QueryRow(ctx, `SELECT pg_snapshot_xmax(pg_current_snapshot())::text`).Scan(&xmax); err != nil {
+	var bound, xmax string
+	err := rb.pool.QueryRow(ctx, `SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text FROM pg_current_snapshot() s`).Scan(&bound, &xmax)
+	if err != nil {
 		return res, fmt.Errorf("rebuild: snapshot: %w", err)
 	}
 	head, _ := strconv.ParseUint(xmax, 10, 64)
-	if res.Events, err = eventstore.CountRange(ctx, rb.pool, "0", bound); err != nil {
-		return res, fmt.Errorf("rebuild: count events: %w", err)
+	if rb.count {
+		// Only for the progress display: the bulk read counts what it replays anyway.
+		if res.Events, err = eventstore.CountRange(ctx, rb.pool, "0", bound); err != nil {
+			return res, fmt.Errorf("rebuild: count events: %w", err)
+		}
+		rb.total.Store(res.Events)
+		rb.progress()
 	}
-	rb.total.Store(res.Events)
-	rb.progress()
 	log.Debug("rebuild: bulk", "below_xid", bound, "events", res.Events)
 	if res.Tickets, err = rb.bulk(ctx, bound); err != nil {
 		return res, err
 	}
+	res.Events = rb.done.Load()
 	log.Debug("rebuild: bulk done", "tickets", res.Tickets, "events", rb.done.Load())
 
 	// Catch up with what was committed meanwhile until the rest fits the final step.
@@ -336,14 +352,19 @@ func (rb *rebuild) bulk(ctx context.Context, bound string) (int64, error) {
 	for i, t := range rb.opt.Targets {
 		feeds[i] = make(chan batch, 2)
 		g.Go(func() error {
+			var busy time.Duration
 			for b := range feeds[i] {
+				t0 := time.Now()
 				if err := t.Load(ctx, b.views, b.comments); err != nil {
 					return fmt.Errorf("rebuild: load %s: %w", t.Group(), err)
 				}
+				busy += time.Since(t0)
 			}
+			t0 := time.Now()
 			if err := t.Loaded(ctx); err != nil {
 				return fmt.Errorf("rebuild: end load of %s: %w", t.Group(), err)
 			}
+			rb.opt.Log.Debug("rebuild: loaded", "group", t.Group(), "busy", busy, "loaded", time.Since(t0))
 			return nil
 		})
 	}
