@@ -40,8 +40,8 @@ import (
 //     one; Redis: its keys wiped, since documents are written set-if-newer anyway).
 //  2. Load: with X1 = the current xmin, the events below X1 are read in (stream,
 //     version) order and folded per ticket with Fold; batches of the final views and
-//     every comment go to each target (Postgres COPYs them, each COPY its own short
-//     transaction; Redis writes them pipelined). Within a stream, version order is
+//     every comment go to each target (Postgres COPYs them, a short transaction per
+//     batch; Redis writes them pipelined). Within a stream, version order is
 //     transaction order (version n+1 is appended only after version n committed), so
 //     the fold gives what incremental projection gives.
 //  3. Catch-up: events committed meanwhile ([X1, X2), then [X2, X3) …) go through each
@@ -72,10 +72,12 @@ type Target interface {
 	// Begin makes an empty copy to fill, dropping any left by a failed rebuild.
 	Begin(ctx context.Context) error
 	// Load writes tickets folded from every event below the rebuild's first bound, with
-	// all their comments (each with its ticket), into the copy.
+	// all their comments (each with its ticket), into the copy. Tickets come in the
+	// order of their ids, each ticket's comments in version order (Postgres keeps the
+	// comments' key during the load because of it: every insert is its last entry).
 	Load(ctx context.Context, views []View, comments []TicketComment) error
-	// Loaded ends the bulk load (Postgres builds its indexes now, once, instead of
-	// row by row during the load).
+	// Loaded ends the bulk load (Postgres builds the tickets' indexes now, once,
+	// instead of row by row during the load).
 	Loaded(ctx context.Context) error
 	// Apply applies events committed after that bound to the copy inside tx, as the
 	// projector would (idempotent by version).
@@ -392,7 +394,8 @@ func (rb *rebuild) bulk(ctx context.Context, bound string) (int64, error) {
 			return nil
 		}
 		// Streams are decoded and folded in a goroutine of their own while the next rows
-		// are read (more workers measured slower on two cores shared with Postgres);
+		// are read (more workers measured slower on two cores shared with Postgres, and
+		// one keeps the streams in the order read, by ticket id, as Target.Load says);
 		// each stream is folded at once (FoldAll copies its comments once, not once per
 		// comment) and added to the current batch under mu.
 		var mu sync.Mutex

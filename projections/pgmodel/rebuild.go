@@ -16,10 +16,15 @@ import (
 const RebuildSchema = "readmodel_new"
 
 // Target is the Postgres read model as a projections.Target: a fresh schema made by
-// readmodel_create_tables() and readmodel_create_indexes() (together the same DDL as
-// the live "readmodel"), its bare tables filled by COPY, then indexed once, then
-// brought up to date by the projector's own Apply, and renamed into place in the swap. The old tables are no
-// longer reachable by name after the swap; the next rebuild (or Begin) drops them.
+// readmodel_create_tables(), readmodel_create_comment_indexes() and
+// readmodel_create_ticket_indexes() (together the same DDL as the live "readmodel"),
+// filled by COPY, its tickets indexed once after, then brought up to date by the
+// projector's own Apply, and renamed into place in the swap. The comments' key is made
+// before the load: the rebuild feeds comments in its order (ticket, version), so each
+// insert lands on the index's last page, cheaper than a build after the load (measured:
+// less Postgres CPU, and no index build left between the load and the swap). The old
+// tables are no longer reachable by name after the swap; the next rebuild (or Begin)
+// drops them.
 type Target struct {
 	Pool   *pgxpool.Pool
 	Events projections.Streams
@@ -28,13 +33,14 @@ type Target struct {
 // Group returns Group.
 func (t Target) Group() string { return Group }
 
-// Begin drops what an earlier rebuild left and creates the empty schema with bare
-// tables.
+// Begin drops what an earlier rebuild left and creates the empty schema: bare tickets,
+// and comments with their key.
 func (t Target) Begin(ctx context.Context) error {
 	return pgx.BeginFunc(ctx, t.Pool, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, `DROP SCHEMA IF EXISTS readmodel_old CASCADE;
 			DROP SCHEMA IF EXISTS `+RebuildSchema+` CASCADE;
-			SELECT readmodel_create_tables('`+RebuildSchema+`')`)
+			SELECT readmodel_create_tables('`+RebuildSchema+`');
+			SELECT readmodel_create_comment_indexes('`+RebuildSchema+`')`)
 		return err
 	})
 }
@@ -75,9 +81,9 @@ func (t Target) Load(ctx context.Context, views []projections.View, comments []p
 	})
 }
 
-// Loaded builds the keys and indexes of the loaded tables.
+// Loaded builds the key and indexes of the loaded tickets.
 func (t Target) Loaded(ctx context.Context) error {
-	_, err := t.Pool.Exec(ctx, `SELECT readmodel_create_indexes('`+RebuildSchema+`')`)
+	_, err := t.Pool.Exec(ctx, `SELECT readmodel_create_ticket_indexes('`+RebuildSchema+`')`)
 	return err
 }
 
