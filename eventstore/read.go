@@ -39,7 +39,9 @@ type rawEvent struct {
 // without decoding it.
 func scanRaw(row pgx.Row, extra ...any) (rawEvent, error) {
 	var r rawEvent
-	dest := append([]any{&r.rec.Position, &r.rec.TicketID, &r.rec.Version, &r.typ, &r.data, &r.md, &r.rec.RecordedAt}, extra...)
+	// The id as [16]byte takes pgx's binary path; uuid.UUID is a database/sql Scanner,
+	// which pgx feeds the id's text to parse again.
+	dest := append([]any{&r.rec.Position, (*[16]byte)(&r.rec.TicketID), &r.rec.Version, &r.typ, &r.data, &r.md, &r.rec.RecordedAt}, extra...)
 	return r, row.Scan(dest...)
 }
 
