@@ -389,7 +389,9 @@ func (rb *rebuild) bulk(ctx context.Context, bound string) (int64, error) {
 					return ctx.Err()
 				}
 			}
-			cur = batch{}
+			// The next batch starts with the room the last one took (the targets
+			// still hold the last one's slices).
+			cur = batch{views: make([]View, 0, cap(cur.views)), comments: make([]TicketComment, 0, cap(cur.comments))}
 			rb.progress()
 			return nil
 		}
@@ -404,18 +406,16 @@ func (rb *rebuild) bulk(ctx context.Context, bound string) (int64, error) {
 			if err != nil {
 				return fmt.Errorf("rebuild: %w", err)
 			}
-			var comments []TicketComment
-			for _, e := range stream {
-				if c, ok := CommentOf(e); ok {
-					comments = append(comments, TicketComment{TicketID: e.TicketID, Comment: c})
-				}
-			}
 			rb.done.Add(int64(len(stream)))
 			mu.Lock()
 			defer mu.Unlock()
 			tickets++
 			cur.views = append(cur.views, v)
-			cur.comments = append(cur.comments, comments...)
+			for _, e := range stream {
+				if c, ok := CommentOf(e); ok {
+					cur.comments = append(cur.comments, TicketComment{TicketID: e.TicketID, Comment: c})
+				}
+			}
 			if len(cur.views) >= rb.opt.BatchSize || len(cur.comments) >= rb.opt.BatchSize {
 				return flush()
 			}
