@@ -68,7 +68,8 @@ func hashOf(hash func(string) []byte, email string) []byte {
 	return hash(email)
 }
 
-// commentColumns are the columns of readmodel.comments, in the order of commentRow.
+// commentColumns are the columns of readmodel.comments, in the order of queueComments and
+// of the rebuild's copyComments.
 var commentColumns = []string{"id", "ticket_id", "version", "body", "email", "created_by", "created_at"}
 
 // Apply writes a batch of events (in outbox order) into the read model inside tx. It is
@@ -274,11 +275,6 @@ func queueComments(b *pgx.Batch, schema string, tickets []uuid.UUID, comments []
 func ticketRow(v projections.View, hash func(string) []byte) []any {
 	return []any{[16]byte(v.ID), v.Title, v.Description, v.Email, v.CreatedBy, v.UpdatedBy,
 		string(v.Status), v.Version, v.CommentCount, v.CreatedAt, v.UpdatedAt, v.Deleted, hashOf(hash, v.Email)}
-}
-
-// commentRow is a comment as a row of readmodel.comments, in the order of commentColumns.
-func commentRow(ticketID uuid.UUID, c projections.Comment) []any {
-	return []any{[16]byte(c.ID), [16]byte(ticketID), c.Version, c.Body, c.Email, c.CreatedBy, c.CreatedAt}
 }
 
 func (p Projector) schema() string {

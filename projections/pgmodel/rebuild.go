@@ -1,8 +1,12 @@
 package pgmodel
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
+	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -69,11 +73,8 @@ func (t Target) Load(ctx context.Context, views []projections.View, comments []p
 			}
 		}
 		if len(comments) > 0 {
-			rows := make([][]any, len(comments))
-			for i, c := range comments {
-				rows[i] = commentRow(c.TicketID, c.Comment)
-			}
-			if _, err := tx.CopyFrom(ctx, pgx.Identifier{RebuildSchema, "comments"}, commentColumns, pgx.CopyFromRows(rows)); err != nil {
+			sql := `COPY ` + pgx.Identifier{RebuildSchema, "comments"}.Sanitize() + ` (` + strings.Join(commentColumns, ", ") + `) FROM STDIN (FORMAT binary)`
+			if _, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(copyComments(comments)), sql); err != nil {
 				return fmt.Errorf("copy comments: %w", err)
 			}
 		}
@@ -110,4 +111,44 @@ func (t Target) Abort(ctx context.Context) error {
 func (t Target) Finish(ctx context.Context) error {
 	_, err := t.Pool.Exec(ctx, `DROP SCHEMA IF EXISTS readmodel_old CASCADE`)
 	return err
+}
+
+// copyComments encodes comments as the rows of commentColumns in COPY's binary format,
+// by hand: a rebuild COPYs every comment of the store, and pgx's generic encoding (a
+// boxed value and an encode plan looked up per column and row) was a tenth of the
+// rebuild's CPU in ticketd. TestRebuildEqualsIncrementalProjection compares what it
+// writes with what the projector's inserts write.
+func copyComments(comments []projections.TicketComment) []byte {
+	size := 19 + 2
+	for _, c := range comments {
+		size += 2 + 7*4 + 16 + 16 + 4 + len(c.Body) + len(c.Email) + len(c.CreatedBy) + 8
+	}
+	b := make([]byte, 0, size)
+	b = append(b, "PGCOPY\n\xff\r\n\x00"...)
+	b = binary.BigEndian.AppendUint32(b, 0) // flags
+	b = binary.BigEndian.AppendUint32(b, 0) // header extension
+	text := func(b []byte, s string) []byte {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
+		return append(b, s...)
+	}
+	for _, c := range comments {
+		b = binary.BigEndian.AppendUint16(b, uint16(len(commentColumns)))
+		b = binary.BigEndian.AppendUint32(b, 16)
+		b = append(b, c.ID[:]...)
+		b = binary.BigEndian.AppendUint32(b, 16)
+		b = append(b, c.TicketID[:]...)
+		b = binary.BigEndian.AppendUint32(b, 4)
+		b = binary.BigEndian.AppendUint32(b, uint32(int32(c.Version)))
+		b = text(b, c.Body)
+		b = text(b, c.Email)
+		b = text(b, c.CreatedBy)
+		b = binary.BigEndian.AppendUint32(b, 8)
+		b = binary.BigEndian.AppendUint64(b, uint64(pgMicros(c.CreatedAt)))
+	}
+	return binary.BigEndian.AppendUint16(b, 0xffff) // the trailer: a field count of -1
+}
+
+// pgMicros is t as Postgres' binary timestamptz: microseconds since 2000-01-01 UTC.
+func pgMicros(t time.Time) int64 {
+	return t.Unix()*1_000_000 + int64(t.Nanosecond())/1000 - 946_684_800*1_000_000
 }
