@@ -367,6 +367,20 @@ func (d *Docs) GetMany(ctx context.Context, ids []uuid.UUID) ([]Doc, error) {
 // consumer's batch and are what finds out that Redis is back, or still merely slow. It
 // returns the views whose write failed and the first error.
 func (d *Docs) PutMany(ctx context.Context, views []projections.View, force bool) ([]projections.View, error) {
+	return d.putMany(ctx, views, force, false)
+}
+
+// FillMany is PutMany (past the breaker) for documents that are most likely absent:
+// a rebuild's, after Wipe. Each is first written with SET NX, which stores it only
+// where nothing is stored, atomically, exactly what set-if-newer does there; only the
+// documents a live writer stored meanwhile go through the set-if-newer script. The
+// script cost Redis about 39 µs per call against a few for a SET (a rebuild's
+// documents are tens of kB, which the script copies into Lua).
+func (d *Docs) FillMany(ctx context.Context, views []projections.View) ([]projections.View, error) {
+	return d.putMany(ctx, views, true, true)
+}
+
+func (d *Docs) putMany(ctx context.Context, views []projections.View, force, fill bool) ([]projections.View, error) {
 	if len(views) == 0 {
 		return nil, nil
 	}
@@ -399,6 +413,36 @@ func (d *Docs) PutMany(ctx context.Context, views []projections.View, force bool
 	}
 	cctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
+	ttlOf := func(v projections.View) time.Duration {
+		if v.Deleted {
+			return TombstoneTTL
+		}
+		return 0
+	}
+	all := make([]int, 0, len(views))
+	written := make([]bool, len(views))
+	if fill {
+		nx := make([]*redis.BoolCmd, len(views))
+		_, err := d.rdb.Pipelined(cctx, func(p redis.Pipeliner) error {
+			for i, v := range views {
+				nx[i] = p.SetNX(cctx, d.Key(v.ID), vals[i], ttlOf(v))
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, redis.Nil) {
+			err = d.done(ctx, err, time.Time{})
+			return views, fmt.Errorf("redis put documents: %w", err)
+		}
+		for i, c := range nx {
+			if written[i] = c.Err() == nil && c.Val(); !written[i] {
+				all = append(all, i) // stored meanwhile: set-if-newer decides
+			}
+		}
+	} else {
+		for i := range views {
+			all = append(all, i)
+		}
+	}
 	// EVALSHA first; a node that does not know the script yet (new, restarted or failed
 	// over) answers NOSCRIPT, and those writes go again with EVAL, which teaches it.
 	cmds := make([]*redis.Cmd, len(views))
@@ -406,10 +450,7 @@ func (d *Docs) PutMany(ctx context.Context, views []projections.View, force bool
 		_, err := d.rdb.Pipelined(cctx, func(p redis.Pipeliner) error {
 			for _, i := range idx {
 				v := views[i]
-				var ttl int64
-				if v.Deleted {
-					ttl = TombstoneTTL.Milliseconds()
-				}
+				ttl := ttlOf(v).Milliseconds()
 				if sha {
 					cmds[i] = putScript.EvalSha(cctx, p, []string{d.Key(v.ID)}, v.Version, vals[i], ttl)
 				} else {
@@ -420,11 +461,10 @@ func (d *Docs) PutMany(ctx context.Context, views []projections.View, force bool
 		})
 		return err
 	}
-	all := make([]int, len(views))
-	for i := range all {
-		all[i] = i
+	var err error
+	if len(all) > 0 {
+		err = run(all, true)
 	}
-	err := run(all, true)
 	if err != nil {
 		var again []int
 		for i, c := range cmds {
@@ -435,7 +475,7 @@ func (d *Docs) PutMany(ctx context.Context, views []projections.View, force bool
 		if len(again) > 0 {
 			err = run(again, false)
 			for _, c := range cmds {
-				if err == nil && c.Err() != nil {
+				if c != nil && err == nil && c.Err() != nil {
 					err = c.Err() // a write that failed otherwise in the first round
 				}
 			}
@@ -446,7 +486,7 @@ func (d *Docs) PutMany(ctx context.Context, views []projections.View, force bool
 		// leave its commands without an error and without a value.
 		var failed []projections.View
 		for i, c := range cmds {
-			if c == nil || c.Err() != nil || c.Val() == nil {
+			if !written[i] && (c == nil || c.Err() != nil || c.Val() == nil) {
 				failed = append(failed, views[i])
 			}
 		}

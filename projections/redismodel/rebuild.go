@@ -29,8 +29,10 @@ func (t Target) Group() string { return Group }
 // Begin wipes every document.
 func (t Target) Begin(ctx context.Context) error { return t.Docs.Wipe(ctx) }
 
-// Load writes the views (tombstones for deleted tickets) past the breaker, retrying a
-// few times with a growing pause so a blip does not fail the whole rebuild. Comments
+// Load writes the views (tombstones for deleted tickets) past the breaker with
+// FillMany (SET NX, set-if-newer only where a live writer stored a document since the
+// wipe), retrying a few times with a growing pause so a blip does not fail the whole
+// rebuild. Comments
 // are in the views already (the first EmbeddedComments of each).
 func (t Target) Load(ctx context.Context, views []projections.View, _ []projections.TicketComment) error {
 	var err error
@@ -42,7 +44,7 @@ func (t Target) Load(ctx context.Context, views []projections.View, _ []projecti
 		}
 		for i := 0; i < len(views); i += 500 {
 			var failed []projections.View
-			failed, err = t.Docs.PutMany(ctx, views[i:min(i+500, len(views))], true)
+			failed, err = t.Docs.FillMany(ctx, views[i:min(i+500, len(views))])
 			if err != nil {
 				views = append(failed, views[min(i+500, len(views)):]...)
 				break

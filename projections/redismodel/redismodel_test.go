@@ -111,6 +111,49 @@ func TestRedisDocsWriteOnlyNewerVersions(t *testing.T) {
 	})
 }
 
+// FillMany (the rebuild's writes after a wipe) writes a document where nothing is
+// stored and is set-if-newer where a live writer stored one meanwhile: a newer stored
+// version stays, an older one is replaced, a tombstone is written with its expiry.
+func TestRedisDocsFillWritesWhereNothingIsStoredAndOnlyNewerElsewhere(t *testing.T) {
+	t.Parallel()
+	docs, rdb := projectionstest.NewDocs(t)
+	ctx := context.Background()
+	absent, newer, older, deleted := uuid.New(), uuid.New(), uuid.New(), uuid.New()
+	if err := docs.Put(ctx, view(newer, 5, ticket.StatusClosed)); err != nil {
+		t.Fatal(err)
+	}
+	if err := docs.Put(ctx, view(older, 1, ticket.StatusOpen)); err != nil {
+		t.Fatal(err)
+	}
+	gone := view(deleted, 4, ticket.StatusOpen)
+	gone.Deleted = true
+	failed, err := docs.FillMany(ctx, []projections.View{
+		view(absent, 3, ticket.StatusAnswered), view(newer, 4, ticket.StatusAnswered), view(older, 2, ticket.StatusAnswered), gone,
+	})
+	if err != nil || len(failed) > 0 {
+		t.Fatalf("fill: %d failed, %v", len(failed), err)
+	}
+	for _, want := range []struct {
+		id      uuid.UUID
+		version int
+		status  ticket.Status
+	}{{absent, 3, ticket.StatusAnswered}, {newer, 5, ticket.StatusClosed}, {older, 2, ticket.StatusAnswered}} {
+		doc, v, found, _ := projectionstest.StoredDoc(t, docs, want.id)
+		if !found || v != want.version || doc.Status != want.status {
+			t.Fatalf("stored v%d %q (found %v), want v%d %q", v, doc.Status, found, want.version, want.status)
+		}
+	}
+	if _, v, found, isDeleted := projectionstest.StoredDoc(t, docs, deleted); !found || !isDeleted || v != 4 {
+		t.Fatalf("tombstone: found=%v deleted=%v version=%d, want a v4 tombstone", found, isDeleted, v)
+	}
+	if ttl := rdb.PTTL(ctx, docs.Key(deleted)).Val(); ttl <= 0 || ttl > redismodel.TombstoneTTL {
+		t.Fatalf("tombstone expires in %s, want within %s", ttl, redismodel.TombstoneTTL)
+	}
+	if ttl := rdb.PTTL(ctx, docs.Key(absent)).Val(); ttl != -1 {
+		t.Fatalf("a document expires in %s, want never", ttl)
+	}
+}
+
 func TestRedisDocsKeysOfOneTicketShareASlot(t *testing.T) {
 	t.Parallel()
 	docs, rdb := projectionstest.NewDocs(t)
