@@ -19,7 +19,7 @@ BEGIN
     EXECUTE format('ALTER TABLE %1$I.tickets ADD CONSTRAINT tickets_pkey PRIMARY KEY (id)', target);
     EXECUTE format('CREATE INDEX tickets_list ON %1$I.tickets (created_at DESC, id DESC) WHERE NOT deleted', target);
     EXECUTE format('CREATE INDEX tickets_by_status ON %1$I.tickets (status, created_at DESC, id DESC) WHERE NOT deleted', target);
-    EXECUTE format('CREATE INDEX tickets_by_email ON %1$I.tickets (email, created_at DESC, id DESC) WHERE NOT deleted', target);
+    EXECUTE format('CREATE INDEX tickets_by_email_hash ON %1$I.tickets (email_hash, created_at DESC, id DESC) WHERE NOT deleted', target);
     EXECUTE format('CREATE INDEX tickets_by_creator ON %1$I.tickets (created_by, created_at DESC, id DESC) WHERE NOT deleted', target);
 END;
 $fn$;
@@ -44,7 +44,7 @@ BEGIN
     EXECUTE format('ALTER TABLE %1$I.tickets ADD CONSTRAINT tickets_pkey PRIMARY KEY (id)', target);
     EXECUTE format('CREATE INDEX tickets_list ON %1$I.tickets (created_at DESC, id DESC) WHERE NOT deleted', target);
     EXECUTE format('CREATE INDEX tickets_by_status ON %1$I.tickets (status, created_at DESC, id DESC) WHERE NOT deleted', target);
-    EXECUTE format('CREATE INDEX tickets_by_email ON %1$I.tickets (email, created_at DESC, id DESC) WHERE NOT deleted', target);
+    EXECUTE format('CREATE INDEX tickets_by_email_hash ON %1$I.tickets (email_hash, created_at DESC, id DESC) WHERE NOT deleted', target);
     EXECUTE format('CREATE INDEX tickets_by_creator ON %1$I.tickets (created_by, created_at DESC, id DESC) WHERE NOT deleted', target);
     EXECUTE format('ALTER TABLE %1$I.comments ADD CONSTRAINT comments_pkey PRIMARY KEY (id)', target);
     EXECUTE format('ALTER TABLE %1$I.comments ADD CONSTRAINT comments_ticket_version UNIQUE (ticket_id, version)', target);
