@@ -265,13 +265,7 @@ func (d *dispatcher) enqueue(cs []claimed, limit int, busy []uuid.UUID, slots []
 	defer d.mu.Unlock()
 	for _, c := range cs {
 		got[c.endpoint]++
-		ep := d.eps[c.endpoint]
-		if ep == nil {
-			ep = &endpointState{}
-			d.eps[c.endpoint] = ep
-		}
-		ep.queued = append(ep.queued, c)
-		d.held++
+		d.queue(c)
 	}
 	for i, id := range busy {
 		if slots[i] > 0 && got[id] >= int(slots[i]) {
@@ -314,17 +308,23 @@ func (d *dispatcher) handover(cs []claimed) {
 		return
 	}
 	for _, c := range cs {
-		ep := d.eps[c.endpoint]
-		if ep == nil {
-			ep = &endpointState{}
-			d.eps[c.endpoint] = ep
-		}
-		ep.queued = append(ep.queued, c)
-		d.held++
+		d.queue(c)
 	}
 	for _, c := range cs {
 		d.pump(d.eps[c.endpoint])
 	}
+}
+
+// queue puts c, claimed or handed over to this process, in its endpoint's queue
+// (d.mu held).
+func (d *dispatcher) queue(c claimed) {
+	ep := d.eps[c.endpoint]
+	if ep == nil {
+		ep = &endpointState{}
+		d.eps[c.endpoint] = ep
+	}
+	ep.queued = append(ep.queued, c)
+	d.held++
 }
 
 // pump starts attempts of ep's queued deliveries while slots are free (d.mu held).
