@@ -118,9 +118,10 @@ type Config struct {
 	// Webhooks is the webhook delivery settings (WEBHOOK_*).
 	Webhooks webhooks.Config
 
-	// benchPlaintext (TICKETD_BENCH_NO_ENCRYPTION=1, read by runTask, deliberately not
-	// a listed variable) serves without sealing personal data: only for the bench's
-	// baseline of the cost of encryption. Never in production: it stores emails and
+	// benchPlaintext (TICKETD_BENCH_NO_ENCRYPTION=1, read by runTask; not a field of
+	// the env-tagged config, and listed in the README as the bench's only) serves
+	// without sealing personal data: only for the bench's baseline of the cost of
+	// encryption. Never in production: it stores emails and
 	// names in clear.
 	benchPlaintext bool
 }
