@@ -55,7 +55,15 @@ func TestEraseSubjectEndToEnd(t *testing.T) {
 	if p := s.do(t, "DELETE", "/v1/subjects/nobody%40example.com", nil).expect(t, 404).problem(t); p["code"] != "subject-not-found" {
 		t.Fatalf("unknown subject: %v", p)
 	}
-	s.do(t, "DELETE", "/v1/subjects/not-an-email", nil).expect(t, 422).problem(t)
+	for _, c := range []struct{ path, field string }{
+		{"/v1/subjects/not-an-email", "email"},
+		{path + "?reason=" + url.QueryEscape(strings.Repeat("x", 1001)), "reason"},
+	} {
+		p := s.do(t, "DELETE", c.path, nil).expect(t, 422).problem(t)
+		if errs, _ := p["errors"].([]any); len(errs) != 1 || errs[0].(map[string]any)["field"] != c.field {
+			t.Fatalf("DELETE %s: %v, want one error naming %s", c.path, p, c.field)
+		}
+	}
 
 	eventually(t, 10*time.Second, "GET to show the erasure", func() bool {
 		var v map[string]any
