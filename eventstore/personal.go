@@ -57,10 +57,17 @@ const (
 	// a stream that holds the erasure event). Appends never rely on it: their
 	// statement checks the key.
 	KeyCacheTTL = 5 * time.Second
-	// maxCachedKeys bounds the unwrapped keys kept (about 200 bytes each).
-	maxCachedKeys = 100_000
-	// maxCachedStreams bounds the streams whose subject is kept (64 bytes each).
-	maxCachedStreams = 200_000
+	// maxCachedKeys bounds the unwrapped keys kept: each holds an AES-GCM instance
+	// (its expanded key and GHASH tables, some 500-600 bytes with the wrapped key), so
+	// 10,000 subjects are about 6 MB. A key older than KeyCacheTTL is read again
+	// anyway; a miss costs a read of the keys a batch lacks, in one query.
+	maxCachedKeys = 10_000
+	// maxCachedStreams bounds the streams whose subject is kept (about 80 bytes each
+	// with the map's own): as many as the aggregate cache holds tickets, so the streams
+	// being written are in both; a miss costs one indexed read of the stream's first
+	// event. (200,000 was about 16 MB, every MB of which the collector's headroom
+	// doubles in RSS.)
+	maxCachedStreams = DefaultCacheEntries
 	// maxResealAttempts bounds how often a command is sealed again after its key
 	// changed under it (an erasure or a concurrent first key of its subject).
 	maxResealAttempts = 8
