@@ -1,8 +1,8 @@
 package httpapi
 
 import (
-	"bufio"
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"strconv"
@@ -29,8 +29,8 @@ import (
 // What the client saw last (Last-Event-ID, or ?after=N) is replayed after from the
 // event store, then the stream follows the ticket live, woken by the EventHub, with a
 // comment line every heartbeat. It ends after the deletion event. A waiting stream
-// holds a goroutine pair and buffers in fasthttp, a channel in the hub, and no Postgres
-// connection.
+// holds its connection's goroutine (blocked in stream.Read), fasthttp's write buffer
+// and copy buffer (4 KiB each), a channel in the hub, and no Postgres connection.
 
 // Defaults of StreamConfig.
 const (
@@ -202,12 +202,19 @@ func (s *Server) events(c *fiber.Ctx) error {
 	}
 	c.Locals(streamLogKey, st.log)
 	c.Response().ImmediateHeaderFlush = true
-	c.Context().SetBodyStreamWriter(st.run)
+	// The stream is the response body, read by fasthttp on the connection's own
+	// goroutine and sent chunk by chunk (SetBodyStreamWriter would add a goroutine, a
+	// pipe and a 4 KiB writer per stream); fasthttp closes it at the end, or when
+	// writing to the client failed.
+	c.Context().SetBodyStream(st, -1)
 	return nil
 }
 
-// stream is one open event stream. Nothing of the request's fiber.Ctx is used once
-// the handler returned: what the stream needs is copied here.
+// stream is one open event stream, and the body of its response: fasthttp calls Read
+// for the next bytes to send (each Read's bytes go out as one chunk, flushed) and Close
+// once the response is over. Read blocks while there is nothing to say: the stream then
+// holds no buffer of its own. Nothing of the request's fiber.Ctx is used once the
+// handler returned: what the stream needs is copied here.
 type stream struct {
 	s          *Server
 	hub        *EventHub
@@ -223,123 +230,181 @@ type stream struct {
 	log        *streamLog
 	events     int
 	bytes      int
+
+	// state of the body, owned by the goroutine that calls Read and Close
+	sub     *subscription
+	tick    *time.Ticker
+	started time.Time
+	out     *[]byte // what is yet to be sent (nil when nothing is: back in streamBuffers)
+	more    bool    // the last page read was not the store's last: read the next at once
+	retry   bool    // the store could not be read: try again at the next heartbeat or wake
+	live    bool    // the replay is over (the line saying so was queued)
+	reason  string  // why the stream ends, once it does ("" while it goes on)
 }
 
-// run is the body writer: fasthttp runs it in a goroutine of its own, and what it
-// writes to w goes to the client chunk by chunk as it flushes.
-func (st *stream) run(w *bufio.Writer) {
-	start := time.Now()
-	reason := ""
-	sub := st.hub.subscribe(st.id)
-	defer func() {
-		st.hub.unsubscribe(sub)
-		st.s.streams.release(st.viewer)
-		st.log.end(st, start, reason)
-	}()
-	heartbeat := st.s.streams.cfg.Heartbeat
-	stall := max(2*heartbeat, minStreamStall)
-	flush := func() error {
-		if st.conn != nil {
-			// fasthttp set the connection's write deadline once, for the whole
-			// response (WriteTimeout): a stream moves it on with every write, so a
-			// client that stops reading is cut off after stall, and one that reads is not
-			_ = st.conn.SetWriteDeadline(time.Now().Add(stall))
-		}
-		return w.Flush()
+// streamBuffers holds the streams' output buffers between uses: a waiting stream
+// holds none.
+var streamBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// write appends p to what is yet to be sent.
+func (st *stream) write(p []byte) {
+	if st.out == nil {
+		st.out = streamBuffers.Get().(*[]byte)
 	}
-	// the replay, subscribed first: an event committed while it reads wakes the stream
-	reason = st.sendNew(w, flush)
+	*st.out = append(*st.out, p...)
+	st.bytes += len(p)
+}
+
+// Read implements io.Reader for fasthttp: it returns what is pending, else waits for
+// the next thing to send (events, a heartbeat, the stopping line), and io.EOF once the
+// stream has ended and everything is sent.
+func (st *stream) Read(p []byte) (int, error) {
+	if st.sub == nil && st.reason == "" {
+		st.begin()
+	}
+	for st.out == nil || len(*st.out) == 0 {
+		if st.reason != "" {
+			return 0, io.EOF
+		}
+		st.next()
+	}
+	n := copy(p, *st.out)
+	rest := copy(*st.out, (*st.out)[n:])
+	*st.out = (*st.out)[:rest]
+	if rest == 0 {
+		if cap(*st.out) <= 64<<10 { // a long page's buffer is left to the collector
+			*st.out = (*st.out)[:0]
+			streamBuffers.Put(st.out)
+		}
+		st.out = nil
+	}
+	if st.conn != nil {
+		// fasthttp set the connection's write deadline once, for the whole response
+		// (WriteTimeout): a stream moves it on with every write, so a client that stops
+		// reading is cut off after a stall, and one that reads is not
+		_ = st.conn.SetWriteDeadline(time.Now().Add(st.stall()))
+	}
+	return n, nil
+}
+
+// stall is how long one write to the client may take.
+func (st *stream) stall() time.Duration {
+	return max(2*st.s.streams.cfg.Heartbeat, minStreamStall)
+}
+
+// begin subscribes to the ticket (first, so an event committed during the replay
+// wakes the stream), then queues the replay and the line that says the stream is open.
+func (st *stream) begin() {
+	st.started = time.Now()
+	st.sub = st.hub.subscribe(st.id)
+	st.tick = time.NewTicker(st.s.streams.cfg.Heartbeat)
+	st.page()
+}
+
+// next waits for the next thing to send and queues it, or sets why the stream ends.
+func (st *stream) next() {
+	if st.more {
+		st.page()
+		return
+	}
+	select {
+	case <-st.sub.wake:
+		st.page()
+	case <-st.tick.C:
+		if st.raw != nil && peerClosed(st.raw) {
+			st.reason = streamEndClientGone
+			return
+		}
+		if st.retry {
+			if st.page(); st.reason != "" || (st.out != nil && len(*st.out) > 0) {
+				return
+			}
+		}
+		st.write([]byte(streamHeartbeatLine))
+	case <-st.serverDone:
+		st.stopping()
+	case <-st.hub.Done():
+		st.stopping()
+	}
+}
+
+// stopping queues the line that tells the client to reconnect, and ends the stream.
+func (st *stream) stopping() {
+	st.write([]byte(streamStoppingLine))
+	st.reason = streamEndServerStopping
+}
+
+// Close implements io.Closer: fasthttp calls it once the response is over, after the
+// stream's end was sent or when the client could not be written to.
+func (st *stream) Close() error {
+	reason := st.reason
 	if reason == "" {
-		// headers and a first line at once, so the client knows the stream is open
-		if _, err := w.WriteString(": stream of ticket " + st.id.String() + " after version " + strconv.Itoa(st.after) + "\n\n"); err != nil || flush() != nil {
-			reason = streamEndClientGone
-		}
+		reason = streamEndClientGone // fasthttp stopped reading: a write failed
 	}
-	tick := time.NewTicker(heartbeat)
-	defer tick.Stop()
-	retry := false
-	for reason == "" {
-		select {
-		case <-sub.wake:
-			reason = st.sendNew(w, flush)
-		case <-tick.C:
-			if st.raw != nil && peerClosed(st.raw) {
-				reason = streamEndClientGone
-				break
-			}
-			if retry {
-				if reason = st.sendNew(w, flush); reason != "" {
-					break
-				}
-			}
-			st.bytes += len(streamHeartbeatLine)
-			if _, err := w.WriteString(streamHeartbeatLine); err != nil || flush() != nil {
-				reason = streamEndClientGone
-			}
-		case <-st.serverDone:
-			reason = streamEndServerStopping
-		case <-st.hub.Done():
-			reason = streamEndServerStopping
-		}
-		retry = reason == streamEndReadFailed
-		if retry {
-			// the store cannot be read now: the stream stays, and tries again at the
-			// next heartbeat (or wake)
-			reason = ""
-		}
+	if st.sub != nil {
+		st.tick.Stop()
+		st.hub.unsubscribe(st.sub)
 	}
-	if reason == streamEndServerStopping {
-		_, _ = w.WriteString(streamStoppingLine)
-		_ = flush()
+	if st.out != nil {
+		*st.out = (*st.out)[:0]
+		streamBuffers.Put(st.out)
+		st.out = nil
 	}
+	st.s.streams.release(st.viewer)
+	if st.started.IsZero() {
+		st.started = time.Now()
+	}
+	st.log.end(st, st.started, reason)
+	return nil
 }
 
-// sendNew writes the ticket's events after st.after, page by page, and returns why
-// the stream ends ("" if it goes on; streamEndReadFailed if the store cannot be read
-// now, after a comment line saying so).
-func (st *stream) sendNew(w *bufio.Writer, flush func() error) string {
+// page queues the ticket's next page of events after st.after, and sets st.more if
+// the store has more, st.reason if the stream ends (the deletion was sent), or
+// st.retry if the store cannot be read now (after a comment line saying so).
+func (st *stream) page() {
+	st.retry, st.more = false, false
 	if st.ended {
-		return streamEndDeleted
+		st.reason = streamEndDeleted
+		return
 	}
-	for {
-		page, err := st.hub.readAfter(st.id, st.after, func() (any, error) {
-			ctx, cancel := context.WithTimeout(st.ctx, st.s.cfg.RequestTimeout)
-			defer cancel()
-			recs, more, err := st.s.cfg.Store.HistoryPage(ctx, st.id, st.after, streamPage, st.s.cfg.HistoryPageBytes)
-			return historyPage{recs, more}, err
-		})
-		if err != nil {
-			st.s.cfg.Log.Warn("event stream: read failed; retried at the next heartbeat", "ticket", st.id, "after", st.after, "err", err,
+	got, err := st.hub.readAfter(st.id, st.after, func() (any, error) {
+		ctx, cancel := context.WithTimeout(st.ctx, st.s.cfg.RequestTimeout)
+		defer cancel()
+		recs, more, err := st.s.cfg.Store.HistoryPage(ctx, st.id, st.after, streamPage, st.s.cfg.HistoryPageBytes)
+		return historyPage{recs, more}, err
+	})
+	if err != nil {
+		st.s.cfg.Log.Warn("event stream: read failed; retried at the next heartbeat", "ticket", st.id, "after", st.after, "err", err,
+			"request_id", RequestID(st.ctx))
+		st.write([]byte(streamReadFailedReasonForClient))
+		st.retry = true
+		return
+	}
+	pg := got.(historyPage)
+	for _, r := range pg.recs {
+		if err := st.writeEvent(r); err != nil {
+			st.s.cfg.Log.Error("event stream: an event could not be encoded", "ticket", st.id, "version", r.Version, "err", err,
 				"request_id", RequestID(st.ctx))
-			if _, err := w.WriteString(streamReadFailedReasonForClient); err != nil || flush() != nil {
-				return streamEndClientGone
-			}
-			return streamEndReadFailed
+			st.reason = streamEndReadFailed
+			return
 		}
-		recs, more := page.(historyPage).recs, page.(historyPage).more
-		for _, r := range recs {
-			n, err := st.writeEvent(w, r)
-			if err != nil {
-				return streamEndClientGone
-			}
-			st.after, st.bytes, st.events = r.Version, st.bytes+n, st.events+1
-			st.s.streams.sent.Inc()
-			if r.Type() == ticket.TypeDeleted {
-				st.ended = true
-				break
-			}
+		st.after, st.events = r.Version, st.events+1
+		st.s.streams.sent.Inc()
+		if r.Type() == ticket.TypeDeleted {
+			st.ended = true
+			break
 		}
-		if len(recs) > 0 {
-			if err := flush(); err != nil {
-				return streamEndClientGone
-			}
-		}
-		if st.ended {
-			return streamEndDeleted
-		}
-		if !more {
-			return ""
-		}
+	}
+	if st.ended {
+		st.reason = streamEndDeleted
+		return
+	}
+	st.more = pg.more
+	if !st.more && !st.live {
+		// the replay is over: a first line says the stream is open and live (the
+		// headers went out at once, before the replay)
+		st.live = true
+		st.write([]byte(": stream of ticket " + st.id.String() + " after version " + strconv.Itoa(st.after) + "\n\n"))
 	}
 }
 
@@ -349,26 +414,26 @@ type historyPage struct {
 	more bool
 }
 
-// writeEvent writes one event in the SSE form and returns the bytes written.
-func (st *stream) writeEvent(w *bufio.Writer, r eventstore.Record) (int, error) {
+// writeEvent queues one event in the SSE form.
+func (st *stream) writeEvent(r eventstore.Record) error {
 	e := NewHistoryEntry(r)
 	if !showsKeyOf(st.principal, r.Metadata.Principal) {
 		e.Metadata.IdempotencyKey = ""
 	}
 	data, err := eventstore.EncodeJSON(e)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	n := 0
-	for _, part := range [][]byte{[]byte("id: "), strconv.AppendInt(nil, int64(r.Version), 10),
-		[]byte("\nevent: "), []byte(r.Type()), []byte("\ndata: "), data, []byte("\n\n")} {
-		m, err := w.Write(part)
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
+	var line []byte
+	line = append(line, "id: "...)
+	line = strconv.AppendInt(line, int64(r.Version), 10)
+	line = append(line, "\nevent: "...)
+	line = append(line, r.Type()...)
+	line = append(line, "\ndata: "...)
+	line = append(line, data...)
+	line = append(line, "\n\n"...)
+	st.write(line)
+	return nil
 }
 
 // streamLog is a stream's access log line and request metrics, written once, at its

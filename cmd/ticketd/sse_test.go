@@ -207,6 +207,32 @@ func TestEventStreamLiveResumeAndEnd(t *testing.T) {
 	c.ended(t, 5*time.Second)
 }
 
+// A replay longer than a page of the store (100 events) arrives whole and in order,
+// then one comment line says the stream is live, after the last version replayed, and
+// live events follow.
+func TestEventStreamReplaysManyPagesThenGoesLive(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, nil)
+	id := newTicketOn(t, s, "a@example.com")
+	const comments = 250
+	for i := range comments {
+		commentOn(t, s.URL, id, "comment "+strconv.Itoa(i))
+	}
+	c := openStream(t, s.URL, "/v1/ticket/"+id+"/events")
+	types := make([]string, 1+comments)
+	types[0] = "TicketOpened"
+	for i := 1; i < len(types); i++ {
+		types[i] = "CommentAdded"
+	}
+	expectEvents(t, c, 1, types...)
+	eventually(t, 5*time.Second, "the stream says it is live", func() bool {
+		got := c.comments()
+		return len(got) == 1 && got[0] == ": stream of ticket "+id+" after version "+strconv.Itoa(1+comments)
+	})
+	commentOn(t, s.URL, id, "live")
+	expectEvents(t, c, 2+comments, "CommentAdded")
+}
+
 // Events another instance writes on the same database reach a stream on this one
 // (the hub's poll), in order.
 func TestEventStreamSeesAnotherInstancesWrites(t *testing.T) {
@@ -355,6 +381,10 @@ func TestIdleStreamsHoldNoPostgresConnections(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("stream %d still open 10s after the server began stopping", i)
 		}
+	}
+	// and tells the client to come back
+	if got := conns[0].comments(); len(got) == 0 || !strings.Contains(got[len(got)-1], "reconnect with Last-Event-ID") {
+		t.Errorf("the last comment lines of a stream the server ended: %q, want the reconnect line last", got)
 	}
 	select {
 	case err := <-stopped:
