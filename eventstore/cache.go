@@ -1,7 +1,6 @@
 package eventstore
 
 import (
-	"container/list"
 	"sync"
 
 	"github.com/google/uuid"
@@ -15,24 +14,37 @@ import (
 // tail from Postgres and appends with an expected version, so a stale entry (another
 // instance wrote since) costs a few rows, not correctness.
 //
-// An aggregate holds only what its rules need (status, version, deletion, comment
-// count), so every entry is the same small size whatever the stream's length; the
-// cache is bounded by its number of entries, evicting the least recently used.
+// An aggregate holds only what its rules need (ticket.State: status, version,
+// deletion, comment count), so every entry is the same small size whatever the
+// stream's length; the cache is bounded by its number of entries, evicting the least
+// recently used. The states are kept by value in one slice, linked by index into the
+// recency list: about 100 bytes an entry with the index, no allocation per entry (a
+// list element, a ticket and a map entry of pointers each took ~300 bytes: 15 MB of
+// the heap at the default 50,000 entries).
 type tickets struct {
 	mu         sync.Mutex
 	maxEntries int
-	order      *list.List // front: most recently used
-	byID       map[uuid.UUID]*list.Element
+	entries    []entry             // grows up to maxEntries, then reused
+	byID       map[uuid.UUID]int32 // index into entries
+	head, tail int32               // most and least recently used; -1 when empty
 }
 
-type cached struct {
-	id uuid.UUID
-	t  *ticket.Ticket
+// entry is one cached state and its neighbours in the recency list (-1: none).
+type entry struct {
+	s          ticket.State
+	prev, next int32
 }
 
 // newTickets returns a cache of at most maxEntries tickets; 0 or less disables it.
 func newTickets(maxEntries int) *tickets {
-	return &tickets{maxEntries: maxEntries, order: list.New(), byID: map[uuid.UUID]*list.Element{}}
+	return &tickets{maxEntries: maxEntries, byID: map[uuid.UUID]int32{}, head: -1, tail: -1}
+}
+
+// len returns how many tickets are cached.
+func (c *tickets) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.byID)
 }
 
 // get returns an independent copy of the cached ticket, or nil.
@@ -42,36 +54,77 @@ func (c *tickets) get(id uuid.UUID) *ticket.Ticket {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.byID[id]
+	i, ok := c.byID[id]
 	if !ok {
 		return nil
 	}
-	c.order.MoveToFront(e)
-	return e.Value.(*cached).t.Clone()
+	c.toFront(i)
+	return ticket.Restore(c.entries[i].s)
 }
 
-// put stores a copy of t (without its pending events) unless the same or a newer
+// put stores t's state (its pending events left out) unless the same or a newer
 // version is already cached.
 func (c *tickets) put(t *ticket.Ticket) {
 	if c == nil || c.maxEntries <= 0 {
 		return
 	}
-	cp := t.Clone()
+	s := t.State()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.byID[t.ID()]; ok {
-		ent := e.Value.(*cached)
-		if ent.t.Version() >= t.Version() {
+	if i, ok := c.byID[s.ID]; ok {
+		if c.entries[i].s.Version >= s.Version {
 			return
 		}
-		ent.t = cp
-		c.order.MoveToFront(e)
+		c.entries[i].s = s
+		c.toFront(i)
 		return
 	}
-	c.byID[t.ID()] = c.order.PushFront(&cached{id: t.ID(), t: cp})
-	for c.order.Len() > c.maxEntries {
-		last := c.order.Back()
-		c.order.Remove(last)
-		delete(c.byID, last.Value.(*cached).id)
+	var i int32
+	if len(c.entries) < c.maxEntries {
+		i = int32(len(c.entries))
+		c.entries = append(c.entries, entry{prev: -1, next: -1})
+	} else { // full: the least recently used entry takes the new state
+		i = c.tail
+		c.unlink(i)
+		delete(c.byID, c.entries[i].s.ID)
+	}
+	c.entries[i].s = s
+	c.byID[s.ID] = i
+	c.pushFront(i)
+}
+
+// toFront makes entry i the most recently used.
+func (c *tickets) toFront(i int32) {
+	if c.head == i {
+		return
+	}
+	c.unlink(i)
+	c.pushFront(i)
+}
+
+func (c *tickets) unlink(i int32) {
+	e := &c.entries[i]
+	if e.prev >= 0 {
+		c.entries[e.prev].next = e.next
+	} else {
+		c.head = e.next
+	}
+	if e.next >= 0 {
+		c.entries[e.next].prev = e.prev
+	} else {
+		c.tail = e.prev
+	}
+	e.prev, e.next = -1, -1
+}
+
+func (c *tickets) pushFront(i int32) {
+	e := &c.entries[i]
+	e.prev, e.next = -1, c.head
+	if c.head >= 0 {
+		c.entries[c.head].prev = i
+	}
+	c.head = i
+	if c.tail < 0 {
+		c.tail = i
 	}
 }

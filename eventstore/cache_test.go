@@ -1,6 +1,7 @@
 package eventstore
 
 import (
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -42,8 +43,8 @@ func TestCacheIsBoundedByEntriesAndEvictsTheLeastRecentlyUsed(t *testing.T) {
 		t.Fatal("a: not cached")
 	}
 	c.put(e)
-	if n := c.order.Len(); n != 3 || len(c.byID) != 3 {
-		t.Fatalf("cache holds %d entries (%d ids), want 3", n, len(c.byID))
+	if n := c.len(); n != 3 || len(c.entries) != 3 {
+		t.Fatalf("cache holds %d entries (%d slots), want 3", n, len(c.entries))
 	}
 	if c.get(b.ID()) != nil {
 		t.Error("b, the least recently used, was not evicted")
@@ -96,5 +97,59 @@ func TestDisabledCacheHoldsNothing(t *testing.T) {
 		if c.get(tk.ID()) != nil {
 			t.Errorf("cache %v handed out a ticket", c)
 		}
+	}
+}
+
+// The cache agrees with a plain model of an LRU of states over a long random run of
+// gets and puts: the same tickets cached, at the same versions, evicted in the same
+// order.
+func TestCacheAgreesWithAModelLRU(t *testing.T) {
+	const capacity, ids = 7, 20
+	c := newTickets(capacity)
+	pool := make([]uuid.UUID, ids)
+	for i := range pool {
+		pool[i] = uuid.New()
+	}
+	var model []ticket.State // front: most recently used
+	find := func(id uuid.UUID) int {
+		for i, s := range model {
+			if s.ID == id {
+				return i
+			}
+		}
+		return -1
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for step := range 20_000 {
+		id := pool[rng.IntN(ids)]
+		if rng.IntN(2) == 0 {
+			got, i := c.get(id), find(id)
+			switch {
+			case (got == nil) != (i < 0):
+				t.Fatalf("step %d: get %s: cached %v, model %v", step, id, got != nil, i >= 0)
+			case got != nil:
+				if got.State() != model[i] {
+					t.Fatalf("step %d: get %s: %+v, model %+v", step, id, got.State(), model[i])
+				}
+				s := model[i]
+				model = append([]ticket.State{s}, append(model[:i:i], model[i+1:]...)...)
+			}
+			continue
+		}
+		s := ticket.State{ID: id, Status: ticket.StatusOpen, Version: 1 + rng.IntN(50), CommentCount: rng.IntN(10)}
+		c.put(ticket.Restore(s))
+		if i := find(id); i >= 0 {
+			if model[i].Version >= s.Version {
+				continue
+			}
+			model = append(model[:i], model[i+1:]...)
+		}
+		model = append([]ticket.State{s}, model...)
+		if len(model) > capacity {
+			model = model[:capacity]
+		}
+	}
+	if c.len() != len(model) {
+		t.Fatalf("%d cached, model %d", c.len(), len(model))
 	}
 }

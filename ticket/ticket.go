@@ -69,6 +69,10 @@ func (t *Ticket) Deleted() bool { return t.s.Deleted }
 // State returns the ticket's state (a copy).
 func (t *Ticket) State() State { return t.s }
 
+// Restore returns the ticket as it stood at s, a State taken from a replayed ticket
+// (State), without pending events: a cache of aggregates keeps their states only.
+func Restore(s State) *Ticket { return &Ticket{s: s} }
+
 // Clone returns an independent copy without pending events, for caches that hand the
 // same replayed ticket to several commands.
 func (t *Ticket) Clone() *Ticket {
