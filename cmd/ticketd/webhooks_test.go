@@ -26,6 +26,9 @@ type hookReceiver struct {
 	got    []hookRequest
 	status atomic.Int32
 	delay  atomic.Int64 // nanoseconds
+	// closing is closed when the test ends: a delayed answer gives up then, so that
+	// Close need not wait out the delay of an attempt that began just before it.
+	closing chan struct{}
 }
 
 type hookRequest struct {
@@ -50,13 +53,15 @@ type hookRequest struct {
 }
 
 func newHookReceiver(t *testing.T) *hookReceiver {
-	r := &hookReceiver{}
+	r := &hookReceiver{closing: make(chan struct{})}
 	r.status.Store(200)
 	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if d := time.Duration(r.delay.Load()); d > 0 {
 			select {
 			case <-time.After(d):
 			case <-req.Context().Done():
+				return
+			case <-r.closing:
 				return
 			}
 		}
@@ -73,7 +78,7 @@ func newHookReceiver(t *testing.T) *hookReceiver {
 		w.WriteHeader(st)
 		_, _ = w.Write([]byte("ok"))
 	}))
-	t.Cleanup(func() { r.CloseClientConnections(); r.Close() })
+	t.Cleanup(func() { close(r.closing); r.CloseClientConnections(); r.Close() })
 	return r
 }
 
