@@ -25,7 +25,10 @@ import (
 //   - outbox inserts, into watermill-sql's outbox table for Topic, the rows its
 //     publisher would insert for the events that were inserted (uuid, payload,
 //     metadata "{}", transaction_id = pg_current_xact_id()), in the order given (each
-//     stream in version order), each payload completed with the position its event got;
+//     stream in version order), each payload completed with the position its event got:
+//     the payload comes as the text after {"position":N (appendMessageTail) and the
+//     position is put in front as text, cheaper for Postgres than parsing it as jsonb
+//     and setting the key (json validates it; consumers read it as JSON either way);
 //   - idem stores the answers of the commands that carry an Idempotency-Key; a live
 //     answer under the key is left alone and its row is not returned, which tells the
 //     writer that another run under the key committed first;
@@ -89,8 +92,8 @@ func appendSQL(keys bool) string {
 	RETURNING position, stream_id, version
 ` + subj + `), outbox AS (
 	INSERT INTO ` + wsql.DefaultPostgreSQLSchema{}.MessagesTable(Topic) + ` (uuid, payload, metadata, transaction_id)
-	SELECT m.uuid, jsonb_set(m.payload, '{position}', to_jsonb(ev.position))::json, '{}', pg_current_xact_id()
-	FROM unnest($1::uuid[], $2::int[], $7::text[], $8::jsonb[]) WITH ORDINALITY AS m(stream_id, version, uuid, payload, ord)
+	SELECT m.uuid, ('{"position":' || ev.position || m.payload)::json, '{}', pg_current_xact_id()
+	FROM unnest($1::uuid[], $2::int[], $7::text[], $8::text[]) WITH ORDINALITY AS m(stream_id, version, uuid, payload, ord)
 	JOIN ev USING (stream_id, version)
 	ORDER BY m.ord
 ), idem AS (
@@ -131,7 +134,8 @@ type pending struct {
 	done chan error
 }
 
-// encodedRow is a record as the statement takes it.
+// encodedRow is a record as the statement takes it: data and metadata as JSON, the
+// outbox payload after its position (appendMessageTail), the message id as text.
 type encodedRow struct {
 	data, metadata, payload, id string
 }
@@ -153,18 +157,20 @@ func newPending(ctx context.Context, per *personal, recs []Record, idem *Idempot
 		if err != nil {
 			return nil, fmt.Errorf("encode %s: %w", r.Type(), err)
 		}
-		md, err := EncodeJSON(r.Metadata)
-		if err != nil {
-			return nil, fmt.Errorf("encode metadata: %w", err)
-		}
-		payload, err := encodeMessage(r, d)
-		if err != nil {
+		// data, metadata and payload tail in one buffer, made one string: one
+		// allocation for the three (the payload repeats the data and metadata)
+		b := make([]byte, 0, 2*len(d)+512)
+		b = append(b, d...)
+		b = appendMetadata(b, r.Metadata)
+		nmd := len(b)
+		if b, err = appendMessageTail(b, r, d); err != nil {
 			return nil, err
 		}
+		all := string(b)
 		// A deterministic message id per event (stream, version) lets consumers and
 		// operators match a message to its event.
-		id := uuid.NewSHA1(r.TicketID, []byte(strconv.Itoa(r.Version))).String()
-		p.rows[i] = encodedRow{data: string(d), metadata: string(md), payload: string(payload), id: id}
+		id := uuid.NewSHA1(r.TicketID, strconv.AppendInt(nil, int64(r.Version), 10)).String()
+		p.rows[i] = encodedRow{data: all[:len(d)], metadata: all[len(d):nmd], payload: all[nmd:], id: id}
 	}
 	return p, nil
 }
@@ -189,11 +195,13 @@ func queueAppend(b *pgx.Batch, ps []*pending) {
 			k++
 		}
 	}
-	streams, versions, types, at := make([]uuid.UUID, 0, n), make([]int32, 0, n), make([]string, 0, n), make([]time.Time, 0, n)
+	// uuids go as [16]byte, which pgx sends in binary: a uuid.UUID is a driver.Valuer
+	// that pgx turns into text, fails to send as binary and parses back, per element.
+	streams, versions, types, at := make([][16]byte, 0, n), make([]int32, 0, n), make([]string, 0, n), make([]time.Time, 0, n)
 	data, metadata, ids, payloads := make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
-	scopes, keys, hashes, keyStreams, answers := make([]string, 0, k), make([]string, 0, k), make([][]byte, 0, k), make([]uuid.UUID, 0, k), make([][]byte, 0, k)
+	scopes, keys, hashes, keyStreams, answers := make([]string, 0, k), make([]string, 0, k), make([][]byte, 0, k), make([][16]byte, 0, k), make([][]byte, 0, k)
 	var ttl time.Duration
-	var keyStreamIDs []uuid.UUID
+	var keyStreamIDs [][16]byte
 	var keySubjects, keyWrapped [][]byte
 	var keyFresh []bool
 	for _, p := range ps {
@@ -242,30 +250,44 @@ func readAppend(br pgx.BatchResults, ps []*pending) ([]outcome, error) {
 	if err != nil {
 		return nil, err
 	}
+	// what the statement wrote for each of ps (by index)
 	type written struct {
-		positions map[int]int64
+		positions int // how many of its events got positions (in its records)
 		stored    bool
 		stale     bool
 	}
-	got := make(map[uuid.UUID]*written, len(ps))
+	got := make([]written, len(ps))
+	index := make(map[[16]byte]int, len(ps))
+	for i, p := range ps {
+		index[p.stream()] = i
+		for j := range p.recs {
+			p.recs[j].Position = 0
+		}
+	}
 	var (
-		stream   uuid.UUID
+		stream   [16]byte
 		version  int
 		position int64
 	)
 	_, err = pgx.ForEachRow(rows, []any{&stream, &version, &position}, func() error {
-		w := got[stream]
-		if w == nil {
-			w = &written{positions: map[int]int64{}}
-			got[stream] = w
+		i, ok := index[stream]
+		if !ok {
+			return fmt.Errorf("append returned stream %s, which it was not given", uuid.UUID(stream))
 		}
+		w := &got[i]
 		switch version {
 		case 0:
 			w.stored = true
 		case -1:
 			w.stale = true
 		default:
-			w.positions[version] = position
+			p := ps[i]
+			j := version - p.recs[0].Version
+			if j < 0 || j >= len(p.recs) || p.recs[j].Position != 0 {
+				return fmt.Errorf("append returned version %d of %s, which it was not given once", version, uuid.UUID(stream))
+			}
+			p.recs[j].Position = position
+			w.positions++
 		}
 		return nil
 	})
@@ -274,19 +296,21 @@ func readAppend(br pgx.BatchResults, ps []*pending) ([]outcome, error) {
 	}
 	out := make([]outcome, len(ps))
 	for i, p := range ps {
-		w := got[p.stream()]
+		w := got[i]
 		switch {
-		case w == nil:
+		case w.positions == 0 && !w.stored && !w.stale:
 			out[i] = clashed
-		case w.stale && len(w.positions) == 0 && !w.stored:
+		case w.stale && w.positions == 0 && !w.stored:
 			out[i] = stale
-		case len(w.positions) == len(p.recs) && w.stored == (p.idem != nil):
+		case w.positions == len(p.recs) && w.stored == (p.idem != nil):
 			out[i] = applied
-			for j := range p.recs {
-				p.recs[j].Position = w.positions[p.recs[j].Version]
-			}
 		default:
 			out[i] = partial
+		}
+		if out[i] != applied {
+			for j := range p.recs {
+				p.recs[j].Position = 0 // positions only of what was written
+			}
 		}
 	}
 	return out, nil

@@ -2,8 +2,10 @@ package eventstore
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 
 	gojson "github.com/goccy/go-json"
@@ -77,10 +79,57 @@ func EncodeMessage(r Record) ([]byte, error) {
 
 // encodeMessage is EncodeMessage with the event's data already encoded.
 func encodeMessage(r Record, data json.RawMessage) ([]byte, error) {
-	return EncodeJSON(envelope{
-		Position: r.Position, StreamID: r.TicketID, Version: r.Version, Type: r.Type(),
-		At: r.At, Data: data, Metadata: r.Metadata, RecordedAt: r.RecordedAt,
-	})
+	b := append(make([]byte, 0, 320+len(data)), `{"position":`...)
+	b = strconv.AppendInt(b, r.Position, 10)
+	return appendMessageTail(b, r, data)
+}
+
+// appendMessageTail appends the outbox payload of r after its position: what follows
+// {"position":N in the envelope's JSON, as EncodeJSON would write it (fields in
+// envelope's order), written by hand since reflection cost more than the rest of
+// newPending. data is the event's data as EncodeJSON wrote it (compact). The append
+// statement puts the position, known only at insert, in front (see appendStatement).
+func appendMessageTail(b []byte, r Record, data []byte) ([]byte, error) {
+	b = append(b, `,"stream_id":`...)
+	b = appendUUID(b, r.TicketID)
+	b = append(b, `,"version":`...)
+	b = strconv.AppendInt(b, int64(r.Version), 10)
+	b = append(b, `,"type":`...)
+	b = appendJSONString(b, r.Type())
+	b = append(b, `,"at":`...)
+	b, err := appendJSONTime(b, r.At)
+	if err != nil {
+		return nil, fmt.Errorf("encode event message: %w", err)
+	}
+	b = append(b, `,"data":`...)
+	if len(data) == 0 {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, data...)
+	}
+	b = append(b, `,"metadata":`...)
+	b = appendMetadata(b, r.Metadata)
+	b = append(b, `,"recorded_at":`...)
+	if b, err = appendJSONTime(b, r.RecordedAt); err != nil {
+		return nil, fmt.Errorf("encode event message: %w", err)
+	}
+	return append(b, '}'), nil
+}
+
+// appendUUID appends id quoted in its canonical text form (as its MarshalText).
+func appendUUID(b []byte, id uuid.UUID) []byte {
+	var t [38]byte
+	t[0], t[37] = '"', '"'
+	hex.Encode(t[1:9], id[0:4])
+	t[9] = '-'
+	hex.Encode(t[10:14], id[4:6])
+	t[14] = '-'
+	hex.Encode(t[15:19], id[6:8])
+	t[19] = '-'
+	hex.Encode(t[20:24], id[8:10])
+	t[24] = '-'
+	hex.Encode(t[25:37], id[10:16])
+	return append(b, t[:]...)
 }
 
 // Reveal opens the personal fields of records decoded by DecodeMessage (the outbox
