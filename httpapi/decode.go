@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unicode/utf16"
 	"unicode/utf8"
 
 	"github.com/gofiber/fiber/v2"
@@ -54,11 +55,20 @@ func decodeJSON(body []byte, dst any) (bad []FieldError, err error) {
 	if !utf8.Valid(body) {
 		return nil, problem(fiber.StatusBadRequest, "invalid-utf8", "the request body is not valid UTF-8")
 	}
+	fs := jsonFields(dst)
+	if decodeFlat(body, fs, dst) {
+		return nil, nil
+	}
+	return decodeFull(body, fs, dst)
+}
+
+// decodeFull is decodeJSON's path for any body decodeFlat leaves (and the one that
+// decides what is wrong with a body): checkShape, then encoding/json.
+func decodeFull(body []byte, fs fieldSet, dst any) (bad []FieldError, err error) {
 	sh, err := checkShape(body)
 	if err != nil {
 		return nil, err
 	}
-	fs := jsonFields(dst)
 	flagged := map[string]bool{}
 	for _, k := range sh.keys {
 		want, known := fs.kinds[k]
@@ -102,6 +112,173 @@ func decodeJSON(body []byte, dst any) (bad []FieldError, err error) {
 		return nil, problem(fiber.StatusBadRequest, "malformed-json", "the body has data after the JSON object")
 	}
 	return nil, nil
+}
+
+// decodeFlat decodes, in one pass, the body every client sends: one flat object whose
+// keys are the exact names of dst's string fields, each once, and whose values are
+// strings without a lone surrogate escape or a control character. It reports false for
+// anything else, having set nothing (or only fields the full path then sets again),
+// and decodeJSON takes the full path (checkShape, then encoding/json), which decides
+// the answer and names what is wrong. Both paths fill dst alike for every body
+// decodeFlat accepts (TestDecodeFlatAgreesWithTheFullPath, FuzzDecodeFlat); body is
+// valid UTF-8. The full path costs some 20 µs a create in token walking and
+// reflection, decodeFlat a few hundred nanoseconds.
+func decodeFlat(body []byte, fs fieldSet, dst any) bool {
+	v := reflect.ValueOf(dst)
+	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
+		return false
+	}
+	v = v.Elem()
+	if !decodeFlatInto(body, fs, v) {
+		v.SetZero() // the full path starts from nothing
+		return false
+	}
+	return true
+}
+
+func decodeFlatInto(body []byte, fs fieldSet, v reflect.Value) bool {
+	i := skipSpace(body, 0)
+	if i >= len(body) || body[i] != '{' {
+		return false
+	}
+	i = skipSpace(body, i+1)
+	var seen uint64 // by field index; wider structs take the full path
+	if i < len(body) && body[i] == '}' {
+		return skipSpace(body, i+1) == len(body)
+	}
+	var buf []byte
+	for {
+		// the key: a field's exact name, no escape
+		if i >= len(body) || body[i] != '"' {
+			return false
+		}
+		end := bytes.IndexByte(body[i+1:], '"')
+		if end < 0 {
+			return false
+		}
+		key := body[i+1 : i+1+end]
+		if bytes.IndexByte(key, '\\') >= 0 {
+			return false
+		}
+		idx, ok := fs.strings[string(key)]
+		if !ok || idx >= 64 || seen&(1<<idx) != 0 {
+			return false
+		}
+		seen |= 1 << idx
+		i = skipSpace(body, i+2+end)
+		if i >= len(body) || body[i] != ':' {
+			return false
+		}
+		i = skipSpace(body, i+1)
+		var val string
+		if val, i, buf, ok = flatString(body, i, buf); !ok {
+			return false
+		}
+		v.Field(idx).SetString(val)
+		i = skipSpace(body, i)
+		if i >= len(body) {
+			return false
+		}
+		switch body[i] {
+		case ',':
+			i = skipSpace(body, i+1)
+		case '}':
+			return skipSpace(body, i+1) == len(body)
+		default:
+			return false
+		}
+	}
+}
+
+// skipSpace returns the index of the first byte at or after i that is not JSON
+// whitespace.
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// flatString decodes the JSON string at body[i] as encoding/json does, and returns it
+// and the index after it; false for anything decodeFlat leaves to the full path (not a
+// string, a control character, a bad or lone surrogate escape, no end). buf is scratch
+// space for strings with escapes, returned for reuse.
+func flatString(body []byte, i int, buf []byte) (string, int, []byte, bool) {
+	if i >= len(body) || body[i] != '"' {
+		return "", i, buf, false
+	}
+	i++
+	start := i
+	for i < len(body) && body[i] != '"' && body[i] != '\\' {
+		if body[i] < 0x20 {
+			return "", i, buf, false
+		}
+		i++
+	}
+	if i >= len(body) {
+		return "", i, buf, false
+	}
+	if body[i] == '"' {
+		return string(body[start:i]), i + 1, buf, true
+	}
+	buf = append(buf[:0], body[start:i]...)
+	for i < len(body) {
+		c := body[i]
+		switch {
+		case c == '"':
+			return string(buf), i + 1, buf, true
+		case c < 0x20:
+			return "", i, buf, false
+		case c != '\\':
+			buf = append(buf, c)
+			i++
+			continue
+		}
+		if i+1 >= len(body) {
+			return "", i, buf, false
+		}
+		switch body[i+1] {
+		case '"', '\\', '/':
+			buf = append(buf, body[i+1])
+		case 'b':
+			buf = append(buf, '\b')
+		case 'f':
+			buf = append(buf, '\f')
+		case 'n':
+			buf = append(buf, '\n')
+		case 'r':
+			buf = append(buf, '\r')
+		case 't':
+			buf = append(buf, '\t')
+		case 'u':
+			if i+6 > len(body) {
+				return "", i, buf, false
+			}
+			r, ok := hex4(body[i+2 : i+6])
+			if !ok {
+				return "", i, buf, false
+			}
+			i += 6
+			if r >= 0xD800 && r < 0xE000 {
+				// only a high surrogate escape followed by a low one is a character
+				if r >= 0xDC00 || i+6 > len(body) || body[i] != '\\' || body[i+1] != 'u' {
+					return "", i, buf, false
+				}
+				lo, ok := hex4(body[i+2 : i+6])
+				if !ok || lo < 0xDC00 || lo >= 0xE000 {
+					return "", i, buf, false
+				}
+				r = utf16.DecodeRune(r, lo)
+				i += 6
+			}
+			buf = utf8.AppendRune(buf, r)
+			continue
+		default:
+			return "", i, buf, false
+		}
+		i += 2
+	}
+	return "", i, buf, false
 }
 
 // shape is what checkShape learnt about the top-level object.
@@ -286,6 +463,8 @@ func hex4(b []byte) (rune, bool) {
 type fieldSet struct {
 	kinds map[string]string
 	list  string // "title, description, email"
+	// strings maps the name of each string field to its index in the struct.
+	strings map[string]int
 }
 
 // fieldSets caches the fieldSet of the request structs, by type.
@@ -300,7 +479,7 @@ func jsonFields(dst any) fieldSet {
 	if fs, ok := fieldSets.Load(t); ok {
 		return fs.(fieldSet)
 	}
-	fs := fieldSet{kinds: map[string]string{}}
+	fs := fieldSet{kinds: map[string]string{}, strings: map[string]int{}}
 	var names []string
 	if t.Kind() == reflect.Struct {
 		for i := range t.NumField() {
@@ -313,6 +492,9 @@ func jsonFields(dst any) fieldSet {
 				name = f.Name
 			}
 			fs.kinds[name] = jsonKind(f.Type.Kind().String())
+			if f.Type.Kind() == reflect.String {
+				fs.strings[name] = i
+			}
 			names = append(names, name)
 		}
 	}
