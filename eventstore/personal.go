@@ -199,19 +199,23 @@ func (p *personal) sealCommand(ctx context.Context, recs []Record, fromDB bool) 
 		}
 	}
 	out := make([]Record, len(recs))
-	used := map[pii.SubjectID]int{}
 	var uses []keyUse
-	sealerOf := func(s pii.SubjectID) (pii.Sealer, error) {
-		if i, ok := used[s]; ok {
-			return uses[i].sealer, nil
+	// prefixes[i] is "pii:v1:<subject id>:" of uses[i], made once per command: the hex
+	// of the subject id and the concatenation were more than the sealing's own cost
+	var prefixes []string
+	sealerOf := func(s pii.SubjectID) (pii.Sealer, string, error) {
+		for i := range uses { // a command seals for one subject, two at most
+			if uses[i].subject == s {
+				return uses[i].sealer, prefixes[i], nil
+			}
 		}
 		k, fresh, err := p.keyForWrite(ctx, s, fromDB)
 		if err != nil {
-			return pii.Sealer{}, err
+			return pii.Sealer{}, "", err
 		}
-		used[s] = len(uses)
 		uses = append(uses, keyUse{stream: id, subject: s, wrapped: k.wrapped, fresh: fresh, sealer: k.sealer})
-		return k.sealer, nil
+		prefixes = append(prefixes, sealedPrefix+s.String()+":")
+		return k.sealer, prefixes[len(prefixes)-1], nil
 	}
 	for i := range recs {
 		r := recs[i]
@@ -228,7 +232,7 @@ func (p *personal) sealCommand(ctx context.Context, recs []Record, fromDB bool) 
 			if *f.v == "" || (f.name == "principal.name" && r.Metadata.Principal.Role != "requester") {
 				continue
 			}
-			s, err := sealerOf(subject)
+			s, prefix, err := sealerOf(subject)
 			if err != nil {
 				return nil, nil, err
 			}
@@ -236,7 +240,8 @@ func (p *personal) sealCommand(ctx context.Context, recs []Record, fromDB bool) 
 			if err != nil {
 				return nil, nil, err
 			}
-			*f.v = sealedPrefix + subject.String() + ":" + base64.RawURLEncoding.EncodeToString(sealed)
+			b := make([]byte, 0, len(prefix)+base64.RawURLEncoding.EncodedLen(len(sealed)))
+			*f.v = string(base64.RawURLEncoding.AppendEncode(append(b, prefix...), sealed))
 		}
 		put()
 		out[i] = r
