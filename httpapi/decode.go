@@ -117,8 +117,7 @@ func decodeFull(body []byte, fs fieldSet, dst any) (bad []FieldError, err error)
 // decodeFlat decodes, in one pass, the body every client sends: one flat object whose
 // keys are the exact names of dst's string fields, each once, and whose values are
 // strings without a lone surrogate escape or a control character. It reports false for
-// anything else, having set nothing (or only fields the full path then sets again),
-// and decodeJSON takes the full path (checkShape, then encoding/json), which decides
+// anything else, with dst zeroed again, and decodeJSON takes the full path (checkShape, then encoding/json), which decides
 // the answer and names what is wrong. Both paths fill dst alike for every body
 // decodeFlat accepts (TestDecodeFlatAgreesWithTheFullPath, FuzzDecodeFlat); body is
 // valid UTF-8. The full path costs some 20 µs a create in token walking and
