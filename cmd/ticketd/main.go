@@ -34,6 +34,8 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// Here, not in run: tests run the server in their own process with their own heap.
+	setMemoryLimit()
 	os.Exit(exitCode(run(ctx, os.Args[1:], os.Getenv, os.Stdout), os.Stderr))
 }
 
@@ -444,7 +446,7 @@ func serve(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger
 	applyConnLimits(app, ln.limits, cfg.IdleTimeout)
 	// Logged before serving (the socket is bound already): a client answered has seen
 	// the line written.
-	log.Info("listening", append([]any{"addr", ln.Addr().String(), "idle_timeout", cfg.IdleTimeout.String()}, ln.limits.logAttrs()...)...)
+	log.Info("listening", append([]any{"addr", ln.Addr().String(), "idle_timeout", cfg.IdleTimeout.String(), "memory_limit", memoryLimitAttr()}, ln.limits.logAttrs()...)...)
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- app.Listener(ln) }()
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"strconv"
@@ -11,7 +12,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/ticketd/ticketd/db/dbtest"
 )
 
@@ -92,4 +95,40 @@ func vmHWM(t *testing.T, pid int) int {
 	}
 	t.Fatal("no VmHWM in " + string(status))
 	return 0
+}
+
+// TestMemoryLimitDefault: without GOMEMLIMIT, ticketd gives the Go runtime a soft
+// memory limit (90% of the container's limit, or of 200 MiB without one), and says so
+// in its "listening" line; GOMEMLIMIT wins, and AUTOMEMLIMIT=off leaves none.
+func TestMemoryLimitDefault(t *testing.T) {
+	t.Parallel()
+	bin := buildTicketd(t)
+	dsn := dbtest.NewDatabase(t)
+	want := int64(memoryLimitRatio * fallbackMemoryLimit)
+	if l, err := memlimit.FromCgroup(); err == nil {
+		want = int64(memoryLimitRatio * float64(l))
+	}
+	for _, c := range []struct {
+		name string
+		env  map[string]string
+		want any
+	}{
+		{"unset", nil, float64(want)},
+		{"GOMEMLIMIT", map[string]string{"GOMEMLIMIT": "300MiB"}, float64(300 << 20)},
+		{"AUTOMEMLIMIT_off", map[string]string{"AUTOMEMLIMIT": "off"}, "none"},
+	} {
+		env := processEnv(t, dsn)
+		env["LOG_LEVEL"] = "info"
+		maps.Copy(env, c.env)
+		p := startLimited(t, bin, 4096, env)
+		p.waitHealthy(t)
+		listening := p.waitLogLine("listening", 5*time.Second)
+		if listening == nil {
+			t.Fatalf("%s: no listening line:\n%s", c.name, p.logs.String())
+		}
+		if got := listening["memory_limit"]; got != c.want {
+			t.Errorf("%s: memory_limit %v (%T), want %v", c.name, got, got, c.want)
+		}
+		p.stop(t)
+	}
 }

@@ -790,7 +790,7 @@ func TestComposeSetsOnlyRealVariables(t *testing.T) {
 		t.Fatal("compose.yaml has no ticketd service")
 	}
 	params, _ := env.GetFieldParams(&Config{})
-	known := map[string]bool{"GOMEMLIMIT": true} // read by the Go runtime
+	known := map[string]bool{"GOMEMLIMIT": true, "AUTOMEMLIMIT": true} // read by the Go runtime, by automemlimit
 	for _, p := range params {
 		known[p.Key] = true
 	}

@@ -26,8 +26,8 @@ import (
 // other instances keep serving (see projections.Rebuild). On a terminal it shows a
 // progress bar (events done and total, rate, time left); otherwise it prints one
 // summary line when done.
-// rebuildMemoryLimit is the rebuild's soft memory limit when GOMEMLIMIT is unset: some
-// three times its live heap, under the 200 MB the service as a whole aims at.
+// rebuildMemoryLimit is the rebuild's soft memory limit when GOMEMLIMIT is unset (or the
+// container's share, when lower; see setMemoryLimit): some three times its live heap.
 const rebuildMemoryLimit = 128 << 20
 
 func rebuildProjections(ctx context.Context, cfg Config, pool *pgxpool.Pool, log *slog.Logger, stdout io.Writer) error {
@@ -41,7 +41,7 @@ func rebuildProjections(ctx context.Context, cfg Config, pool *pgxpool.Pool, log
 		debug.SetGCPercent(400)
 	}
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(rebuildMemoryLimit)
+		debug.SetMemoryLimit(min(rebuildMemoryLimit, debug.SetMemoryLimit(-1)))
 	}
 	// A rebuild writes documents in bulk; it may wait longer for Redis than a request.
 	timeout := max(cfg.RedisTimeout, 2*time.Second)
