@@ -102,7 +102,11 @@ func (c *versionCache) get(k versionKey) (*replayed, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.entries[k]
-	if !ok || time.Since(e.Value.(*replayed).at) > replayMaxAge {
+	if !ok {
+		return nil, false
+	}
+	if time.Since(e.Value.(*replayed).at) > replayMaxAge {
+		c.remove(e)
 		return nil, false
 	}
 	c.order.MoveToFront(e)
@@ -166,21 +170,32 @@ func (c *versionCache) put(r *replayed) {
 	c.byStream[r.key.id] = slices.Insert(vs, i, r.key.version)
 	c.size += r.size()
 	for c.size > c.max {
-		last := c.order.Back()
-		old := last.Value.(*replayed)
-		c.order.Remove(last)
-		delete(c.entries, old.key)
-		vs := c.byStream[old.key.id]
-		if i, ok := slices.BinarySearch(vs, old.key.version); ok {
-			vs = slices.Delete(vs, i, i+1)
-		}
-		if len(vs) == 0 {
-			delete(c.byStream, old.key.id)
-		} else {
-			c.byStream[old.key.id] = vs
-		}
-		c.size -= old.size()
+		c.remove(c.order.Back())
 	}
+	// Entries past replayMaxAge are never served again: the least recently used end
+	// goes while it is stale, so the cache does not hold its budget of dead answers
+	// after the replays stop (a stale entry behind a fresh one goes when it gets there,
+	// or when get meets it).
+	for last := c.order.Back(); last != nil && time.Since(last.Value.(*replayed).at) > replayMaxAge; last = c.order.Back() {
+		c.remove(last)
+	}
+}
+
+// remove drops entry e; c.mu is held.
+func (c *versionCache) remove(e *list.Element) {
+	old := e.Value.(*replayed)
+	c.order.Remove(e)
+	delete(c.entries, old.key)
+	vs := c.byStream[old.key.id]
+	if i, ok := slices.BinarySearch(vs, old.key.version); ok {
+		vs = slices.Delete(vs, i, i+1)
+	}
+	if len(vs) == 0 {
+		delete(c.byStream, old.key.id)
+	} else {
+		c.byStream[old.key.id] = vs
+	}
+	c.size -= old.size()
 }
 
 // errClientGone ends a replay whose client closed its connection.

@@ -71,6 +71,29 @@ func TestVersionCacheIsBoundedInBytesAndKeepsTheRecentlyUsed(t *testing.T) {
 	}
 }
 
+// TestVersionCacheDropsStaleEntries: an answer older than replayMaxAge is never served,
+// so it does not stay in memory either: the next put drops the stale end of the LRU
+// list, and a get that meets one drops it.
+func TestVersionCacheDropsStaleEntries(t *testing.T) {
+	c := newVersionCache(1 << 20)
+	id, other := uuid.New(), uuid.New()
+	stale := time.Now().Add(-replayMaxAge - time.Second)
+	for v := 1; v <= 3; v++ {
+		c.put(&replayed{key: versionKey{id, v}, body: make([]byte, 1000), at: stale})
+	}
+	c.put(&replayed{key: versionKey{other, 1}, body: make([]byte, 1000)})
+	if len(c.entries) != 1 || c.size != 1064 || len(c.byStream) != 1 || len(c.byStream[id]) != 0 {
+		t.Fatalf("after a put: %d entries of %d bytes, streams %v; want only the fresh one", len(c.entries), c.size, c.byStream)
+	}
+	c.entries[versionKey{other, 1}].Value.(*replayed).at = stale
+	if _, ok := c.get(versionKey{other, 1}); ok {
+		t.Error("a stale answer was served")
+	}
+	if len(c.entries) != 0 || c.size != 0 || c.order.Len() != 0 || len(c.byStream) != 0 {
+		t.Errorf("after a get of a stale answer: %d entries of %d bytes left", len(c.entries), c.size)
+	}
+}
+
 func TestPeerClosedSeesAHangUpButNotDataOrSilence(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("the hang-up probe is Linux only")
