@@ -379,6 +379,31 @@ func fieldsOf(e *ticket.Event, md *Metadata) (fields []field, put func()) {
 	return nil, func() {}
 }
 
+// personalValues returns the values of the personal fields of e and md (those
+// fieldsOf lists, in its order), in buf's room: no copy of the event or its metadata.
+func personalValues(e *ticket.Event, md *Metadata, buf *[6]string) []string {
+	out := buf[:0]
+	switch d := e.Data.(type) {
+	case ticket.Opened:
+		out = append(out, d.Email, d.CreatedBy)
+	case ticket.CommentAdded:
+		out = append(out, d.Email, d.CreatedBy)
+	case ticket.StatusChanged:
+		out = append(out, d.UpdatedBy)
+	case ticket.Deleted:
+		out = append(out, d.DeletedBy)
+	default:
+		return nil
+	}
+	if md != nil {
+		out = append(out, md.Actor)
+		if md.Principal != nil {
+			out = append(out, md.Principal.Name)
+		}
+	}
+	return out
+}
+
 // hasSealed reports whether any personal field of e and md (see fieldsOf) holds a
 // sealed value, without fieldsOf's copies: reveal passes over the others.
 func hasSealed(e *ticket.Event, md *Metadata) bool {
@@ -460,6 +485,7 @@ func (p *personal) revealEach(ctx context.Context, n int, learn bool, at func(in
 	var need []pii.SubjectID
 	seen := map[pii.SubjectID]bool{}
 	now := p.now()
+	var vals [6]string
 	for i := range n {
 		e, md := at(i)
 		if learn && e.Version == 1 {
@@ -473,19 +499,8 @@ func (p *personal) revealEach(ctx context.Context, n int, learn bool, at func(in
 				}
 			}
 		}
-		if !hasSealed(e, md) {
-			continue
-		}
-		// a copy of the metadata: fieldsOf copies the principal into what it is given
-		var mdCopy *Metadata
-		if md != nil {
-			m := *md
-			mdCopy = &m
-		}
-		ev := *e
-		fs, _ := fieldsOf(&ev, mdCopy)
-		for _, f := range fs {
-			s, _, ok := sealedSubject(*f.v)
+		for _, v := range personalValues(e, md, &vals) {
+			s, _, ok := sealedSubject(v)
 			if !ok || seen[s] {
 				continue
 			}
