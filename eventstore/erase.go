@@ -110,7 +110,7 @@ func (s *Store) EraseSubject(ctx context.Context, email, by, reason string, md M
 				info.lastErasure = r.Version
 				continue
 			}
-			fs, _ := fieldsOf(r)
+			fs, _ := fieldsOf(&r.Event, &r.Metadata)
 			mine := false
 			for _, f := range fs {
 				sub, body, ok := sealedSubject(*f.v)

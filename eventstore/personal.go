@@ -227,7 +227,7 @@ func (p *personal) sealCommand(ctx context.Context, recs []Record, fromDB bool) 
 		if d, ok := r.Data.(ticket.CommentAdded); ok && d.Email != "" {
 			subject = p.ring.SubjectID(d.Email)
 		}
-		fs, put := fieldsOf(&r)
+		fs, put := fieldsOf(&r.Event, &r.Metadata)
 		for _, f := range fs {
 			if *f.v == "" || (f.name == "principal.name" && r.Metadata.Principal.Role != "requester") {
 				continue
@@ -347,33 +347,83 @@ type field struct {
 	name string
 }
 
-// fieldsOf lists r's personal fields (in a copy of its data and metadata, which it
-// writes back with put).
-func fieldsOf(r *Record) (fields []field, put func()) {
-	md := &r.Metadata
-	if md.Principal != nil {
-		pr := *md.Principal
-		md.Principal = &pr
-	}
-	common := func() []field {
-		fs := []field{{&md.Actor, "actor"}}
+// fieldsOf lists the personal fields of e and md (md nil: e's data only, as read
+// without metadata), in a copy of its data and metadata, which it writes back with put.
+func fieldsOf(e *ticket.Event, md *Metadata) (fields []field, put func()) {
+	var common []field
+	if md != nil {
 		if md.Principal != nil {
-			fs = append(fs, field{&md.Principal.Name, "principal.name"})
+			pr := *md.Principal
+			md.Principal = &pr
 		}
-		return fs
+		common = []field{{&md.Actor, "actor"}}
+		if md.Principal != nil {
+			common = append(common, field{&md.Principal.Name, "principal.name"})
+		}
 	}
-	switch d := r.Data.(type) {
+	actor := func() {
+		if md != nil {
+			e.Actor = md.Actor
+		}
+	}
+	switch d := e.Data.(type) {
 	case ticket.Opened:
-		return append([]field{{&d.Email, "email"}, {&d.CreatedBy, "created_by"}}, common()...), func() { r.Data = d; r.Actor = md.Actor }
+		return append([]field{{&d.Email, "email"}, {&d.CreatedBy, "created_by"}}, common...), func() { e.Data = d; actor() }
 	case ticket.CommentAdded:
-		return append([]field{{&d.Email, "email"}, {&d.CreatedBy, "created_by"}}, common()...), func() { r.Data = d; r.Actor = md.Actor }
+		return append([]field{{&d.Email, "email"}, {&d.CreatedBy, "created_by"}}, common...), func() { e.Data = d; actor() }
 	case ticket.StatusChanged:
-		return append([]field{{&d.UpdatedBy, "updated_by"}}, common()...), func() { r.Data = d; r.Actor = md.Actor }
+		return append([]field{{&d.UpdatedBy, "updated_by"}}, common...), func() { e.Data = d; actor() }
 	case ticket.Deleted:
-		return append([]field{{&d.DeletedBy, "deleted_by"}}, common()...), func() { r.Data = d; r.Actor = md.Actor }
+		return append([]field{{&d.DeletedBy, "deleted_by"}}, common...), func() { e.Data = d; actor() }
 	}
 	return nil, func() {}
 }
+
+// personalValues returns the values of the personal fields of e and md (those
+// fieldsOf lists, in its order), in buf's room: no copy of the event or its metadata.
+func personalValues(e *ticket.Event, md *Metadata, buf *[6]string) []string {
+	out := buf[:0]
+	switch d := e.Data.(type) {
+	case ticket.Opened:
+		out = append(out, d.Email, d.CreatedBy)
+	case ticket.CommentAdded:
+		out = append(out, d.Email, d.CreatedBy)
+	case ticket.StatusChanged:
+		out = append(out, d.UpdatedBy)
+	case ticket.Deleted:
+		out = append(out, d.DeletedBy)
+	default:
+		return nil
+	}
+	if md != nil {
+		out = append(out, md.Actor)
+		if md.Principal != nil {
+			out = append(out, md.Principal.Name)
+		}
+	}
+	return out
+}
+
+// hasSealed reports whether any personal field of e and md (see fieldsOf) holds a
+// sealed value, without fieldsOf's copies: reveal passes over the others.
+func hasSealed(e *ticket.Event, md *Metadata) bool {
+	if md != nil && (isSealed(md.Actor) || md.Principal != nil && isSealed(md.Principal.Name)) {
+		return true
+	}
+	switch d := e.Data.(type) {
+	case ticket.Opened:
+		return isSealed(d.Email) || isSealed(d.CreatedBy)
+	case ticket.CommentAdded:
+		return isSealed(d.Email) || isSealed(d.CreatedBy)
+	case ticket.StatusChanged:
+		return isSealed(d.UpdatedBy)
+	case ticket.Deleted:
+		return isSealed(d.DeletedBy)
+	}
+	return false
+}
+
+func isSealed(v string) bool { return strings.HasPrefix(v, sealedPrefix) }
 
 // fetch reads the stored keys of subjects (one query) into the cache, checked at now;
 // an erased or unknown subject is cached as erased.
@@ -407,6 +457,26 @@ func (p *personal) reveal(ctx context.Context, recs []Record) error {
 	if p == nil || len(recs) == 0 {
 		return nil
 	}
+	return p.revealEach(ctx, len(recs), true, func(i int) (*ticket.Event, *Metadata) {
+		return &recs[i].Event, &recs[i].Metadata
+	})
+}
+
+// revealEvents is reveal for events read without their metadata (ScanCommitted's),
+// in place: their data's fields only. It does not note the streams' subjects (see
+// learnOpened): it serves the rebuild, which appends nothing.
+func (p *personal) revealEvents(ctx context.Context, evs []ticket.Event) error {
+	if p == nil || len(evs) == 0 {
+		return nil
+	}
+	return p.revealEach(ctx, len(evs), false, func(i int) (*ticket.Event, *Metadata) {
+		return &evs[i], nil
+	})
+}
+
+// revealEach is reveal over n events, each at(i) (md nil: no metadata); learn notes the
+// streams' subjects from their first events.
+func (p *personal) revealEach(ctx context.Context, n int, learn bool, at func(int) (*ticket.Event, *Metadata)) error {
 	type streamSubject struct {
 		stream  uuid.UUID
 		subject pii.SubjectID
@@ -415,19 +485,22 @@ func (p *personal) reveal(ctx context.Context, recs []Record) error {
 	var need []pii.SubjectID
 	seen := map[pii.SubjectID]bool{}
 	now := p.now()
-	for i := range recs {
-		p.learnOpened(recs[i])
-		if d, ok := recs[i].Data.(ticket.SubjectErased); ok {
+	var vals [6]string
+	for i := range n {
+		e, md := at(i)
+		if learn && e.Version == 1 {
+			p.learnOpened(Record{Event: *e})
+		}
+		if d, ok := e.Data.(ticket.SubjectErased); ok {
 			if id, err := pii.ParseSubjectID(d.Subject); err == nil {
-				k := streamSubject{recs[i].TicketID, id}
+				k := streamSubject{e.TicketID, id}
 				if _, ok := erasedAt[k]; !ok {
-					erasedAt[k] = recs[i].Version
+					erasedAt[k] = e.Version
 				}
 			}
 		}
-		fs, _ := fieldsOf(&Record{Event: recs[i].Event, Metadata: recs[i].Metadata})
-		for _, f := range fs {
-			s, _, ok := sealedSubject(*f.v)
+		for _, v := range personalValues(e, md, &vals) {
+			s, _, ok := sealedSubject(v)
 			if !ok || seen[s] {
 				continue
 			}
@@ -445,7 +518,7 @@ func (p *personal) reveal(ctx context.Context, recs []Record) error {
 	// are read again, once, and their fields tried again.
 	type pending struct {
 		f       field
-		r       *Record
+		e       *ticket.Event
 		subject pii.SubjectID
 		body    string
 	}
@@ -454,7 +527,7 @@ func (p *personal) reveal(ctx context.Context, recs []Record) error {
 	for _, s := range need {
 		fetched[s] = true
 	}
-	open := func(f field, r *Record, s pii.SubjectID, body string) bool {
+	open := func(f field, e *ticket.Event, s pii.SubjectID, body string) bool {
 		k, ok := p.cached(s)
 		if !ok || k.wrapped == nil {
 			return false
@@ -463,17 +536,20 @@ func (p *personal) reveal(ctx context.Context, recs []Record) error {
 		if err != nil {
 			return true // not a sealed value: erased it stays
 		}
-		plain, err := k.sealer.Open(sealed, aad(r.TicketID, r.Version, f.name))
+		plain, err := k.sealer.Open(sealed, aad(e.TicketID, e.Version, f.name))
 		if err != nil {
 			return false
 		}
 		*f.v = string(plain)
 		return true
 	}
-	puts := make([]func(), 0, len(recs))
-	for i := range recs {
-		r := &recs[i]
-		fs, put := fieldsOf(r)
+	var puts []func()
+	for i := range n {
+		e, md := at(i)
+		if !hasSealed(e, md) {
+			continue
+		}
+		fs, put := fieldsOf(e, md)
 		if fs == nil {
 			continue
 		}
@@ -484,11 +560,11 @@ func (p *personal) reveal(ctx context.Context, recs []Record) error {
 				continue
 			}
 			*f.v = ticket.Erased
-			if v, ok := erasedAt[streamSubject{r.TicketID, s}]; ok && r.Version < v {
+			if v, ok := erasedAt[streamSubject{e.TicketID, s}]; ok && e.Version < v {
 				continue
 			}
-			if !open(f, r, s, body) && !fetched[s] {
-				retry = append(retry, pending{f, r, s, body})
+			if !open(f, e, s, body) && !fetched[s] {
+				retry = append(retry, pending{f, e, s, body})
 			}
 		}
 	}
@@ -504,7 +580,7 @@ func (p *personal) reveal(ctx context.Context, recs []Record) error {
 			return err
 		}
 		for _, x := range retry {
-			open(x.f, x.r, x.subject, x.body)
+			open(x.f, x.e, x.subject, x.body)
 		}
 	}
 	for _, put := range puts {

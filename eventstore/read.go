@@ -7,7 +7,6 @@ import (
 	gojson "github.com/goccy/go-json"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/ticketd/ticketd/ticket"
 )
@@ -113,81 +112,6 @@ func CountRange(ctx context.Context, q Querier, from, to string) (int64, error) 
 		return 0, interpret(err, uuid.Nil, 0)
 	}
 	return n, nil
-}
-
-// ScanCommitted calls fn with every stream written by transactions with
-// transaction_id < below, each stream whole and in version order, without metadata
-// (Actor empty). One statement reads them outside any transaction (a read-only
-// statement holds no transaction id, so it holds back no consumer); workers
-// goroutines decode streams and call fn at once, so fn must be safe for concurrent use
-// (streams come in no particular order). It stops at the first error.
-func (s *Store) ScanCommitted(ctx context.Context, below string, workers int, fn func([]ticket.Event) error) error {
-	g, ctx := errgroup.WithContext(ctx)
-	streams := make(chan []rawEvent, 4*max(workers, 1))
-	for range max(workers, 1) {
-		g.Go(func() error {
-			for raw := range streams {
-				recs := make([]Record, len(raw))
-				for i, r := range raw {
-					rec, err := r.decode()
-					if err != nil {
-						return err
-					}
-					recs[i] = rec
-				}
-				if err := s.personal.reveal(ctx, recs); err != nil {
-					return err
-				}
-				evs := make([]ticket.Event, len(recs))
-				for i := range recs {
-					evs[i] = recs[i].Event
-				}
-				if err := fn(evs); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	}
-	g.Go(func() error {
-		defer close(streams)
-		rows, err := s.pool.Query(ctx, `SELECT `+leanColumns+` FROM events
-			WHERE transaction_id < $1::xid8 ORDER BY stream_id, version`, below)
-		if err != nil {
-			return interpret(err, uuid.Nil, 0)
-		}
-		defer rows.Close()
-		var cur []rawEvent
-		send := func() error {
-			if len(cur) == 0 {
-				return nil
-			}
-			select {
-			case streams <- cur:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			cur = nil
-			return nil
-		}
-		for rows.Next() {
-			r, err := scanRaw(rows)
-			if err != nil {
-				return interpret(err, uuid.Nil, 0)
-			}
-			if len(cur) > 0 && cur[0].rec.TicketID != r.rec.TicketID {
-				if err := send(); err != nil {
-					return err
-				}
-			}
-			cur = append(cur, r)
-		}
-		if err := rows.Err(); err != nil {
-			return interpret(err, uuid.Nil, 0)
-		}
-		return send()
-	})
-	return g.Wait()
 }
 
 // replayInto applies to t the events of its stream after t's version up to upTo, read

@@ -75,6 +75,8 @@ type Target interface {
 	// all their comments (each with its ticket), into the copy. Tickets come in the
 	// order of their ids, each ticket's comments in version order (Postgres keeps the
 	// comments' key during the load because of it: every insert is its last entry).
+	// Load must not keep views or comments once it returns: the rebuild fills the same
+	// slices again with a later batch.
 	Load(ctx context.Context, views []View, comments []TicketComment) error
 	// Loaded ends the bulk load (Postgres builds the tickets' indexes now, once,
 	// instead of row by row during the load).
@@ -345,14 +347,24 @@ func (rb *rebuild) xmin(ctx context.Context) (string, error) {
 // bulk folds every event below bound per ticket and loads the views and comments into
 // every target, each target fed by its own goroutine. It returns the number of tickets.
 func (rb *rebuild) bulk(ctx context.Context, bound string) (int64, error) {
+	// A batch goes to every target at once; the last target done with it hands it
+	// back for a later batch to fill (its slices' room is reused, not allocated again
+	// and collected: a batch of 5,000 views is about 1.5 MB). batches bounds what is
+	// in flight: the one being filled, and the ones the targets have yet to finish.
 	type batch struct {
 		views    []View
 		comments []TicketComment
+		left     atomic.Int32 // targets that have not loaded it yet
+	}
+	const batches = 4
+	free := make(chan *batch, batches)
+	for range batches {
+		free <- &batch{}
 	}
 	g, ctx := errgroup.WithContext(ctx)
-	feeds := make([]chan batch, len(rb.opt.Targets))
+	feeds := make([]chan *batch, len(rb.opt.Targets))
 	for i, t := range rb.opt.Targets {
-		feeds[i] = make(chan batch, 2)
+		feeds[i] = make(chan *batch, batches)
 		g.Go(func() error {
 			var busy time.Duration
 			for b := range feeds[i] {
@@ -361,6 +373,12 @@ func (rb *rebuild) bulk(ctx context.Context, bound string) (int64, error) {
 					return fmt.Errorf("rebuild: load %s: %w", t.Group(), err)
 				}
 				busy += time.Since(t0)
+				if b.left.Add(-1) == 0 {
+					clear(b.views) // what the views hold (their comments) may go
+					clear(b.comments)
+					b.views, b.comments = b.views[:0], b.comments[:0]
+					free <- b
+				}
 			}
 			t0 := time.Now()
 			if err := t.Loaded(ctx); err != nil {
@@ -377,11 +395,23 @@ func (rb *rebuild) bulk(ctx context.Context, bound string) (int64, error) {
 				close(f)
 			}
 		}()
-		var cur batch
+		take := func() (*batch, error) {
+			select {
+			case b := <-free:
+				return b, nil
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		cur, err := take()
+		if err != nil {
+			return err
+		}
 		flush := func() error {
 			if len(cur.views) == 0 && len(cur.comments) == 0 {
 				return nil
 			}
+			cur.left.Store(int32(len(feeds)))
 			for _, f := range feeds {
 				select {
 				case f <- cur:
@@ -389,11 +419,10 @@ func (rb *rebuild) bulk(ctx context.Context, bound string) (int64, error) {
 					return ctx.Err()
 				}
 			}
-			// The next batch starts with the room the last one took (the targets
-			// still hold the last one's slices).
-			cur = batch{views: make([]View, 0, cap(cur.views)), comments: make([]TicketComment, 0, cap(cur.comments))}
 			rb.progress()
-			return nil
+			var err error
+			cur, err = take()
+			return err
 		}
 		// Streams are decoded and folded in a goroutine of their own while the next rows
 		// are read (more workers measured slower on two cores shared with Postgres, and
@@ -401,7 +430,7 @@ func (rb *rebuild) bulk(ctx context.Context, bound string) (int64, error) {
 		// each stream is folded at once (FoldAll copies its comments once, not once per
 		// comment) and added to the current batch under mu.
 		var mu sync.Mutex
-		err := rb.store.ScanCommitted(ctx, bound, 1, func(stream []ticket.Event) error {
+		err = rb.store.ScanCommitted(ctx, bound, 1, func(stream []ticket.Event) error {
 			v, err := FoldAll(View{}, stream...)
 			if err != nil {
 				return fmt.Errorf("rebuild: %w", err)

@@ -187,8 +187,10 @@ type Report struct {
 	Lag            LagReport         `json:"lag"`
 	RSS            []RSSSample       `json:"rss,omitempty"`
 	RebuildRSSMB   float64           `json:"rebuild_rss_mb,omitempty"`
-	Notes          []string          `json:"notes,omitempty"`
-	TotalSeconds   float64           `json:"total_seconds"`
+	// RebuildCPUSeconds is the CPU time (user and system) ticketd -rebuild-projections took.
+	RebuildCPUSeconds float64  `json:"rebuild_cpu_seconds,omitempty"`
+	Notes             []string `json:"notes,omitempty"`
+	TotalSeconds      float64  `json:"total_seconds"`
 }
 
 func newReport(runID string, started time.Time, o options) Report {

@@ -387,7 +387,7 @@ func (d *Docs) putMany(ctx context.Context, views []projections.View, force, fil
 	if !force && !d.br.Allow() {
 		return views, ErrDown
 	}
-	vals := make([][]byte, len(views))
+	docs := make([]EncodedDoc, len(views))
 	// kept are the views as cached: copies, because Encode writes to the view it
 	// encodes and the caller's views may be shared (the rebuild hands one slice to
 	// every read model at once).
@@ -409,29 +409,110 @@ func (d *Docs) putMany(ctx context.Context, views []projections.View, force, fil
 		val := make([]byte, 0, len(body)+12)
 		val = strconv.AppendInt(val, int64(v.Version), 10)
 		val = append(val, '\n')
-		vals[i] = append(val, body...)
+		docs[i] = EncodedDoc{ID: v.ID, Version: v.Version, Deleted: v.Deleted, Value: append(val, body...)}
 	}
+	if failed, err := d.writeMany(ctx, docs, fill); err != nil {
+		out := make([]projections.View, len(failed))
+		for j, i := range failed {
+			out[j] = views[i]
+		}
+		return out, err
+	}
+	// A long ticket's view is cached compact: its comments once, encoded (they are in
+	// the values too, but those are not kept). Other views hold them decoded as well.
+	for i := range kept {
+		v := kept[i].Compact()
+		size := len(docs[i].Value)
+		if len(v.Comments) > 0 {
+			size += v.EncodedSize()
+		}
+		d.views.Put(v, size)
+	}
+	return nil, nil
+}
+
+// EncodedDoc is a ticket's document ready to store: Value is "<version>\n<json>", or
+// "<version>\n" for a tombstone (Deleted), as AppendDoc writes it.
+type EncodedDoc struct {
+	ID      uuid.UUID
+	Version int
+	Deleted bool
+	Value   []byte
+}
+
+// AppendDoc appends the stored value of v (see EncodedDoc) to dst, for FillEncoded;
+// v is not changed.
+func AppendDoc(dst []byte, v *projections.View) ([]byte, error) {
+	if v.Version < 1 {
+		return dst, fmt.Errorf("redis document of %s: version %d: %w", v.ID, v.Version, ticket.ErrInvalid)
+	}
+	dst = strconv.AppendInt(dst, int64(v.Version), 10)
+	dst = append(dst, '\n')
+	if v.Deleted {
+		return dst, nil
+	}
+	dst, err := v.AppendJSON(dst)
+	if err != nil {
+		return dst, fmt.Errorf("encode ticket %s: %w", v.ID, err)
+	}
+	return dst, nil
+}
+
+// FillEncoded is FillMany for documents encoded by the caller (AppendDoc), which may
+// keep their bytes in one buffer it reuses: the rebuild's. Unlike FillMany it leaves
+// the cache of written views alone (a rebuild's views are not folded onto again by
+// this process; Wipe emptied the cache). It returns the documents whose write failed
+// and the first error.
+func (d *Docs) FillEncoded(ctx context.Context, docs []EncodedDoc) ([]EncodedDoc, error) {
+	for _, doc := range docs {
+		if doc.Version < 1 {
+			return docs, fmt.Errorf("redis document of %s: version %d: %w", doc.ID, doc.Version, ticket.ErrInvalid)
+		}
+	}
+	failed, err := d.writeMany(ctx, docs, true)
+	if err != nil {
+		out := make([]EncodedDoc, len(failed))
+		for j, i := range failed {
+			out[j] = docs[i]
+		}
+		return out, err
+	}
+	return nil, nil
+}
+
+// writeMany stores docs set-if-newer (fill: SET NX first, see FillMany) in one
+// pipelined round trip per cluster node (two where the script decides), bounded by the
+// timeout. It returns the indexes of the documents whose write failed and the first
+// error.
+func (d *Docs) writeMany(ctx context.Context, docs []EncodedDoc, fill bool) ([]int, error) {
 	cctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
-	ttlOf := func(v projections.View) time.Duration {
-		if v.Deleted {
+	ttlOf := func(doc EncodedDoc) time.Duration {
+		if doc.Deleted {
 			return TombstoneTTL
 		}
 		return 0
 	}
-	all := make([]int, 0, len(views))
-	written := make([]bool, len(views))
+	everyDoc := func() []int {
+		all := make([]int, len(docs))
+		for i := range all {
+			all[i] = i
+		}
+		return all
+	}
+	all := make([]int, 0, len(docs))
+	written := make([]bool, len(docs))
 	if fill {
-		nx := make([]*redis.BoolCmd, len(views))
+		nx := make([]*redis.BoolCmd, len(docs))
 		_, err := d.rdb.Pipelined(cctx, func(p redis.Pipeliner) error {
-			for i, v := range views {
-				nx[i] = p.SetNX(cctx, d.Key(v.ID), vals[i], ttlOf(v))
+			for i, doc := range docs {
+				nx[i] = p.SetNX(cctx, d.Key(doc.ID), doc.Value, ttlOf(doc))
 			}
 			return nil
 		})
 		if err != nil && !errors.Is(err, redis.Nil) {
 			err = d.done(ctx, err, time.Time{})
-			return views, fmt.Errorf("redis put documents: %w", err)
+			return everyDoc(), fmt.Errorf("redis put documents: %w", err)
 		}
 		for i, c := range nx {
 			if written[i] = c.Err() == nil && c.Val(); !written[i] {
@@ -439,22 +520,20 @@ func (d *Docs) putMany(ctx context.Context, views []projections.View, force, fil
 			}
 		}
 	} else {
-		for i := range views {
-			all = append(all, i)
-		}
+		all = everyDoc()
 	}
 	// EVALSHA first; a node that does not know the script yet (new, restarted or failed
 	// over) answers NOSCRIPT, and those writes go again with EVAL, which teaches it.
-	cmds := make([]*redis.Cmd, len(views))
+	cmds := make([]*redis.Cmd, len(docs))
 	run := func(idx []int, sha bool) error {
 		_, err := d.rdb.Pipelined(cctx, func(p redis.Pipeliner) error {
 			for _, i := range idx {
-				v := views[i]
-				ttl := ttlOf(v).Milliseconds()
+				doc := docs[i]
+				ttl := ttlOf(doc).Milliseconds()
 				if sha {
-					cmds[i] = putScript.EvalSha(cctx, p, []string{d.Key(v.ID)}, v.Version, vals[i], ttl)
+					cmds[i] = putScript.EvalSha(cctx, p, []string{d.Key(doc.ID)}, doc.Version, doc.Value, ttl)
 				} else {
-					cmds[i] = putScript.Eval(cctx, p, []string{d.Key(v.ID)}, v.Version, vals[i], ttl)
+					cmds[i] = putScript.Eval(cctx, p, []string{d.Key(doc.ID)}, doc.Version, doc.Value, ttl)
 				}
 			}
 			return nil
@@ -484,26 +563,16 @@ func (d *Docs) putMany(ctx context.Context, views []projections.View, force, fil
 	if err = d.done(ctx, err, time.Time{}); err != nil {
 		// A write counts only with its answer: a pipeline to a node that failed may
 		// leave its commands without an error and without a value.
-		var failed []projections.View
+		var failed []int
 		for i, c := range cmds {
 			if !written[i] && (c == nil || c.Err() != nil || c.Val() == nil) {
-				failed = append(failed, views[i])
+				failed = append(failed, i)
 			}
 		}
 		if len(failed) == 0 {
-			failed = views // an error nobody owns: none is known to be written
+			failed = everyDoc() // an error nobody owns: none is known to be written
 		}
 		return failed, fmt.Errorf("redis put documents: %w", err)
-	}
-	// A long ticket's view is cached compact: its comments once, encoded (they are in
-	// vals too, but vals is not kept). Other views hold them decoded as well.
-	for i := range kept {
-		v := kept[i].Compact()
-		size := len(vals[i])
-		if len(v.Comments) > 0 {
-			size += v.EncodedSize()
-		}
-		d.views.Put(v, size)
 	}
 	return nil, nil
 }

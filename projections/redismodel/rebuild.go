@@ -3,6 +3,7 @@ package redismodel
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -30,11 +31,35 @@ func (t Target) Group() string { return Group }
 func (t Target) Begin(ctx context.Context) error { return t.Docs.Wipe(ctx) }
 
 // Load writes the views (tombstones for deleted tickets) past the breaker with
-// FillMany (SET NX, set-if-newer only where a live writer stored a document since the
-// wipe), retrying a few times with a growing pause so a blip does not fail the whole
-// rebuild. Comments
-// are in the views already (the first EmbeddedComments of each).
+// FillEncoded (SET NX, set-if-newer only where a live writer stored a document since
+// the wipe), 500 to a pipeline, retrying a few times with a growing pause so a blip
+// does not fail the whole rebuild. Comments are in the views already (the first
+// EmbeddedComments of each). The documents are encoded by hand (View.AppendJSON) into
+// one buffer that the next Load reuses.
 func (t Target) Load(ctx context.Context, views []projections.View, _ []projections.TicketComment) error {
+	if len(views) == 0 {
+		return nil
+	}
+	fb := fillBuffers.Get().(*fillBuffer)
+	defer fillBuffers.Put(fb)
+	buf, docs := fb.buf[:0], fb.docs[:0]
+	for i := range views {
+		start := len(buf)
+		var err error
+		if buf, err = AppendDoc(buf, &views[i]); err != nil {
+			return err
+		}
+		// the offsets only: buf may move as it grows
+		docs = append(docs, EncodedDoc{ID: views[i].ID, Version: views[i].Version, Deleted: views[i].Deleted, Value: buf[start:len(buf):len(buf)]})
+	}
+	// the values of the documents are in buf as it ended: point them there
+	off := 0
+	for i := range docs {
+		n := len(docs[i].Value)
+		docs[i].Value = buf[off : off+n : off+n]
+		off += n
+	}
+	fb.buf, fb.docs = buf, docs
 	var err error
 	for attempt := range 6 {
 		if attempt > 0 {
@@ -42,11 +67,11 @@ func (t Target) Load(ctx context.Context, views []projections.View, _ []projecti
 				return err
 			}
 		}
-		for i := 0; i < len(views); i += 500 {
-			var failed []projections.View
-			failed, err = t.Docs.FillMany(ctx, views[i:min(i+500, len(views))])
+		for i := 0; i < len(docs); i += 500 {
+			var failed []EncodedDoc
+			failed, err = t.Docs.FillEncoded(ctx, docs[i:min(i+500, len(docs))])
 			if err != nil {
-				views = append(failed, views[min(i+500, len(views)):]...)
+				docs = append(failed, docs[min(i+500, len(docs)):]...)
 				break
 			}
 		}
@@ -59,6 +84,14 @@ func (t Target) Load(ctx context.Context, views []projections.View, _ []projecti
 	}
 	return nil
 }
+
+// fillBuffer is the room one Load encodes its documents in, kept for the next.
+type fillBuffer struct {
+	buf  []byte
+	docs []EncodedDoc
+}
+
+var fillBuffers = sync.Pool{New: func() any { return new(fillBuffer) }}
 
 // Loaded has nothing to do: documents are live as soon as they are written.
 func (t Target) Loaded(context.Context) error { return nil }
