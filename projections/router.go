@@ -270,6 +270,8 @@ type consumer struct {
 	// group's position (selectQuery); ack moves it (watermill-sql's own query).
 	selectBatch, selectOne, ack string
 	subscribe                   wsql.Query
+	// lastRead is when the last read of the outbox was sent (see wait).
+	lastRead time.Time
 }
 
 var (
@@ -374,13 +376,16 @@ func (c *consumer) run(ctx context.Context, ready func()) {
 	}
 }
 
-// wakeDelay is how long a woken consumer lets further appends gather before it reads:
-// under a steady write load a wake comes with nearly every append, and a batch of one
-// event costs the transaction, the lock and the round trips of a batch of fifty. A
-// couple of milliseconds of lag buys batches instead of a spinning consumer.
+// wakeDelay is the least time between a woken consumer's reads: under a steady write
+// load a wake comes with nearly every append, and a batch of one event costs the
+// transaction, the lock and the round trips of a batch of fifty, so a consumer woken
+// sooner than wakeDelay after its last read lets further appends gather for the rest
+// of it. A consumer woken later reads at once: its wait was already long enough to
+// gather what came.
 const wakeDelay = 2 * time.Millisecond
 
-// wait pauses for d, or until woken (and wakeDelay more) when wakeable.
+// wait pauses for d, or until woken (and until wakeDelay has passed since the last
+// read began) when wakeable.
 func (c *consumer) wait(ctx context.Context, d time.Duration, wakeable bool) {
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -392,7 +397,9 @@ func (c *consumer) wait(ctx context.Context, d time.Duration, wakeable bool) {
 	case <-ctx.Done():
 	case <-t.C:
 	case <-wake:
-		_ = sleepCtx(ctx, wakeDelay)
+		if rest := wakeDelay - time.Since(c.lastRead); rest > 0 {
+			_ = sleepCtx(ctx, rest)
+		}
 	}
 }
 
@@ -415,6 +422,7 @@ func (c *consumer) read(ctx context.Context, tx pgx.Tx, query string) ([]outboxR
 	b := &pgx.Batch{}
 	b.Queue(lockGroup, c.Group)
 	b.Queue(query, c.Group)
+	c.lastRead = time.Now()
 	br := tx.SendBatch(ctx, b)
 	defer br.Close()
 	if _, err := br.Exec(); err != nil {
