@@ -78,6 +78,16 @@ type Handler struct {
 	// events has committed (the webhooks group wakes its dispatcher with it: what Apply
 	// wrote is visible to others only then).
 	Committed func()
+	// Derived says the read model can be made again from the event store (a rebuild
+	// does): its batches commit without waiting for their WAL flush
+	// (synchronous_commit off for the batch's transaction only). The rows and the
+	// position still commit together, atomically; what a crash of the Postgres server
+	// can lose is the last few batches' commits as a whole, rows and position alike,
+	// and the consumer then takes those events again from the position that survived
+	// (an ApplyFunc is idempotent per event). Nothing acknowledged to a client is lost:
+	// the events are in the event store, committed synchronously by their appends.
+	// A batch that writes nothing but the position commits so for every group.
+	Derived bool
 }
 
 // Config tunes the projectors' consumers.
@@ -283,6 +293,19 @@ var (
 // consumers and the rebuild's swap take it before they read or move the position.
 const lockGroup = `SELECT pg_advisory_xact_lock(hashtext('ticketd.projection'), hashtext($1))`
 
+// asyncCommit makes the transaction's commit skip the wait for its WAL flush (see
+// Handler.Derived).
+const asyncCommit = `SET LOCAL synchronous_commit = off`
+
+// asyncCommitIfUnwritten does what asyncCommit does when the transaction has written
+// nothing so far (it has no transaction id: a statement that changed no row, such as
+// an insert whose every row conflicted, assigns none). Sent just before the ack, it
+// makes a batch that only moves the position commit without the flush wait: a crash
+// can then lose only the move, and the events are taken again from the position
+// before it, which their application (having written nothing) allows.
+const asyncCommitIfUnwritten = `SELECT CASE WHEN pg_current_xact_id_if_assigned() IS NULL
+	THEN set_config('synchronous_commit', 'off', true) END`
+
 // selectQuery reads up to limit outbox rows after the position of consumer group $1.
 // It selects exactly the rows watermill-sql's DefaultPostgreSQLSchema.SelectQuery
 // selects (after the position in (transaction_id, offset) order, only below the
@@ -420,13 +443,18 @@ func (c *consumer) read(ctx context.Context, tx pgx.Tx, query string) ([]outboxR
 	// new snapshot, so the read sees the position the last holder committed. One
 	// round trip for both.
 	b := &pgx.Batch{}
+	if c.Derived {
+		b.Queue(asyncCommit)
+	}
 	b.Queue(lockGroup, c.Group)
 	b.Queue(query, c.Group)
 	c.lastRead = time.Now()
 	br := tx.SendBatch(ctx, b)
 	defer br.Close()
-	if _, err := br.Exec(); err != nil {
-		return nil, err
+	for range b.Len() - 1 {
+		if _, err := br.Exec(); err != nil {
+			return nil, err
+		}
 	}
 	rows, err := br.Query()
 	if err != nil {
@@ -513,6 +541,9 @@ func (c *consumer) batch(ctx context.Context) (n, failed int, err error) {
 		if err := c.poison(bctx, tx, o, o.err); err != nil {
 			return 0, 0, err
 		}
+	}
+	if !c.Derived {
+		b.Queue(asyncCommitIfUnwritten)
 	}
 	last := rows[len(rows)-1]
 	b.Queue(c.ack, last.offset, strconv.FormatUint(uint64(last.txID), 10), c.Group)

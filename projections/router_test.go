@@ -70,3 +70,38 @@ func TestInstancesSharingAGroupApplyEveryEventOnce(t *testing.T) {
 		t.Fatalf("events applied out of their stream's order: %v", outOfOrder[:min(5, len(outOfOrder))])
 	}
 }
+
+// TestDerivedGroupsCommitWithoutTheFlushWait: a derived read model's batch runs with
+// synchronous_commit off (its transaction only); any other group's batch keeps the
+// server's setting while it applies.
+func TestDerivedGroupsCommitWithoutTheFlushWait(t *testing.T) {
+	t.Parallel()
+	pool, store := projectionstest.NewStore(t)
+	var mu sync.Mutex
+	setting := map[string]string{}
+	handler := func(group string, derived bool) projections.Handler {
+		return projections.Handler{Group: group, Derived: derived, Apply: func(ctx context.Context, tx pgx.Tx, _ []eventstore.Record) error {
+			var v string
+			if err := tx.QueryRow(ctx, `SELECT current_setting('synchronous_commit')`).Scan(&v); err != nil {
+				return err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			setting[group] = v
+			return nil
+		}}
+	}
+	projectionstest.RunRouter(t, pool, projections.Config{}, handler("derived", true), handler("kept", false))
+	projectionstest.Open(t, store, "one")
+	projectionstest.WaitCaughtUp(t, pool, "derived", 10*time.Second)
+	projectionstest.WaitCaughtUp(t, pool, "kept", 10*time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if setting["derived"] != "off" || setting["kept"] != "on" {
+		t.Fatalf("synchronous_commit while applying: derived %q, other %q; want off and on", setting["derived"], setting["kept"])
+	}
+	var v string
+	if err := pool.QueryRow(context.Background(), `SELECT current_setting('synchronous_commit')`).Scan(&v); err != nil || v != "on" {
+		t.Fatalf("synchronous_commit outside the batches: %q (%v), want on", v, err)
+	}
+}

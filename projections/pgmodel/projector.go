@@ -42,9 +42,11 @@ type Projector struct {
 	Cache *projections.ViewCache
 }
 
-// Handler returns the projector as the projections.Handler of its consumer group.
+// Handler returns the projector as the projections.Handler of its consumer group. The
+// read model is derived (a rebuild makes it from the event store): its batches commit
+// without waiting for their WAL flush (projections.Handler.Derived).
 func (p Projector) Handler() projections.Handler {
-	return projections.Handler{Group: Group, Apply: p.Apply, Queue: p.Queue}
+	return projections.Handler{Group: Group, Apply: p.Apply, Queue: p.Queue, Derived: true}
 }
 
 // ticketColumns are the columns of readmodel.tickets, in the order of ticketRow.
