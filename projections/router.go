@@ -33,8 +33,9 @@ import (
 //
 //   - one transaction per batch: it takes the group's advisory lock (instances sharing
 //     a group take turns, so each batch is applied once), then reads up to BatchSize
-//     rows after the group's position, only below pg_snapshot_xmin (xid8 order: a
-//     transaction that commits late can never be skipped). The lock is an advisory
+//     rows after the group's position, only below the oldest transaction of this
+//     database still running (visibleBelow; xid8 order: a transaction that commits
+//     late can never be skipped). The lock is an advisory
 //     one, not watermill-sql's FOR UPDATE on the offsets row, because a row lock gives
 //     the transaction an xid at once, and every consumer's view stops below the oldest
 //     open xid: the Redis projector waiting on Redis would hold back the Postgres one.
@@ -322,10 +323,49 @@ func selectQuery(limit int) string {
 	WHERE (transaction_id, "offset") > (
 			(SELECT last_processed_transaction_id FROM last_processed),
 			(SELECT coalesce(offset_acked, 0) FROM last_processed))
-		AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+		AND transaction_id < (` + visibleBelow + `)
 	ORDER BY transaction_id, "offset"
 	LIMIT ` + strconv.Itoa(limit)
 }
+
+// visibleBelow is the consumers' visibility bound: below it, every transaction that
+// could write outbox rows of this database has ended, as the statement's snapshot
+// sees them, so no row can still appear below it and the position may move past
+// every row there.
+//
+// pg_snapshot_xmin, the bound before, is the oldest transaction id running anywhere on
+// the server when the snapshot was taken: a long writing transaction in another
+// database (a test, a migration, another application) held every consumer here back
+// for as long as it ran, though it cannot write a row into this database's outbox.
+// This bound is the snapshot's own list of running transactions (pg_snapshot_xip,
+// top-level ids: the outbox's transaction_id is pg_current_xact_id(), a top-level id)
+// without those known to belong to another database, then the snapshot's xmax:
+//
+//   - a transaction id below the bound is either below xmax and not running at the
+//     snapshot (then it has ended: committed, and its rows are visible to the
+//     statement that reads with this snapshot, or aborted), or running at it and
+//     known to belong to another database, which cannot have written this outbox;
+//   - an id is taken as another database's only when pg_stat_get_activity shows a
+//     backend of another database (datid, which a backend never changes) whose
+//     backend_xid is that id. Ids are unique (within the 2^31 around the present that
+//     a running transaction's id always is, so comparing them as 32-bit xids is
+//     exact), so this holds whenever the activity was read, before the snapshot or
+//     after, even from a table Postgres keeps per transaction: a stale read, or a
+//     backend whose id it does not show (a prepared transaction, a subtransaction, a
+//     backend_xid hidden from this role), can only leave an id in, which lowers the
+//     bound and is safe;
+//   - a transaction that gets its id after the snapshot gets one at or above xmax,
+//     which is at or above the bound: it sorts after every row taken now, so the
+//     position never passes a row that commits later.
+//
+// With nothing running in other databases it equals pg_snapshot_xmin; it is never
+// below it. The activity is read only when the snapshot lists running transactions
+// (an anti-join on a hash of it, a few microseconds). The rebuild keeps
+// pg_snapshot_xmin for its own bounds, which only makes them more conservative.
+const visibleBelow = `SELECT least(pg_snapshot_xmax(s), (SELECT min(x) FROM pg_snapshot_xip(s) x
+		WHERE NOT EXISTS (SELECT FROM pg_stat_get_activity(NULL) a
+			WHERE a.backend_xid = x::xid AND a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database()))))
+	FROM pg_current_snapshot() s`
 
 func (c *consumer) prepare() error {
 	c.selectBatch, c.selectOne = selectQuery(c.r.cfg.BatchSize), selectQuery(1)
