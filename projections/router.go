@@ -44,7 +44,9 @@ import (
 //   - the read model applies the whole batch in the same transaction in a constant
 //     number of round trips, and DefaultPostgreSQLOffsetsAdapter.AckMessageQuery moves
 //     the position to the batch's last row; one commit makes both durable, so a crash
-//     anywhere leaves the read model and the position in agreement;
+//     anywhere leaves the read model and the position in agreement. The BEGIN travels
+//     with the read and the COMMIT with the writes (pipeTx): a batch whose read model
+//     reads nothing back takes two round trips;
 //   - a batch that fails is rolled back and its rows are taken again one at a time,
 //     each retried a few times: an event that still fails is recorded in the poison
 //     table with the position that skips it, and its neighbours are applied;
@@ -477,12 +479,16 @@ type outboxRow struct {
 	err               error // undecodable: permanent
 }
 
-// read runs a select query in tx and decodes the rows.
-func (c *consumer) read(ctx context.Context, tx pgx.Tx, query string) ([]outboxRow, error) {
+// read runs a select query in tx and decodes the rows. With begin, it first opens tx's
+// transaction block (a pipeTx), in the same round trip.
+func (c *consumer) read(ctx context.Context, tx pgx.Tx, query string, begin bool) ([]outboxRow, error) {
 	// The lock first, the read after it: under READ COMMITTED each statement takes a
 	// new snapshot, so the read sees the position the last holder committed. One
 	// round trip for both.
 	b := &pgx.Batch{}
+	if begin {
+		b.Queue(beginQuery)
+	}
 	if c.Derived {
 		b.Queue(asyncCommit)
 	}
@@ -545,13 +551,16 @@ func (c *consumer) begin(ctx context.Context) (context.Context, context.CancelFu
 // consumed; failed > 0 (with the error) when the apply failed and that many rows are to
 // be taken one at a time.
 func (c *consumer) batch(ctx context.Context) (n, failed int, err error) {
-	bctx, cancel, tx, err := c.begin(ctx)
-	if err != nil {
-		return 0, 0, err
-	}
+	bctx, cancel := context.WithTimeout(ctx, c.r.cfg.AckDeadline)
 	defer cancel()
+	conn, err := c.r.pool.Acquire(bctx)
+	if err != nil {
+		return 0, 0, Unavailable(err)
+	}
+	defer conn.Release()
+	tx := &pipeTx{conn: conn}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after a commit it does nothing
-	rows, err := c.read(bctx, tx, c.selectBatch)
+	rows, err := c.read(bctx, tx, c.selectBatch, true)
 	if err != nil || len(rows) == 0 {
 		return 0, 0, Unavailable(err)
 	}
@@ -587,16 +596,56 @@ func (c *consumer) batch(ctx context.Context) (n, failed int, err error) {
 	}
 	last := rows[len(rows)-1]
 	b.Queue(c.ack, last.offset, strconv.FormatUint(uint64(last.txID), 10), c.Group)
-	if err := tx.SendBatch(bctx, b).Close(); err != nil {
+	if err := c.send(bctx, tx, b); err != nil {
+		if errors.Is(err, errCommit) {
+			return 0, 0, Unavailable(err)
+		}
 		return c.failedBatch(bctx, len(rows), err)
-	}
-	if err := tx.Commit(bctx); err != nil {
-		return 0, 0, Unavailable(fmt.Errorf("commit %s: %w", c.Group, err))
 	}
 	c.committed(len(recs))
 	c.projected(recs)
 	c.poisoned(bad)
 	return len(rows), 0, nil
+}
+
+// errCommit marks a batch whose writes succeeded and whose COMMIT did not.
+var errCommit = errors.New("commit")
+
+// send sends a batch's writes, the ack and the COMMIT that ends b in one round trip and
+// tells tx when the COMMIT succeeded. An error of the COMMIT itself wraps errCommit.
+// The results are read by Close, which runs the callbacks the handler queued with its
+// writes (the webhooks group reads its inserts' RETURNING so).
+func (c *consumer) send(ctx context.Context, tx *pipeTx, b *pgx.Batch) error {
+	ahead := b.Len() // the writes and the ack, before the COMMIT
+	reached := 0
+	for _, q := range b.QueuedQueries {
+		if q.Fn == nil {
+			q.Exec(func(pgconn.CommandTag) error { reached++; return nil })
+		} else {
+			fn := q.Fn
+			q.Fn = func(br pgx.BatchResults) error { reached++; return fn(br) }
+		}
+	}
+	committed := false
+	b.Queue(commitQuery).Exec(func(tag pgconn.CommandTag) error {
+		if tag.String() != "COMMIT" {
+			return pgx.ErrTxCommitRollback
+		}
+		committed = true
+		return nil
+	})
+	err := tx.SendBatch(ctx, b).Close()
+	if committed {
+		tx.committed()
+		return nil
+	}
+	if err == nil {
+		err = pgx.ErrTxCommitRollback
+	}
+	if reached == ahead {
+		return fmt.Errorf("%w %s: %w", errCommit, c.Group, err)
+	}
+	return err
 }
 
 // failedBatch reports a batch whose apply (or queued writes) failed: a transient
@@ -618,7 +667,7 @@ func (c *consumer) one(ctx context.Context) (int, error) {
 	}
 	defer cancel()
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after a commit it does nothing
-	rows, err := c.read(bctx, tx, c.selectOne)
+	rows, err := c.read(bctx, tx, c.selectOne, false)
 	if err != nil || len(rows) == 0 {
 		return 0, Unavailable(err)
 	}

@@ -105,3 +105,32 @@ func TestDerivedGroupsCommitWithoutTheFlushWait(t *testing.T) {
 		t.Fatalf("synchronous_commit outside the batches: %q (%v), want on", v, err)
 	}
 }
+
+// TestBatchesLeaveNoTransactionOpen: a batch's transaction begins in its read's round
+// trip and commits in its writes' (or rolls back when it found nothing); afterwards no
+// connection of the database stays inside a transaction.
+func TestBatchesLeaveNoTransactionOpen(t *testing.T) {
+	t.Parallel()
+	pool, store := projectionstest.NewStore(t)
+	h := projections.Handler{Group: "pipelined", Apply: func(context.Context, pgx.Tx, []eventstore.Record) error { return nil }}
+	projectionstest.RunRouter(t, pool, projections.Config{BatchSize: 3}, h)
+	for i := range 10 {
+		projectionstest.Open(t, store, fmt.Sprintf("p%d", i))
+	}
+	projectionstest.WaitCaughtUp(t, pool, h.Group, 10*time.Second)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var open int
+		if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND state LIKE 'idle in transaction%'`).Scan(&open); err != nil {
+			t.Fatal(err)
+		}
+		if open == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections idle in a transaction after the batches", open)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
