@@ -33,8 +33,9 @@ import (
 //
 //   - one transaction per batch: it takes the group's advisory lock (instances sharing
 //     a group take turns, so each batch is applied once), then reads up to BatchSize
-//     rows after the group's position, only below pg_snapshot_xmin (xid8 order: a
-//     transaction that commits late can never be skipped). The lock is an advisory
+//     rows after the group's position, only below the oldest transaction of this
+//     database still running (visibleBelow; xid8 order: a transaction that commits
+//     late can never be skipped). The lock is an advisory
 //     one, not watermill-sql's FOR UPDATE on the offsets row, because a row lock gives
 //     the transaction an xid at once, and every consumer's view stops below the oldest
 //     open xid: the Redis projector waiting on Redis would hold back the Postgres one.
@@ -43,7 +44,9 @@ import (
 //   - the read model applies the whole batch in the same transaction in a constant
 //     number of round trips, and DefaultPostgreSQLOffsetsAdapter.AckMessageQuery moves
 //     the position to the batch's last row; one commit makes both durable, so a crash
-//     anywhere leaves the read model and the position in agreement;
+//     anywhere leaves the read model and the position in agreement. The BEGIN travels
+//     with the read and the COMMIT with the writes (pipeTx): a batch whose read model
+//     reads nothing back takes two round trips;
 //   - a batch that fails is rolled back and its rows are taken again one at a time,
 //     each retried a few times: an event that still fails is recorded in the poison
 //     table with the position that skips it, and its neighbours are applied;
@@ -78,6 +81,16 @@ type Handler struct {
 	// events has committed (the webhooks group wakes its dispatcher with it: what Apply
 	// wrote is visible to others only then).
 	Committed func()
+	// Derived says the read model can be made again from the event store (a rebuild
+	// does): its batches commit without waiting for their WAL flush
+	// (synchronous_commit off for the batch's transaction only). The rows and the
+	// position still commit together, atomically; what a crash of the Postgres server
+	// can lose is the last few batches' commits as a whole, rows and position alike,
+	// and the consumer then takes those events again from the position that survived
+	// (an ApplyFunc is idempotent per event). Nothing acknowledged to a client is lost:
+	// the events are in the event store, committed synchronously by their appends.
+	// A batch that writes nothing but the position commits so for every group.
+	Derived bool
 }
 
 // Config tunes the projectors' consumers.
@@ -270,6 +283,8 @@ type consumer struct {
 	// group's position (selectQuery); ack moves it (watermill-sql's own query).
 	selectBatch, selectOne, ack string
 	subscribe                   wsql.Query
+	// lastRead is when the last read of the outbox was sent (see wait).
+	lastRead time.Time
 }
 
 var (
@@ -280,6 +295,19 @@ var (
 // lockGroup takes consumer group $1's lock for the rest of the transaction. The live
 // consumers and the rebuild's swap take it before they read or move the position.
 const lockGroup = `SELECT pg_advisory_xact_lock(hashtext('ticketd.projection'), hashtext($1))`
+
+// asyncCommit makes the transaction's commit skip the wait for its WAL flush (see
+// Handler.Derived).
+const asyncCommit = `SET LOCAL synchronous_commit = off`
+
+// asyncCommitIfUnwritten does what asyncCommit does when the transaction has written
+// nothing so far (it has no transaction id: a statement that changed no row, such as
+// an insert whose every row conflicted, assigns none). Sent just before the ack, it
+// makes a batch that only moves the position commit without the flush wait: a crash
+// can then lose only the move, and the events are taken again from the position
+// before it, which their application (having written nothing) allows.
+const asyncCommitIfUnwritten = `SELECT CASE WHEN pg_current_xact_id_if_assigned() IS NULL
+	THEN set_config('synchronous_commit', 'off', true) END`
 
 // selectQuery reads up to limit outbox rows after the position of consumer group $1.
 // It selects exactly the rows watermill-sql's DefaultPostgreSQLSchema.SelectQuery
@@ -297,10 +325,49 @@ func selectQuery(limit int) string {
 	WHERE (transaction_id, "offset") > (
 			(SELECT last_processed_transaction_id FROM last_processed),
 			(SELECT coalesce(offset_acked, 0) FROM last_processed))
-		AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+		AND transaction_id < (` + visibleBelow + `)
 	ORDER BY transaction_id, "offset"
 	LIMIT ` + strconv.Itoa(limit)
 }
+
+// visibleBelow is the consumers' visibility bound: below it, every transaction that
+// could write outbox rows of this database has ended, as the statement's snapshot
+// sees them, so no row can still appear below it and the position may move past
+// every row there.
+//
+// pg_snapshot_xmin, the bound before, is the oldest transaction id running anywhere on
+// the server when the snapshot was taken: a long writing transaction in another
+// database (a test, a migration, another application) held every consumer here back
+// for as long as it ran, though it cannot write a row into this database's outbox.
+// This bound is the snapshot's own list of running transactions (pg_snapshot_xip,
+// top-level ids: the outbox's transaction_id is pg_current_xact_id(), a top-level id)
+// without those known to belong to another database, then the snapshot's xmax:
+//
+//   - a transaction id below the bound is either below xmax and not running at the
+//     snapshot (then it has ended: committed, and its rows are visible to the
+//     statement that reads with this snapshot, or aborted), or running at it and
+//     known to belong to another database, which cannot have written this outbox;
+//   - an id is taken as another database's only when pg_stat_get_activity shows a
+//     backend of another database (datid, which a backend never changes) whose
+//     backend_xid is that id. Ids are unique (within the 2^31 around the present that
+//     a running transaction's id always is, so comparing them as 32-bit xids is
+//     exact), so this holds whenever the activity was read, before the snapshot or
+//     after, even from a table Postgres keeps per transaction: a stale read, or a
+//     backend whose id it does not show (a prepared transaction, a subtransaction, a
+//     backend_xid hidden from this role), can only leave an id in, which lowers the
+//     bound and is safe;
+//   - a transaction that gets its id after the snapshot gets one at or above xmax,
+//     which is at or above the bound: it sorts after every row taken now, so the
+//     position never passes a row that commits later.
+//
+// With nothing running in other databases it equals pg_snapshot_xmin; it is never
+// below it. The activity is read only when the snapshot lists running transactions
+// (an anti-join on a hash of it, a few microseconds). The rebuild keeps
+// pg_snapshot_xmin for its own bounds, which only makes them more conservative.
+const visibleBelow = `SELECT least(pg_snapshot_xmax(s), (SELECT min(x) FROM pg_snapshot_xip(s) x
+		WHERE NOT EXISTS (SELECT FROM pg_stat_get_activity(NULL) a
+			WHERE a.backend_xid = x::xid AND a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database()))))
+	FROM pg_current_snapshot() s`
 
 func (c *consumer) prepare() error {
 	c.selectBatch, c.selectOne = selectQuery(c.r.cfg.BatchSize), selectQuery(1)
@@ -374,13 +441,16 @@ func (c *consumer) run(ctx context.Context, ready func()) {
 	}
 }
 
-// wakeDelay is how long a woken consumer lets further appends gather before it reads:
-// under a steady write load a wake comes with nearly every append, and a batch of one
-// event costs the transaction, the lock and the round trips of a batch of fifty. A
-// couple of milliseconds of lag buys batches instead of a spinning consumer.
+// wakeDelay is the least time between a woken consumer's reads: under a steady write
+// load a wake comes with nearly every append, and a batch of one event costs the
+// transaction, the lock and the round trips of a batch of fifty, so a consumer woken
+// sooner than wakeDelay after its last read lets further appends gather for the rest
+// of it. A consumer woken later reads at once: its wait was already long enough to
+// gather what came.
 const wakeDelay = 2 * time.Millisecond
 
-// wait pauses for d, or until woken (and wakeDelay more) when wakeable.
+// wait pauses for d, or until woken (and until wakeDelay has passed since the last
+// read began) when wakeable.
 func (c *consumer) wait(ctx context.Context, d time.Duration, wakeable bool) {
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -392,7 +462,9 @@ func (c *consumer) wait(ctx context.Context, d time.Duration, wakeable bool) {
 	case <-ctx.Done():
 	case <-t.C:
 	case <-wake:
-		_ = sleepCtx(ctx, wakeDelay)
+		if rest := wakeDelay - time.Since(c.lastRead); rest > 0 {
+			_ = sleepCtx(ctx, rest)
+		}
 	}
 }
 
@@ -407,18 +479,28 @@ type outboxRow struct {
 	err               error // undecodable: permanent
 }
 
-// read runs a select query in tx and decodes the rows.
-func (c *consumer) read(ctx context.Context, tx pgx.Tx, query string) ([]outboxRow, error) {
+// read runs a select query in tx and decodes the rows. With begin, it first opens tx's
+// transaction block (a pipeTx), in the same round trip.
+func (c *consumer) read(ctx context.Context, tx pgx.Tx, query string, begin bool) ([]outboxRow, error) {
 	// The lock first, the read after it: under READ COMMITTED each statement takes a
 	// new snapshot, so the read sees the position the last holder committed. One
 	// round trip for both.
 	b := &pgx.Batch{}
+	if begin {
+		b.Queue(beginQuery)
+	}
+	if c.Derived {
+		b.Queue(asyncCommit)
+	}
 	b.Queue(lockGroup, c.Group)
 	b.Queue(query, c.Group)
+	c.lastRead = time.Now()
 	br := tx.SendBatch(ctx, b)
 	defer br.Close()
-	if _, err := br.Exec(); err != nil {
-		return nil, err
+	for range b.Len() - 1 {
+		if _, err := br.Exec(); err != nil {
+			return nil, err
+		}
 	}
 	rows, err := br.Query()
 	if err != nil {
@@ -469,13 +551,16 @@ func (c *consumer) begin(ctx context.Context) (context.Context, context.CancelFu
 // consumed; failed > 0 (with the error) when the apply failed and that many rows are to
 // be taken one at a time.
 func (c *consumer) batch(ctx context.Context) (n, failed int, err error) {
-	bctx, cancel, tx, err := c.begin(ctx)
-	if err != nil {
-		return 0, 0, err
-	}
+	bctx, cancel := context.WithTimeout(ctx, c.r.cfg.AckDeadline)
 	defer cancel()
+	conn, err := c.r.pool.Acquire(bctx)
+	if err != nil {
+		return 0, 0, Unavailable(err)
+	}
+	defer conn.Release()
+	tx := &pipeTx{conn: conn}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after a commit it does nothing
-	rows, err := c.read(bctx, tx, c.selectBatch)
+	rows, err := c.read(bctx, tx, c.selectBatch, true)
 	if err != nil || len(rows) == 0 {
 		return 0, 0, Unavailable(err)
 	}
@@ -506,18 +591,61 @@ func (c *consumer) batch(ctx context.Context) (n, failed int, err error) {
 			return 0, 0, err
 		}
 	}
+	if !c.Derived {
+		b.Queue(asyncCommitIfUnwritten)
+	}
 	last := rows[len(rows)-1]
 	b.Queue(c.ack, last.offset, strconv.FormatUint(uint64(last.txID), 10), c.Group)
-	if err := tx.SendBatch(bctx, b).Close(); err != nil {
+	if err := c.send(bctx, tx, b); err != nil {
+		if errors.Is(err, errCommit) {
+			return 0, 0, Unavailable(err)
+		}
 		return c.failedBatch(bctx, len(rows), err)
-	}
-	if err := tx.Commit(bctx); err != nil {
-		return 0, 0, Unavailable(fmt.Errorf("commit %s: %w", c.Group, err))
 	}
 	c.committed(len(recs))
 	c.projected(recs)
 	c.poisoned(bad)
 	return len(rows), 0, nil
+}
+
+// errCommit marks a batch whose writes succeeded and whose COMMIT did not.
+var errCommit = errors.New("commit")
+
+// send sends a batch's writes, the ack and the COMMIT that ends b in one round trip and
+// tells tx when the COMMIT succeeded. An error of the COMMIT itself wraps errCommit.
+// The results are read by Close, which runs the callbacks the handler queued with its
+// writes (the webhooks group reads its inserts' RETURNING so).
+func (c *consumer) send(ctx context.Context, tx *pipeTx, b *pgx.Batch) error {
+	ahead := b.Len() // the writes and the ack, before the COMMIT
+	reached := 0
+	for _, q := range b.QueuedQueries {
+		if q.Fn == nil {
+			q.Exec(func(pgconn.CommandTag) error { reached++; return nil })
+		} else {
+			fn := q.Fn
+			q.Fn = func(br pgx.BatchResults) error { reached++; return fn(br) }
+		}
+	}
+	committed := false
+	b.Queue(commitQuery).Exec(func(tag pgconn.CommandTag) error {
+		if tag.String() != "COMMIT" {
+			return pgx.ErrTxCommitRollback
+		}
+		committed = true
+		return nil
+	})
+	err := tx.SendBatch(ctx, b).Close()
+	if committed {
+		tx.committed()
+		return nil
+	}
+	if err == nil {
+		err = pgx.ErrTxCommitRollback
+	}
+	if reached == ahead {
+		return fmt.Errorf("%w %s: %w", errCommit, c.Group, err)
+	}
+	return err
 }
 
 // failedBatch reports a batch whose apply (or queued writes) failed: a transient
@@ -539,7 +667,7 @@ func (c *consumer) one(ctx context.Context) (int, error) {
 	}
 	defer cancel()
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after a commit it does nothing
-	rows, err := c.read(bctx, tx, c.selectOne)
+	rows, err := c.read(bctx, tx, c.selectOne, false)
 	if err != nil || len(rows) == 0 {
 		return 0, Unavailable(err)
 	}

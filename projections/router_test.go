@@ -70,3 +70,67 @@ func TestInstancesSharingAGroupApplyEveryEventOnce(t *testing.T) {
 		t.Fatalf("events applied out of their stream's order: %v", outOfOrder[:min(5, len(outOfOrder))])
 	}
 }
+
+// TestDerivedGroupsCommitWithoutTheFlushWait: a derived read model's batch runs with
+// synchronous_commit off (its transaction only); any other group's batch keeps the
+// server's setting while it applies.
+func TestDerivedGroupsCommitWithoutTheFlushWait(t *testing.T) {
+	t.Parallel()
+	pool, store := projectionstest.NewStore(t)
+	var mu sync.Mutex
+	setting := map[string]string{}
+	handler := func(group string, derived bool) projections.Handler {
+		return projections.Handler{Group: group, Derived: derived, Apply: func(ctx context.Context, tx pgx.Tx, _ []eventstore.Record) error {
+			var v string
+			if err := tx.QueryRow(ctx, `SELECT current_setting('synchronous_commit')`).Scan(&v); err != nil {
+				return err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			setting[group] = v
+			return nil
+		}}
+	}
+	projectionstest.RunRouter(t, pool, projections.Config{}, handler("derived", true), handler("kept", false))
+	projectionstest.Open(t, store, "one")
+	projectionstest.WaitCaughtUp(t, pool, "derived", 10*time.Second)
+	projectionstest.WaitCaughtUp(t, pool, "kept", 10*time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if setting["derived"] != "off" || setting["kept"] != "on" {
+		t.Fatalf("synchronous_commit while applying: derived %q, other %q; want off and on", setting["derived"], setting["kept"])
+	}
+	var v string
+	if err := pool.QueryRow(context.Background(), `SELECT current_setting('synchronous_commit')`).Scan(&v); err != nil || v != "on" {
+		t.Fatalf("synchronous_commit outside the batches: %q (%v), want on", v, err)
+	}
+}
+
+// TestBatchesLeaveNoTransactionOpen: a batch's transaction begins in its read's round
+// trip and commits in its writes' (or rolls back when it found nothing); afterwards no
+// connection of the database stays inside a transaction.
+func TestBatchesLeaveNoTransactionOpen(t *testing.T) {
+	t.Parallel()
+	pool, store := projectionstest.NewStore(t)
+	h := projections.Handler{Group: "pipelined", Apply: func(context.Context, pgx.Tx, []eventstore.Record) error { return nil }}
+	projectionstest.RunRouter(t, pool, projections.Config{BatchSize: 3}, h)
+	for i := range 10 {
+		projectionstest.Open(t, store, fmt.Sprintf("p%d", i))
+	}
+	projectionstest.WaitCaughtUp(t, pool, h.Group, 10*time.Second)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var open int
+		if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND state LIKE 'idle in transaction%'`).Scan(&open); err != nil {
+			t.Fatal(err)
+		}
+		if open == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections idle in a transaction after the batches", open)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -23,7 +23,7 @@ const Group = "pg-readmodel"
 
 // Projector projects events into the readmodel.tickets and readmodel.comments tables.
 // Whatever a batch's size, it reads the current rows of its tickets in one query (only
-// those it cannot fold onto a cached row) and writes every changed row with one
+// those it cannot fold onto a cached row, and none for a ticket the batch opens) and writes every changed row with one
 // multi-row upsert and one insert from arrays, which Queue leaves for the consumer to
 // send with its ack. Rows are what Fold makes of the events; writes are guarded by
 // version, so a redelivered event changes nothing.
@@ -42,9 +42,11 @@ type Projector struct {
 	Cache *projections.ViewCache
 }
 
-// Handler returns the projector as the projections.Handler of its consumer group.
+// Handler returns the projector as the projections.Handler of its consumer group. The
+// read model is derived (a rebuild makes it from the event store): its batches commit
+// without waiting for their WAL flush (projections.Handler.Derived).
 func (p Projector) Handler() projections.Handler {
-	return projections.Handler{Group: Group, Apply: p.Apply, Queue: p.Queue}
+	return projections.Handler{Group: Group, Apply: p.Apply, Queue: p.Queue, Derived: true}
 }
 
 // ticketColumns are the columns of readmodel.tickets, in the order of ticketRow.
@@ -106,6 +108,13 @@ func (p Projector) Queue(ctx context.Context, tx pgx.Tx, recs []eventstore.Recor
 			continue
 		}
 		cur[r.TicketID] = projections.View{}
+		if r.Version == 1 {
+			// A ticket whose first event this is folds from nothing: its row is not
+			// read. If a row is there (a redelivery), folding from nothing gives the
+			// same states its events gave, and the version guard of the upsert keeps
+			// the row when it is as new or newer.
+			continue
+		}
 		read = append(read, r.TicketID)
 	}
 	if len(read) > 0 {

@@ -38,9 +38,13 @@ type Projector struct {
 	queued atomic.Int64
 }
 
-// Handler returns the projector as the projections.Handler of its consumer group.
+// Handler returns the projector as the projections.Handler of its consumer group. The
+// documents are derived (a rebuild makes them from the event store), and so are the
+// backlog rows its batches write: a batch commits without waiting for its WAL flush
+// (projections.Handler.Derived); a commit lost in a crash loses its backlog rows with
+// its position, and the events are taken again.
 func (p *Projector) Handler() projections.Handler {
-	return projections.Handler{Group: Group, Apply: p.Apply, Queue: p.Queue}
+	return projections.Handler{Group: Group, Apply: p.Apply, Queue: p.Queue, Derived: true}
 }
 
 // Queued returns how many tickets this projector sent to the backlog instead of Redis.
