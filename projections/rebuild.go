@@ -224,22 +224,6 @@ func (rb *rebuild) progress() {
 func (rb *rebuild) run(ctx context.Context) (RebuildResult, error) {
 	var res RebuildResult
 	log := rb.opt.Log
-	// The targets begin at once: Postgres makes its schema while Redis is wiped, both
-	// mostly waiting (a commit's flush, SCAN round trips).
-	g, gctx := errgroup.WithContext(ctx)
-	for _, t := range rb.opt.Targets {
-		g.Go(func() error {
-			t0 := time.Now()
-			if err := t.Begin(gctx); err != nil {
-				return fmt.Errorf("rebuild: begin %s: %w", t.Group(), err)
-			}
-			log.Debug("rebuild: began", "group", t.Group(), "took", time.Since(t0))
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return res, err
-	}
 	// Transactions that were open when the rebuild started may still commit events
 	// below the point it reaches; it waits (a while) for them to end, so that the
 	// rebuilt read models hold at least every event committed before it started.
@@ -258,6 +242,10 @@ func (rb *rebuild) run(ctx context.Context) (RebuildResult, error) {
 		rb.progress()
 	}
 	log.Debug("rebuild: bulk", "below_xid", bound, "events", res.Events)
+	// Each target begins (Postgres makes its schema, Redis is wiped) in the goroutine
+	// that then loads it, while the first events are read and folded: both mostly wait
+	// (a commit's flush, SCAN round trips). The bound needs no target: every event at
+	// or above it reaches each target after its Begin, in catch-up.
 	if res.Tickets, err = rb.bulk(ctx, bound); err != nil {
 		return res, err
 	}
@@ -366,6 +354,11 @@ func (rb *rebuild) bulk(ctx context.Context, bound string) (int64, error) {
 	for i, t := range rb.opt.Targets {
 		feeds[i] = make(chan *batch, batches)
 		g.Go(func() error {
+			t0 := time.Now()
+			if err := t.Begin(ctx); err != nil {
+				return fmt.Errorf("rebuild: begin %s: %w", t.Group(), err)
+			}
+			rb.opt.Log.Debug("rebuild: began", "group", t.Group(), "took", time.Since(t0))
 			var busy time.Duration
 			for b := range feeds[i] {
 				t0 := time.Now()
@@ -380,7 +373,7 @@ func (rb *rebuild) bulk(ctx context.Context, bound string) (int64, error) {
 					free <- b
 				}
 			}
-			t0 := time.Now()
+			t0 = time.Now()
 			if err := t.Loaded(ctx); err != nil {
 				return fmt.Errorf("rebuild: end load of %s: %w", t.Group(), err)
 			}
