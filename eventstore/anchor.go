@@ -102,11 +102,27 @@ const headsQuery = `SELECT h.stream_id, h.version, e.hash, a.version
 // a transaction id (which holds back the outbox consumers) only for its two inserts,
 // after the reading.
 func WriteAnchor(ctx context.Context, pool *pgxpool.Pool) (*Anchor, error) {
+	return writeAnchor(ctx, pool, 0)
+}
+
+// writeAnchor is WriteAnchor, except that with fresh > 0 it writes nothing (nil, nil)
+// when, under the lock, an anchor is younger than fresh: two Anchorers that both found
+// the latest anchor stale write one anchor, not one each, one after the other. Both
+// sides of the comparison are transaction start times (created_at is now()), so
+// anchors' created_at are always at least fresh apart.
+func writeAnchor(ctx context.Context, pool *pgxpool.Pool, fresh time.Duration) (*Anchor, error) {
 	var a *Anchor
 	err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead}, func(tx pgx.Tx) error {
-		var got bool
+		var got, young bool
 		if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1)`, AnchorLock).Scan(&got); err != nil || !got {
 			return err
+		}
+		if fresh > 0 {
+			err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM audit_anchors
+				WHERE created_at > now() - make_interval(secs => $1))`, fresh.Seconds()).Scan(&young)
+			if err != nil || young {
+				return err
+			}
 		}
 		rows, err := tx.Query(ctx, headsQuery)
 		if err != nil {
@@ -186,7 +202,7 @@ func (a *Anchorer) Run(ctx context.Context) {
 		}
 		var anc *Anchor
 		if err == nil {
-			anc, err = WriteAnchor(ctx, a.Pool)
+			anc, err = writeAnchor(ctx, a.Pool, a.Interval)
 		}
 		switch {
 		case ctx.Err() != nil:
