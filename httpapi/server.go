@@ -243,7 +243,8 @@ const (
 
 // requestContext gives every request an id of the server's own, 32 random hex digits,
 // answered in X-Request-ID and written in the log line and in the metadata of the
-// events the request records, and bounds the request's work with a deadline. A client's
+// events the request records, and bounds the request's work with a deadline (whose
+// timer is made only if something waits on it: see requestCtx). A client's
 // X-Request-ID is never the request's id (clients could make several requests share
 // one, and so blur the audit trail): a sane one is kept beside it, as the client's.
 func (s *Server) requestContext(c *fiber.Ctx) error {
@@ -255,9 +256,9 @@ func (s *Server) requestContext(c *fiber.Ctx) error {
 	if own := c.Get("X-Request-ID"); validRequestID(own) {
 		ctx = context.WithValue(ctx, clientRequestIDKey, own)
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
-	defer cancel()
-	c.SetUserContext(ctx)
+	rc := newRequestCtx(ctx, time.Now().Add(s.cfg.RequestTimeout))
+	defer rc.end()
+	c.SetUserContext(rc)
 	return c.Next()
 }
 
