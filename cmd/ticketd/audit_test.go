@@ -20,7 +20,7 @@ import (
 // payload, and of a tail cut after the anchor saw it.
 func TestVerifyAndAnchorsEndToEnd(t *testing.T) {
 	t.Parallel()
-	bin := buildBinary(t)
+	bin := buildTicketd(t)
 	s := startServer(t, map[string]string{"AUDIT_ANCHOR_INTERVAL": "300ms", "LOG_LEVEL": "info"})
 	a, b := createTicket(t, s, sourceTicket), createTicket(t, s, sourceTicket)
 	for i := range 3 {

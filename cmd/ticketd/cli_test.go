@@ -56,7 +56,7 @@ func databaseExists(t *testing.T, name string) bool {
 // nothing on stdout, and nothing done (a migration would create the missing database).
 func TestOneTaskPerInvocation(t *testing.T) {
 	t.Parallel()
-	bin := buildBinary(t)
+	bin := buildTicketd(t)
 	name := "ticketd_cli_" + strings.ReplaceAll(uuid.NewString(), "-", "")
 	env := []string{"DATABASE_DSN=" + dbtest.WithDatabase(dbtest.ServerDSN(), name),
 		"REDIS_ADDRS=" + redisAddrs(), "HTTP_ADDR=" + freeAddr(t), "REDIS_PREFIX=test-cli"}

@@ -83,7 +83,7 @@ func runAndStop(t *testing.T, bin string, env []string) (lines []string, stderr 
 // error: with Redis down and with the Redis Cluster up.
 func TestServerLogsAreJSONAndANormalStopLogsNoError(t *testing.T) {
 	t.Parallel()
-	bin := buildBinary(t)
+	bin := buildTicketd(t)
 	for _, c := range []struct {
 		name        string
 		redis       string
@@ -148,7 +148,7 @@ func TestServerLogsAreJSONAndANormalStopLogsNoError(t *testing.T) {
 // A server that cannot start says why in a JSON record too, and exits 1.
 func TestServerFatalErrorIsAJSONRecord(t *testing.T) {
 	t.Parallel()
-	bin := buildBinary(t)
+	bin := buildTicketd(t)
 	r := runBinary(t, bin, []string{"REDIS_TIMEOUT=abc", "PG_MAX_CONNS=1", "HTTP_ADDR=" + freeAddr(t)})
 	if r.code != 1 || r.stderr != "" {
 		t.Errorf("exit %d, stderr %q; want 1 and nothing on stderr", r.code, r.stderr)

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -616,20 +615,9 @@ func TestStopUnderWriteLoadLosesNoAcknowledgedWrite(t *testing.T) {
 	}
 }
 
-// buildBinary compiles ticketd into a temporary directory of the test.
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "ticketd")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 func TestSIGTERMDrainsInFlightRequestsAndExitsZero(t *testing.T) {
 	t.Parallel()
-	bin := buildBinary(t)
+	bin := buildTicketd(t)
 	addr := freeAddr(t)
 	dsn := dbtest.NewDatabase(t)
 	cmd := exec.Command(bin)

@@ -485,17 +485,41 @@ func TestDisruptiveRedisOutageKeepsTheAPIAnswering(t *testing.T) {
 	m.converge(t, s, 15*time.Second)
 }
 
-// buildTicketd compiles the server into the test's temporary directory, for tests
-// that must kill it like a crash would (SIGKILL), which run() inside the test process
-// cannot show.
+// buildTicketd returns the server compiled as a binary, for tests that run it as a
+// process: to kill it like a crash would (SIGKILL), which run() inside the test
+// process cannot show, or to see what the process itself does (exit codes, signals,
+// flags, memory).
 func buildTicketd(t testing.TB) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "ticketd")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	ticketdBuild.once.Do(func() {
+		if ticketdBuild.dir, ticketdBuild.err = os.MkdirTemp("", "ticketd-test-"); ticketdBuild.err != nil {
+			return
+		}
+		ticketdBuild.path = filepath.Join(ticketdBuild.dir, "ticketd")
+		ticketdBuild.out, ticketdBuild.err = exec.Command("go", "build", "-o", ticketdBuild.path, ".").CombinedOutput()
+	})
+	if ticketdBuild.err != nil {
+		t.Fatalf("go build: %v\n%s", ticketdBuild.err, ticketdBuild.out)
 	}
-	return bin
+	return ticketdBuild.path
+}
+
+// ticketdBuild is the ticketd binary the tests run as a process: built once per test
+// run, not once per test (each go build links afresh: seconds of CPU on two busy cores,
+// fourteen times), in a directory TestMain removes.
+var ticketdBuild struct {
+	once      sync.Once
+	dir, path string
+	out       []byte
+	err       error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if ticketdBuild.dir != "" {
+		_ = os.RemoveAll(ticketdBuild.dir)
+	}
+	os.Exit(code)
 }
 
 // process is ticketd running as a child process.
@@ -553,7 +577,13 @@ func TestKilledServerLosesNoAcknowledgedWrite(t *testing.T) {
 	stop := make(chan struct{})
 	done := make(chan []ack, 1)
 	go func() { done <- load(t, s.URL, 16, 100000, stop) }()
-	time.Sleep(1500 * time.Millisecond)
+	// Kill it mid-load once it has stored a fair number of writes (a fixed sleep left
+	// too few on a loaded machine), the load still running.
+	time.Sleep(500 * time.Millisecond)
+	eventually(t, 30*time.Second, "100 events stored before the kill", func() bool {
+		var n int
+		return m.pool.QueryRow(context.Background(), `SELECT count(*) FROM events`).Scan(&n) == nil && n >= 100
+	})
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatalf("SIGKILL: %v", err)
 	}

@@ -447,7 +447,7 @@ func TestWebhooksRefuseInternalTargetsAndBadInput(t *testing.T) {
 // delivers every event, duplicates (an attempt cut off) with the same webhook-id.
 func TestWebhooksSurviveKill9MidDelivery(t *testing.T) {
 	t.Parallel()
-	bin := buildBinary(t)
+	bin := buildTicketd(t)
 	env := processEnv(t, dbtest.NewDatabase(t))
 	for k, v := range withEnv(map[string]string{"WEBHOOK_TIMEOUT": "1s", "WEBHOOK_DISABLE_AFTER": "0"}) {
 		env[k] = v
