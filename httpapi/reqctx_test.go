@@ -52,21 +52,20 @@ func TestRequestCtxDeadline(t *testing.T) {
 	if dl, _ := child.Deadline(); !dl.Equal(r.deadline) {
 		t.Fatalf("child deadline %v, want the request's %v", dl, r.deadline)
 	}
+	waitErr(t, r, context.DeadlineExceeded, "the request's context at its deadline")
+	waitErr(t, child, context.DeadlineExceeded, "a context derived from the request's")
+}
+
+// waitErr waits (a while) for ctx to be done and checks its error.
+func waitErr(t *testing.T, ctx context.Context, want error, what string) {
+	t.Helper()
 	select {
-	case <-r.Done():
+	case <-ctx.Done():
 	case <-time.After(5 * time.Second):
-		t.Fatal("the request's context was not done at its deadline")
+		t.Fatalf("%s: not done", what)
 	}
-	if !errors.Is(r.Err(), context.DeadlineExceeded) {
-		t.Fatalf("err %v, want DeadlineExceeded", r.Err())
-	}
-	select {
-	case <-child.Done():
-	case <-time.After(5 * time.Second):
-		t.Fatal("a derived context was not done with the request's")
-	}
-	if !errors.Is(child.Err(), context.DeadlineExceeded) {
-		t.Fatalf("child err %v, want DeadlineExceeded", child.Err())
+	if !errors.Is(ctx.Err(), want) {
+		t.Fatalf("%s: err %v, want %v", what, ctx.Err(), want)
 	}
 }
 
@@ -92,13 +91,6 @@ func TestRequestCtxEnd(t *testing.T) {
 	}
 	r.end()
 	for _, c := range children {
-		select {
-		case <-c.Done():
-		case <-time.After(5 * time.Second):
-			t.Fatal("a derived context outlived the request")
-		}
-		if !errors.Is(c.Err(), context.Canceled) {
-			t.Fatalf("child err %v, want Canceled", c.Err())
-		}
+		waitErr(t, c, context.Canceled, "a context derived from an ended request's")
 	}
 }
