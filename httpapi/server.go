@@ -499,26 +499,39 @@ type statusResponse struct {
 	Version   int           `json:"version"`
 }
 
-func (s *Server) changeStatus(c *fiber.Ctx) error {
-	id, err := ticketID(c)
-	if err != nil {
-		return err
+// ticketCommand reads what a command on one existing ticket starts with, in the order
+// its refusals are answered: the ticket id of the path, the body parsed by parse, the
+// caller's right to the ticket, then allowed (nil: no check of its own), then If-Match.
+func ticketCommand[C any](s *Server, c *fiber.Ctx, parse func([]byte) (C, error), allowed func(C) error) (id uuid.UUID, cmd C, im *int, err error) {
+	if id, err = ticketID(c); err != nil {
+		return id, cmd, nil, err
 	}
 	body, err := requestBody(c)
 	if err != nil {
-		return err
+		return id, cmd, nil, err
 	}
-	cmd, err := parseStatus(body)
-	if err != nil {
-		return err
+	if cmd, err = parse(body); err != nil {
+		return id, cmd, nil, err
 	}
-	if err := s.ownTicket(c, id); err != nil {
-		return err
+	if err = s.ownTicket(c, id); err != nil {
+		return id, cmd, nil, err
 	}
-	if _, ok := requester(c); ok && ticket.Status(cmd.Status) != ticket.StatusClosed {
-		return forbidden(auth.PermChangeStatus, "a requester may only close its tickets (status closed)")
+	if allowed != nil {
+		if err = allowed(cmd); err != nil {
+			return id, cmd, nil, err
+		}
 	}
-	im, err := ifMatch(c)
+	im, err = ifMatch(c)
+	return id, cmd, im, err
+}
+
+func (s *Server) changeStatus(c *fiber.Ctx) error {
+	id, cmd, im, err := ticketCommand(s, c, parseStatus, func(cmd ticket.ChangeStatus) error {
+		if _, ok := requester(c); ok && ticket.Status(cmd.Status) != ticket.StatusClosed {
+			return forbidden(auth.PermChangeStatus, "a requester may only close its tickets (status closed)")
+		}
+		return nil
+	})
 	if err != nil {
 		return err
 	}
@@ -572,22 +585,7 @@ type commentRequest struct {
 }
 
 func (s *Server) addComment(c *fiber.Ctx) error {
-	id, err := ticketID(c)
-	if err != nil {
-		return err
-	}
-	body, err := requestBody(c)
-	if err != nil {
-		return err
-	}
-	cmd, err := parseComment(body)
-	if err != nil {
-		return err
-	}
-	if err := s.ownTicket(c, id); err != nil {
-		return err
-	}
-	im, err := ifMatch(c)
+	id, cmd, im, err := ticketCommand(s, c, parseComment, nil)
 	if err != nil {
 		return err
 	}
