@@ -24,12 +24,13 @@ func EncodeJSON(v any) ([]byte, error) {
 	return b[:len(b)-1], nil // without Encode's newline
 }
 
-// appendJSONString appends s as EncodeJSON encodes a string: quoted, with ", \ and
-// control characters escaped, invalid UTF-8 as \ufffd, U+2028 and U+2029 escaped, and
-// no HTML escaping. The outbox payload and the metadata are written by hand with it
-// (encoding/json's reflection was a tenth of an append's CPU); TestAppendJSONString
+// AppendJSONString appends s as EncodeJSON encodes a string: quoted, with ", \ and
+// control characters escaped (\b, \f, \n, \r, \t short, others as \u00XX), invalid
+// UTF-8 as \ufffd, U+2028 and U+2029 escaped, and no HTML escaping. The outbox payload
+// and the metadata are written by hand with it (encoding/json's reflection was a tenth
+// of an append's CPU), and so are the read models' documents; TestAppendJSONString
 // holds it to EncodeJSON.
-func appendJSONString(dst []byte, s string) []byte {
+func AppendJSONString(dst []byte, s string) []byte {
 	const hex = "0123456789abcdef"
 	dst = append(dst, '"')
 	start := 0
@@ -112,7 +113,7 @@ func appendMetadata(dst []byte, md Metadata) []byte {
 		dst = append(dst, '"')
 		dst = append(dst, name...)
 		dst = append(dst, `":`...)
-		dst = appendJSONString(dst, v)
+		dst = AppendJSONString(dst, v)
 	}
 	field("actor", md.Actor)
 	if p := md.Principal; p != nil {
@@ -120,11 +121,11 @@ func appendMetadata(dst []byte, md Metadata) []byte {
 			dst = append(dst, ',')
 		}
 		dst = append(dst, `"principal":{"id":`...)
-		dst = appendJSONString(dst, p.ID)
+		dst = AppendJSONString(dst, p.ID)
 		dst = append(dst, `,"name":`...)
-		dst = appendJSONString(dst, p.Name)
+		dst = AppendJSONString(dst, p.Name)
 		dst = append(dst, `,"role":`...)
-		dst = appendJSONString(dst, p.Role)
+		dst = AppendJSONString(dst, p.Role)
 		dst = append(dst, '}')
 	}
 	field("request_id", md.RequestID)

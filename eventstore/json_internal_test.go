@@ -37,7 +37,7 @@ func TestAppendJSONString(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := appendJSONString(nil, c); string(got) != string(want) {
+		if got := AppendJSONString(nil, c); string(got) != string(want) {
 			t.Fatalf("%q: expected %s, got %s", c, want, got)
 		}
 	}

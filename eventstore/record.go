@@ -95,7 +95,7 @@ func appendMessageTail(b []byte, r Record, data []byte) ([]byte, error) {
 	b = append(b, `,"version":`...)
 	b = strconv.AppendInt(b, int64(r.Version), 10)
 	b = append(b, `,"type":`...)
-	b = appendJSONString(b, r.Type())
+	b = AppendJSONString(b, r.Type())
 	b = append(b, `,"at":`...)
 	b, err := appendJSONTime(b, r.At)
 	if err != nil {
@@ -118,17 +118,22 @@ func appendMessageTail(b []byte, r Record, data []byte) ([]byte, error) {
 
 // appendUUID appends id quoted in its canonical text form (as its MarshalText).
 func appendUUID(b []byte, id uuid.UUID) []byte {
-	var t [38]byte
-	t[0], t[37] = '"', '"'
-	hex.Encode(t[1:9], id[0:4])
-	t[9] = '-'
-	hex.Encode(t[10:14], id[4:6])
-	t[14] = '-'
-	hex.Encode(t[15:19], id[6:8])
-	t[19] = '-'
-	hex.Encode(t[20:24], id[8:10])
-	t[24] = '-'
-	hex.Encode(t[25:37], id[10:16])
+	return append(AppendUUID(append(b, '"'), id), '"')
+}
+
+// AppendUUID appends id in its canonical text form (uuid.UUID.String's), unquoted,
+// without the allocation of String.
+func AppendUUID(b []byte, id uuid.UUID) []byte {
+	var t [36]byte
+	hex.Encode(t[0:8], id[0:4])
+	t[8] = '-'
+	hex.Encode(t[9:13], id[4:6])
+	t[13] = '-'
+	hex.Encode(t[14:18], id[6:8])
+	t[18] = '-'
+	hex.Encode(t[19:23], id[8:10])
+	t[23] = '-'
+	hex.Encode(t[24:], id[10:16])
 	return append(b, t[:]...)
 }
 

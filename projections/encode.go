@@ -2,11 +2,9 @@ package projections
 
 import (
 	"bytes"
-	"encoding/hex"
 	"fmt"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
 	gojson "github.com/goccy/go-json"
 	"github.com/ticketd/ticketd/eventstore"
@@ -101,19 +99,19 @@ func appendSummary(dst []byte, s Summary) ([]byte, error) {
 		return append(dst, b[:len(b)-1]...), nil
 	}
 	dst = append(dst, `{"id":"`...)
-	dst = appendUUID(dst, s.ID)
+	dst = eventstore.AppendUUID(dst, s.ID)
 	dst = append(dst, `","title":`...)
-	dst = appendJSONString(dst, s.Title)
+	dst = eventstore.AppendJSONString(dst, s.Title)
 	dst = append(dst, `,"description":`...)
-	dst = appendJSONString(dst, s.Description)
+	dst = eventstore.AppendJSONString(dst, s.Description)
 	dst = append(dst, `,"email":`...)
-	dst = appendJSONString(dst, s.Email)
+	dst = eventstore.AppendJSONString(dst, s.Email)
 	dst = append(dst, `,"created_by":`...)
-	dst = appendJSONString(dst, s.CreatedBy)
+	dst = eventstore.AppendJSONString(dst, s.CreatedBy)
 	dst = append(dst, `,"updated_by":`...)
-	dst = appendJSONString(dst, s.UpdatedBy)
+	dst = eventstore.AppendJSONString(dst, s.UpdatedBy)
 	dst = append(dst, `,"status":`...)
-	dst = appendJSONString(dst, string(s.Status))
+	dst = eventstore.AppendJSONString(dst, string(s.Status))
 	dst = append(dst, `,"version":`...)
 	dst = strconv.AppendInt(dst, int64(s.Version), 10)
 	dst = append(dst, `,"comment_count":`...)
@@ -245,15 +243,15 @@ func appendComment(dst []byte, c Comment) ([]byte, error) {
 		return append(dst, b...), err
 	}
 	dst = append(dst, `{"id":"`...)
-	dst = appendUUID(dst, c.ID)
+	dst = eventstore.AppendUUID(dst, c.ID)
 	dst = append(dst, `","body":`...)
-	dst = appendJSONString(dst, c.Body)
+	dst = eventstore.AppendJSONString(dst, c.Body)
 	if c.Email != "" {
 		dst = append(dst, `,"email":`...)
-		dst = appendJSONString(dst, c.Email)
+		dst = eventstore.AppendJSONString(dst, c.Email)
 	}
 	dst = append(dst, `,"created_by":`...)
-	dst = appendJSONString(dst, c.CreatedBy)
+	dst = eventstore.AppendJSONString(dst, c.CreatedBy)
 	dst = append(dst, `,"created_at":"`...)
 	dst = c.CreatedAt.AppendFormat(dst, time.RFC3339Nano)
 	dst = append(dst, `","version":`...)
@@ -264,76 +262,4 @@ func appendComment(dst []byte, c Comment) ([]byte, error) {
 func zoneOffset(t time.Time) int {
 	_, off := t.Zone()
 	return off
-}
-
-// appendUUID appends id in its canonical text form (uuid.UUID.String's).
-func appendUUID(dst []byte, id [16]byte) []byte {
-	var buf [36]byte
-	hex.Encode(buf[0:8], id[0:4])
-	buf[8] = '-'
-	hex.Encode(buf[9:13], id[4:6])
-	buf[13] = '-'
-	hex.Encode(buf[14:18], id[6:8])
-	buf[18] = '-'
-	hex.Encode(buf[19:23], id[8:10])
-	buf[23] = '-'
-	hex.Encode(buf[24:], id[10:])
-	return append(dst, buf[:]...)
-}
-
-// appendJSONString appends s as a JSON string exactly as encoding/json does without
-// HTML escaping (eventstore.EncodeJSON): ", \ and control characters escaped (\b, \f,
-// \n, \r, \t short, others as \u00XX), invalid UTF-8 as \ufffd, and U+2028 and
-// U+2029 as \u2028 and \u2029.
-func appendJSONString(dst []byte, s string) []byte {
-	const hexDigits = "0123456789abcdef"
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		b := s[i]
-		if b < utf8.RuneSelf {
-			if b >= 0x20 && b != '"' && b != '\\' {
-				i++
-				continue
-			}
-			dst = append(dst, s[start:i]...)
-			switch b {
-			case '\\', '"':
-				dst = append(dst, '\\', b)
-			case '\b':
-				dst = append(dst, '\\', 'b')
-			case '\f':
-				dst = append(dst, '\\', 'f')
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigits[b>>4], hexDigits[b&0xF])
-			}
-			i++
-			start = i
-			continue
-		}
-		c, size := utf8.DecodeRuneInString(s[i:])
-		if c == utf8.RuneError && size == 1 {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
-			i += size
-			start = i
-			continue
-		}
-		if c == '\u2028' || c == '\u2029' {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[c&0xF])
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
 }
