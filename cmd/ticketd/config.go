@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"reflect"
@@ -64,6 +65,12 @@ type Config struct {
 	// PprofAddr, when set, is a loopback host:port on which net/http/pprof is served,
 	// on a listener of its own (never the API's). Empty: no profiling endpoint.
 	PprofAddr string `env:"PPROF_ADDR"`
+	// AutoMemLimit is read by automemlimit in main, before the configuration, to set
+	// the soft memory limit (see memlimit.go): empty (the 90% default), off (no limit)
+	// or a ratio in (0, 1] of the container's memory. It is here so that a malformed
+	// value stops the start with the other configuration errors instead of leaving the
+	// process without a limit.
+	AutoMemLimit string `env:"AUTOMEMLIMIT"`
 	// AccessLogSample is the fraction (0..1) of successful reads (GET, HEAD) that get an
 	// access log line at info level. Errors, slow requests and writes are always logged.
 	AccessLogSample float64 `env:"ACCESS_LOG_SAMPLE" envDefault:"0.01"`
@@ -397,6 +404,11 @@ func (c Config) Validate() error {
 	}
 	if c.AccessLogSlow <= 0 {
 		errs = append(errs, fmt.Errorf("ACCESS_LOG_SLOW must be positive, not %s", c.AccessLogSlow))
+	}
+	if v := strings.TrimSpace(c.AutoMemLimit); v != "" && v != "off" {
+		if r, err := strconv.ParseFloat(v, 64); err != nil || math.IsNaN(r) || r <= 0 || r > 1 {
+			errs = append(errs, fmt.Errorf("AUTOMEMLIMIT must be off or a ratio of the container's memory in (0, 1], e.g. 0.8, not %q", c.AutoMemLimit))
+		}
 	}
 	if c.PprofAddr != "" {
 		if err := loopbackAddr(c.PprofAddr); err != nil {

@@ -65,6 +65,10 @@ func TestConfigErrorsNameTheVariableAndTheForm(t *testing.T) {
 		{"HTTP_ADDR", "8000", `HTTP_ADDR "8000" must be [host]:port`},
 		{"HTTP_ADDR", ":99999", `HTTP_ADDR ":99999": the port must be a number from 1 to 65535`},
 		{"PPROF_ADDR", ":6060", `PPROF_ADDR ":6060": must be a loopback address (…`},
+		{"AUTOMEMLIMIT", "80%", `AUTOMEMLIMIT must be off or a ratio of the container's memory in (0, 1], e.g. 0.8, not "80%"`},
+		{"AUTOMEMLIMIT", "1.5", `AUTOMEMLIMIT must be off or a ratio of the container's memory in (0, 1], e.g. 0.8, not "1.5"`},
+		{"AUTOMEMLIMIT", "0", `AUTOMEMLIMIT must be off or a ratio …`},
+		{"AUTOMEMLIMIT", "NaN", `AUTOMEMLIMIT must be off or a ratio …`},
 		{"DATABASE_DSN", "mysql://x/y", `DATABASE_DSN must be a URL like postgres://user@host:5432/dbname?sslmode=disable`},
 		{"DATABASE_DSN", "postgres://x", `DATABASE_DSN must name a database (the path of the URL)`},
 		{"OIDC_LEEWAY", "30", `OIDC_LEEWAY: "30" is not a duration (a number and a unit: 150ms, 2s, 1m, 24h; units ns, us, ms, s, m, h; the default is 30s)`},
@@ -170,5 +174,21 @@ func TestConfigReportsEveryBadVariableOnce(t *testing.T) {
 	}
 	if !strings.HasPrefix(err.Error(), "invalid configuration (7 problems):\n  ") {
 		t.Errorf("error %q: want a count, then one problem a line", err)
+	}
+}
+
+// AUTOMEMLIMIT takes what automemlimit takes: empty (the default share), off, or a
+// ratio in (0, 1].
+func TestAutoMemLimitValues(t *testing.T) {
+	t.Parallel()
+	for _, v := range []string{"", "off", "0.8", "1", "0.05"} {
+		if _, err := loadConfig(func(k string) string {
+			if k == "AUTOMEMLIMIT" {
+				return v
+			}
+			return ""
+		}); err != nil {
+			t.Errorf("AUTOMEMLIMIT=%q: %v", v, err)
+		}
 	}
 }

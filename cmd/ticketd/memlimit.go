@@ -2,7 +2,9 @@ package main
 
 import (
 	"math"
+	"os"
 	"runtime/debug"
+	"strings"
 
 	"github.com/KimMachineGun/automemlimit/memlimit"
 )
@@ -23,12 +25,19 @@ const (
 // setMemoryLimit sets the runtime's soft memory limit as above and returns it
 // (math.MaxInt64: none).
 func setMemoryLimit() int64 {
+	// An empty AUTOMEMLIMIT counts as unset, as every other variable does (automemlimit
+	// would take it for a malformed ratio). A malformed one is refused by
+	// Config.Validate before the server starts.
+	if v, ok := os.LookupEnv("AUTOMEMLIMIT"); ok && strings.TrimSpace(v) == "" {
+		os.Unsetenv("AUTOMEMLIMIT")
+	}
 	limit, err := memlimit.Set(
 		memlimit.WithRatio(memoryLimitRatio),
 		memlimit.WithProvider(memlimit.ApplyFallback(memlimit.FromCgroup, memlimit.Limit(fallbackMemoryLimit))),
 	)
 	if err != nil {
-		// An unreadable cgroup or a malformed AUTOMEMLIMIT: keep what the runtime has.
+		// An unreadable cgroup, or a malformed AUTOMEMLIMIT (which stops the start
+		// right after, in Config.Validate): keep what the runtime has.
 		return debug.SetMemoryLimit(-1)
 	}
 	return limit

@@ -99,7 +99,8 @@ func vmHWM(t *testing.T, pid int) int {
 
 // TestMemoryLimitDefault: without GOMEMLIMIT, ticketd gives the Go runtime a soft
 // memory limit (90% of the container's limit, or of 200 MiB without one), and says so
-// in its "listening" line; GOMEMLIMIT wins, and AUTOMEMLIMIT=off leaves none.
+// in its "listening" line; GOMEMLIMIT wins, AUTOMEMLIMIT=off leaves none, and an
+// empty AUTOMEMLIMIT counts as unset.
 func TestMemoryLimitDefault(t *testing.T) {
 	t.Parallel()
 	bin := buildTicketd(t)
@@ -116,6 +117,7 @@ func TestMemoryLimitDefault(t *testing.T) {
 		{"unset", nil, float64(want)},
 		{"GOMEMLIMIT", map[string]string{"GOMEMLIMIT": "300MiB"}, float64(300 << 20)},
 		{"AUTOMEMLIMIT_off", map[string]string{"AUTOMEMLIMIT": "off"}, "none"},
+		{"AUTOMEMLIMIT_empty", map[string]string{"AUTOMEMLIMIT": ""}, float64(want)}, // as if unset
 	} {
 		env := processEnv(t, dsn)
 		env["LOG_LEVEL"] = "info"
