@@ -107,7 +107,7 @@ func parseOptions(args []string, stdout io.Writer) (options, error) {
 	fs.IntVar(&o.tickets, "tickets", 10000, "tickets to seed")
 	fs.IntVar(&o.longTickets, "long-tickets", 0, "tickets with -long-events events each for the long-comment scenario (0: four per connection when seeding directly, 1 through the API)")
 	fs.IntVar(&o.longEvents, "long-events", 1000, "events in each long ticket")
-	fs.IntVar(&o.rebuildEvents, "rebuild-events", 200000, "events in the store when the rebuild runs (topped up directly)")
+	fs.IntVar(&o.rebuildEvents, "rebuild-events", 200000, "events at least in the store when the rebuild and -verify run (topped up directly; a full run holds more, and the rows say how many)")
 	fs.IntVar(&o.backlogEvents, "backlog-events", 200000, "events appended (with their outbox rows) for the projectors to work off in the backlog scenario")
 	fs.IntVar(&o.pgConns, "pg-conns", 16, "PG_MAX_CONNS for ticketd and the pool size of the pgx baselines")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "per-request timeout of the load generator")

@@ -18,9 +18,11 @@ func (b *bench) runVerify(ctx context.Context) error {
 		b.add(r)
 		return nil
 	}
-	if err := b.topUpEvents(ctx); err != nil {
+	events, err := b.topUpEvents(ctx)
+	if err != nil {
 		return err
 	}
+	r.Scenario = fmt.Sprintf("ticketd -verify: the hash chain (%dk events)", (events+500)/1000)
 	if !hasFlag(ctx, b.bin, "verify") {
 		r.NA, r.Note = true, "n/a (flag missing: ticketd has no -verify yet)"
 		b.add(r)
@@ -30,7 +32,7 @@ func (b *bench) runVerify(ctx context.Context) error {
 	defer cancel()
 	cmd, out := b.task(ctx, "-verify")
 	t0 := time.Now()
-	err := cmd.Run()
+	err = cmd.Run()
 	wall := time.Since(t0)
 	if err != nil {
 		r.Errors = 1
