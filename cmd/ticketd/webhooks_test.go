@@ -231,7 +231,16 @@ func TestWebhooksDeliverEveryEventTypeSigned(t *testing.T) {
 	if len(log) != 2 || !strings.Contains(r.Header.Get("Link"), `rel="next"`) {
 		t.Fatalf("first page %+v, Link %q: want 2 and a next link", log, r.Header.Get("Link"))
 	}
-	s.do(t, "GET", "/v1/webhooks/"+h.ID+"/deliveries?limit=100", nil).expect(t, 200).JSON(t, &log)
+	// The receiver has the ping before ticketd has recorded its answer: wait for that.
+	eventually(t, 5*time.Second, "every delivery recorded as delivered", func() bool {
+		s.do(t, "GET", "/v1/webhooks/"+h.ID+"/deliveries?limit=100", nil).expect(t, 200).JSON(t, &log)
+		for _, d := range log {
+			if d.Status == "pending" {
+				return false
+			}
+		}
+		return true
+	})
 	if len(log) != 5 {
 		t.Fatalf("log %+v, want 5 deliveries", log)
 	}
