@@ -179,7 +179,9 @@ func TestRedisHangingFailsOpenWithinTheTimeoutThenCostsNoRoundTrip(t *testing.T)
 			t.Fatalf("call %d with the breaker open: refused %+v", i, d)
 		}
 	}
-	if took := time.Since(start); took > 20*time.Millisecond {
+	// A call that went to Redis would wait for the whole timeout; a tighter bound only
+	// measures how busy the machine is.
+	if took := time.Since(start); took > outageTimeout {
 		t.Errorf("%d calls with the breaker open took %s; want no waiting at all", n, took)
 	}
 	if got := failures(m, kindPrincipal, "circuit-open"); got != n {
@@ -242,8 +244,11 @@ func TestOffNeverTouchesRedis(t *testing.T) {
 	if d := lim.AllowAuthFailure(ctx, "192.0.2.1"); !d.Allowed || d.Enforced {
 		t.Errorf("auth failure with its limit off: want allowed, not enforced, got %+v", d)
 	}
-	if took := time.Since(start); took > 10*time.Millisecond {
-		t.Errorf("26 calls with every limit off took %s", took)
+	// One call that went to the silent Redis would wait for the whole timeout (1 s); a
+	// bound much tighter than that only measures how busy the machine is (20 ms seen
+	// under the race detector with other packages' tests beside it).
+	if took := time.Since(start); took > cfg.Timeout/2 {
+		t.Errorf("26 calls with every limit off took %s: one waited for Redis", took)
 	}
 	time.Sleep(20 * time.Millisecond) // a connection would have been accepted by now
 	if n := accepted.Load(); n != 0 {
