@@ -173,3 +173,44 @@ func TestConcurrentReadsShareRoundTrips(t *testing.T) {
 		t.Errorf("reads while Redis hangs returned after %s, want about the 100ms timeout", d)
 	}
 }
+
+// watchedCtx counts the calls that would make its owner's deadline timer (httpapi's
+// request context makes one only on Done or Err).
+type watchedCtx struct {
+	context.Context
+	deadline time.Time
+	waits    atomic.Int32
+}
+
+func (w *watchedCtx) Deadline() (time.Time, bool) { return w.deadline, true }
+func (w *watchedCtx) Done() <-chan struct{}       { w.waits.Add(1); return w.Context.Done() }
+func (w *watchedCtx) Err() error                  { w.waits.Add(1); return w.Context.Err() }
+
+// A GET of a document, hit or miss, bounds itself by the Redis timeout and never waits
+// on its caller's context when the caller's deadline is later (the hot GET's one
+// deadline); a sooner caller deadline still bounds it.
+func TestGetDoesNotWaitOnALaterCallerDeadline(t *testing.T) {
+	t.Parallel()
+	docs, _ := projectionstest.NewDocs(t)
+	id := uuid.New()
+	if err := docs.Put(context.Background(), view(id, 1, ticket.StatusOpen)); err != nil {
+		t.Fatal(err)
+	}
+	caller := &watchedCtx{Context: context.Background(), deadline: time.Now().Add(5 * time.Second)}
+	if _, v, found, err := docs.Get(caller, id); err != nil || !found || v != 1 {
+		t.Fatalf("hit: v%d found=%v err=%v", v, found, err)
+	}
+	if _, _, found, err := docs.Get(caller, uuid.New()); err != nil || found {
+		t.Fatalf("miss: found=%v err=%v", found, err)
+	}
+	if n := caller.waits.Load(); n != 0 {
+		t.Errorf("the caller's Done or Err was called %d times: its deadline timer would be made", n)
+	}
+
+	soon, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+	defer cancel()
+	<-soon.Done()
+	if _, _, _, err := docs.Get(soon, id); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("a caller whose deadline passed: err %v, want DeadlineExceeded", err)
+	}
+}
