@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -99,16 +100,19 @@ func (d *Docs) Prefix() string { return d.prefix }
 func (d *Docs) Up() bool { return d.br.Up() }
 
 // putScript writes ARGV[2] under KEYS[1] unless the stored value's version (the digits
-// before its first newline) is at least ARGV[1]. ARGV[3] is a TTL in milliseconds, 0
-// for none. It returns 1 when it wrote, 0 when the stored value is as new or newer.
-// GETRANGE reads only the head of the stored value, not the whole document.
+// before its first newline) is newer than ARGV[1], or as new and not a floor (see
+// Floor): a floor gives way to a document of its own version. ARGV[3] is a TTL in
+// milliseconds, 0 for none. It returns 1 when it wrote, 0 when the stored value is as
+// new or newer. GETRANGE reads only the head of the stored value, not the whole
+// document.
 var putScript = redis.NewScript(`
 local head = redis.call('GETRANGE', KEYS[1], 0, 15)
 if head ~= '' then
 	local nl = string.find(head, '\n', 1, true)
 	if nl then
 		local cur = tonumber(string.sub(head, 1, nl - 1))
-		if cur and cur >= tonumber(ARGV[1]) then
+		local v = tonumber(ARGV[1])
+		if cur and (cur > v or (cur == v and string.sub(head, nl + 1, nl + 1) ~= '~')) then
 			return 0
 		end
 	end
@@ -119,6 +123,42 @@ else
 	redis.call('SET', KEYS[1], ARGV[2])
 end
 return 1
+`)
+
+// floorMark is the body of a floor: "<version>\n~". No document's JSON starts with it.
+const floorMark = '~'
+
+// isFloor reports whether a stored value's body (after the version line) is a floor.
+func isFloor(body []byte) bool { return len(body) == 1 && body[0] == floorMark }
+
+// FloorTTL is how long a floor (see Floor) outlives a rebuild that never replaced it:
+// a rebuild's Finish removes the floors left, and readers and writers replace the
+// others with documents, so this only bounds what a rebuild that died leaves.
+const FloorTTL = 24 * time.Hour
+
+// floorScript turns the document (or tombstone) KEYS[1] into a floor of its version
+// that expires after ARGV[1] milliseconds; a malformed value is removed. It reads only
+// the value's head.
+var floorScript = redis.NewScript(`
+local head = redis.call('GETRANGE', KEYS[1], 0, 15)
+local nl = string.find(head, '\n', 1, true)
+if not nl or not tonumber(string.sub(head, 1, nl - 1)) then
+	redis.call('UNLINK', KEYS[1])
+	return 0
+end
+redis.call('SET', KEYS[1], string.sub(head, 1, nl) .. '~', 'PX', ARGV[1])
+return 1
+`)
+
+// unfloorScript removes KEYS[1] if it is still a floor.
+var unfloorScript = redis.NewScript(`
+local head = redis.call('GETRANGE', KEYS[1], 0, 15)
+local nl = string.find(head, '\n', 1, true)
+if nl and string.sub(head, nl + 1) == '~' then
+	redis.call('UNLINK', KEYS[1])
+	return 1
+end
+return 0
 `)
 
 // Put stores v as its ticket's document if v.Version is newer than the stored version
@@ -169,7 +209,8 @@ func (d *Docs) set(ctx context.Context, id uuid.UUID, version int, body []byte, 
 
 // Get returns the stored document of ticket id: the JSON body, ready to send, and its
 // version. found is false when nothing is stored (a miss, not an error). A tombstone is
-// found with its version, a nil body and ErrDeleted. Other errors: ErrDown while
+// found with its version, a nil body and ErrDeleted; a floor (see Floor) is a miss.
+// Other errors: ErrDown while
 // the breaker is open, otherwise the Redis error.
 //
 // It is the hot GET's one call, bounded by the timeout on its own: unless ctx's
@@ -199,8 +240,11 @@ func (d *Docs) Get(ctx context.Context, id uuid.UUID) (body []byte, version int,
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("redis document of %s: %w", id, err)
 	}
-	if len(body) == 0 {
+	switch {
+	case len(body) == 0:
 		return nil, version, true, ErrDeleted
+	case isFloor(body):
+		return nil, 0, false, nil // a rebuild is replacing it: a miss
 	}
 	return body, version, true, nil
 }
@@ -226,7 +270,8 @@ func parseDoc(raw []byte) (int, []byte, error) {
 }
 
 // Versions returns the stored versions of the given tickets in one pipelined round
-// trip per node: 0 for a miss; a tombstone counts with its version. It is bounded by
+// trip per node: 0 for a miss; a tombstone and a floor count with their version (a
+// floor is never served, and only a document of that version or newer replaces it). It is bounded by
 // the timeout like every other call.
 func (d *Docs) Versions(ctx context.Context, ids []uuid.UUID) ([]int, error) {
 	cmds, err := d.readEach(ctx, ids, func(ctx context.Context, p redis.Pipeliner, key string) *redis.StringCmd {
@@ -257,28 +302,111 @@ func (d *Docs) Cached(id uuid.UUID) (projections.View, bool) { return d.views.Ge
 const viewCacheBytes = 8 << 20
 
 // Wipe deletes every key under the prefix, on every master of a cluster (SCAN per
-// node), and nothing else. It is for rebuilds and tests; each round trip is bounded by
-// a few seconds, not by the request timeout, and it ignores the circuit breaker.
+// node), and nothing else. It is for tests; each round trip is bounded by a few
+// seconds, not by the request timeout, and it ignores the circuit breaker.
 func (d *Docs) Wipe(ctx context.Context) error {
 	d.views.Drop()
-	pattern := d.prefix + ":*"
-	wipe := func(ctx context.Context, c redis.Cmdable) error {
+	return d.eachKeys(ctx, d.prefix+":*", func(ctx context.Context, p redis.Pipeliner, keys []string) func() {
+		// One UNLINK per key: keys of different slots may not share a command.
+		for _, k := range keys {
+			p.Unlink(ctx, k)
+		}
+		return nil
+	})
+}
+
+// Floor turns every document and tombstone into a floor: "<version>\n~", its version
+// without its body, expiring after FloorTTL. A floor is never served (Get and GetMany
+// miss on it, and readers fall back to Postgres, which is exact), and set-if-newer
+// replaces it only with a document of its version or newer. A rebuild floors the
+// documents instead of deleting them, so that no document ever moves backwards:
+// documents written through or projected before the rebuild read the events (or
+// before the live projector, behind, reaches the same ticket again) keep their version
+// as a floor, and neither the rebuild's older fold nor that projector may go below it.
+// Like Wipe, it ignores the breaker and bounds each round trip by a few seconds.
+func (d *Docs) Floor(ctx context.Context) error {
+	d.views.Drop()
+	ttl := FloorTTL.Milliseconds()
+	return d.eachKeys(ctx, d.prefix+":{*}:doc", func(ctx context.Context, p redis.Pipeliner, keys []string) func() {
+		for _, k := range keys {
+			floorScript.Eval(ctx, p, []string{k}, ttl)
+		}
+		return nil
+	})
+}
+
+// SweepFloors removes the floors that no document replaced, and returns how many. After
+// a rebuild those are documents of tickets the event store does not have, or newer than
+// it has (Redis kept while Postgres was restored from a backup): removing them makes
+// their reads misses, never older.
+func (d *Docs) SweepFloors(ctx context.Context) (int, error) {
+	var mu sync.Mutex // masters are scanned concurrently
+	var floors []string
+	err := d.eachKeys(ctx, d.prefix+":{*}:doc", func(ctx context.Context, p redis.Pipeliner, keys []string) func() {
+		heads := make([]*redis.StringCmd, len(keys))
+		for i, k := range keys {
+			heads[i] = p.GetRange(ctx, k, 0, 15)
+		}
+		return func() {
+			mu.Lock()
+			defer mu.Unlock()
+			for i, h := range heads {
+				if strings.HasSuffix(h.Val(), "\n~") {
+					floors = append(floors, keys[i])
+				}
+			}
+		}
+	})
+	if err != nil || len(floors) == 0 {
+		return 0, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cmds := make([]*redis.Cmd, len(floors))
+	_, err = d.rdb.Pipelined(sctx, func(p redis.Pipeliner) error {
+		for i, k := range floors {
+			cmds[i] = unfloorScript.Eval(sctx, p, []string{k})
+		}
+		return nil
+	})
+	n := 0
+	for _, c := range cmds {
+		if v, _ := c.Int(); v == 1 {
+			n++
+		}
+	}
+	if err != nil {
+		return n, fmt.Errorf("sweep floors: %w", err)
+	}
+	return n, nil
+}
+
+// eachKeys SCANs the keys matching pattern on every master of a cluster (or the one
+// server), 1,000 at a time, and sends the commands each queues for a batch in one
+// pipeline; the function each returns, if any, runs once that pipeline has answered.
+// Each round trip is bounded by 5 seconds.
+func (d *Docs) eachKeys(ctx context.Context, pattern string, each func(context.Context, redis.Pipeliner, []string) func()) error {
+	scan := func(ctx context.Context, c redis.Cmdable) error {
 		var cursor uint64
 		for {
 			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			keys, next, err := c.Scan(sctx, cursor, pattern, 1000).Result()
 			if err == nil && len(keys) > 0 {
-				// One UNLINK per key: keys of different slots may not share a command.
+				var after func()
 				_, err = c.Pipelined(sctx, func(p redis.Pipeliner) error {
-					for _, k := range keys {
-						p.Unlink(sctx, k)
-					}
+					after = each(sctx, p, keys)
 					return nil
 				})
+				if errors.Is(err, redis.Nil) {
+					err = nil // a key gone since the SCAN
+				}
+				if err == nil && after != nil {
+					after()
+				}
 			}
 			cancel()
 			if err != nil {
-				return fmt.Errorf("wipe %s: %w", pattern, err)
+				return fmt.Errorf("scan %s: %w", pattern, err)
 			}
 			if cursor = next; cursor == 0 {
 				return nil
@@ -287,10 +415,10 @@ func (d *Docs) Wipe(ctx context.Context) error {
 	}
 	if cc, ok := d.rdb.(*redis.ClusterClient); ok {
 		return cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
-			return wipe(ctx, node)
+			return scan(ctx, node)
 		})
 	}
-	return wipe(ctx, d.rdb)
+	return scan(ctx, d.rdb)
 }
 
 // done records the outcome of a call that started at start in the breaker and returns
@@ -344,8 +472,8 @@ type Doc struct {
 }
 
 // GetMany returns the stored documents of ids, in order, in one pipelined round trip
-// per cluster node, bounded by the timeout. A malformed value counts as a miss (its
-// ticket is then rebuilt). Errors: ErrDown while the breaker is open, otherwise
+// per cluster node, bounded by the timeout. A malformed value or a floor counts as a
+// miss (its ticket is then folded from the event store). Errors: ErrDown while the breaker is open, otherwise
 // the Redis error; documents are returned only when every read succeeded.
 func (d *Docs) GetMany(ctx context.Context, ids []uuid.UUID) ([]Doc, error) {
 	cmds, err := d.readEach(ctx, ids, func(ctx context.Context, p redis.Pipeliner, key string) *redis.StringCmd {
@@ -361,7 +489,7 @@ func (d *Docs) GetMany(ctx context.Context, ids []uuid.UUID) ([]Doc, error) {
 			continue // redis.Nil: a miss
 		}
 		version, body, err := parseDoc(raw)
-		if err != nil {
+		if err != nil || isFloor(body) {
 			continue
 		}
 		out[i] = Doc{Body: body, Version: version, Found: true, Deleted: len(body) == 0}
@@ -379,10 +507,11 @@ func (d *Docs) PutMany(ctx context.Context, views []projections.View, force bool
 	return d.putMany(ctx, views, force, false)
 }
 
-// FillMany is PutMany (past the breaker) for documents that are most likely absent:
-// a rebuild's, after Wipe. Each is first written with SET NX, which stores it only
-// where nothing is stored, atomically, exactly what set-if-newer does there; only the
-// documents a live writer stored meanwhile go through the set-if-newer script. The
+// FillMany is PutMany (past the breaker) for documents that may well be absent (a
+// new ticket's first, a rebuild's into an empty Redis). Each is first written with
+// SET NX, which stores it only where nothing is stored, atomically, exactly what
+// set-if-newer does there; only where something is stored (a document, a tombstone, a
+// floor) does the set-if-newer script decide. The
 // script cost Redis about 39 µs per call against a few for a SET (a rebuild's
 // documents are tens of kB, which the script copies into Lua).
 func (d *Docs) FillMany(ctx context.Context, views []projections.View) ([]projections.View, error) {
@@ -470,7 +599,7 @@ func AppendDoc(dst []byte, v *projections.View) ([]byte, error) {
 // FillEncoded is FillMany for documents encoded by the caller (AppendDoc), which may
 // keep their bytes in one buffer it reuses: the rebuild's. Unlike FillMany it leaves
 // the cache of written views alone (a rebuild's views are not folded onto again by
-// this process; Wipe emptied the cache). It returns the documents whose write failed
+// this process; Floor emptied the cache). It returns the documents whose write failed
 // and the first error.
 func (d *Docs) FillEncoded(ctx context.Context, docs []EncodedDoc) ([]EncodedDoc, error) {
 	for _, doc := range docs {

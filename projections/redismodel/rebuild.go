@@ -13,12 +13,15 @@ import (
 )
 
 // Target is the Redis read model as a projections.Target. Redis has no second copy to
-// swap in: Begin wipes the documents and Load refills them, pipelined, while the live
-// projector may run all along: every write is set-if-newer by version, so whatever it
-// writes is a true state of a ticket and never replaces a newer one, and what it wrote
-// before the wipe at or after the rebuild's point is written again, because the swap
-// sets its position back to that point. Readers that miss meanwhile fall back to
-// Postgres and the event store.
+// swap in: Begin turns every document into a floor (Docs.Floor: its version without
+// its body, never served) and Load refills them, pipelined, while the live projector
+// and the write-through of every instance may run all along. Every write is
+// set-if-newer by version and a floor gives way only to its own version or newer, so
+// no document moves backwards: one written before the rebuild read the events, for an
+// event the rebuild's fold does not hold yet, stays a floor (a miss, served from
+// Postgres, which is exact) until the catch-up, the live projector or a reader writes
+// that version again. Finish removes the floors nothing replaced (documents of
+// tickets the event store does not have, or newer than it has).
 type Target struct {
 	Docs   *Docs
 	Events projections.Streams
@@ -27,13 +30,13 @@ type Target struct {
 // Group returns Group.
 func (t Target) Group() string { return Group }
 
-// Begin wipes every document.
-func (t Target) Begin(ctx context.Context) error { return t.Docs.Wipe(ctx) }
+// Begin turns every document into a floor.
+func (t Target) Begin(ctx context.Context) error { return t.Docs.Floor(ctx) }
 
 // Load writes the views (tombstones for deleted tickets) past the breaker with
-// FillEncoded (SET NX, set-if-newer only where a live writer stored a document since
-// the wipe), 500 to a pipeline, retrying a few times with a growing pause so a blip
-// does not fail the whole rebuild. Comments are in the views already (the first
+// FillEncoded (SET NX where nothing is stored, the set-if-newer script where a floor
+// or a document a live writer stored since is), 500 to a pipeline, retrying a few
+// times with a growing pause so a blip does not fail the whole rebuild. Comments are in the views already (the first
 // EmbeddedComments of each). The documents are encoded by hand (View.AppendJSON) into
 // one buffer that the next Load reuses.
 func (t Target) Load(ctx context.Context, views []projections.View, _ []projections.TicketComment) error {
@@ -105,8 +108,17 @@ func (t Target) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Record) 
 // Swap has nothing to swap: the documents are live already.
 func (t Target) Swap(context.Context, pgx.Tx) error { return nil }
 
-// Abort leaves the documents as they are: readers refill what is missing.
+// Abort leaves the documents and floors as they are: readers and writers replace the
+// floors with documents, which FloorTTL bounds otherwise.
 func (t Target) Abort(context.Context) error { return nil }
+
+// Finish removes the floors that no document replaced, once the swap has committed:
+// every event below the swap's bound is in Redis by then, so what is left is of
+// tickets the event store does not have, or newer than it has.
+func (t Target) Finish(ctx context.Context) error {
+	_, err := t.Docs.SweepFloors(ctx)
+	return err
+}
 
 func sleep(ctx context.Context, d time.Duration) error {
 	tm := time.NewTimer(d)

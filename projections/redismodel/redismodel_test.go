@@ -180,6 +180,103 @@ func TestRedisDocsKeysOfOneTicketShareASlot(t *testing.T) {
 	}
 }
 
+// A rebuild floors the documents instead of deleting them (Docs.Floor), so that a
+// document written before the rebuild read the events never gives way to the
+// rebuild's older fold, nor to a live projector that is behind: the floor keeps the
+// version, misses on every read, and gives way only to that version or a newer one.
+func TestRedisFloorKeepsEachVersionAndMissesUntilReplaced(t *testing.T) {
+	t.Parallel()
+	docs, rdb := projectionstest.NewDocs(t)
+	other, _ := projectionstest.NewDocs(t)
+	ctx := context.Background()
+	written, deleted, same, orphan := uuid.New(), uuid.New(), uuid.New(), uuid.New()
+	for _, v := range []projections.View{view(written, 3, ticket.StatusAnswered), view(same, 1, ticket.StatusOpen), view(orphan, 5, ticket.StatusClosed)} {
+		if err := docs.Put(ctx, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := docs.Tombstone(ctx, deleted, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Put(ctx, view(written, 1, ticket.StatusOpen)); err != nil {
+		t.Fatal(err)
+	}
+	if err := docs.Floor(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	ids := []uuid.UUID{written, deleted, same, orphan}
+	for _, id := range ids {
+		if _, v, found, err := docs.Get(ctx, id); found || err != nil || v != 0 {
+			t.Fatalf("Get %s on a floor: found=%v v%d err=%v, want a miss", id, found, v, err)
+		}
+		if ttl := rdb.PTTL(ctx, docs.Key(id)).Val(); ttl <= 0 || ttl > redismodel.FloorTTL {
+			t.Fatalf("floor of %s expires in %s, want within %s", id, ttl, redismodel.FloorTTL)
+		}
+	}
+	got, err := docs.GetMany(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range got {
+		if d.Found {
+			t.Fatalf("GetMany %s on a floor: %+v, want a miss", ids[i], d)
+		}
+	}
+	if vs, _ := docs.Versions(ctx, ids); !slices.Equal(vs, []int{3, 2, 1, 5}) {
+		t.Fatalf("versions of the floors %v, want [3 2 1 5]", vs)
+	}
+	if _, v, found, _ := other.Get(ctx, written); !found || v != 1 {
+		t.Fatalf("another prefix's document: found=%v v%d, want v1 untouched", found, v)
+	}
+
+	// The rebuild's older fold, and a projector behind, are refused; the floor stays a miss.
+	if wrote, err := docs.PutIfNewer(ctx, view(written, 2, ticket.StatusAnswered)); err != nil || wrote {
+		t.Fatalf("v2 over a floor at v3: wrote=%v err=%v, want refused", wrote, err)
+	}
+	enc := func(v projections.View) redismodel.EncodedDoc {
+		b, err := redismodel.AppendDoc(nil, &v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return redismodel.EncodedDoc{ID: v.ID, Version: v.Version, Deleted: v.Deleted, Value: b}
+	}
+	if failed, err := docs.FillEncoded(ctx, []redismodel.EncodedDoc{enc(view(written, 1, ticket.StatusOpen)), enc(view(same, 1, ticket.StatusOpen))}); err != nil || len(failed) > 0 {
+		t.Fatalf("fill: %v %v", failed, err)
+	}
+	if _, _, found, _ := docs.Get(ctx, written); found {
+		t.Fatal("the rebuild's v1 replaced a floor at v3")
+	}
+	// Its own version replaces a floor; so does a newer one, a tombstone too.
+	if _, v, found, _ := docs.Get(ctx, same); !found || v != 1 {
+		t.Fatalf("v1 over a floor at v1: found=%v v%d, want the document", found, v)
+	}
+	if wrote, err := docs.PutIfNewer(ctx, view(written, 3, ticket.StatusAnswered)); err != nil || !wrote {
+		t.Fatalf("v3 over a floor at v3: wrote=%v err=%v, want written", wrote, err)
+	}
+	if doc, v, found, _ := projectionstest.StoredDoc(t, docs, written); !found || v != 3 || doc.Status != ticket.StatusAnswered {
+		t.Fatalf("after v3: found=%v v%d %s", found, v, doc.Status)
+	}
+	if err := docs.Tombstone(ctx, deleted, 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, v, found, err := docs.Get(ctx, deleted); !found || v != 2 || !errors.Is(err, redismodel.ErrDeleted) {
+		t.Fatalf("tombstone over its floor: found=%v v%d err=%v", found, v, err)
+	}
+
+	// What nothing replaced (here: a document newer than any the store has) is swept.
+	n, err := docs.SweepFloors(ctx)
+	if err != nil || n != 1 {
+		t.Fatalf("swept %d floors (err %v), want 1", n, err)
+	}
+	if vs, _ := docs.Versions(ctx, ids); !slices.Equal(vs, []int{3, 2, 1, 0}) {
+		t.Fatalf("versions after the sweep %v, want [3 2 1 0]", vs)
+	}
+	if wrote, err := docs.PutIfNewer(ctx, view(orphan, 1, ticket.StatusOpen)); err != nil || !wrote {
+		t.Fatalf("a swept floor still refuses v1: wrote=%v err=%v", wrote, err)
+	}
+}
+
 func TestRedisDocsWipeRemovesOnlyItsPrefixOnEveryMaster(t *testing.T) {
 	t.Parallel()
 	docs, rdb := projectionstest.NewDocs(t)
