@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	pgxuuid "github.com/vgarvardt/pgx-google-uuid/v5"
 )
 
 //go:embed migrations/*.sql
@@ -130,6 +131,14 @@ func Open(ctx context.Context, dsn string, pc PoolConfig) (*pgxpool.Pool, error)
 		cfg.ConnConfig.RuntimeParams = map[string]string{}
 	}
 	cfg.ConnConfig.RuntimeParams["application_name"] = "ticketd"
+	// A uuid.UUID is a driver.Valuer, which pgx honours before anything else: each one
+	// would go as a string and be parsed back, element by element in the projectors'
+	// uuid[] arrays (12% of the CPU of a projector draining a backlog). Registered, it
+	// goes as its 16 bytes, and uuid columns scan straight into uuid.UUID.
+	cfg.AfterConnect = func(_ context.Context, c *pgx.Conn) error {
+		pgxuuid.Register(c.TypeMap())
+		return nil
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open pool: %w", err)
