@@ -113,6 +113,18 @@ func TestUndecodableEventIsDeadLetteredAndProjectionMovesOn(t *testing.T) {
 	const retries = 3
 	projectionstest.RunRouterWithLogger(t, pool, projections.Config{Metrics: metrics, Retries: retries, BacklogInterval: 20 * time.Millisecond}, log, pgProjector)
 	projectionstest.WaitCaughtUp(t, pool, pgmodel.Group, 20*time.Second)
+	// The metrics and the log line follow the commit the offsets show: wait for them.
+	var stored int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM events`).Scan(&stored); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if metricValue(t, reg, "ticketd_projection_poisoned_total", pgmodel.Group) >= 1 &&
+			int(metricValue(t, reg, "ticketd_projection_events_total", pgmodel.Group)) >= stored &&
+			strings.Contains(logs.String(), poisonID) {
+			break
+		}
+	}
 
 	// dead-lettered, with the reason and the projector that gave up
 	var uuids []string
