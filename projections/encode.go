@@ -3,6 +3,7 @@ package projections
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -32,17 +33,24 @@ func (e *encodedComments) covers(comments []Comment) bool {
 // encodedComments). Encode a view that is kept (a cache's copy), so its successors
 // start from its encoding.
 func (v *View) Encode() ([]byte, error) {
+	return v.AppendEncoded(nil)
+}
+
+// AppendEncoded is Encode appending to dst (grown once, to the size needed): for a
+// caller that puts something before the JSON, such as the Redis document's version
+// line, without copying the document again.
+func (v *View) AppendEncoded(dst []byte) ([]byte, error) {
 	comments, err := v.encodeComments()
 	if err != nil {
-		return nil, err
+		return dst, err
 	}
-	out := make([]byte, 0, summaryJSONSize+summaryBytes(v.Summary)+len(commentsKey)+len(comments.json)+1)
-	if out, err = appendSummary(out, v.Summary); err != nil {
-		return nil, err
+	dst = slices.Grow(dst, summaryJSONSize+summaryBytes(v.Summary)+len(commentsKey)+len(comments.json)+1)
+	if dst, err = appendSummary(dst, v.Summary); err != nil {
+		return dst, err
 	}
-	out = append(out, commentsKey...)
-	out = append(out, comments.json...)
-	return append(out, '}'), nil
+	dst = append(dst, commentsKey...)
+	dst = append(dst, comments.json...)
+	return append(dst, '}'), nil
 }
 
 // AppendJSON appends v's JSON to dst, byte for byte what Encode returns (and
@@ -194,11 +202,29 @@ func DecodeViewToFold(doc []byte) (View, error) {
 	if err := gojson.Unmarshal(doc, &s); err != nil {
 		return View{}, err
 	}
-	if s.CommentCount <= EmbeddedComments || len(s.Comments) < 2 || s.Comments[0] != '[' {
+	if len(s.Comments) < 2 || s.Comments[0] != '[' {
 		return DecodeView(doc)
 	}
-	return View{Summary: s.Summary, Comments: []Comment{}, encOnly: true,
-		enc: &encodedComments{json: s.Comments}}, nil
+	if s.CommentCount > EmbeddedComments {
+		return View{Summary: s.Summary, Comments: []Comment{}, encOnly: true,
+			enc: &encodedComments{json: s.Comments}}, nil
+	}
+	// Every comment is embedded and a fold may add one: the comments are decoded too,
+	// from the array already found (the summary is not decoded again), and keep it as
+	// their encoding, as DecodeView does.
+	v := View{Summary: s.Summary}
+	if err := gojson.Unmarshal(s.Comments, &v.Comments); err != nil {
+		return View{}, err
+	}
+	if v.Comments == nil {
+		v.Comments = []Comment{}
+	}
+	e := &encodedComments{n: len(v.Comments), json: s.Comments}
+	if e.n > 0 {
+		e.last = v.Comments[e.n-1].ID
+	}
+	v.enc = e
+	return v, nil
 }
 
 // DecodeView decodes a view's JSON document (as Encode writes it) and keeps the

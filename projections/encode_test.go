@@ -3,6 +3,7 @@ package projections_test
 import (
 	"bytes"
 	"fmt"
+	"reflect"
 	"testing"
 	"time"
 
@@ -137,6 +138,11 @@ func TestCompactViewsFoldAndEncodeAsTheFullOnes(t *testing.T) {
 		}
 		if full.CommentCount > projections.EmbeddedComments && len(decoded.Comments) != 0 {
 			t.Fatalf("v%d: a document past its embedded comments was decoded whole", full.Version)
+		}
+		if whole, err := projections.DecodeView(doc); err != nil {
+			t.Fatal(err)
+		} else if full.CommentCount <= projections.EmbeddedComments && !reflect.DeepEqual(decoded, whole) {
+			t.Fatalf("v%d: decoded to fold\n%+v\nwhole\n%+v", full.Version, decoded, whole)
 		}
 		e := event(version, full.Status)
 		next, err := projections.Fold(full, e)

@@ -535,19 +535,18 @@ func (d *Docs) putMany(ctx context.Context, views []projections.View, force, fil
 		if v.Version < 1 {
 			return views, fmt.Errorf("redis document of %s: version %d: %w", v.ID, v.Version, ticket.ErrInvalid)
 		}
-		var body []byte
+		val := strconv.AppendInt(make([]byte, 0, 16), int64(v.Version), 10)
+		val = append(val, '\n')
 		if !v.Deleted {
-			// Encode keeps the comments' encoding in the view that goes to the cache, so
-			// the next version of the document re-encodes its summary only.
+			// AppendEncoded keeps the comments' encoding in the view that goes to the
+			// cache, so the next version of the document re-encodes its summary only; it
+			// writes the JSON right after the version line.
 			var err error
-			if body, err = v.Encode(); err != nil {
+			if val, err = v.AppendEncoded(val); err != nil {
 				return views, fmt.Errorf("encode ticket %s: %w", v.ID, err)
 			}
 		}
-		val := make([]byte, 0, len(body)+12)
-		val = strconv.AppendInt(val, int64(v.Version), 10)
-		val = append(val, '\n')
-		docs[i] = EncodedDoc{ID: v.ID, Version: v.Version, Deleted: v.Deleted, Value: append(val, body...)}
+		docs[i] = EncodedDoc{ID: v.ID, Version: v.Version, Deleted: v.Deleted, Value: val}
 	}
 	if failed, err := d.writeMany(ctx, docs, fill); err != nil {
 		out := make([]projections.View, len(failed))
