@@ -210,8 +210,7 @@ func (d *Docs) set(ctx context.Context, id uuid.UUID, version int, body []byte, 
 // Get returns the stored document of ticket id: the JSON body, ready to send, and its
 // version. found is false when nothing is stored (a miss, not an error). A tombstone is
 // found with its version, a nil body and ErrDeleted; a floor (see Floor) is a miss.
-// Other errors: ErrDown while
-// the breaker is open, otherwise the Redis error.
+// Other errors: ErrDown while the breaker is open, otherwise the Redis error.
 //
 // It is the hot GET's one call, bounded by the timeout on its own: unless ctx's
 // deadline comes sooner, that bound does not derive from ctx's cancellation, so the
@@ -271,8 +270,8 @@ func parseDoc(raw []byte) (int, []byte, error) {
 
 // Versions returns the stored versions of the given tickets in one pipelined round
 // trip per node: 0 for a miss; a tombstone and a floor count with their version (a
-// floor is never served, and only a document of that version or newer replaces it). It is bounded by
-// the timeout like every other call.
+// floor is never served, and only a document of that version or newer replaces it).
+// It is bounded by the timeout like every other call.
 func (d *Docs) Versions(ctx context.Context, ids []uuid.UUID) ([]int, error) {
 	cmds, err := d.readEach(ctx, ids, func(ctx context.Context, p redis.Pipeliner, key string) *redis.StringCmd {
 		return p.GetRange(ctx, key, 0, 15)
