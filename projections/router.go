@@ -185,6 +185,8 @@ type Router struct {
 	handlers []Handler
 	running  chan struct{}
 	once     sync.Once
+	// recent shares decoded records between the groups (nil with one group).
+	recent *recentRows
 }
 
 // NewRouter returns a router with one consumer (its own consumer group) per handler.
@@ -203,7 +205,11 @@ func NewRouter(pool *pgxpool.Pool, cfg Config, log *slog.Logger, handlers ...Han
 		}
 		seen[h.Group] = true
 	}
-	return &Router{pool: pool, cfg: cfg.withDefaults(), log: log, handlers: handlers, running: make(chan struct{})}, nil
+	r := &Router{pool: pool, cfg: cfg.withDefaults(), log: log, handlers: handlers, running: make(chan struct{})}
+	if len(handlers) > 1 {
+		r.recent = newRecentRows()
+	}
+	return r, nil
 }
 
 // Running is closed once every consumer has subscribed (its offsets row exists).
@@ -514,23 +520,36 @@ func (c *consumer) read(ctx context.Context, tx pgx.Tx, query string, begin bool
 	if err != nil {
 		return nil, err
 	}
-	var recs []eventstore.Record
+	// A derived read model takes the rows another group of this process decoded and
+	// opened lately as they are (recentRows); the other rows are decoded, opened
+	// together, and kept for the derived groups.
+	now := time.Now()
+	var (
+		recs  []eventstore.Record
+		fresh []int // the rows of recs
+	)
 	for i := range out {
+		if c.r.recent != nil && c.Derived {
+			if rec, ok := c.r.recent.get(rowKey{out[i].txID, out[i].offset}, now); ok {
+				out[i].rec = rec
+				continue
+			}
+		}
 		out[i].rec, out[i].err = eventstore.DecodeMessage(out[i].payload)
 		if out[i].err == nil {
 			recs = append(recs, out[i].rec)
+			fresh = append(fresh, i)
 		}
 	}
 	if c.r.cfg.Reveal != nil && len(recs) > 0 {
 		if err := c.r.cfg.Reveal(ctx, recs); err != nil {
 			return nil, err
 		}
-		j := 0
-		for i := range out {
-			if out[i].err == nil {
-				out[i].rec = recs[j]
-				j++
-			}
+	}
+	for j, i := range fresh {
+		out[i].rec = recs[j]
+		if c.r.recent != nil {
+			c.r.recent.put(rowKey{out[i].txID, out[i].offset}, recs[j], now)
 		}
 	}
 	return out, nil
