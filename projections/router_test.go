@@ -134,3 +134,60 @@ func TestBatchesLeaveNoTransactionOpen(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestOnlyDerivedGroupsShareOpenedEvents: groups of one router that are not derived
+// read models (the webhooks: their output leaves ticketd) open every event themselves,
+// so an erasure reaches them as soon as it is committed; a derived group may take the
+// events another group opened a moment before, and sees the same records.
+func TestOnlyDerivedGroupsShareOpenedEvents(t *testing.T) {
+	t.Parallel()
+	pool, store := projectionstest.NewStore(t)
+	const tickets = 10
+	for i := range tickets {
+		id, _ := projectionstest.Open(t, store, fmt.Sprintf("u%d", i))
+		projectionstest.Do(t, store, id, projectionstest.Comment(i))
+	}
+	const events = 2 * tickets
+	var (
+		mu       sync.Mutex
+		revealed int
+		seen     = map[string]map[string]string{} // group -> event -> what it held
+	)
+	reveal := func(ctx context.Context, recs []eventstore.Record) error {
+		mu.Lock()
+		revealed += len(recs)
+		mu.Unlock()
+		return store.Reveal(ctx, recs)
+	}
+	handler := func(group string, derived bool) projections.Handler {
+		seen[group] = map[string]string{}
+		return projections.Handler{Group: group, Derived: derived, Apply: func(_ context.Context, _ pgx.Tx, recs []eventstore.Record) error {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, r := range recs {
+				seen[group][fmt.Sprintf("%s v%d", r.TicketID, r.Version)] = fmt.Sprintf("%+v %+v", r.Data, r.Metadata)
+			}
+			return nil
+		}}
+	}
+	hooks, audit, model := handler("hooks", false), handler("audit", false), handler("model", true)
+	projectionstest.RunRouter(t, pool, projections.Config{Reveal: reveal}, hooks, audit, model)
+	for _, g := range []string{"hooks", "audit", "model"} {
+		projectionstest.WaitCaughtUp(t, pool, g, 20*time.Second)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if revealed < 2*events || revealed > 3*events {
+		t.Fatalf("%d events opened for %d events and two groups that are not derived, want %d to %d", revealed, events, 2*events, 3*events)
+	}
+	for _, g := range []string{"hooks", "audit", "model"} {
+		if len(seen[g]) != events {
+			t.Fatalf("group %s applied %d events, want %d", g, len(seen[g]), events)
+		}
+		for ev, held := range seen[g] {
+			if held != seen["hooks"][ev] {
+				t.Fatalf("group %s held %s as\n%s\nhooks as\n%s", g, ev, held, seen["hooks"][ev])
+			}
+		}
+	}
+}
