@@ -43,9 +43,11 @@ type recentRow struct {
 }
 
 const (
-	// recentRowsSize bounds the records kept: a few hundred milliseconds of events at
-	// thousands a second, about 1-2 KB each.
-	recentRowsSize = 4096
+	// recentRowsSize bounds the records kept (about 1-2 KB each: a few MB at most, on
+	// a heap the default soft memory limit keeps small): a quarter of a second of
+	// events at 4,000 a second, while the groups of a process that keeps up read the
+	// same rows milliseconds apart.
+	recentRowsSize = 1024
 	// recentRowsTTL is how long a record is reused.
 	recentRowsTTL = time.Second
 )
