@@ -36,9 +36,9 @@ func (t Target) Begin(ctx context.Context) error { return t.Docs.Floor(ctx) }
 // Load writes the views (tombstones for deleted tickets) past the breaker with
 // FillEncoded (SET NX where nothing is stored, the set-if-newer script where a floor
 // or a document a live writer stored since is), 500 to a pipeline, retrying a few
-// times with a growing pause so a blip does not fail the whole rebuild. Comments are in the views already (the first
-// EmbeddedComments of each). The documents are encoded by hand (View.AppendJSON) into
-// one buffer that the next Load reuses.
+// times with a growing pause so a blip does not fail the whole rebuild. Comments are
+// in the views already (the first EmbeddedComments of each). The documents are
+// encoded by hand (View.AppendJSON) into one buffer that the next Load reuses.
 func (t Target) Load(ctx context.Context, views []projections.View, _ []projections.TicketComment) error {
 	if len(views) == 0 {
 		return nil
