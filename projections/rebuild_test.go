@@ -485,6 +485,40 @@ func TestRebuildNeverServesAStateOlderThanADocumentItReplaces(t *testing.T) {
 	checkRedisDocs(t, docs, replayAll(t, pool, store))
 }
 
+// A Redis document the event store has no ticket for (Redis kept while Postgres was
+// restored from an older backup) is gone after a rebuild, and one newer than the
+// store's ticket gives way to the store's state; the others are as the store says.
+func TestRebuildRemovesRedisDocumentsTheStoreDoesNotHold(t *testing.T) {
+	t.Parallel()
+	pool, store := projectionstest.NewStore(t)
+	docs, _ := projectionstest.NewDocs(t)
+	ctx := context.Background()
+	writeLoad(t, store, 50, 9)
+	orphan := uuid.New()
+	ahead, recs := projectionstest.Open(t, store, "ahead")
+	v1, err := projections.FoldAll(projections.View{}, projections.Events(recs)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []projections.View{{Summary: projections.Summary{ID: orphan, Title: "gone", Version: 5}, Comments: []projections.Comment{}},
+		{Summary: projections.Summary{ID: ahead, Title: "from the future", Version: 9}, Comments: []projections.Comment{}}} {
+		if err := docs.Put(ctx, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := projections.Rebuild(ctx, pool, projections.RebuildOptions{Targets: targets(store, docs), Store: store}); err != nil {
+		t.Fatal(err)
+	}
+	if vs, err := docs.Versions(ctx, []uuid.UUID{orphan, ahead}); err != nil || vs[0] != 0 || vs[1] != 0 {
+		t.Fatalf("after the rebuild the orphan and the newer document stand at %v (%v), want both removed", vs, err)
+	}
+	// The next write of the ticket, or a read's refill, brings its document back.
+	if err := docs.Put(ctx, v1); err != nil {
+		t.Fatal(err)
+	}
+	checkRedisDocs(t, docs, replayAll(t, pool, store))
+}
+
 func TestSecondConcurrentRebuildIsRefused(t *testing.T) {
 	t.Parallel()
 	pool, store := projectionstest.NewStore(t)
