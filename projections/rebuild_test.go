@@ -519,6 +519,41 @@ func TestRebuildRemovesRedisDocumentsTheStoreDoesNotHold(t *testing.T) {
 	checkRedisDocs(t, docs, replayAll(t, pool, store))
 }
 
+// The Redis target's Finish keeps a floor whose version the store holds (an event
+// past a rebuild's bound, when it stopped waiting for an old transaction): the live
+// projector writes it later, and until then the floor keeps an older state out.
+func TestRedisFinishKeepsAFloorOfAnEventTheStoreHolds(t *testing.T) {
+	t.Parallel()
+	_, store := projectionstest.NewStore(t)
+	docs, _ := projectionstest.NewDocs(t)
+	ctx := context.Background()
+	held, recs := projectionstest.Open(t, store, "held")
+	recs = append(recs, projectionstest.Do(t, store, held, projectionstest.Comment(1))...)
+	v2, err := projections.FoldAll(projections.View{}, projections.Events(recs)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orphan := uuid.New()
+	for _, v := range []projections.View{v2, {Summary: projections.Summary{ID: orphan, Title: "gone", Version: 2}, Comments: []projections.Comment{}}} {
+		if err := docs.Put(ctx, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	target := redismodel.Target{Docs: docs, Events: store}
+	if err := target.Begin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := target.Finish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if vs, err := docs.Versions(ctx, []uuid.UUID{held, orphan}); err != nil || vs[0] != 2 || vs[1] != 0 {
+		t.Fatalf("after Finish the held ticket's floor and the orphan's stand at %v (%v), want [2 0]", vs, err)
+	}
+	if wrote, err := docs.PutIfNewer(ctx, projections.View{Summary: projections.Summary{ID: held, Title: "older", Version: 1}, Comments: []projections.Comment{}}); err != nil || wrote {
+		t.Fatalf("v1 over the kept floor at v2: wrote=%v err=%v, want refused", wrote, err)
+	}
+}
+
 func TestSecondConcurrentRebuildIsRefused(t *testing.T) {
 	t.Parallel()
 	pool, store := projectionstest.NewStore(t)

@@ -334,13 +334,16 @@ func (d *Docs) Floor(ctx context.Context) error {
 	})
 }
 
-// SweepFloors removes the floors that no document replaced, and returns how many. After
-// a rebuild those are documents of tickets the event store does not have, or newer than
-// it has (Redis kept while Postgres was restored from a backup): removing them makes
-// their reads misses, never older.
-func (d *Docs) SweepFloors(ctx context.Context) (int, error) {
+// SweepFloors removes the floors that no document replaced, except those keep keeps
+// (nil: none), and returns how many it removed. keep is asked with the ticket and the
+// floor's version. After a rebuild the floors left are documents of tickets the event
+// store does not have, or newer than it has (Redis kept while Postgres was restored
+// from a backup), which go; or of an event the store has but the rebuild did not reach
+// (it stopped waiting for an old transaction), which stay until the projector writes
+// that version. Removing a floor makes its reads misses, never older.
+func (d *Docs) SweepFloors(ctx context.Context, keep func(ctx context.Context, id uuid.UUID, version int) (bool, error)) (int, error) {
 	var mu sync.Mutex // masters are scanned concurrently
-	var floors []string
+	var found []string
 	err := d.eachKeys(ctx, d.prefix+":{*}:doc", func(ctx context.Context, p redis.Pipeliner, keys []string) func() {
 		heads := make([]*redis.StringCmd, len(keys))
 		for i, k := range keys {
@@ -351,13 +354,34 @@ func (d *Docs) SweepFloors(ctx context.Context) (int, error) {
 			defer mu.Unlock()
 			for i, h := range heads {
 				if strings.HasSuffix(h.Val(), "\n~") {
-					floors = append(floors, keys[i])
+					found = append(found, keys[i], h.Val())
 				}
 			}
 		}
 	})
-	if err != nil || len(floors) == 0 {
+	if err != nil {
 		return 0, err
+	}
+	var floors []string
+	for i := 0; i < len(found); i += 2 {
+		key, head := found[i], found[i+1]
+		if keep != nil {
+			id, idErr := uuid.Parse(strings.TrimSuffix(strings.TrimPrefix(key, d.prefix+":{"), "}:doc"))
+			version, vErr := strconv.Atoi(strings.TrimSuffix(head, "\n~"))
+			if idErr == nil && vErr == nil {
+				kept, err := keep(ctx, id, version)
+				if err != nil {
+					return 0, fmt.Errorf("sweep floors: %w", err)
+				}
+				if kept {
+					continue
+				}
+			}
+		}
+		floors = append(floors, key)
+	}
+	if len(floors) == 0 {
+		return 0, nil
 	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()

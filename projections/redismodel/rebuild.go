@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/ticketd/ticketd/eventstore"
@@ -114,9 +115,15 @@ func (t Target) Abort(context.Context) error { return nil }
 
 // Finish removes the floors that no document replaced, once the swap has committed:
 // every event below the swap's bound is in Redis by then, so what is left is of
-// tickets the event store does not have, or newer than it has.
+// tickets the event store does not have, or newer than it has. A floor whose version
+// the store does hold (an event past the bound, when the rebuild stopped waiting for
+// an old transaction) stays: removing it would let a live projector that is behind
+// write an older state there before it reaches that event.
 func (t Target) Finish(ctx context.Context) error {
-	_, err := t.Docs.SweepFloors(ctx)
+	_, err := t.Docs.SweepFloors(ctx, func(ctx context.Context, id uuid.UUID, version int) (bool, error) {
+		recs, err := t.Events.Load(ctx, id, version-1, version)
+		return len(recs) > 0, err
+	})
 	return err
 }
 

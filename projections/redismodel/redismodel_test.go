@@ -264,8 +264,26 @@ func TestRedisFloorKeepsEachVersionAndMissesUntilReplaced(t *testing.T) {
 		t.Fatalf("tombstone over its floor: found=%v v%d err=%v", found, v, err)
 	}
 
-	// What nothing replaced (here: a document newer than any the store has) is swept.
-	n, err := docs.SweepFloors(ctx)
+	// What nothing replaced is swept, unless keep keeps it (a rebuild keeps a floor of
+	// an event the store holds); keep is asked with the ticket and the floor's version.
+	var asked []string
+	n, err := docs.SweepFloors(ctx, func(_ context.Context, id uuid.UUID, version int) (bool, error) {
+		asked = append(asked, fmt.Sprintf("%s v%d", id, version))
+		return true, nil
+	})
+	if want := []string{fmt.Sprintf("%s v5", orphan)}; err != nil || n != 0 || !slices.Equal(asked, want) {
+		t.Fatalf("sweep keeping every floor: removed %d (err %v), asked about %v, want 0 and %v", n, err, asked, want)
+	}
+	if _, err := docs.SweepFloors(ctx, func(context.Context, uuid.UUID, int) (bool, error) {
+		return false, errors.New("store down")
+	}); err == nil {
+		t.Fatal("a sweep whose keep failed reported no error")
+	}
+	if vs, _ := docs.Versions(ctx, []uuid.UUID{orphan}); vs[0] != 5 {
+		t.Fatalf("the orphan's floor after sweeps that removed nothing: v%d, want v5", vs[0])
+	}
+	// Here: a document newer than any the store has.
+	n, err = docs.SweepFloors(ctx, nil)
 	if err != nil || n != 1 {
 		t.Fatalf("swept %d floors (err %v), want 1", n, err)
 	}
