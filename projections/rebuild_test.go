@@ -435,13 +435,8 @@ func TestRebuildNeverServesAStateOlderThanADocumentItReplaces(t *testing.T) {
 	docs, _ := projectionstest.NewDocs(t)
 	ctx := context.Background()
 	id, recs := projectionstest.Open(t, store, "ann")
-	v1, err := projections.FoldAll(projections.View{}, projections.Events(recs)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := docs.Put(ctx, v1); err != nil {
-		t.Fatal(err)
-	}
+	v1 := folded(t, recs)
+	putAll(t, docs, v1)
 	var (
 		mu     sync.Mutex
 		failed []string
@@ -485,6 +480,31 @@ func TestRebuildNeverServesAStateOlderThanADocumentItReplaces(t *testing.T) {
 	checkRedisDocs(t, docs, replayAll(t, pool, store))
 }
 
+// bare is a document of ticket id at version with nothing but a title: what Redis may
+// hold that the store does not say.
+func bare(id uuid.UUID, title string, version int) projections.View {
+	return projections.View{Summary: projections.Summary{ID: id, Title: title, Version: version}, Comments: []projections.Comment{}}
+}
+
+// folded is the view of recs, and putAll stores views in Redis; both fail t on an error.
+func folded(t testing.TB, recs []eventstore.Record) projections.View {
+	t.Helper()
+	v, err := projections.FoldAll(projections.View{}, projections.Events(recs)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func putAll(t testing.TB, docs *redismodel.Docs, views ...projections.View) {
+	t.Helper()
+	for _, v := range views {
+		if err := docs.Put(context.Background(), v); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // A Redis document the event store has no ticket for (Redis kept while Postgres was
 // restored from an older backup) is gone after a rebuild, and one newer than the
 // store's ticket gives way to the store's state; the others are as the store says.
@@ -496,16 +516,8 @@ func TestRebuildRemovesRedisDocumentsTheStoreDoesNotHold(t *testing.T) {
 	writeLoad(t, store, 50, 9)
 	orphan := uuid.New()
 	ahead, recs := projectionstest.Open(t, store, "ahead")
-	v1, err := projections.FoldAll(projections.View{}, projections.Events(recs)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, v := range []projections.View{{Summary: projections.Summary{ID: orphan, Title: "gone", Version: 5}, Comments: []projections.Comment{}},
-		{Summary: projections.Summary{ID: ahead, Title: "from the future", Version: 9}, Comments: []projections.Comment{}}} {
-		if err := docs.Put(ctx, v); err != nil {
-			t.Fatal(err)
-		}
-	}
+	v1 := folded(t, recs)
+	putAll(t, docs, bare(orphan, "gone", 5), bare(ahead, "from the future", 9))
 	if _, err := projections.Rebuild(ctx, pool, projections.RebuildOptions{Targets: targets(store, docs), Store: store}); err != nil {
 		t.Fatal(err)
 	}
@@ -529,16 +541,8 @@ func TestRedisFinishKeepsAFloorOfAnEventTheStoreHolds(t *testing.T) {
 	ctx := context.Background()
 	held, recs := projectionstest.Open(t, store, "held")
 	recs = append(recs, projectionstest.Do(t, store, held, projectionstest.Comment(1))...)
-	v2, err := projections.FoldAll(projections.View{}, projections.Events(recs)...)
-	if err != nil {
-		t.Fatal(err)
-	}
 	orphan := uuid.New()
-	for _, v := range []projections.View{v2, {Summary: projections.Summary{ID: orphan, Title: "gone", Version: 2}, Comments: []projections.Comment{}}} {
-		if err := docs.Put(ctx, v); err != nil {
-			t.Fatal(err)
-		}
-	}
+	putAll(t, docs, folded(t, recs), bare(orphan, "gone", 2))
 	target := redismodel.Target{Docs: docs, Events: store}
 	if err := target.Begin(ctx); err != nil {
 		t.Fatal(err)
@@ -549,7 +553,7 @@ func TestRedisFinishKeepsAFloorOfAnEventTheStoreHolds(t *testing.T) {
 	if vs, err := docs.Versions(ctx, []uuid.UUID{held, orphan}); err != nil || vs[0] != 2 || vs[1] != 0 {
 		t.Fatalf("after Finish the held ticket's floor and the orphan's stand at %v (%v), want [2 0]", vs, err)
 	}
-	if wrote, err := docs.PutIfNewer(ctx, projections.View{Summary: projections.Summary{ID: held, Title: "older", Version: 1}, Comments: []projections.Comment{}}); err != nil || wrote {
+	if wrote, err := docs.PutIfNewer(ctx, bare(held, "older", 1)); err != nil || wrote {
 		t.Fatalf("v1 over the kept floor at v2: wrote=%v err=%v, want refused", wrote, err)
 	}
 }
