@@ -474,8 +474,11 @@ func TestRebuildNeverServesAStateOlderThanADocumentItReplaces(t *testing.T) {
 	if len(failed) > 0 {
 		t.Fatal(strings.Join(failed, "\n"))
 	}
-	if res.Events != 2 {
-		t.Fatalf("rebuild replayed %d events, want 2 (the one in the bulk, the one after)", res.Events)
+	// The open is in the bulk; the comment, committed after the bound, is in the
+	// catch-up or, when another transaction of the cluster (a parallel test's) was
+	// still open below it at the swap, left to the live projectors.
+	if res.Events != 1 && res.Events != 2 {
+		t.Fatalf("rebuild replayed %d events, want 1 or 2 (the open in the bulk, the comment after it or not yet)", res.Events)
 	}
 	checkRedisDocs(t, docs, replayAll(t, pool, store))
 }
