@@ -527,7 +527,29 @@ func (d *Docs) GetMany(ctx context.Context, ids []uuid.UUID) ([]Doc, error) {
 // consumer's batch and are what finds out that Redis is back, or still merely slow. It
 // returns the views whose write failed and the first error.
 func (d *Docs) PutMany(ctx context.Context, views []projections.View, force bool) ([]projections.View, error) {
-	return d.putMany(ctx, views, force, false)
+	failed, err := d.putMany(ctx, views, force, nil)
+	return pick(views, failed), err
+}
+
+// pick returns the elements of xs at the indexes idx (nil for none).
+func pick[T any](xs []T, idx []int) []T {
+	if len(idx) == 0 {
+		return nil
+	}
+	out := make([]T, len(idx))
+	for j, i := range idx {
+		out[j] = xs[i]
+	}
+	return out
+}
+
+// every returns n trues: each document is filled (see FillMany).
+func every(n int) []bool {
+	all := make([]bool, n)
+	for i := range all {
+		all[i] = true
+	}
+	return all
 }
 
 // FillMany is PutMany (past the breaker) for documents that may well be absent (a
@@ -538,15 +560,25 @@ func (d *Docs) PutMany(ctx context.Context, views []projections.View, force bool
 // script cost Redis about 39 µs per call against a few for a SET (a rebuild's
 // documents are tens of kB, which the script copies into Lua).
 func (d *Docs) FillMany(ctx context.Context, views []projections.View) ([]projections.View, error) {
-	return d.putMany(ctx, views, true, true)
+	failed, err := d.putMany(ctx, views, true, every(len(views)))
+	return pick(views, failed), err
 }
 
-func (d *Docs) putMany(ctx context.Context, views []projections.View, force, fill bool) ([]projections.View, error) {
+// putMany stores views as PutMany does, those with fill[i] set as FillMany does (fill
+// may be nil: none), and returns the indexes of the views whose write failed.
+func (d *Docs) putMany(ctx context.Context, views []projections.View, force bool, fill []bool) ([]int, error) {
 	if len(views) == 0 {
 		return nil, nil
 	}
+	everyView := func() []int {
+		all := make([]int, len(views))
+		for i := range all {
+			all[i] = i
+		}
+		return all
+	}
 	if !force && !d.br.Allow() {
-		return views, ErrDown
+		return everyView(), ErrDown
 	}
 	docs := make([]EncodedDoc, len(views))
 	// kept are the views as cached: copies, because Encode writes to the view it
@@ -556,7 +588,7 @@ func (d *Docs) putMany(ctx context.Context, views []projections.View, force, fil
 	for i := range kept {
 		v := &kept[i]
 		if v.Version < 1 {
-			return views, fmt.Errorf("redis document of %s: version %d: %w", v.ID, v.Version, ticket.ErrInvalid)
+			return everyView(), fmt.Errorf("redis document of %s: version %d: %w", v.ID, v.Version, ticket.ErrInvalid)
 		}
 		val := strconv.AppendInt(make([]byte, 0, 16), int64(v.Version), 10)
 		val = append(val, '\n')
@@ -566,17 +598,13 @@ func (d *Docs) putMany(ctx context.Context, views []projections.View, force, fil
 			// writes the JSON right after the version line.
 			var err error
 			if val, err = v.AppendEncoded(val); err != nil {
-				return views, fmt.Errorf("encode ticket %s: %w", v.ID, err)
+				return everyView(), fmt.Errorf("encode ticket %s: %w", v.ID, err)
 			}
 		}
 		docs[i] = EncodedDoc{ID: v.ID, Version: v.Version, Deleted: v.Deleted, Value: val}
 	}
 	if failed, err := d.writeMany(ctx, docs, fill); err != nil {
-		out := make([]projections.View, len(failed))
-		for j, i := range failed {
-			out[j] = views[i]
-		}
-		return out, err
+		return failed, err
 	}
 	// A long ticket's view is cached compact: its comments once, encoded (they are in
 	// the values too, but those are not kept). Other views hold them decoded as well.
@@ -629,22 +657,15 @@ func (d *Docs) FillEncoded(ctx context.Context, docs []EncodedDoc) ([]EncodedDoc
 			return docs, fmt.Errorf("redis document of %s: version %d: %w", doc.ID, doc.Version, ticket.ErrInvalid)
 		}
 	}
-	failed, err := d.writeMany(ctx, docs, true)
-	if err != nil {
-		out := make([]EncodedDoc, len(failed))
-		for j, i := range failed {
-			out[j] = docs[i]
-		}
-		return out, err
-	}
-	return nil, nil
+	failed, err := d.writeMany(ctx, docs, every(len(docs)))
+	return pick(docs, failed), err
 }
 
-// writeMany stores docs set-if-newer (fill: SET NX first, see FillMany) in one
+// writeMany stores docs set-if-newer (those with fill[i]: SET NX first, see FillMany) in one
 // pipelined round trip per cluster node (two where the script decides), bounded by the
 // timeout. It returns the indexes of the documents whose write failed and the first
 // error.
-func (d *Docs) writeMany(ctx context.Context, docs []EncodedDoc, fill bool) ([]int, error) {
+func (d *Docs) writeMany(ctx context.Context, docs []EncodedDoc, fill []bool) ([]int, error) {
 	cctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
 	ttlOf := func(doc EncodedDoc) time.Duration {
@@ -662,11 +683,13 @@ func (d *Docs) writeMany(ctx context.Context, docs []EncodedDoc, fill bool) ([]i
 	}
 	all := make([]int, 0, len(docs))
 	written := make([]bool, len(docs))
-	if fill {
+	if slices.Contains(fill, true) {
 		nx := make([]*redis.BoolCmd, len(docs))
 		_, err := d.rdb.Pipelined(cctx, func(p redis.Pipeliner) error {
 			for i, doc := range docs {
-				nx[i] = p.SetNX(cctx, d.Key(doc.ID), doc.Value, ttlOf(doc))
+				if fill[i] {
+					nx[i] = p.SetNX(cctx, d.Key(doc.ID), doc.Value, ttlOf(doc))
+				}
 			}
 			return nil
 		})
@@ -675,8 +698,8 @@ func (d *Docs) writeMany(ctx context.Context, docs []EncodedDoc, fill bool) ([]i
 			return everyDoc(), fmt.Errorf("redis put documents: %w", err)
 		}
 		for i, c := range nx {
-			if written[i] = c.Err() == nil && c.Val(); !written[i] {
-				all = append(all, i) // stored meanwhile: set-if-newer decides
+			if written[i] = c != nil && c.Err() == nil && c.Val(); !written[i] {
+				all = append(all, i) // not filled, or stored meanwhile: set-if-newer decides
 			}
 		}
 	} else {

@@ -40,6 +40,7 @@ type Reader struct {
 	pending map[uuid.UUID]int // ticket -> version Redis must reach before it answers for it
 	npend   atomic.Int64      // len(pending), read without the lock on the hot path
 	refills chan struct{}     // bounds the refills in flight
+	through *writeThrough     // coalesces the write-throughs of concurrent requests
 }
 
 // NewReader returns a Reader on the Redis documents docs and the Postgres read model rm;
@@ -49,7 +50,7 @@ func NewReader(docs *Docs, rm *pgmodel.ReadModel, pool *pgxpool.Pool, log *slog.
 		log = slog.Default()
 	}
 	return &Reader{docs: docs, rm: rm, pool: pool, log: log,
-		pending: map[uuid.UUID]int{}, refills: make(chan struct{}, 32)}
+		pending: map[uuid.UUID]int{}, refills: make(chan struct{}, 32), through: &writeThrough{docs: docs}}
 }
 
 // GetRaw returns the document of ticket id as JSON ready to send (what eventstore.EncodeJSON of
@@ -114,7 +115,8 @@ func (r *Reader) Comments(ctx context.Context, id uuid.UUID, after, limit int) (
 // ticket is marked pending here (this instance reads it from Postgres until Redis has
 // caught up; the projector is on its way), and when a Redis call fails it is also
 // queued for the repairer. The projector would bring Redis up to date anyway; the
-// write-through makes that immediate.
+// write-through makes that immediate. Concurrent write-throughs share pipelines
+// (writeThrough).
 func (r *Reader) Committed(ctx context.Context, events []ticket.Event) {
 	if len(events) == 0 {
 		return
@@ -152,7 +154,7 @@ func (r *Reader) Committed(ctx context.Context, events []ticket.Event) {
 		// run yet): SET NX stores it where nothing is, as set-if-newer would, for a
 		// fraction of the script's cost to Redis; only when the projector stored it
 		// first does the script decide (see FillMany). Past the breaker: no.
-		_, err = r.docs.putMany(ctx, []projections.View{v}, false, first == 1)
+		err = r.through.put(ctx, v, first == 1)
 	}
 	if err != nil {
 		r.failed(ctx, id, last)
