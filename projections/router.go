@@ -91,6 +91,12 @@ type Handler struct {
 	// the events are in the event store, committed synchronously by their appends.
 	// A batch that writes nothing but the position commits so for every group.
 	Derived bool
+	// Idle, when set, is asked in each batch's transaction after the batch is read:
+	// true says the group has nothing to do with any event now (the webhooks group
+	// while no endpoint is enabled), and the batch only moves the position past its
+	// events, without decoding or opening them. Events retried one at a time are
+	// always applied.
+	Idle func(ctx context.Context, tx pgx.Tx) (bool, error)
 }
 
 // Config tunes the projectors' consumers.
@@ -485,9 +491,18 @@ type outboxRow struct {
 	err               error // undecodable: permanent
 }
 
-// read runs a select query in tx and decodes the rows. With begin, it first opens tx's
-// transaction block (a pipeTx), in the same round trip.
+// read runs a select query in tx and decodes the rows (see open). With begin, it
+// first opens tx's transaction block (a pipeTx), in the same round trip.
 func (c *consumer) read(ctx context.Context, tx pgx.Tx, query string, begin bool) ([]outboxRow, error) {
+	out, err := c.fetch(ctx, tx, query, begin)
+	if err != nil {
+		return nil, err
+	}
+	return out, c.open(ctx, out)
+}
+
+// fetch is read without the decoding: the rows as stored.
+func (c *consumer) fetch(ctx context.Context, tx pgx.Tx, query string, begin bool) ([]outboxRow, error) {
 	// The lock first, the read after it: under READ COMMITTED each statement takes a
 	// new snapshot, so the read sees the position the last holder committed. One
 	// round trip for both.
@@ -520,9 +535,14 @@ func (c *consumer) read(ctx context.Context, tx pgx.Tx, query string, begin bool
 	if err != nil {
 		return nil, err
 	}
-	// A derived read model takes the rows another group of this process decoded and
-	// opened lately as they are (recentRows); the other rows are decoded, opened
-	// together, and kept for the derived groups.
+	return out, nil
+}
+
+// open decodes the rows' events and opens their personal fields. A derived read model
+// takes the rows another group of this process decoded and opened lately as they are
+// (recentRows); the other rows are decoded, opened together, and kept for the derived
+// groups.
+func (c *consumer) open(ctx context.Context, out []outboxRow) error {
 	now := time.Now()
 	var (
 		recs  []eventstore.Record
@@ -543,7 +563,7 @@ func (c *consumer) read(ctx context.Context, tx pgx.Tx, query string, begin bool
 	}
 	if c.r.cfg.Reveal != nil && len(recs) > 0 {
 		if err := c.r.cfg.Reveal(ctx, recs); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	for j, i := range fresh {
@@ -552,7 +572,7 @@ func (c *consumer) read(ctx context.Context, tx pgx.Tx, query string, begin bool
 			c.r.recent.put(rowKey{out[i].txID, out[i].offset}, recs[j], now)
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // begin opens a batch's transaction, bounded by the ack deadline.
@@ -579,8 +599,24 @@ func (c *consumer) batch(ctx context.Context) (n, failed int, err error) {
 	defer conn.Release()
 	tx := &pipeTx{conn: conn}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after a commit it does nothing
-	rows, err := c.read(bctx, tx, c.selectBatch, true)
+	rows, err := c.fetch(bctx, tx, c.selectBatch, true)
 	if err != nil || len(rows) == 0 {
+		return 0, 0, Unavailable(err)
+	}
+	b := &pgx.Batch{}
+	if c.Idle != nil {
+		idle, err := c.Idle(bctx, tx)
+		if err != nil {
+			return 0, 0, Unavailable(err)
+		}
+		if idle {
+			if failed, err := c.ackAndCommit(bctx, tx, b, rows); err != nil {
+				return 0, failed, err
+			}
+			return len(rows), 0, nil
+		}
+	}
+	if err := c.open(bctx, rows); err != nil {
 		return 0, 0, Unavailable(err)
 	}
 	recs := make([]eventstore.Record, 0, len(rows))
@@ -592,7 +628,6 @@ func (c *consumer) batch(ctx context.Context) (n, failed int, err error) {
 		}
 		recs = append(recs, o.rec)
 	}
-	b := &pgx.Batch{}
 	if len(recs) > 0 {
 		var err error
 		if c.Queue != nil {
@@ -610,21 +645,31 @@ func (c *consumer) batch(ctx context.Context) (n, failed int, err error) {
 			return 0, 0, err
 		}
 	}
-	if !c.Derived {
-		b.Queue(asyncCommitIfUnwritten)
-	}
-	last := rows[len(rows)-1]
-	b.Queue(c.ack, last.offset, strconv.FormatUint(uint64(last.txID), 10), c.Group)
-	if err := c.send(bctx, tx, b); err != nil {
-		if errors.Is(err, errCommit) {
-			return 0, 0, Unavailable(err)
-		}
-		return c.failedBatch(bctx, len(rows), err)
+	if failed, err := c.ackAndCommit(bctx, tx, b, rows); err != nil {
+		return 0, failed, err
 	}
 	c.committed(len(recs))
 	c.projected(recs)
 	c.poisoned(bad)
 	return len(rows), 0, nil
+}
+
+// ackAndCommit sends b's writes with the ack past rows and the COMMIT (see send). When
+// the writes fail, failed > 0 says how many rows to take one at a time (failedBatch).
+func (c *consumer) ackAndCommit(ctx context.Context, tx *pipeTx, b *pgx.Batch, rows []outboxRow) (failed int, err error) {
+	if !c.Derived {
+		b.Queue(asyncCommitIfUnwritten)
+	}
+	last := rows[len(rows)-1]
+	b.Queue(c.ack, last.offset, strconv.FormatUint(uint64(last.txID), 10), c.Group)
+	if err := c.send(ctx, tx, b); err != nil {
+		if errors.Is(err, errCommit) {
+			return 0, Unavailable(err)
+		}
+		_, failed, err = c.failedBatch(ctx, len(rows), err)
+		return failed, err
+	}
+	return 0, nil
 }
 
 // errCommit marks a batch whose writes succeeded and whose COMMIT did not.

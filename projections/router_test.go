@@ -3,10 +3,13 @@ package projections_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/ticketd/ticketd/eventstore"
@@ -189,5 +192,65 @@ func TestOnlyDerivedGroupsShareOpenedEvents(t *testing.T) {
 				t.Fatalf("group %s held %s as\n%s\nhooks as\n%s", g, ev, held, seen["hooks"][ev])
 			}
 		}
+	}
+}
+
+// An idle group (Handler.Idle) moves its position past the events without decoding,
+// opening or applying them; once it is no longer idle it applies what comes after,
+// in order, and nothing before.
+func TestAnIdleGroupMovesPastEventsWithoutOpeningThem(t *testing.T) {
+	t.Parallel()
+	pool, store := projectionstest.NewStore(t)
+	for i := range 10 {
+		projectionstest.Open(t, store, fmt.Sprintf("i%d", i))
+	}
+	var (
+		mu       sync.Mutex
+		revealed int
+		applied  []uuid.UUID
+		idle     atomic.Bool
+		asked    atomic.Int32
+	)
+	idle.Store(true)
+	reveal := func(ctx context.Context, recs []eventstore.Record) error {
+		mu.Lock()
+		revealed += len(recs)
+		mu.Unlock()
+		return store.Reveal(ctx, recs)
+	}
+	h := projections.Handler{Group: "sleepy",
+		Idle: func(ctx context.Context, tx pgx.Tx) (bool, error) {
+			asked.Add(1)
+			var one int // in the batch's transaction
+			return idle.Load(), tx.QueryRow(ctx, `SELECT 1`).Scan(&one)
+		},
+		Apply: func(_ context.Context, _ pgx.Tx, recs []eventstore.Record) error {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, r := range recs {
+				applied = append(applied, r.TicketID)
+			}
+			return nil
+		}}
+	projectionstest.RunRouter(t, pool, projections.Config{Reveal: reveal}, h)
+	projectionstest.WaitCaughtUp(t, pool, "sleepy", 20*time.Second)
+	mu.Lock()
+	if revealed != 0 || len(applied) != 0 || asked.Load() == 0 {
+		mu.Unlock()
+		t.Fatalf("idle group: %d events opened, %d applied, asked %d times; want none opened or applied", revealed, len(applied), asked.Load())
+	}
+	mu.Unlock()
+
+	idle.Store(false)
+	var want []uuid.UUID
+	for i := range 5 {
+		id, _ := projectionstest.Open(t, store, fmt.Sprintf("a%d", i))
+		want = append(want, id)
+	}
+	projectionstest.WaitCaughtUp(t, pool, "sleepy", 20*time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(applied, want) || revealed != len(want) {
+		t.Fatalf("after waking the group applied %v (%d opened), want %v", applied, revealed, want)
 	}
 }

@@ -50,8 +50,19 @@ type comment struct {
 // Handler returns the projector of the webhooks consumer group: for every event of a
 // batch, one delivery per enabled endpoint subscribed to its type, written in the
 // transaction that moves the group's position, so a crash loses or invents none.
+//
+// While no endpoint is enabled the group only moves its position (Idle): an event
+// that no endpoint could receive is not decoded or opened. An endpoint receives the
+// events the group takes after its creation commits, as before.
 func (s *Service) Handler() projections.Handler {
-	return projections.Handler{Group: Group, Apply: s.Apply, Queue: s.Queue, Committed: s.committed}
+	return projections.Handler{Group: Group, Apply: s.Apply, Queue: s.Queue, Committed: s.committed, Idle: idle}
+}
+
+// idle reports, in the batch's transaction, that no endpoint is enabled.
+func idle(ctx context.Context, tx pgx.Tx) (bool, error) {
+	var none bool
+	err := tx.QueryRow(ctx, `SELECT NOT EXISTS (SELECT FROM webhook_endpoints WHERE enabled)`).Scan(&none)
+	return none, err
 }
 
 func (s *Service) committed() {
