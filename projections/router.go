@@ -94,9 +94,14 @@ type Handler struct {
 	// Idle, when set, is asked in each batch's transaction after the batch is read:
 	// true says the group has nothing to do with any event now (the webhooks group
 	// while no endpoint is enabled), and the batch only moves the position past its
-	// events, without decoding or opening them. Events retried one at a time are
-	// always applied.
+	// events, without decoding or opening them. Until a batch finds it busy again the
+	// group polls (PollInterval) instead of being woken by every append. Events
+	// retried one at a time are always applied.
 	Idle func(ctx context.Context, tx pgx.Tx) (bool, error)
+	// WakeDelay, when set, replaces wakeDelay as the least time between the group's
+	// reads when woken by appends: longer for a read model that is written through
+	// anyway, so that it takes more events per transaction.
+	WakeDelay time.Duration
 }
 
 // Config tunes the projectors' consumers.
@@ -297,6 +302,10 @@ type consumer struct {
 	subscribe                   wsql.Query
 	// lastRead is when the last read of the outbox was sent (see wait).
 	lastRead time.Time
+	// idle: the last batch found the group idle (Handler.Idle). An idle group is not
+	// woken by appends: it polls, and moves past what gathered meanwhile in one
+	// transaction instead of one per wake.
+	idle bool
 }
 
 var (
@@ -448,7 +457,7 @@ func (c *consumer) run(ctx context.Context, ready func()) {
 			pause = c.r.cfg.PollInterval
 		}
 		if pause > 0 {
-			c.wait(ctx, pause, err == nil)
+			c.wait(ctx, pause, err == nil && !c.idle)
 		}
 	}
 }
@@ -474,7 +483,11 @@ func (c *consumer) wait(ctx context.Context, d time.Duration, wakeable bool) {
 	case <-ctx.Done():
 	case <-t.C:
 	case <-wake:
-		if rest := wakeDelay - time.Since(c.lastRead); rest > 0 {
+		delay := wakeDelay
+		if c.WakeDelay > 0 {
+			delay = c.WakeDelay
+		}
+		if rest := delay - time.Since(c.lastRead); rest > 0 {
 			_ = sleepCtx(ctx, rest)
 		}
 	}
@@ -609,6 +622,7 @@ func (c *consumer) batch(ctx context.Context) (n, failed int, err error) {
 		if err != nil {
 			return 0, 0, Unavailable(err)
 		}
+		c.idle = idle
 		if idle {
 			if failed, err := c.ackAndCommit(bctx, tx, b, rows); err != nil {
 				return 0, failed, err

@@ -232,7 +232,8 @@ func TestAnIdleGroupMovesPastEventsWithoutOpeningThem(t *testing.T) {
 			}
 			return nil
 		}}
-	projectionstest.RunRouter(t, pool, projections.Config{Reveal: reveal}, h)
+	wake := projections.NewSignal()
+	projectionstest.RunRouter(t, pool, projections.Config{Reveal: reveal, Wake: wake, PollInterval: 300 * time.Millisecond}, h)
 	projectionstest.WaitCaughtUp(t, pool, "sleepy", 20*time.Second)
 	mu.Lock()
 	if revealed != 0 || len(applied) != 0 || asked.Load() == 0 {
@@ -240,6 +241,18 @@ func TestAnIdleGroupMovesPastEventsWithoutOpeningThem(t *testing.T) {
 		t.Fatalf("idle group: %d events opened, %d applied, asked %d times; want none opened or applied", revealed, len(applied), asked.Load())
 	}
 	mu.Unlock()
+	// Appends do not wake an idle group: what they write gathers until its next poll.
+	asked.Store(0)
+	start := time.Now()
+	for i := range 10 {
+		projectionstest.Open(t, store, fmt.Sprintf("j%d", i))
+		wake.Notify()
+		time.Sleep(10 * time.Millisecond)
+	}
+	projectionstest.WaitCaughtUp(t, pool, "sleepy", 20*time.Second)
+	if n, most := asked.Load(), int32(time.Since(start)/(300*time.Millisecond))+2; n > most {
+		t.Fatalf("an idle group took 10 woken appends in %d batches over %v, want at most %d (one per poll)", n, time.Since(start), most)
+	}
 
 	idle.Store(false)
 	var want []uuid.UUID
