@@ -43,9 +43,16 @@ type Projector struct {
 // backlog rows its batches write: a batch commits without waiting for its WAL flush
 // (projections.Handler.Derived); a commit lost in a crash loses its backlog rows with
 // its position, and the events are taken again.
+//
+// Woken by this instance's appends, it waits wakeDelay after its last read: their
+// documents are written through already, so it takes more of them per transaction
+// (and per pipeline) rather than following each append within milliseconds.
 func (p *Projector) Handler() projections.Handler {
-	return projections.Handler{Group: Group, Apply: p.Apply, Queue: p.Queue, Derived: true}
+	return projections.Handler{Group: Group, Apply: p.Apply, Queue: p.Queue, Derived: true, WakeDelay: wakeDelay}
 }
+
+// wakeDelay is the Redis projector's projections.Handler.WakeDelay.
+const wakeDelay = 10 * time.Millisecond
 
 // Queued returns how many tickets this projector sent to the backlog instead of Redis.
 func (p *Projector) Queued() int64 { return p.queued.Load() }
