@@ -111,10 +111,10 @@ func (r *Reader) Comments(ctx context.Context, id uuid.UUID, after, limit int) (
 // OnCommitted hook): folded onto nothing for a new ticket, else onto the stored
 // document when it stands at the version before them (one write when this process
 // wrote that version last and still has it cached, else a read and a write). It is
-// bounded by the Redis timeout and never fails: when Redis holds an older version the
-// ticket is marked pending here (this instance reads it from Postgres until Redis has
-// caught up; the projector is on its way), and when a Redis call fails it is also
-// queued for the repairer. The projector would bring Redis up to date anyway; the
+// bounded by twice the Redis timeout (the pipeline in flight, then its own) and never
+// fails: when Redis holds an older version the ticket is marked pending here (this
+// instance reads it from Postgres until Redis has caught up; the projector is on its
+// way), and when a Redis call fails it is also queued for the repairer. The projector would bring Redis up to date anyway; the
 // write-through makes that immediate. Concurrent write-throughs share pipelines
 // (writeThrough).
 func (r *Reader) Committed(ctx context.Context, events []ticket.Event) {

@@ -43,7 +43,9 @@ type throughWrite struct {
 }
 
 // put stores v (fill: as FillMany would) with the writes of other requests waiting
-// meanwhile, and returns whether it was written.
+// meanwhile. It returns nil when v was written, else the pipeline's error; it waits
+// for at most the pipeline in flight and its own, each bounded by the Redis timeout
+// (or refused at once by an open breaker).
 func (w *writeThrough) put(ctx context.Context, v projections.View, fill bool) error {
 	me := &throughWrite{view: v, fill: fill, done: make(chan struct{})}
 	w.mu.Lock()
