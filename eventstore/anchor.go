@@ -164,6 +164,9 @@ func writeAnchor(ctx context.Context, pool *pgxpool.Pool, fresh time.Duration) (
 	return a, nil
 }
 
+// anchorTimeout bounds the writing of one anchor.
+const anchorTimeout = 30 * time.Second
+
 // Anchorer writes an anchor every Interval, one instance at a time, and logs each
 // one's root (the line an auditor keeps outside the database).
 type Anchorer struct {
@@ -202,16 +205,22 @@ func (a *Anchorer) Run(ctx context.Context) {
 		}
 		var anc *Anchor
 		if err == nil {
-			anc, err = writeAnchor(ctx, a.Pool, a.Interval)
+			// Not cut off by ctx: a shutdown waits for an anchor begun (a short
+			// transaction) so that it is committed and logged, or neither.
+			wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), anchorTimeout)
+			anc, err = writeAnchor(wctx, a.Pool, a.Interval)
+			cancel()
 		}
+		// An anchor written is logged even when ctx ended meanwhile: the log line is the
+		// anchor's copy outside the database.
 		switch {
+		case anc != nil:
+			log.Info("audit anchor", "anchor_id", anc.ID, "root", hex.EncodeToString(anc.Root),
+				"streams", anc.Streams, "events", anc.Events, "created_at", anc.CreatedAt.Format(time.RFC3339Nano))
 		case ctx.Err() != nil:
 			return
 		case err != nil:
 			log.Warn("audit anchor failed; the next tick tries again", "err", err)
-		case anc != nil:
-			log.Info("audit anchor", "anchor_id", anc.ID, "root", hex.EncodeToString(anc.Root),
-				"streams", anc.Streams, "events", anc.Events, "created_at", anc.CreatedAt.Format(time.RFC3339Nano))
 		}
 	}
 }
