@@ -156,6 +156,8 @@ func (s *Server) replayVersion(c *fiber.Ctx, id uuid.UUID, n int) error {
 		return tooManyReplays(c)
 	}
 	defer s.replays.release()
+	s.metrics.replays.Inc()
+	defer s.metrics.replays.Dec()
 	ctx, done := whileConnected(c.UserContext(), c)
 	defer done()
 	// start from the nearest version kept, and keep a state every checkpointEvery

@@ -42,8 +42,10 @@ type httpMetrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	inFlight prometheus.Gauge
-	routes   sync.Map // *fiber.Route -> *routeMetrics
-	nroutes  atomic.Int32
+	// replays counts the replays of past versions running (ReplayConcurrency slots taken).
+	replays prometheus.Gauge
+	routes  sync.Map // *fiber.Route -> *routeMetrics
+	nroutes atomic.Int32
 }
 
 // maxRouteEntries bounds routes. Fiber registers a route once per method, so a route
@@ -138,10 +140,15 @@ func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
 			Name: "http_requests_in_flight",
 			Help: "HTTP requests being handled now.",
 		}),
+		replays: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ticketd_replays_running",
+			Help: "Replays of past versions (GET ?version=N) running now, each in one of the REPLAY_CONCURRENCY slots.",
+		}),
 	}
 	m.requests = register(reg, m.requests)
 	m.duration = register(reg, m.duration)
 	m.inFlight = register(reg, m.inFlight)
+	m.replays = register(reg, m.replays)
 	return m
 }
 
