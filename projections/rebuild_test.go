@@ -555,8 +555,9 @@ func TestRebuildRemovesRedisDocumentsTheStoreDoesNotHold(t *testing.T) {
 }
 
 // The Redis target's Finish keeps a floor whose version the store holds (an event
-// past a rebuild's bound, when it stopped waiting for an old transaction): the live
-// projector writes it later, and until then the floor keeps an older state out.
+// past the swap's bound: committed after a transaction still open at the swap began):
+// the live projector writes it later, and until then the floor keeps an older state
+// out.
 func TestRedisFinishKeepsAFloorOfAnEventTheStoreHolds(t *testing.T) {
 	t.Parallel()
 	_, store := projectionstest.NewStore(t)

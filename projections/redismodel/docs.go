@@ -338,9 +338,9 @@ func (d *Docs) Floor(ctx context.Context) error {
 // (nil: none), and returns how many it removed. keep is asked with the ticket and the
 // floor's version. After a rebuild the floors left are documents of tickets the event
 // store does not have, or newer than it has (Redis kept while Postgres was restored
-// from a backup), which go; or of an event the store has but the rebuild did not reach
-// (it stopped waiting for an old transaction), which stay until the projector writes
-// that version. Removing a floor makes its reads misses, never older.
+// from a backup), which go; or of an event the store has but the rebuild left to the
+// projectors (past the swap's bound), which stay until the projector writes that
+// version. Removing a floor makes its reads misses, never older.
 func (d *Docs) SweepFloors(ctx context.Context, keep func(ctx context.Context, id uuid.UUID, version int) (bool, error)) (int, error) {
 	var mu sync.Mutex // masters are scanned concurrently
 	var found []string

@@ -116,9 +116,10 @@ func (t Target) Abort(context.Context) error { return nil }
 // Finish removes the floors that no document replaced, once the swap has committed:
 // every event below the swap's bound is in Redis by then, so what is left is of
 // tickets the event store does not have, or newer than it has. A floor whose version
-// the store does hold (an event past the bound, when the rebuild stopped waiting for
-// an old transaction) stays: removing it would let a live projector that is behind
-// write an older state there before it reaches that event.
+// the store does hold (an event past the swap's bound: committed after a transaction
+// still open at the swap began, which happens under any write load) stays: removing
+// it would let a live projector that is behind write an older state there before it
+// reaches that event.
 func (t Target) Finish(ctx context.Context) error {
 	_, err := t.Docs.SweepFloors(ctx, func(ctx context.Context, id uuid.UUID, version int) (bool, error) {
 		recs, err := t.Events.Load(ctx, id, version-1, version)
