@@ -103,8 +103,8 @@ func TestConcurrentWriteThroughsShareRoundTrips(t *testing.T) {
 	if p := count.pipelines.Load(); p > 8 {
 		t.Fatalf("%d concurrent write-throughs took %d pipelines, want a few", len(writes), p)
 	}
-	if reader.Pending() != 0 {
-		t.Fatalf("%d tickets read past Redis after write-throughs that all succeeded", reader.Pending())
+	if reader.Pending() != 0 || rdBacklog(t, pool) != 0 {
+		t.Fatalf("%d tickets read past Redis, %d queued for repair, after write-throughs that all succeeded", reader.Pending(), rdBacklog(t, pool))
 	}
 	for _, id := range ids {
 		rdExpectReplay(t, docs, store, id, 0)
@@ -129,6 +129,9 @@ func TestConcurrentWriteThroughsShareRoundTrips(t *testing.T) {
 	}
 	if reader.Pending() != len(late) {
 		t.Fatalf("%d tickets read past Redis after their write-throughs failed, want %d", reader.Pending(), len(late))
+	}
+	if n := rdBacklog(t, pool); n != len(late) {
+		t.Fatalf("%d tickets queued for repair after %d write-throughs failed", n, len(late))
 	}
 	for _, id := range late {
 		body, v, err := reader.GetRaw(ctx, id)
