@@ -543,6 +543,15 @@ func pick[T any](xs []T, idx []int) []T {
 	return out
 }
 
+// indexes returns 0 .. n-1: every document of a call, as failed.
+func indexes(n int) []int {
+	all := make([]int, n)
+	for i := range all {
+		all[i] = i
+	}
+	return all
+}
+
 // every returns n trues: each document is filled (see FillMany).
 func every(n int) []bool {
 	all := make([]bool, n)
@@ -570,15 +579,8 @@ func (d *Docs) putMany(ctx context.Context, views []projections.View, force bool
 	if len(views) == 0 {
 		return nil, nil
 	}
-	everyView := func() []int {
-		all := make([]int, len(views))
-		for i := range all {
-			all[i] = i
-		}
-		return all
-	}
 	if !force && !d.br.Allow() {
-		return everyView(), ErrDown
+		return indexes(len(views)), ErrDown
 	}
 	docs := make([]EncodedDoc, len(views))
 	// kept are the views as cached: copies, because Encode writes to the view it
@@ -588,7 +590,7 @@ func (d *Docs) putMany(ctx context.Context, views []projections.View, force bool
 	for i := range kept {
 		v := &kept[i]
 		if v.Version < 1 {
-			return everyView(), fmt.Errorf("redis document of %s: version %d: %w", v.ID, v.Version, ticket.ErrInvalid)
+			return indexes(len(views)), fmt.Errorf("redis document of %s: version %d: %w", v.ID, v.Version, ticket.ErrInvalid)
 		}
 		val := strconv.AppendInt(make([]byte, 0, 16), int64(v.Version), 10)
 		val = append(val, '\n')
@@ -598,7 +600,7 @@ func (d *Docs) putMany(ctx context.Context, views []projections.View, force bool
 			// writes the JSON right after the version line.
 			var err error
 			if val, err = v.AppendEncoded(val); err != nil {
-				return everyView(), fmt.Errorf("encode ticket %s: %w", v.ID, err)
+				return indexes(len(views)), fmt.Errorf("encode ticket %s: %w", v.ID, err)
 			}
 		}
 		docs[i] = EncodedDoc{ID: v.ID, Version: v.Version, Deleted: v.Deleted, Value: val}
@@ -674,13 +676,6 @@ func (d *Docs) writeMany(ctx context.Context, docs []EncodedDoc, fill []bool) ([
 		}
 		return 0
 	}
-	everyDoc := func() []int {
-		all := make([]int, len(docs))
-		for i := range all {
-			all[i] = i
-		}
-		return all
-	}
 	all := make([]int, 0, len(docs))
 	written := make([]bool, len(docs))
 	if slices.Contains(fill, true) {
@@ -695,7 +690,7 @@ func (d *Docs) writeMany(ctx context.Context, docs []EncodedDoc, fill []bool) ([
 		})
 		if err != nil && !errors.Is(err, redis.Nil) {
 			err = d.done(ctx, err, time.Time{})
-			return everyDoc(), fmt.Errorf("redis put documents: %w", err)
+			return indexes(len(docs)), fmt.Errorf("redis put documents: %w", err)
 		}
 		for i, c := range nx {
 			if written[i] = c != nil && c.Err() == nil && c.Val(); !written[i] {
@@ -703,7 +698,7 @@ func (d *Docs) writeMany(ctx context.Context, docs []EncodedDoc, fill []bool) ([
 			}
 		}
 	} else {
-		all = everyDoc()
+		all = indexes(len(docs))
 	}
 	// EVALSHA first; a node that does not know the script yet (new, restarted or failed
 	// over) answers NOSCRIPT, and those writes go again with EVAL, which teaches it.
@@ -753,7 +748,7 @@ func (d *Docs) writeMany(ctx context.Context, docs []EncodedDoc, fill []bool) ([
 			}
 		}
 		if len(failed) == 0 {
-			failed = everyDoc() // an error nobody owns: none is known to be written
+			failed = indexes(len(docs)) // an error nobody owns: none is known to be written
 		}
 		return failed, fmt.Errorf("redis put documents: %w", err)
 	}
