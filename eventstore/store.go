@@ -81,6 +81,29 @@ func (s *Store) Load(ctx context.Context, id uuid.UUID, after, upTo int) ([]Reco
 	return recs, nil
 }
 
+// Holds reports, for each i, whether stream ids[i] has an event at versions[i], in
+// one statement (the unique key's index).
+func (s *Store) Holds(ctx context.Context, ids []uuid.UUID, versions []int) ([]bool, error) {
+	if len(ids) != len(versions) {
+		return nil, fmt.Errorf("holds: %d streams, %d versions: %w", len(ids), len(versions), ticket.ErrInvalid)
+	}
+	out := make([]bool, len(ids))
+	rows, err := s.pool.Query(ctx, `SELECT k.i - 1 FROM unnest($1::uuid[], $2::int[]) WITH ORDINALITY AS k(id, v, i)
+		WHERE EXISTS (SELECT FROM events e WHERE e.stream_id = k.id AND e.version = k.v)`, ids, versions)
+	if err != nil {
+		return nil, fmt.Errorf("holds: %w", err)
+	}
+	i := 0
+	_, err = pgx.ForEachRow(rows, []any{&i}, func() error {
+		out[i] = true
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("holds: %w", err)
+	}
+	return out, nil
+}
+
 // LoadTicket replays a stream up to version upTo (0 or less: all of it). It returns
 // ticket.ErrNotFound for a stream with no events.
 func (s *Store) LoadTicket(ctx context.Context, id uuid.UUID, upTo int) (*ticket.Ticket, error) {

@@ -37,10 +37,11 @@ import (
 // projector. It drives every read model through the same small interface, Target:
 //
 //  1. Begin: each target makes an empty copy (Postgres: a fresh schema beside the live
-//     one; Redis: every document turned into a floor of its version, never served,
-//     which only that version or a newer one replaces: documents are written
-//     set-if-newer anyway, and a document written for an event at or above the bound
-//     before the Begin must not give way to the bulk's older fold).
+//     one; Redis, which has no second copy, replaces its documents in place: a
+//     rebuild's write replaces a document of its version or older, never a newer one,
+//     so a document written for an event at or above the bound does not give way to
+//     the bulk's older fold, and after the swap it removes what the store does not
+//     hold).
 //  2. Load: with X1 = the current xmin, the events below X1 are read in (stream,
 //     version) order and folded per ticket with Fold; batches of the final views and
 //     every comment go to each target (Postgres COPYs them, a short transaction per
@@ -63,8 +64,9 @@ import (
 // read-only statement does not get one), and every write is a short transaction. That
 // matters because consumers cannot see past the oldest open writing transaction.
 // Readers keep being served throughout: the Postgres readers read the old tables until
-// the swap commits and the new ones after; Redis readers that miss (or meet a floor)
-// fall back to Postgres and the event store.
+// the swap commits and the new ones after; Redis readers get each document as it was
+// until the rebuild replaces it, and those that miss fall back to Postgres and the
+// event store.
 
 // Target is a read model Rebuild can fill afresh. Its methods are called in the order
 // Begin, Load (any number of batches, from one goroutine), Loaded, Apply (catch-up

@@ -409,7 +409,7 @@ func TestRebuildRestoresWipedRedisAndRunsTwice(t *testing.T) {
 // racedRedis is the Redis target of a rebuild with a write landing in between its
 // bound and its Begin: before runs first thing in Begin, loaded after each Load.
 type racedRedis struct {
-	redismodel.Target
+	*redismodel.Target
 	before, loaded func()
 }
 
@@ -448,7 +448,7 @@ func TestRebuildNeverServesAStateOlderThanADocumentItReplaces(t *testing.T) {
 		defer mu.Unlock()
 		failed = append(failed, fmt.Sprintf(format, args...))
 	}
-	raced := racedRedis{Target: redismodel.Target{Docs: docs, Events: store},
+	raced := racedRedis{Target: &redismodel.Target{Docs: docs, Events: store},
 		before: func() {
 			// A transaction that began before the comment and is still open at the
 			// swap (another request's, say): the rebuild leaves the comment to the
@@ -491,15 +491,14 @@ func TestRebuildNeverServesAStateOlderThanADocumentItReplaces(t *testing.T) {
 		t.Fatal(strings.Join(failed, "\n"))
 	}
 	// The open is in the bulk; the comment, committed after the bound and after the
-	// held transaction began, is left to the live projectors. Until one writes it,
-	// Redis keeps v2's floor: a miss, never v1.
+	// held transaction began, is left to the live projectors. Redis keeps serving the
+	// write-through's v2, never v1.
 	if res.Events != 1 {
 		t.Fatalf("rebuild replayed %d events, want 1 (the open in the bulk; the comment not yet)", res.Events)
 	}
-	if _, v, found, err := docs.Get(ctx, id); err != nil || found {
-		t.Fatalf("the comment was left to the projectors, and Redis answers v%d (found=%v, err %v), want a miss", v, found, err)
+	if _, v, found, err := docs.Get(ctx, id); err != nil || !found || v != 2 {
+		t.Fatalf("the comment was left to the projectors, and Redis answers v%d (found=%v, err %v), want v2", v, found, err)
 	}
-	putAll(t, docs, v2) // what the Redis projector writes
 	checkRedisDocs(t, docs, replayAll(t, pool, store))
 }
 
@@ -529,36 +528,46 @@ func putAll(t testing.TB, docs *redismodel.Docs, views ...projections.View) {
 }
 
 // A Redis document the event store has no ticket for (Redis kept while Postgres was
-// restored from an older backup) is gone after a rebuild, and one newer than the
-// store's ticket gives way to the store's state; the others are as the store says.
+// restored from an older backup) is gone after a rebuild, one newer than the store's
+// ticket gives way to the store's state, and one of the store's version folded by other
+// code (a fold that has changed since) is replaced by the rebuild's; the others are as
+// the store says. Also when the target remembers too few written tickets to pass over
+// them (MaxTracked), and checks every document with the store.
 func TestRebuildRemovesRedisDocumentsTheStoreDoesNotHold(t *testing.T) {
 	t.Parallel()
-	pool, store := projectionstest.NewStore(t)
-	docs, _ := projectionstest.NewDocs(t)
-	ctx := context.Background()
-	writeLoad(t, store, 50, 9)
-	orphan := uuid.New()
-	ahead, recs := projectionstest.Open(t, store, "ahead")
-	v1 := folded(t, recs)
-	putAll(t, docs, bare(orphan, "gone", 5), bare(ahead, "from the future", 9))
-	if _, err := projections.Rebuild(ctx, pool, projections.RebuildOptions{Targets: targets(store, docs), Store: store}); err != nil {
-		t.Fatal(err)
+	for _, maxTracked := range []int{0, 3} {
+		t.Run(fmt.Sprintf("MaxTracked=%d", maxTracked), func(t *testing.T) {
+			t.Parallel()
+			pool, store := projectionstest.NewStore(t)
+			docs, _ := projectionstest.NewDocs(t)
+			ctx := context.Background()
+			writeLoad(t, store, 50, 9)
+			orphan := uuid.New()
+			ahead, recs := projectionstest.Open(t, store, "ahead")
+			v1 := folded(t, recs)
+			stale, recs := projectionstest.Open(t, store, "stale")
+			putAll(t, docs, bare(orphan, "gone", 5), bare(ahead, "from the future", 9), bare(stale, "an old fold", folded(t, recs).Version))
+			target := &redismodel.Target{Docs: docs, Events: store, MaxTracked: maxTracked}
+			if _, err := projections.Rebuild(ctx, pool, projections.RebuildOptions{Store: store,
+				Targets: []projections.Target{pgmodel.Target{Pool: pool, Events: store}, target}}); err != nil {
+				t.Fatal(err)
+			}
+			if vs, err := docs.Versions(ctx, []uuid.UUID{orphan, ahead}); err != nil || vs[0] != 0 || vs[1] != 0 {
+				t.Fatalf("after the rebuild the orphan and the newer document stand at %v (%v), want both removed", vs, err)
+			}
+			// The next write of the ticket, or a read's refill, brings its document back.
+			if err := docs.Put(ctx, v1); err != nil {
+				t.Fatal(err)
+			}
+			checkRedisDocs(t, docs, replayAll(t, pool, store))
+		})
 	}
-	if vs, err := docs.Versions(ctx, []uuid.UUID{orphan, ahead}); err != nil || vs[0] != 0 || vs[1] != 0 {
-		t.Fatalf("after the rebuild the orphan and the newer document stand at %v (%v), want both removed", vs, err)
-	}
-	// The next write of the ticket, or a read's refill, brings its document back.
-	if err := docs.Put(ctx, v1); err != nil {
-		t.Fatal(err)
-	}
-	checkRedisDocs(t, docs, replayAll(t, pool, store))
 }
 
-// The Redis target's Finish keeps a floor whose version the store holds (an event
-// past the swap's bound: committed after a transaction still open at the swap began):
-// the live projector writes it later, and until then the floor keeps an older state
-// out.
-func TestRedisFinishKeepsAFloorOfAnEventTheStoreHolds(t *testing.T) {
+// The Redis target's Finish keeps a document it did not write whose version the store
+// holds (an event past the swap's bound: committed after a transaction still open at
+// the swap began), and removes one the store does not hold.
+func TestRedisFinishKeepsADocumentOfAnEventTheStoreHolds(t *testing.T) {
 	t.Parallel()
 	_, store := projectionstest.NewStore(t)
 	docs, _ := projectionstest.NewDocs(t)
@@ -567,18 +576,21 @@ func TestRedisFinishKeepsAFloorOfAnEventTheStoreHolds(t *testing.T) {
 	recs = append(recs, projectionstest.Do(t, store, held, projectionstest.Comment(1))...)
 	orphan := uuid.New()
 	putAll(t, docs, folded(t, recs), bare(orphan, "gone", 2))
-	target := redismodel.Target{Docs: docs, Events: store}
+	target := &redismodel.Target{Docs: docs, Events: store}
 	if err := target.Begin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := target.Loaded(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if err := target.Finish(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if vs, err := docs.Versions(ctx, []uuid.UUID{held, orphan}); err != nil || vs[0] != 2 || vs[1] != 0 {
-		t.Fatalf("after Finish the held ticket's floor and the orphan's stand at %v (%v), want [2 0]", vs, err)
+		t.Fatalf("after Finish the held ticket's document and the orphan's stand at %v (%v), want [2 0]", vs, err)
 	}
-	if wrote, err := docs.PutIfNewer(ctx, bare(held, "older", 1)); err != nil || wrote {
-		t.Fatalf("v1 over the kept floor at v2: wrote=%v err=%v, want refused", wrote, err)
+	if _, v, found, err := docs.Get(ctx, held); err != nil || !found || v != 2 {
+		t.Fatalf("the held ticket's document: v%d found=%v err=%v, want v2 served", v, found, err)
 	}
 }
 
@@ -716,7 +728,7 @@ func targets(store *eventstore.Store, docs *redismodel.Docs) []projections.Targe
 	pool := store.Pool()
 	out := []projections.Target{pgmodel.Target{Pool: pool, Events: store}}
 	if docs != nil {
-		out = append(out, redismodel.Target{Docs: docs, Events: store})
+		out = append(out, &redismodel.Target{Docs: docs, Events: store})
 	}
 	return out
 }

@@ -60,7 +60,7 @@ func rebuildProjections(ctx context.Context, cfg Config, pool *pgxpool.Pool, log
 
 	opt := projections.RebuildOptions{Log: log, Store: store, Targets: []projections.Target{
 		pgmodel.Target{Pool: pool, Events: store},
-		redismodel.Target{Docs: docs, Events: store},
+		&redismodel.Target{Docs: docs, Events: store},
 	}}
 	var bar *progressBar
 	if f, ok := stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {

@@ -602,7 +602,7 @@ func TestKilledServerLosesNoAcknowledgedWrite(t *testing.T) {
 	// What the projectors built after the crash is what a rebuild builds.
 	want := m.replay(t)
 	res, err := projections.Rebuild(context.Background(), m.pool, projections.RebuildOptions{Store: m.store, Targets: []projections.Target{
-		pgmodel.Target{Pool: m.pool, Events: m.store}, redismodel.Target{Docs: m.docs, Events: m.store}}})
+		pgmodel.Target{Pool: m.pool, Events: m.store}, &redismodel.Target{Docs: m.docs, Events: m.store}}})
 	if err != nil {
 		t.Fatalf("rebuild: %v", err)
 	}

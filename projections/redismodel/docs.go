@@ -100,11 +100,11 @@ func (d *Docs) Prefix() string { return d.prefix }
 func (d *Docs) Up() bool { return d.br.Up() }
 
 // putScript writes ARGV[2] under KEYS[1] unless the stored value's version (the digits
-// before its first newline) is newer than ARGV[1], or as new and not a floor (see
-// Floor): a floor gives way to a document of its own version. ARGV[3] is a TTL in
-// milliseconds, 0 for none. It returns 1 when it wrote, 0 when the stored value is as
-// new or newer. GETRANGE reads only the head of the stored value, not the whole
-// document.
+// before its first newline) is newer than ARGV[1], or as new and neither a floor (see
+// isFloor) nor replaced (ARGV[4] = "1": a rebuild's document, whose fold of the same
+// events is the one to keep). ARGV[3] is a TTL in milliseconds, 0 for none. It returns
+// 1 when it wrote, 0 when the stored value is as new or newer. GETRANGE reads only the
+// head of the stored value, not the whole document.
 var putScript = redis.NewScript(`
 local head = redis.call('GETRANGE', KEYS[1], 0, 15)
 if head ~= '' then
@@ -112,7 +112,7 @@ if head ~= '' then
 	if nl then
 		local cur = tonumber(string.sub(head, 1, nl - 1))
 		local v = tonumber(ARGV[1])
-		if cur and (cur > v or (cur == v and string.sub(head, nl + 1, nl + 1) ~= '~')) then
+		if cur and (cur > v or (cur == v and ARGV[4] ~= '1' and string.sub(head, nl + 1, nl + 1) ~= '~')) then
 			return 0
 		end
 	end
@@ -125,36 +125,19 @@ end
 return 1
 `)
 
-// floorMark is the body of a floor: "<version>\n~". No document's JSON starts with it.
+// floorMark is the body of a floor: "<version>\n~", a version without its document.
+// No document's JSON starts with it. Rebuilds of earlier versions of ticketd turned
+// every document into a floor while they refilled Redis (expiring after a day); a floor
+// is never served, and only a document of its version or a newer one replaces it.
 const floorMark = '~'
 
 // isFloor reports whether a stored value's body (after the version line) is a floor.
 func isFloor(body []byte) bool { return len(body) == 1 && body[0] == floorMark }
 
-// FloorTTL is how long a floor (see Floor) outlives a rebuild that never replaced it:
-// a rebuild's Finish removes the floors left, and readers and writers replace the
-// others with documents, so this only bounds what a rebuild that died leaves.
-const FloorTTL = 24 * time.Hour
-
-// floorScript turns the document (or tombstone) KEYS[1] into a floor of its version
-// that expires after ARGV[1] milliseconds; a malformed value is removed. It reads only
-// the value's head.
-var floorScript = redis.NewScript(`
-local head = redis.call('GETRANGE', KEYS[1], 0, 15)
-local nl = string.find(head, '\n', 1, true)
-if not nl or not tonumber(string.sub(head, 1, nl - 1)) then
-	redis.call('UNLINK', KEYS[1])
-	return 0
-end
-redis.call('SET', KEYS[1], string.sub(head, 1, nl) .. '~', 'PX', ARGV[1])
-return 1
-`)
-
-// unfloorScript removes KEYS[1] if it is still a floor.
-var unfloorScript = redis.NewScript(`
-local head = redis.call('GETRANGE', KEYS[1], 0, 15)
-local nl = string.find(head, '\n', 1, true)
-if nl and string.sub(head, nl + 1) == '~' then
+// unlinkScript removes KEYS[1] if its head (its first 16 bytes) is still ARGV[1]: a
+// value written since (a newer version) stays.
+var unlinkScript = redis.NewScript(`
+if redis.call('GETRANGE', KEYS[1], 0, 15) == ARGV[1] then
 	redis.call('UNLINK', KEYS[1])
 	return 1
 end
@@ -200,7 +183,7 @@ func (d *Docs) set(ctx context.Context, id uuid.UUID, version int, body []byte, 
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
-	n, err := putScript.Run(cctx, d.rdb, []string{d.Key(id)}, version, val, ttl.Milliseconds()).Int()
+	n, err := putScript.Run(cctx, d.rdb, []string{d.Key(id)}, version, val, ttl.Milliseconds(), 0).Int()
 	if err = d.done(ctx, err, start); err != nil {
 		return false, fmt.Errorf("redis put %s v%d: %w", id, version, err)
 	}
@@ -209,7 +192,7 @@ func (d *Docs) set(ctx context.Context, id uuid.UUID, version int, body []byte, 
 
 // Get returns the stored document of ticket id: the JSON body, ready to send, and its
 // version. found is false when nothing is stored (a miss, not an error). A tombstone is
-// found with its version, a nil body and ErrDeleted; a floor (see Floor) is a miss.
+// found with its version, a nil body and ErrDeleted; a floor (see isFloor) is a miss.
 // Other errors: ErrDown while the breaker is open, otherwise the Redis error.
 //
 // It is the hot GET's one call, bounded by the timeout on its own: unless ctx's
@@ -243,7 +226,7 @@ func (d *Docs) Get(ctx context.Context, id uuid.UUID) (body []byte, version int,
 	case len(body) == 0:
 		return nil, version, true, ErrDeleted
 	case isFloor(body):
-		return nil, 0, false, nil // a rebuild is replacing it: a miss
+		return nil, 0, false, nil // left by an earlier version's rebuild: a miss
 	}
 	return body, version, true, nil
 }
@@ -314,81 +297,91 @@ func (d *Docs) Wipe(ctx context.Context) error {
 	})
 }
 
-// Floor turns every document and tombstone into a floor: "<version>\n~", its version
-// without its body, expiring after FloorTTL. A floor is never served (Get and GetMany
-// miss on it, and readers fall back to Postgres, which is exact), and set-if-newer
-// replaces it only with a document of its version or newer. A rebuild floors the
-// documents instead of deleting them, so that no document ever moves backwards:
-// documents written through or projected before the rebuild read the events (or
-// before the live projector, behind, reaches the same ticket again) keep their version
-// as a floor, and neither the rebuild's older fold nor that projector may go below it.
-// Like Wipe, it ignores the breaker and bounds each round trip by a few seconds.
-func (d *Docs) Floor(ctx context.Context) error {
-	d.views.Drop()
-	ttl := FloorTTL.Milliseconds()
-	return d.eachKeys(ctx, d.prefix+":{*}:doc", func(ctx context.Context, p redis.Pipeliner, keys []string) func() {
-		for _, k := range keys {
-			floorScript.Eval(ctx, p, []string{k}, ttl)
-		}
-		return nil
-	})
-}
-
-// SweepFloors removes the floors that no document replaced, except those keep keeps
-// (nil: none), and returns how many it removed. keep is asked with the ticket and the
-// floor's version. After a rebuild the floors left are documents of tickets the event
-// store does not have, or newer than it has (Redis kept while Postgres was restored
-// from a backup), which go; or of an event the store has but the rebuild left to the
-// projectors (past the swap's bound), which stay until the projector writes that
-// version. Removing a floor makes its reads misses, never older.
-func (d *Docs) SweepFloors(ctx context.Context, keep func(ctx context.Context, id uuid.UUID, version int) (bool, error)) (int, error) {
+// Sweep removes the documents, tombstones and floors that the event store does not
+// hold, except those of the tickets written reports (nil: none), and returns how many it
+// removed. It SCANs the documents under the prefix on every master; of each ticket
+// written does not report it reads the head (the version), and asks holds, 1,000 at a
+// time, which of those tickets the store holds at that version. Those stay; the others
+// (a ticket the store does not have, a version newer than it has: Redis kept while
+// Postgres was restored from an older backup), and malformed values, are removed, each
+// only if its head has not changed since it was read: a document written meanwhile
+// stays. A rebuild sweeps after its swap, passing over the tickets it wrote: the rest
+// are documents it did not write, of tickets created during it (which the store
+// holds), of newer versions than its fold, or not in the store at all. Removing a
+// document makes its reads misses, served from Postgres and refilled. Like Wipe, it
+// ignores the breaker and bounds each round trip by a few seconds.
+func (d *Docs) Sweep(ctx context.Context, written func(uuid.UUID) bool, holds func(ctx context.Context, ids []uuid.UUID, versions []int) ([]bool, error)) (int, error) {
+	type stored struct {
+		key, head string
+		id        uuid.UUID
+		version   int // 0: malformed
+	}
 	var mu sync.Mutex // masters are scanned concurrently
-	var found []string
+	var found []stored
 	err := d.eachKeys(ctx, d.prefix+":{*}:doc", func(ctx context.Context, p redis.Pipeliner, keys []string) func() {
-		heads := make([]*redis.StringCmd, len(keys))
-		for i, k := range keys {
-			heads[i] = p.GetRange(ctx, k, 0, 15)
+		var read []stored
+		var heads []*redis.StringCmd
+		for _, k := range keys {
+			id, err := uuid.Parse(strings.TrimSuffix(strings.TrimPrefix(k, d.prefix+":{"), "}:doc"))
+			if err == nil && written != nil && written(id) {
+				continue
+			}
+			read = append(read, stored{key: k, id: id})
+			heads = append(heads, p.GetRange(ctx, k, 0, 15))
 		}
 		return func() {
 			mu.Lock()
 			defer mu.Unlock()
 			for i, h := range heads {
-				if strings.HasSuffix(h.Val(), "\n~") {
-					found = append(found, keys[i], h.Val())
+				s := read[i]
+				if s.head = h.Val(); s.head == "" {
+					continue // gone since the SCAN
 				}
+				if nl := strings.IndexByte(s.head, '\n'); nl > 0 && s.id != uuid.Nil {
+					s.version, _ = strconv.Atoi(s.head[:nl])
+				}
+				found = append(found, s)
 			}
 		}
 	})
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("sweep: %w", err)
 	}
-	var floors []string
-	for i := 0; i < len(found); i += 2 {
-		key, head := found[i], found[i+1]
-		if keep != nil {
-			id, idErr := uuid.Parse(strings.TrimSuffix(strings.TrimPrefix(key, d.prefix+":{"), "}:doc"))
-			version, vErr := strconv.Atoi(strings.TrimSuffix(head, "\n~"))
-			if idErr == nil && vErr == nil {
-				kept, err := keep(ctx, id, version)
-				if err != nil {
-					return 0, fmt.Errorf("sweep floors: %w", err)
-				}
-				if kept {
-					continue
-				}
+	var gone []stored
+	for len(found) > 0 {
+		batch := found[:min(1000, len(found))]
+		found = found[len(batch):]
+		var ids []uuid.UUID
+		var versions, at []int
+		for i, s := range batch {
+			if s.version < 1 {
+				gone = append(gone, s)
+				continue
+			}
+			ids, versions, at = append(ids, s.id), append(versions, s.version), append(at, i)
+		}
+		if len(ids) == 0 {
+			continue
+		}
+		held, err := holds(ctx, ids, versions)
+		if err != nil {
+			return 0, fmt.Errorf("sweep: %w", err)
+		}
+		for k, i := range at {
+			if !held[k] {
+				gone = append(gone, batch[i])
 			}
 		}
-		floors = append(floors, key)
 	}
-	if len(floors) == 0 {
+	if len(gone) == 0 {
 		return 0, nil
 	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	cmds := make([]*redis.Cmd, len(floors))
+	cmds := make([]*redis.Cmd, len(gone))
 	_, err = d.rdb.Pipelined(sctx, func(p redis.Pipeliner) error {
-		for i, k := range floors {
-			cmds[i] = unfloorScript.Eval(sctx, p, []string{k})
+		for i, s := range gone {
+			cmds[i] = unlinkScript.Eval(sctx, p, []string{s.key}, s.head)
 		}
 		return nil
 	})
@@ -399,7 +392,7 @@ func (d *Docs) SweepFloors(ctx context.Context, keep func(ctx context.Context, i
 		}
 	}
 	if err != nil {
-		return n, fmt.Errorf("sweep floors: %w", err)
+		return n, fmt.Errorf("sweep: %w", err)
 	}
 	return n, nil
 }
@@ -648,26 +641,68 @@ func AppendDoc(dst []byte, v *projections.View) ([]byte, error) {
 	return dst, nil
 }
 
-// FillEncoded is FillMany for documents encoded by the caller (AppendDoc), which may
-// keep their bytes in one buffer it reuses: the rebuild's. Unlike FillMany it leaves
-// the cache of written views alone (a rebuild's views are not folded onto again by
-// this process; Floor emptied the cache). It returns the documents whose write failed
-// and the first error.
-func (d *Docs) FillEncoded(ctx context.Context, docs []EncodedDoc) ([]EncodedDoc, error) {
-	for _, doc := range docs {
-		if doc.Version < 1 {
-			return docs, fmt.Errorf("redis document of %s: version %d: %w", doc.ID, doc.Version, ticket.ErrInvalid)
-		}
-	}
-	failed, err := d.writeMany(ctx, docs, every(len(docs)))
-	return pick(docs, failed), err
+// Replaced says what ReplaceEncoded did with each document, by index.
+type Replaced struct {
+	// Filled counts the documents written with SET NX (nothing was stored).
+	Filled int
+	// Refused are the documents not written because Redis holds a newer version.
+	Refused []int
+	// Failed are the documents whose write failed (the error says why).
+	Failed []int
 }
 
-// writeMany stores docs set-if-newer (those with fill[i]: SET NX first, see FillMany) in one
-// pipelined round trip per cluster node (two where the script decides), bounded by the
-// timeout. It returns the indexes of the documents whose write failed and the first
-// error.
+// ReplaceEncoded is a rebuild's write: it stores documents encoded by the caller
+// (AppendDoc, into one buffer it may reuse) unless Redis holds a newer version, so
+// each replaces one of its own version, a floor or an older one. The rebuild's fold of
+// the same events is the one to keep: a rebuild runs after the fold's code changed.
+// With fill, each is first written with SET NX (see FillMany): cheaper where little is
+// stored, one more command per document where all is. It writes past the breaker, and
+// leaves the cache of written views alone (a rebuild's views are not folded onto by
+// this process). The error is the first one; Failed says which documents it left
+// unwritten.
+func (d *Docs) ReplaceEncoded(ctx context.Context, docs []EncodedDoc, fill bool) (Replaced, error) {
+	for _, doc := range docs {
+		if doc.Version < 1 {
+			return Replaced{Failed: indexes(len(docs))}, fmt.Errorf("redis document of %s: version %d: %w", doc.ID, doc.Version, ticket.ErrInvalid)
+		}
+	}
+	var fills []bool
+	if fill {
+		fills = every(len(docs))
+	}
+	states, failed, err := d.writeEach(ctx, docs, fills, true)
+	r := Replaced{Failed: failed}
+	for i, st := range states {
+		switch st {
+		case docFilled:
+			r.Filled++
+		case docRefused:
+			r.Refused = append(r.Refused, i)
+		}
+	}
+	return r, err
+}
+
+// What writeEach did with a document.
+const (
+	docUnknown = iota // failed, or its answer was lost
+	docFilled         // SET NX stored it
+	docWritten        // the script stored it
+	docRefused        // the script found a newer version (or, unless replacing, the same)
+)
+
+// writeMany is writeEach for set-if-newer writes that only need the failures.
 func (d *Docs) writeMany(ctx context.Context, docs []EncodedDoc, fill []bool) ([]int, error) {
+	_, failed, err := d.writeEach(ctx, docs, fill, false)
+	return failed, err
+}
+
+// writeEach stores docs set-if-newer (those with fill[i]: SET NX first, see FillMany;
+// with replace, over their own version too: see ReplaceEncoded) in one pipelined round
+// trip per cluster node (two where the script decides), bounded by the timeout. It
+// returns what it did with each document, the indexes of those whose write failed and
+// the first error.
+func (d *Docs) writeEach(ctx context.Context, docs []EncodedDoc, fill []bool, replace bool) ([]int8, []int, error) {
 	cctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
 	ttlOf := func(doc EncodedDoc) time.Duration {
@@ -676,8 +711,12 @@ func (d *Docs) writeMany(ctx context.Context, docs []EncodedDoc, fill []bool) ([
 		}
 		return 0
 	}
+	mode := 0
+	if replace {
+		mode = 1
+	}
+	states := make([]int8, len(docs))
 	all := make([]int, 0, len(docs))
-	written := make([]bool, len(docs))
 	if slices.Contains(fill, true) {
 		nx := make([]*redis.BoolCmd, len(docs))
 		_, err := d.rdb.Pipelined(cctx, func(p redis.Pipeliner) error {
@@ -690,10 +729,12 @@ func (d *Docs) writeMany(ctx context.Context, docs []EncodedDoc, fill []bool) ([
 		})
 		if err != nil && !errors.Is(err, redis.Nil) {
 			err = d.done(ctx, err, time.Time{})
-			return indexes(len(docs)), fmt.Errorf("redis put documents: %w", err)
+			return states, indexes(len(docs)), fmt.Errorf("redis put documents: %w", err)
 		}
 		for i, c := range nx {
-			if written[i] = c != nil && c.Err() == nil && c.Val(); !written[i] {
+			if c != nil && c.Err() == nil && c.Val() {
+				states[i] = docFilled
+			} else {
 				all = append(all, i) // not filled, or stored meanwhile: set-if-newer decides
 			}
 		}
@@ -709,9 +750,9 @@ func (d *Docs) writeMany(ctx context.Context, docs []EncodedDoc, fill []bool) ([
 				doc := docs[i]
 				ttl := ttlOf(doc).Milliseconds()
 				if sha {
-					cmds[i] = putScript.EvalSha(cctx, p, []string{d.Key(doc.ID)}, doc.Version, doc.Value, ttl)
+					cmds[i] = putScript.EvalSha(cctx, p, []string{d.Key(doc.ID)}, doc.Version, doc.Value, ttl, mode)
 				} else {
-					cmds[i] = putScript.Eval(cctx, p, []string{d.Key(doc.ID)}, doc.Version, doc.Value, ttl)
+					cmds[i] = putScript.Eval(cctx, p, []string{d.Key(doc.ID)}, doc.Version, doc.Value, ttl, mode)
 				}
 			}
 			return nil
@@ -738,19 +779,28 @@ func (d *Docs) writeMany(ctx context.Context, docs []EncodedDoc, fill []bool) ([
 			}
 		}
 	}
-	if err = d.done(ctx, err, time.Time{}); err != nil {
-		// A write counts only with its answer: a pipeline to a node that failed may
-		// leave its commands without an error and without a value.
-		var failed []int
-		for i, c := range cmds {
-			if !written[i] && (c == nil || c.Err() != nil || c.Val() == nil) {
-				failed = append(failed, i)
-			}
+	// A write counts only with its answer: a pipeline to a node that failed may leave
+	// its commands without an error and without a value.
+	var failed []int
+	for i, c := range cmds {
+		if c == nil {
+			continue
 		}
+		switch n, cerr := c.Int(); {
+		case cerr != nil:
+			failed = append(failed, i)
+		case n == 1:
+			states[i] = docWritten
+		default:
+			states[i] = docRefused
+		}
+	}
+	if err = d.done(ctx, err, time.Time{}); err != nil {
 		if len(failed) == 0 {
 			failed = indexes(len(docs)) // an error nobody owns: none is known to be written
+			clear(states)
 		}
-		return failed, fmt.Errorf("redis put documents: %w", err)
+		return states, failed, fmt.Errorf("redis put documents: %w", err)
 	}
-	return nil, nil
+	return states, nil, nil
 }

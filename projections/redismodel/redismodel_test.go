@@ -180,38 +180,23 @@ func TestRedisDocsKeysOfOneTicketShareASlot(t *testing.T) {
 	}
 }
 
-// A rebuild floors the documents instead of deleting them (Docs.Floor), so that a
-// document written before the rebuild read the events never gives way to the
-// rebuild's older fold, nor to a live projector that is behind: the floor keeps the
-// version, misses on every read, and gives way only to that version or a newer one.
-func TestRedisFloorKeepsEachVersionAndMissesUntilReplaced(t *testing.T) {
+// A floor ("<version>\n~"), which rebuilds of earlier versions left while they
+// refilled Redis, is never served, counts with its version, and gives way only to that
+// version or a newer one.
+func TestRedisFloorLeftByAnEarlierRebuildMissesUntilReplaced(t *testing.T) {
 	t.Parallel()
 	docs, rdb := projectionstest.NewDocs(t)
-	other, _ := projectionstest.NewDocs(t)
 	ctx := context.Background()
-	written, deleted, same, orphan := uuid.New(), uuid.New(), uuid.New(), uuid.New()
-	for _, v := range []projections.View{view(written, 3, ticket.StatusAnswered), view(same, 1, ticket.StatusOpen), view(orphan, 5, ticket.StatusClosed)} {
-		if err := docs.Put(ctx, v); err != nil {
+	older, same := uuid.New(), uuid.New()
+	for _, id := range []uuid.UUID{older, same} {
+		if err := rdb.Set(ctx, docs.Key(id), "3\n~", time.Hour).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := docs.Tombstone(ctx, deleted, 2); err != nil {
-		t.Fatal(err)
-	}
-	if err := other.Put(ctx, view(written, 1, ticket.StatusOpen)); err != nil {
-		t.Fatal(err)
-	}
-	if err := docs.Floor(ctx); err != nil {
-		t.Fatal(err)
-	}
-
-	ids := []uuid.UUID{written, deleted, same, orphan}
+	ids := []uuid.UUID{older, same}
 	for _, id := range ids {
 		if _, v, found, err := docs.Get(ctx, id); found || err != nil || v != 0 {
 			t.Fatalf("Get %s on a floor: found=%v v%d err=%v, want a miss", id, found, v, err)
-		}
-		if ttl := rdb.PTTL(ctx, docs.Key(id)).Val(); ttl <= 0 || ttl > redismodel.FloorTTL {
-			t.Fatalf("floor of %s expires in %s, want within %s", id, ttl, redismodel.FloorTTL)
 		}
 	}
 	got, err := docs.GetMany(ctx, ids)
@@ -223,75 +208,167 @@ func TestRedisFloorKeepsEachVersionAndMissesUntilReplaced(t *testing.T) {
 			t.Fatalf("GetMany %s on a floor: %+v, want a miss", ids[i], d)
 		}
 	}
-	if vs, _ := docs.Versions(ctx, ids); !slices.Equal(vs, []int{3, 2, 1, 5}) {
-		t.Fatalf("versions of the floors %v, want [3 2 1 5]", vs)
+	if vs, _ := docs.Versions(ctx, ids); !slices.Equal(vs, []int{3, 3}) {
+		t.Fatalf("versions of the floors %v, want [3 3]", vs)
 	}
-	if _, v, found, _ := other.Get(ctx, written); !found || v != 1 {
-		t.Fatalf("another prefix's document: found=%v v%d, want v1 untouched", found, v)
-	}
-
-	// The rebuild's older fold, and a projector behind, are refused; the floor stays a miss.
-	if wrote, err := docs.PutIfNewer(ctx, view(written, 2, ticket.StatusAnswered)); err != nil || wrote {
+	if wrote, err := docs.PutIfNewer(ctx, view(older, 2, ticket.StatusAnswered)); err != nil || wrote {
 		t.Fatalf("v2 over a floor at v3: wrote=%v err=%v, want refused", wrote, err)
 	}
-	enc := func(v projections.View) redismodel.EncodedDoc {
-		b, err := redismodel.AppendDoc(nil, &v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return redismodel.EncodedDoc{ID: v.ID, Version: v.Version, Deleted: v.Deleted, Value: b}
-	}
-	if failed, err := docs.FillEncoded(ctx, []redismodel.EncodedDoc{enc(view(written, 1, ticket.StatusOpen)), enc(view(same, 1, ticket.StatusOpen))}); err != nil || len(failed) > 0 {
-		t.Fatalf("fill: %v %v", failed, err)
-	}
-	if _, _, found, _ := docs.Get(ctx, written); found {
-		t.Fatal("the rebuild's v1 replaced a floor at v3")
-	}
-	// Its own version replaces a floor; so does a newer one, a tombstone too.
-	if _, v, found, _ := docs.Get(ctx, same); !found || v != 1 {
-		t.Fatalf("v1 over a floor at v1: found=%v v%d, want the document", found, v)
-	}
-	if wrote, err := docs.PutIfNewer(ctx, view(written, 3, ticket.StatusAnswered)); err != nil || !wrote {
+	if wrote, err := docs.PutIfNewer(ctx, view(same, 3, ticket.StatusAnswered)); err != nil || !wrote {
 		t.Fatalf("v3 over a floor at v3: wrote=%v err=%v, want written", wrote, err)
 	}
-	if doc, v, found, _ := projectionstest.StoredDoc(t, docs, written); !found || v != 3 || doc.Status != ticket.StatusAnswered {
+	if doc, v, found, _ := projectionstest.StoredDoc(t, docs, same); !found || v != 3 || doc.Status != ticket.StatusAnswered {
 		t.Fatalf("after v3: found=%v v%d %s", found, v, doc.Status)
 	}
-	if err := docs.Tombstone(ctx, deleted, 2); err != nil {
+}
+
+func encoded(t testing.TB, v projections.View) redismodel.EncodedDoc {
+	t.Helper()
+	b, err := redismodel.AppendDoc(nil, &v)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, v, found, err := docs.Get(ctx, deleted); !found || v != 2 || !errors.Is(err, redismodel.ErrDeleted) {
-		t.Fatalf("tombstone over its floor: found=%v v%d err=%v", found, v, err)
+	return redismodel.EncodedDoc{ID: v.ID, Version: v.Version, Deleted: v.Deleted, Value: b}
+}
+
+// A rebuild's write replaces a document of its own version (the fold of the same
+// events, by the rebuild's code), an older one and a floor, writes where nothing is
+// stored, and refuses only a newer version, which it reports; with and without SET NX
+// first.
+func TestRedisReplaceEncodedReplacesItsOwnVersionAndOlderOnly(t *testing.T) {
+	t.Parallel()
+	for _, fill := range []bool{true, false} {
+		t.Run(fmt.Sprintf("fill=%v", fill), func(t *testing.T) {
+			t.Parallel()
+			docs, rdb := projectionstest.NewDocs(t)
+			ctx := context.Background()
+			absent, same, older, newer, floored, deleted := uuid.New(), uuid.New(), uuid.New(), uuid.New(), uuid.New(), uuid.New()
+			putAll := []projections.View{view(same, 2, ticket.StatusOpen), view(older, 1, ticket.StatusOpen), view(newer, 5, ticket.StatusClosed)}
+			for _, v := range putAll {
+				if err := docs.Put(ctx, v); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := rdb.Set(ctx, docs.Key(floored), "2\n~", time.Hour).Err(); err != nil {
+				t.Fatal(err)
+			}
+			gone := view(deleted, 4, ticket.StatusOpen)
+			gone.Deleted = true
+			r, err := docs.ReplaceEncoded(ctx, []redismodel.EncodedDoc{
+				encoded(t, view(absent, 3, ticket.StatusAnswered)), encoded(t, view(same, 2, ticket.StatusAnswered)),
+				encoded(t, view(older, 2, ticket.StatusAnswered)), encoded(t, view(newer, 4, ticket.StatusAnswered)),
+				encoded(t, view(floored, 2, ticket.StatusAnswered)), encoded(t, gone),
+			}, fill)
+			if err != nil || len(r.Failed) > 0 || !slices.Equal(r.Refused, []int{3}) {
+				t.Fatalf("replace: %+v, %v; want only the newer (3) refused", r, err)
+			}
+			if want := 0; fill {
+				if want = 2; r.Filled != want { // absent and deleted
+					t.Fatalf("filled %d, want %d", r.Filled, want)
+				}
+			} else if r.Filled != want {
+				t.Fatalf("filled %d without fill", r.Filled)
+			}
+			for _, want := range []struct {
+				id      uuid.UUID
+				version int
+				status  ticket.Status
+			}{{absent, 3, ticket.StatusAnswered}, {same, 2, ticket.StatusAnswered}, {older, 2, ticket.StatusAnswered},
+				{newer, 5, ticket.StatusClosed}, {floored, 2, ticket.StatusAnswered}} {
+				doc, v, found, _ := projectionstest.StoredDoc(t, docs, want.id)
+				if !found || v != want.version || doc.Status != want.status {
+					t.Fatalf("stored v%d %q (found %v), want v%d %q", v, doc.Status, found, want.version, want.status)
+				}
+			}
+			if _, v, found, isDeleted := projectionstest.StoredDoc(t, docs, deleted); !found || !isDeleted || v != 4 {
+				t.Fatalf("tombstone: found=%v deleted=%v version=%d, want a v4 tombstone", found, isDeleted, v)
+			}
+			if ttl := rdb.PTTL(ctx, docs.Key(deleted)).Val(); ttl <= 0 || ttl > redismodel.TombstoneTTL {
+				t.Fatalf("tombstone expires in %s, want within %s", ttl, redismodel.TombstoneTTL)
+			}
+			// The live writers' set-if-newer still refuses the same version.
+			if wrote, err := docs.PutIfNewer(ctx, view(same, 2, ticket.StatusClosed)); err != nil || wrote {
+				t.Fatalf("a live v2 over the rebuild's v2: wrote=%v err=%v, want refused", wrote, err)
+			}
+		})
+	}
+}
+
+// Sweep passes over the tickets it is told were written, keeps what the store holds,
+// removes the rest (a ticket the store does not have, a version newer than it has, a
+// malformed value), but not a document rewritten since it read it, and removes nothing
+// when the store cannot say.
+func TestRedisSweepRemovesWhatTheStoreDoesNotHold(t *testing.T) {
+	t.Parallel()
+	docs, rdb := projectionstest.NewDocs(t)
+	other, _ := projectionstest.NewDocs(t)
+	ctx := context.Background()
+	written, held, orphan, ahead, rewritten := uuid.New(), uuid.New(), uuid.New(), uuid.New(), uuid.New()
+	for _, v := range []projections.View{view(written, 9, ticket.StatusOpen), view(held, 2, ticket.StatusOpen),
+		view(orphan, 1, ticket.StatusOpen), view(ahead, 7, ticket.StatusOpen), view(rewritten, 1, ticket.StatusOpen)} {
+		if err := docs.Put(ctx, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := other.Put(ctx, view(orphan, 1, ticket.StatusOpen)); err != nil {
+		t.Fatal(err)
+	}
+	malformed := docs.Key(uuid.New())
+	if err := rdb.Set(ctx, malformed, "junk", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// The store: held at v2, ahead only up to v3, rewritten at v1.
+	store := map[uuid.UUID]int{held: 2, ahead: 3, rewritten: 1}
+	var asked []string
+	holds := func(_ context.Context, ids []uuid.UUID, versions []int) ([]bool, error) {
+		out := make([]bool, len(ids))
+		for i, id := range ids {
+			asked = append(asked, fmt.Sprintf("%s v%d", id, versions[i]))
+			out[i] = store[id] >= versions[i]
+			if id == rewritten {
+				// a live writer moves it on after the sweep read it (and the store
+				// says no, as it might for a moment about a version just committed)
+				out[i] = false
+				if err := docs.Put(ctx, view(rewritten, 2, ticket.StatusAnswered)); err != nil {
+					return nil, err
+				}
+			}
+		}
+		return out, nil
+	}
+	isWritten := func(id uuid.UUID) bool { return id == written }
+
+	if _, err := docs.Sweep(ctx, isWritten, func(context.Context, []uuid.UUID, []int) ([]bool, error) {
+		return nil, errors.New("store down")
+	}); err == nil {
+		t.Fatal("a sweep whose store failed reported no error")
+	}
+	ids := []uuid.UUID{written, held, orphan, ahead, rewritten}
+	if vs, _ := docs.Versions(ctx, ids); !slices.Equal(vs, []int{9, 2, 1, 7, 1}) {
+		t.Fatalf("versions after a failed sweep %v, want all there", vs)
 	}
 
-	// What nothing replaced is swept, unless keep keeps it (a rebuild keeps a floor of
-	// an event the store holds); keep is asked with the ticket and the floor's version.
-	var asked []string
-	n, err := docs.SweepFloors(ctx, func(_ context.Context, id uuid.UUID, version int) (bool, error) {
-		asked = append(asked, fmt.Sprintf("%s v%d", id, version))
-		return true, nil
-	})
-	if want := []string{fmt.Sprintf("%s v5", orphan)}; err != nil || n != 0 || !slices.Equal(asked, want) {
-		t.Fatalf("sweep keeping every floor: removed %d (err %v), asked about %v, want 0 and %v", n, err, asked, want)
+	n, err := docs.Sweep(ctx, isWritten, holds)
+	if err != nil || n != 3 {
+		t.Fatalf("swept %d (err %v), want 3 (the orphan, the newer version, the malformed value)", n, err)
 	}
-	if _, err := docs.SweepFloors(ctx, func(context.Context, uuid.UUID, int) (bool, error) {
-		return false, errors.New("store down")
-	}); err == nil {
-		t.Fatal("a sweep whose keep failed reported no error")
+	slices.Sort(asked)
+	want := []string{fmt.Sprintf("%s v7", ahead), fmt.Sprintf("%s v2", held), fmt.Sprintf("%s v1", orphan), fmt.Sprintf("%s v1", rewritten)}
+	slices.Sort(want)
+	if !slices.Equal(asked, want) {
+		t.Fatalf("the store was asked about %v, want %v (never the written ticket, nor the malformed value)", asked, want)
 	}
-	if vs, _ := docs.Versions(ctx, []uuid.UUID{orphan}); vs[0] != 5 {
-		t.Fatalf("the orphan's floor after sweeps that removed nothing: v%d, want v5", vs[0])
+	if vs, _ := docs.Versions(ctx, ids); !slices.Equal(vs, []int{9, 2, 0, 0, 2}) {
+		t.Fatalf("versions after the sweep %v, want [9 2 0 0 2]", vs)
 	}
-	// Here: a document newer than any the store has.
-	n, err = docs.SweepFloors(ctx, nil)
-	if err != nil || n != 1 {
-		t.Fatalf("swept %d floors (err %v), want 1", n, err)
+	if n, _ := rdb.Exists(ctx, malformed).Result(); n != 0 {
+		t.Fatal("the malformed value survived the sweep")
 	}
-	if vs, _ := docs.Versions(ctx, ids); !slices.Equal(vs, []int{3, 2, 1, 0}) {
-		t.Fatalf("versions after the sweep %v, want [3 2 1 0]", vs)
+	if _, v, found, _ := other.Get(ctx, orphan); !found || v != 1 {
+		t.Fatalf("another prefix's document: found=%v v%d, want v1 untouched", found, v)
 	}
-	if wrote, err := docs.PutIfNewer(ctx, view(orphan, 1, ticket.StatusOpen)); err != nil || !wrote {
-		t.Fatalf("a swept floor still refuses v1: wrote=%v err=%v", wrote, err)
+	if wrote, err := docs.PutIfNewer(ctx, view(ahead, 3, ticket.StatusOpen)); err != nil || !wrote {
+		t.Fatalf("the store's v3 after the newer document was swept: wrote=%v err=%v", wrote, err)
 	}
 }
 
