@@ -539,3 +539,29 @@ func TestEventsTableIsAppendOnly(t *testing.T) {
 		}
 	}
 }
+
+// Holds answers, per (stream, version) pair and in the pairs' order, whether the store
+// has that event: not for a version past the stream's head, nor for an unknown stream.
+func TestHoldsSaysWhichVersionsTheStoreHas(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t)
+	ctx := testContext(t)
+	a := openTicket(t, s)
+	mustHandle(t, s, a, addComment(t, "ann"))
+	b := openTicket(t, s)
+	ids := []uuid.UUID{a, a, a, b, b, newID(t)}
+	versions := []int{1, 2, 3, 1, 2, 1}
+	got, err := s.Holds(ctx, ids, versions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []bool{true, true, false, true, false, false}; !slices.Equal(got, want) {
+		t.Fatalf("holds %v, want %v", got, want)
+	}
+	if _, err := s.Holds(ctx, ids, versions[:2]); !errors.Is(err, ticket.ErrInvalid) {
+		t.Fatalf("pairs of unequal lengths: %v, want ticket.ErrInvalid", err)
+	}
+	if got, err := s.Holds(ctx, nil, nil); err != nil || len(got) != 0 {
+		t.Fatalf("no pairs: %v %v", got, err)
+	}
+}
