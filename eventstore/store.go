@@ -256,32 +256,61 @@ func (s *Store) Handle(ctx context.Context, id uuid.UUID, opt Options, decide fu
 		}
 		defer unlock()
 	}
+	// The first try decides on the cached aggregate, if there is one, without reading
+	// the store: an append succeeds only at the version it expects (the unique key), so
+	// a success proves the cache was the store's state. Anything else decided on it (a
+	// refusal, a failed precondition, a no-op, a clash: another instance may have
+	// appended) is decided again on the store's state, read now, and that try does not
+	// count as a retry.
+	optimistic := !opt.Create
 	for attempt := 0; ; attempt++ {
 		if r, err := s.storedResponse(ctx, opt.Idempotency); r != nil || err != nil {
 			return Result{Replayed: r}, err
 		}
 		t := ticket.New(id)
+		cached := false
 		if !opt.Create {
-			var err error
-			if t, err = s.current(ctx, id); err != nil {
-				return Result{}, err
+			if c := s.cache.get(id); optimistic && c != nil {
+				t, cached = c, true
+			} else {
+				var err error
+				if t, err = s.current(ctx, id); err != nil {
+					return Result{}, err
+				}
 			}
 		}
+		optimistic = false
 		if opt.IfMatch != nil && t.Exists() && *opt.IfMatch != t.Version() {
+			if cached {
+				attempt--
+				continue
+			}
 			return s.refused(ctx, opt.Idempotency, fmt.Errorf("ticket is at version %d, not %d: %w", t.Version(), *opt.IfMatch, ticket.ErrPrecondition))
 		}
 		expected := t.Version()
 		// Postgres keeps microseconds: an event's time is cut to them before anything
 		// sees it, so a replayed ticket equals the one answered at write time.
 		if err := decide(t, s.Now().UTC().Truncate(time.Microsecond)); err != nil {
+			if cached {
+				attempt--
+				continue
+			}
 			return s.refused(ctx, opt.Idempotency, err)
 		}
 		pending := t.Pending()
 		if len(pending) == 0 {
+			if cached {
+				attempt--
+				continue
+			}
 			return Result{Ticket: t}, nil
 		}
 		recs, err := s.appendCommand(ctx, expected, pending, opt, t)
 		var ce *ConcurrencyError
+		if errors.As(err, &ce) && cached {
+			attempt--
+			continue
+		}
 		if errors.As(err, &ce) {
 			// the clash may be a retry of this very request that committed first
 			if r, err := s.storedResponse(ctx, opt.Idempotency); r != nil || err != nil {

@@ -318,10 +318,17 @@ func TestHandleRetriesConcurrentCommands(t *testing.T) {
 // changes the status to answered. calls counts its runs.
 func clashOnce(t *testing.T, s *eventstore.Store, id uuid.UUID, calls *int) func(*ticket.Ticket, time.Time) error {
 	t.Helper()
+	return clashOn(t, s, id, calls, 1)
+}
+
+// clashOn is clashOnce with another instance appending during each of the first n
+// decisions.
+func clashOn(t *testing.T, s *eventstore.Store, id uuid.UUID, calls *int, n int) func(*ticket.Ticket, time.Time) error {
+	t.Helper()
 	intruder := addComment(t, "intruder")
 	return func(tk *ticket.Ticket, now time.Time) error {
 		*calls++
-		if *calls == 1 {
+		if *calls <= n {
 			// another instance: a store of its own on the same database (one store
 			// queues its own commands on a ticket, so it cannot clash with itself)
 			if _, err := eventstore.New(s.Pool(), dbtest.Keyring(t, s.Pool())).Handle(testContext(t), id, eventstore.Options{}, intruder); err != nil {
@@ -360,17 +367,81 @@ func TestHandleGivesUpAfterMaxRetries(t *testing.T) {
 	s.MaxRetries = 0
 	id := openTicket(t, s)
 
+	// The first decision is on the cached ticket: its clash is decided again on the
+	// store's state, which is not a retry; the clash of that one is.
 	var calls int
-	_, err := s.Handle(testContext(t), id, eventstore.Options{}, clashOnce(t, s, id, &calls))
+	_, err := s.Handle(testContext(t), id, eventstore.Options{}, clashOn(t, s, id, &calls, 2))
 	var ce *eventstore.ConcurrencyError
 	if !errors.As(err, &ce) {
 		t.Fatalf("expected a *ConcurrencyError once the retries are spent, got %v", err)
 	}
-	if calls != 1 {
-		t.Errorf("expected decide to run once, ran %d times", calls)
+	if calls != 2 {
+		t.Errorf("expected decide to run twice (on the cache, then on the store), ran %d times", calls)
 	}
-	if ev, msg := streamCounts(t, pool, id); ev != 2 || msg != 2 {
-		t.Errorf("expected the intruder's event only (2 events, 2 messages), got %d and %d", ev, msg)
+	if ev, msg := streamCounts(t, pool, id); ev != 3 || msg != 3 {
+		t.Errorf("expected the intruder's events only (3 events, 3 messages), got %d and %d", ev, msg)
+	}
+}
+
+// A command decided on the cached ticket commits only if the store is where the cache
+// says; when another instance moved the ticket on, every outcome is decided again on
+// the store's state: the clash, a refusal, a failed precondition, a no-op.
+func TestHandleDecidesAgainOnTheStoreWhenTheCacheIsStale(t *testing.T) {
+	t.Parallel()
+	s, pool := newStore(t)
+	ctx := testContext(t)
+	other := eventstore.New(s.Pool(), dbtest.Keyring(t, s.Pool()))
+	elsewhere := func(id uuid.UUID, decide func(*ticket.Ticket, time.Time) error) {
+		t.Helper()
+		if _, err := other.Handle(ctx, id, eventstore.Options{}, decide); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Closed elsewhere: a comment is refused (closed is final), not appended.
+	closed := openTicket(t, s)
+	elsewhere(closed, changeStatus(ticket.StatusClosed, "bob"))
+	if _, err := s.Handle(ctx, closed, eventstore.Options{}, addComment(t, "ann")); !errors.Is(err, ticket.ErrConflict) {
+		t.Fatalf("comment on a ticket closed by another instance: %v, want a conflict", err)
+	}
+	if ev, _ := streamCounts(t, pool, closed); ev != 2 {
+		t.Fatalf("%d events, want 2 (open, close)", ev)
+	}
+
+	// Answered elsewhere: the client's If-Match of the new version holds.
+	answered := openTicket(t, s)
+	elsewhere(answered, changeStatus(ticket.StatusAnswered, "bob"))
+	two := 2
+	res, err := s.Handle(ctx, answered, eventstore.Options{IfMatch: &two}, changeStatus(ticket.StatusWaitAnswer, "ann"))
+	if err != nil || res.Ticket.Version() != 3 || res.Ticket.Status() != ticket.StatusWaitAnswer {
+		t.Fatalf("If-Match of the version another instance wrote: %v, %+v", err, res.Ticket)
+	}
+	// and the one of the cached version fails
+	if _, err := s.Handle(ctx, answered, eventstore.Options{IfMatch: &two}, changeStatus(ticket.StatusAnswered, "ann")); !errors.Is(err, ticket.ErrPrecondition) {
+		t.Fatalf("If-Match of a version the ticket left: %v, want a precondition failure", err)
+	}
+
+	// Answered elsewhere: answering it is the no-op it is on the store's state (not an
+	// append on the cache's), and "open", a no-op on the cache, is refused.
+	again := openTicket(t, s)
+	elsewhere(again, changeStatus(ticket.StatusAnswered, "bob"))
+	res, err = s.Handle(ctx, again, eventstore.Options{}, changeStatus(ticket.StatusAnswered, "ann"))
+	if err != nil || len(res.Records) != 0 || res.Ticket.Version() != 2 {
+		t.Fatalf("answering a ticket answered by another instance: %v, %d records, v%d; want a no-op at v2", err, len(res.Records), res.Ticket.Version())
+	}
+	reopened := openTicket(t, s)
+	elsewhere(reopened, changeStatus(ticket.StatusAnswered, "bob"))
+	var te *ticket.TransitionError
+	if _, err := s.Handle(ctx, reopened, eventstore.Options{}, changeStatus(ticket.StatusOpen, "ann")); !errors.As(err, &te) {
+		t.Fatalf("\"open\" for a ticket answered by another instance: %v, want a refused transition", err)
+	}
+
+	// A comment on a stale cache appends at the store's version.
+	commented := openTicket(t, s)
+	elsewhere(commented, addComment(t, "bob"))
+	res, err = s.Handle(ctx, commented, eventstore.Options{}, addComment(t, "ann"))
+	if err != nil || len(res.Records) != 1 || res.Records[0].Version != 3 || res.Ticket.CommentCount() != 2 {
+		t.Fatalf("comment after another instance's: %v %+v", err, res.Records)
 	}
 }
 
