@@ -69,25 +69,11 @@ func (t *Target) Load(ctx context.Context, views []projections.View, _ []project
 	}
 	fb := fillBuffers.Get().(*fillBuffer)
 	defer fillBuffers.Put(fb)
-	buf, docs := fb.buf[:0], fb.docs[:0]
-	for i := range views {
-		start := len(buf)
-		var err error
-		if buf, err = AppendDoc(buf, &views[i]); err != nil {
-			return err
-		}
-		// the offsets only: buf may move as it grows
-		docs = append(docs, EncodedDoc{ID: views[i].ID, Version: views[i].Version, Deleted: views[i].Deleted, Value: buf[start:len(buf):len(buf)]})
-	}
-	// the values of the documents are in buf as it ended: point them there
-	off := 0
-	for i := range docs {
-		n := len(docs[i].Value)
-		docs[i].Value = buf[off : off+n : off+n]
-		off += n
+	buf, docs, err := encodeDocs(fb.buf[:0], fb.docs[:0], views)
+	if err != nil {
+		return err
 	}
 	fb.buf, fb.docs = buf, docs
-	var err error
 	for attempt := range 6 {
 		if attempt > 0 {
 			if err := sleep(ctx, time.Duration(50<<attempt)*time.Millisecond); err != nil {
@@ -148,6 +134,28 @@ func (t *Target) track(chunk []EncodedDoc, r Replaced) {
 	}
 }
 
+// encodeDocs appends the stored values of views (AppendDoc) to buf, one after the
+// other, and their documents, pointing into buf, to docs.
+func encodeDocs(buf []byte, docs []EncodedDoc, views []projections.View) ([]byte, []EncodedDoc, error) {
+	first, off := len(docs), len(buf)
+	for i := range views {
+		start := len(buf)
+		var err error
+		if buf, err = AppendDoc(buf, &views[i]); err != nil {
+			return buf, docs, err
+		}
+		// the length only for now: buf may move as it grows
+		docs = append(docs, EncodedDoc{ID: views[i].ID, Version: views[i].Version, Deleted: views[i].Deleted, Value: buf[start:len(buf):len(buf)]})
+	}
+	// the values are in buf as it ended: point them there
+	for i := first; i < len(docs); i++ {
+		n := len(docs[i].Value)
+		docs[i].Value = buf[off : off+n : off+n]
+		off += n
+	}
+	return buf, docs, nil
+}
+
 // fillBuffer is the room one Load encodes its documents in, kept for the next.
 type fillBuffer struct {
 	buf  []byte
@@ -169,8 +177,7 @@ func (t *Target) Loaded(context.Context) error {
 // Redis did not take are queued for the repairer in tx.
 func (t *Target) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Record) error {
 	ids, byTicket := groupByTicket(projections.Events(recs))
-	var buf []byte
-	docs := make([]EncodedDoc, 0, len(ids))
+	views := make([]projections.View, 0, len(ids))
 	for _, id := range ids {
 		evs := byTicket[id]
 		stream, err := t.Events.Load(ctx, id, 0, evs[len(evs)-1].Version)
@@ -181,17 +188,11 @@ func (t *Target) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Record)
 		if err != nil {
 			return fmt.Errorf("redis catch-up: %w", err)
 		}
-		start := len(buf)
-		if buf, err = AppendDoc(buf, &v); err != nil {
-			return err
-		}
-		docs = append(docs, EncodedDoc{ID: id, Version: v.Version, Deleted: v.Deleted, Value: buf[start:len(buf):len(buf)]})
+		views = append(views, v)
 	}
-	off := 0
-	for i := range docs { // buf as it ended (see Load)
-		n := len(docs[i].Value)
-		docs[i].Value = buf[off : off+n : off+n]
-		off += n
+	_, docs, err := encodeDocs(nil, nil, views)
+	if err != nil {
+		return err
 	}
 	r, err := t.Docs.ReplaceEncoded(ctx, docs, false)
 	if err != nil {
