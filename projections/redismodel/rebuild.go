@@ -33,7 +33,7 @@ type Target struct {
 	// 4,194,304 (64 MiB).
 	MaxTracked int
 
-	written  []uuid.UUID // the tickets Load wrote (or found written at the same version)
+	written  []uuid.UUID // the tickets Load and the catch-up wrote, sorted after Loaded
 	overflow bool        // more than MaxTracked: written is dropped
 	fill     bool        // Load tries SET NX first (see Docs.ReplaceEncoded)
 }
