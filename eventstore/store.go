@@ -241,7 +241,9 @@ type Result struct {
 }
 
 // Handle runs one command on ticket id: load -> decide -> append. decide calls a
-// command method on the ticket with the given time. On a concurrency clash without
+// command method on the ticket with the given time. The first load is the cached
+// aggregate, if any, without reading the store; whatever does not commit from it is
+// decided again on the store's state (see below). On a concurrency clash without
 // IfMatch the whole cycle is retried from a fresh load, at most MaxRetries times.
 // With opt.Idempotency, an answer stored under the key is returned as Result.Replayed
 // without deciding again (also when a racing retry commits first).
