@@ -152,7 +152,10 @@ func (p *Projector) Project(ctx context.Context, evs []ticket.Event) ([]uuid.UUI
 		}
 		for i, id := range unknown {
 			var base projections.View
-			if docs[i].Found && !docs[i].Deleted {
+			evs := byTicket[id]
+			// decoded only to fold onto: not when Redis holds every event already (another
+			// instance's write-through, a redelivery)
+			if docs[i].Found && !docs[i].Deleted && docs[i].Version < evs[len(evs)-1].Version {
 				var err error
 				if base, err = projections.DecodeViewToFold(docs[i].Body); err != nil {
 					base = projections.View{} // unreadable: folded afresh
