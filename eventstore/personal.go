@@ -427,11 +427,11 @@ func isSealed(v string) bool { return strings.HasPrefix(v, sealedPrefix) }
 
 // fetch reads the stored keys of subjects (one query) into the cache, checked at now;
 // an erased or unknown subject is cached as erased.
-func (p *personal) fetch(ctx context.Context, subjects []pii.SubjectID, now time.Time) error {
+func (p *personal) fetch(ctx context.Context, q Querier, subjects []pii.SubjectID, now time.Time) error {
 	if len(subjects) == 0 {
 		return nil
 	}
-	stored, err := pii.WrappedKeys(ctx, p.pool, subjects)
+	stored, err := pii.WrappedKeys(ctx, q, subjects)
 	if err != nil {
 		return err
 	}
@@ -454,10 +454,19 @@ func (p *personal) fetch(ctx context.Context, subjects []pii.SubjectID, now time
 // Values stored before encryption are left as they are. One query reads the keys
 // not cached (or cached longer than KeyCacheTTL ago).
 func (p *personal) reveal(ctx context.Context, recs []Record) error {
+	if p == nil {
+		return nil
+	}
+	return p.revealVia(ctx, p.pool, recs)
+}
+
+// revealVia is reveal reading the keys through q: a caller inside a transaction passes
+// it, rather than take another connection from the pool.
+func (p *personal) revealVia(ctx context.Context, q Querier, recs []Record) error {
 	if p == nil || len(recs) == 0 {
 		return nil
 	}
-	return p.revealEach(ctx, len(recs), true, func(i int) (*ticket.Event, *Metadata) {
+	return p.revealEach(ctx, q, len(recs), true, func(i int) (*ticket.Event, *Metadata) {
 		return &recs[i].Event, &recs[i].Metadata
 	})
 }
@@ -469,14 +478,14 @@ func (p *personal) revealEvents(ctx context.Context, evs []ticket.Event) error {
 	if p == nil || len(evs) == 0 {
 		return nil
 	}
-	return p.revealEach(ctx, len(evs), false, func(i int) (*ticket.Event, *Metadata) {
+	return p.revealEach(ctx, p.pool, len(evs), false, func(i int) (*ticket.Event, *Metadata) {
 		return &evs[i], nil
 	})
 }
 
-// revealEach is reveal over n events, each at(i) (md nil: no metadata); learn notes the
-// streams' subjects from their first events.
-func (p *personal) revealEach(ctx context.Context, n int, learn bool, at func(int) (*ticket.Event, *Metadata)) error {
+// revealEach is reveal over n events, each at(i) (md nil: no metadata), reading keys
+// through q; learn notes the streams' subjects from their first events.
+func (p *personal) revealEach(ctx context.Context, q Querier, n int, learn bool, at func(int) (*ticket.Event, *Metadata)) error {
 	type streamSubject struct {
 		stream  uuid.UUID
 		subject pii.SubjectID
@@ -510,7 +519,7 @@ func (p *personal) revealEach(ctx context.Context, n int, learn bool, at func(in
 			}
 		}
 	}
-	if err := p.fetch(ctx, need, now); err != nil {
+	if err := p.fetch(ctx, q, need, now); err != nil {
 		return err
 	}
 	// A field that does not open with a key this call did not read may be sealed under
@@ -576,7 +585,7 @@ func (p *personal) revealEach(ctx context.Context, n int, learn bool, at func(in
 				again = append(again, x.subject)
 			}
 		}
-		if err := p.fetch(ctx, again, now); err != nil {
+		if err := p.fetch(ctx, q, again, now); err != nil {
 			return err
 		}
 		for _, x := range retry {

@@ -92,7 +92,30 @@ func (s *Store) Range(ctx context.Context, q Querier, from, to string) ([]Record
 	}
 	recs, err := collect(rows)
 	if err == nil {
-		err = s.personal.reveal(ctx, recs)
+		err = s.personal.revealVia(ctx, q, recs)
+	}
+	if err != nil {
+		return nil, interpret(err, uuid.Nil, 0)
+	}
+	return recs, nil
+}
+
+// LoadStreams returns, through q, the events of each stream ids[i] up to version
+// upTo[i], in (stream, version) order, in one statement. A caller inside a transaction
+// reads through it rather than taking another connection from the pool.
+func (s *Store) LoadStreams(ctx context.Context, q Querier, ids []uuid.UUID, upTo []int) ([]Record, error) {
+	if len(ids) != len(upTo) {
+		return nil, fmt.Errorf("load streams: %d streams, %d versions: %w", len(ids), len(upTo), ticket.ErrInvalid)
+	}
+	rows, err := q.Query(ctx, `SELECT `+eventColumns+` FROM events
+		JOIN unnest($1::uuid[], $2::int[]) AS k(id, up_to) ON stream_id = k.id AND version <= k.up_to
+		ORDER BY stream_id, version`, ids, upTo)
+	if err != nil {
+		return nil, interpret(err, uuid.Nil, 0)
+	}
+	recs, err := collect(rows)
+	if err == nil {
+		err = s.personal.revealVia(ctx, q, recs)
 	}
 	if err != nil {
 		return nil, interpret(err, uuid.Nil, 0)

@@ -38,10 +38,10 @@ type Target struct {
 	fill     bool        // Load tries SET NX first (see Docs.ReplaceEncoded)
 }
 
-// Store is what Target reads of the event store: streams for the catch-up's folds,
-// and which versions it holds for Finish.
+// Store is what Target reads of the event store: streams for the catch-up's folds
+// (through its transaction), and which versions it holds for Finish.
 type Store interface {
-	projections.Streams
+	LoadStreams(ctx context.Context, q eventstore.Querier, ids []uuid.UUID, upTo []int) ([]eventstore.Record, error)
 	Holds(ctx context.Context, ids []uuid.UUID, versions []int) ([]bool, error)
 }
 
@@ -177,18 +177,29 @@ func (t *Target) Loaded(context.Context) error {
 // Redis did not take are queued for the repairer in tx.
 func (t *Target) Apply(ctx context.Context, tx pgx.Tx, recs []eventstore.Record) error {
 	ids, byTicket := groupByTicket(projections.Events(recs))
-	views := make([]projections.View, 0, len(ids))
-	for _, id := range ids {
+	upTo := make([]int, len(ids))
+	for i, id := range ids {
 		evs := byTicket[id]
-		stream, err := t.Events.Load(ctx, id, 0, evs[len(evs)-1].Version)
-		if err != nil {
-			return fmt.Errorf("redis catch-up: %w", err)
+		upTo[i] = evs[len(evs)-1].Version
+	}
+	// through tx: the rebuild holds connections already (its lock, this transaction),
+	// and the pool may have no other to give
+	streams, err := t.Events.LoadStreams(ctx, tx, ids, upTo)
+	if err != nil {
+		return fmt.Errorf("redis catch-up: %w", err)
+	}
+	views := make([]projections.View, 0, len(ids))
+	for len(streams) > 0 {
+		n := 1
+		for n < len(streams) && streams[n].TicketID == streams[0].TicketID {
+			n++
 		}
-		v, err := projections.FoldAll(projections.View{}, projections.Events(stream)...)
+		v, err := projections.FoldAll(projections.View{}, projections.Events(streams[:n])...)
 		if err != nil {
 			return fmt.Errorf("redis catch-up: %w", err)
 		}
 		views = append(views, v)
+		streams = streams[n:]
 	}
 	_, docs, err := encodeDocs(nil, nil, views)
 	if err != nil {
