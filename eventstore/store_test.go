@@ -636,3 +636,42 @@ func TestHoldsSaysWhichVersionsTheStoreHas(t *testing.T) {
 		t.Fatalf("no pairs: %v %v", got, err)
 	}
 }
+
+// LoadStreams reads, through the querier it is given (here a transaction), each
+// stream up to its own version, in (stream, version) order, personal fields opened.
+func TestLoadStreamsReadsEachStreamUpToItsVersion(t *testing.T) {
+	t.Parallel()
+	s, pool := newStore(t)
+	ctx := testContext(t)
+	a := openTicket(t, s)
+	mustHandle(t, s, a, addComment(t, "ann"))
+	mustHandle(t, s, a, addComment(t, "bob"))
+	b := openTicket(t, s)
+	mustHandle(t, s, b, addComment(t, "cid"))
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // read only
+	recs, err := s.LoadStreams(ctx, tx, []uuid.UUID{b, a, newID(t)}, []int{1, 2, 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range recs {
+		got = append(got, fmt.Sprintf("%s v%d", r.TicketID, r.Version))
+	}
+	want := []string{fmt.Sprintf("%s v1", a), fmt.Sprintf("%s v2", a), fmt.Sprintf("%s v1", b)}
+	if b.String() < a.String() {
+		want = []string{fmt.Sprintf("%s v1", b), fmt.Sprintf("%s v1", a), fmt.Sprintf("%s v2", a)}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("streams read %v, want %v", got, want)
+	}
+	if o, ok := recs[0].Data.(ticket.Opened); !ok || o.Email != validOpen().Email {
+		t.Fatalf("first event's data %+v, want the opened ticket with its email opened", recs[0].Data)
+	}
+	if _, err := s.LoadStreams(ctx, tx, []uuid.UUID{a}, nil); !errors.Is(err, ticket.ErrInvalid) {
+		t.Fatalf("streams and versions of unequal lengths: %v, want ticket.ErrInvalid", err)
+	}
+}
